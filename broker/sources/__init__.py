@@ -1,0 +1,128 @@
+"""Upstream alert formats: sniff the wire format, decode, normalize to Events.
+
+One module per upstream protocol:
+
+* :mod:`broker.sources.igwn`    — IGWN ``igwn.gwalert`` JSON and Avro (LVK alerts)
+* :mod:`broker.sources.gcn`     — GCN Kafka JSON notices of the unified schema
+* :mod:`broker.sources.voevent` — GCN Classic VOEvent XML (LVC VOEvents handed to igwn)
+* :mod:`broker.sources.ztf`     — ZTF Avro alert packets
+* :mod:`broker.sources.avro`    — Avro object-container header parsing shared by the above
+
+Every decoder takes the raw bytes exactly as upstream sent them and returns a list of
+:class:`~broker.event.Event` (an Avro container may hold many alerts) or raises
+:class:`~broker.errors.DecodeError` with a one-line reason. ``upstream_topic`` gives
+the Kafka topic a file would have had upstream, for ``mma-broker replay``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from broker.errors import DecodeError
+from broker.event import Event
+
+AVRO_MAGIC = b"Obj\x01"
+
+
+def sniff_format(data: bytes) -> str:
+    """Return ``"avro"``, ``"voevent"`` or ``"json"`` from the first bytes of a message.
+
+    Raises
+    ------
+    DecodeError
+        If the bytes are none of the three (empty, binary of another kind, text).
+    """
+    if data[:4] == AVRO_MAGIC:
+        return "avro"
+    head = data[:64].lstrip()
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:].lstrip()
+    if head[:1] == b"<":
+        return "voevent"
+    if head[:1] in (b"{", b"["):
+        return "json"
+    if not data:
+        raise DecodeError("empty message")
+    raise DecodeError(f"unknown format: starts with {data[:16]!r}, expected Avro container, XML or JSON")
+
+
+def _load_json(data: bytes) -> dict:
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DecodeError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"JSON alert must be an object, got {type(obj).__name__}")
+    return obj
+
+
+def decode(data: bytes) -> list[Event]:
+    """Decode and normalize one upstream message (or one alert file).
+
+    Parameters
+    ----------
+    data : bytes
+        The message value exactly as upstream sent it.
+
+    Returns
+    -------
+    list of Event
+        One Event per alert held (Avro containers may hold several).
+
+    Raises
+    ------
+    DecodeError
+        With a one-line reason when the bytes are not a supported alert.
+    """
+    from broker.sources import avro, gcn, igwn, voevent, ztf
+
+    fmt = sniff_format(data)
+    if fmt == "avro":
+        header = avro.read_header(data)
+        if ztf.is_ztf_schema(header):
+            return ztf.decode(data, header)
+        if igwn.is_igwn_schema(header):
+            return igwn.decode_avro(data, header)
+        raise DecodeError(f"unsupported Avro schema {header.schema_name!r}")
+    if fmt == "voevent":
+        return voevent.decode(data)
+    obj = _load_json(data)
+    if igwn.is_igwn_alert(obj):
+        return [igwn.decode_json(obj)]
+    if gcn.is_gcn_notice(obj):
+        return [gcn.decode(obj)]
+    raise DecodeError(
+        "JSON is neither an IGWN gwalert (no 'superevent_id') nor a GCN unified-schema notice (no '$schema')"
+    )
+
+
+def upstream_topic(data: bytes) -> str:
+    """The upstream Kafka topic this message would have been published on.
+
+    ``igwn.gwalert``; ``gcn.classic.voevent.<PACKET_TYPE_NAME>``;
+    ``gcn.notices.<mission>.<...>`` (from the notice's ``$schema``);
+    ``ztf_YYYYMMDD_programidN`` (UTC night of the first candidate).
+
+    Raises
+    ------
+    DecodeError
+        When the format is not recognized.
+    """
+    from broker.sources import avro, gcn, igwn, voevent, ztf
+
+    fmt = sniff_format(data)
+    if fmt == "avro":
+        header = avro.read_header(data)
+        if ztf.is_ztf_schema(header):
+            return ztf.upstream_topic(data, header)
+        if igwn.is_igwn_schema(header):
+            return igwn.TOPIC
+        raise DecodeError(f"unsupported Avro schema {header.schema_name!r}")
+    if fmt == "voevent":
+        return voevent.upstream_topic(data)
+    obj = _load_json(data)
+    if igwn.is_igwn_alert(obj):
+        return igwn.TOPIC
+    if gcn.is_gcn_notice(obj):
+        return gcn.upstream_topic(obj)
+    raise DecodeError("JSON is neither an IGWN gwalert nor a GCN unified-schema notice")
