@@ -1,0 +1,365 @@
+"""The ``mma-broker`` command line (also ``python -m broker``).
+
+Errors print one line on stderr and exit 1; ``--debug`` shows the traceback
+(the hop-client convention).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker.config import Settings, load_settings
+from broker.errors import BrokerError, DecodeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-messenger alert broker.")
+events_app = typer.Typer(no_args_is_help=True, help="Read the alert archive.")
+app.add_typer(events_app, name="events")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class _State:
+    settings: Settings | None = None
+    config: Path | None = None
+    debug: bool = False
+
+
+state = _State()
+
+
+def settings() -> Settings:
+    if state.settings is None:
+        state.settings = load_settings(state.config)
+    return state.settings
+
+
+@app.callback()
+def _main(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings (see deploy/presets/)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level."),
+    debug: bool = typer.Option(False, "--debug", help="Full tracebacks and DEBUG logs."),
+) -> None:
+    state.config = config
+    state.debug = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ---------------------------------------------------------------- inspect
+@app.command()
+def inspect(
+    paths: list[Path] = typer.Argument(..., help="Alert files: JSON, VOEvent XML, Avro (one or many alerts)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines, one normalized Event per alert."),
+) -> None:
+    """Decode and normalize alert files without any server."""
+    from broker.sources import decode
+
+    failed = 0
+    for path in paths:
+        try:
+            events = decode(path.read_bytes())
+        except (OSError, DecodeError) as exc:
+            err.print(f"{path}: {exc}", markup=False)
+            failed += 1
+            continue
+        for ev in events:
+            if as_json:
+                print(ev.to_json())
+            else:
+                out.print(_describe(ev, path), markup=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _describe(ev, path: Path | None = None) -> str:
+    loc = ev.localization
+    if loc is None:
+        where = "no localization"
+    elif loc.type == "point":
+        r = f" ±{loc.error_radius:.4g}°" if loc.error_radius is not None else ""
+        where = f"RA {loc.ra:.4f}° Dec {loc.dec:+.4f}°{r}"
+    else:
+        where = f"90% area {loc.area_90:.1f} deg² (max at {loc.ra_max:.2f}°, {loc.dec_max:+.2f}°)"
+    head = f"{path}: " if path else ""
+    inst = f"/{ev.instrument}" if ev.instrument else ""
+    return f"{head}{ev.id}  {ev.mission}{inst} {ev.alert_type} T0={ev.time}  {where}"
+
+
+# ---------------------------------------------------------------- replay
+@app.command()
+def replay(
+    paths: list[Path] = typer.Argument(None, help="Files or folders of alerts."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Messages per second (default: as fast as possible)."),
+    topic: Optional[str] = typer.Option(None, "--topic", help="Force this topic instead of the upstream one."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="File listing alert paths/globs."),
+) -> None:
+    """Publish alert files byte for byte to the local Kafka under their upstream topic names."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from broker.kafka import make_producer
+    from broker.replay import expand_paths, read_manifest, replay_files
+
+    s = settings()
+    files = list(expand_paths(paths or []))
+    if manifest:
+        files += read_manifest(manifest)
+    if not files:
+        raise BrokerError("nothing to replay: give files, folders or --manifest")
+    producer = make_producer(s)
+    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("replay", total=len(files))
+        result = replay_files(files, producer, topic_prefix=s.kafka.topic_prefix, topic=topic, rate=rate,
+                              progress=lambda n: bar.update(task, completed=n))
+    for path, reason in result.errors:
+        err.print(f"{path}: {reason}", markup=False)
+    table = Table(title=f"replayed {result.sent} file(s) to {s.kafka.bootstrap_servers}")
+    table.add_column("topic")
+    table.add_column("messages", justify="right")
+    for name, n in sorted(result.per_topic.items()):
+        table.add_row(name, str(n))
+    err.print(table)
+    raise typer.Exit(1 if result.errors else 0)
+
+
+# ---------------------------------------------------------------- run
+@app.command()
+def run(
+    stage: str = typer.Option("ingest", "--stage", help="Stage to run: ingest (more as they land)."),
+    until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all upstream partitions are consumed."),
+    idle: float = typer.Option(3.0, "--idle", help="With --until-caught-up: seconds without messages before stopping."),
+) -> None:
+    """Run the broker (consume upstreams → decode → archive → publish)."""
+    from broker.app import open_archive, provenance
+    from broker.kafka import ensure_topics, make_producer
+    from broker.pipeline.ingest import IngestStage
+    from broker.upstreams import make_upstream_consumer
+
+    if stage != "ingest":
+        raise BrokerError(f"unknown stage {stage!r}; available: ingest")
+    s = settings()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    archive = open_archive(s)
+    ensure_topics(s, [s.topic(s.events_topic), s.topic(s.dlq_topic)])
+    producer = make_producer(s)
+    workers = [
+        IngestStage(
+            make_upstream_consumer(s, up), producer, archive,
+            events_topic=s.topic(s.events_topic), dlq_topic=s.topic(s.dlq_topic),
+            provenance=provenance(s, "ingest"), batch_size=s.ingest.batch_size,
+            poll_timeout_s=s.ingest.poll_timeout_s, name=f"ingest.{up.name}",
+        )
+        for up in s.upstreams
+    ]
+    errors: list[BaseException] = []
+
+    def _run(w: IngestStage) -> None:
+        try:
+            w.run(stop, until_caught_up=until_caught_up, idle_s=idle)
+        except BaseException as exc:  # surfaced below, stops the others
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=_run, args=(w,), name=w.name) for w in workers]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(0.2)
+    if errors:
+        raise errors[0]
+    _print_summary(workers, archive)
+
+
+def _print_summary(workers, archive) -> None:
+    from collections import Counter
+
+    by_kind: Counter = Counter()
+    dlq = Counter()
+    msgs = evs = dead = 0
+    for w in workers:
+        by_kind.update(w.stats.by_kind)
+        dlq.update(w.stats.dlq_reasons)
+        msgs += w.stats.messages
+        evs += w.stats.events
+        dead += w.stats.dead_letters
+    t = Table(title=f"this run: {msgs} message(s) → {evs} event(s), {dead} dead letter(s)")
+    for c in ("source", "mission", "alert type", "events"):
+        t.add_column(c, justify="right" if c == "events" else "left")
+    for (src, mission, kind), n in sorted(by_kind.items()):
+        t.add_row(src, mission, kind, str(n))
+    out.print(t)
+    if dlq:
+        d = Table(title="dead letters (mma.dlq) by reason")
+        d.add_column("reason")
+        d.add_column("messages", justify="right")
+        for reason, n in dlq.most_common():
+            d.add_row(reason, str(n))
+        out.print(d)
+    a = Table(title=f"archive: {archive.total()} event(s) in total")
+    for c in ("source", "mission", "alert type", "rows"):
+        a.add_column(c, justify="right" if c == "rows" else "left")
+    for src, mission, kind, n in archive.counts():
+        a.add_row(src, mission, kind, str(n))
+    out.print(a)
+
+
+# ---------------------------------------------------------------- subscribe
+@app.command()
+def subscribe(
+    topic: str = typer.Argument(..., help="Topic to read, e.g. mma.events, mma.dlq."),
+    from_beginning: bool = typer.Option(True, "--from-beginning/--from-now"),
+    max_messages: Optional[int] = typer.Option(None, "--max", help="Stop after this many messages."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many idle seconds."),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines."),
+) -> None:
+    """Read a topic as a user would (mma.events decoded to Events; mma.dlq with reasons)."""
+    import time
+    import uuid
+
+    from broker.kafka import make_consumer
+    from broker.serde import EventCodec
+
+    s = settings()
+    name = s.topic(topic)
+    consumer = make_consumer(s, f"{s.group_id}.subscribe.{uuid.uuid4().hex[:8]}",
+                             **{"auto.offset.reset": "earliest" if from_beginning else "latest"})
+    consumer.subscribe([name])
+    codec = EventCodec()
+    n = 0
+    last = time.monotonic()
+    try:
+        while max_messages is None or n < max_messages:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if timeout is not None and time.monotonic() - last > timeout:
+                    break
+                continue
+            if msg.error():
+                continue
+            last = time.monotonic()
+            n += 1
+            headers = {k: v.decode(errors="replace") for k, v in (msg.headers() or []) if v is not None}
+            value = msg.value() or b""
+            try:
+                ev, prov = codec.decode(value)
+            except DecodeError:
+                rec = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+                       "headers": headers, "bytes": len(value)}
+                print(json.dumps(rec) if as_json else f"{msg.topic()}[{msg.partition()}]@{msg.offset()} "
+                      f"{len(value)} B reason={headers.get('mma.dlq.reason', '-')}")
+            else:
+                print(ev.to_json() if as_json else _describe(ev))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+# ---------------------------------------------------------------- events
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BrokerError(f"--since {value!r}: expected an ISO 8601 date/time, e.g. 2023-03-07 or 2023-03-07T15:44Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+@events_app.command("list")
+def events_list(
+    source: Optional[str] = typer.Option(None, "--source", help="igwn, gcn, ztf, lsst."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only events with T0 at/after this ISO time."),
+    limit: int = typer.Option(50, "--limit"),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines."),
+) -> None:
+    """List archived events, newest T0 first."""
+    from broker.app import open_archive
+
+    rows = open_archive(settings()).list(source=source, since=_parse_since(since), limit=limit)
+    if as_json:
+        for r in rows:
+            d = r.event.to_json_dict()
+            d["retracted"] = r.retracted
+            print(json.dumps(d))
+        return
+    t = Table(title=f"{len(rows)} event(s)")
+    for c in ("T0", "id", "mission", "type", "localization", "retracted"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        ev = r.event
+        loc = ev.localization
+        where = "-" if loc is None else (
+            f"{loc.ra:.3f} {loc.dec:+.3f}" if loc.type == "point" else f"{loc.area_90:.0f} deg² (90%)")
+        t.add_row(ev.time, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""), ev.alert_type,
+                  where, "yes" if r.retracted else "")
+    out.print(t)
+
+
+@events_app.command("show")
+def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(False, "--raw", help="Write the original upstream bytes to stdout.")) -> None:
+    """Show one archived event (normalized JSON plus archive metadata)."""
+    from broker.app import open_archive
+
+    archive = open_archive(settings())
+    rec = archive.get(event_id)
+    if rec is None:
+        raise BrokerError(f"no event {event_id!r} in the archive (try `mma-broker events list`)")
+    if raw:
+        sys.stdout.buffer.write(archive.raw(event_id))
+        return
+    d = rec.event.to_json_dict()
+    d["archive"] = {
+        "retracted": rec.retracted,
+        "retracted_by": rec.retracted_by,
+        "ingested_at": rec.ingested_at.isoformat(),
+        "kafka": None if rec.kafka is None else {"topic": rec.kafka.topic, "partition": rec.kafka.partition,
+                                                 "offset": rec.kafka.offset},
+        "raw_sha256": rec.raw.sha256,
+    }
+    print(json.dumps(d, indent=2))
+
+
+def _mount_optional() -> None:
+    try:
+        from followup.cli import app as followup_app
+    except ImportError:  # follow-up package not installed in this build
+        return
+    app.add_typer(followup_app, name="followup")
+
+
+def main() -> None:
+    """Entry point: run the app, turning BrokerError into a one-line message."""
+    _mount_optional()
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if state.debug:
+            raise
+        msg = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
+        err.print(f"mma-broker: {msg}", markup=False)
+        sys.exit(1)

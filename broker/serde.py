@@ -1,0 +1,116 @@
+"""Wire format of our own topics.
+
+``mma.events`` carries one normalized Event per message in Avro *single-object
+encoding* (Avro 1.8+ specification, "Single object encoding": the two bytes
+``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema, then
+the Avro binary body). The fingerprint lets a reader pick the schema version without
+a schema registry; the schema is ``schemas/mma/event.avsc``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from broker.config import REPO_ROOT
+from broker.errors import DecodeError
+from broker.event import Event
+
+EVENT_SCHEMA_PATH = REPO_ROOT / "schemas" / "mma" / "event.avsc"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+EVENT_CONTENT_TYPE = "application/vnd.mma-broker.event+avro; version=1"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made an output: component name, package version, config hash (STYLE.md §7)."""
+
+    component: str
+    version: str
+    config_hash: str
+
+
+class EventCodec:
+    """Encode/decode Events for ``mma.events`` (Avro single-object encoding).
+
+    Parameters
+    ----------
+    schema_path : Path
+        The Avro schema (default ``schemas/mma/event.avsc``).
+    """
+
+    def __init__(self, schema_path: Path = EVENT_SCHEMA_PATH) -> None:
+        self._schema = fastavro.parse_schema(json.loads(schema_path.read_text()))
+
+    @cached_property
+    def header(self) -> bytes:
+        """``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of the schema."""
+        fp = int(fingerprint(to_parsing_canonical_form(self._schema), "CRC-64-AVRO"), 16)
+        return SINGLE_OBJECT_MAGIC + fp.to_bytes(8, "little")
+
+    def encode(self, event: Event, provenance: Provenance) -> bytes:
+        """Serialize one Event with its provenance."""
+        loc = event.localization.model_dump() if event.localization is not None else None
+        if loc is not None:
+            kind = loc.pop("type")
+            loc = ("org.mma_broker.v1.PointLocalization" if kind == "point" else "org.mma_broker.v1.HealpixLocalization", loc)
+        record = {
+            "id": event.id,
+            "source": event.source,
+            "messenger": event.messenger,
+            "mission": event.mission,
+            "instrument": event.instrument,
+            "upstream_id": event.upstream_id,
+            "alert_type": event.alert_type,
+            "time": event.time,
+            "localization": loc,
+            "properties_json": json.dumps(event.properties, separators=(",", ":"), default=str),
+            "format": event.format,
+            "provenance": {
+                "component": provenance.component,
+                "version": provenance.version,
+                "config_hash": provenance.config_hash,
+            },
+        }
+        buf = io.BytesIO()
+        buf.write(self.header)
+        fastavro.schemaless_writer(buf, self._schema, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> tuple[Event, Provenance]:
+        """Inverse of :meth:`encode`.
+
+        Raises
+        ------
+        DecodeError
+            If the bytes do not start with this schema's single-object header.
+        """
+        if data[:10] != self.header:
+            raise DecodeError("not an mma.events v1 message (single-object header/fingerprint mismatch)")
+        rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[10:]), self._schema)
+        loc = rec["localization"]
+        if loc is not None:
+            loc = dict(loc)
+            loc["type"] = "point" if "error_radius" in loc else "healpix"
+        prov = Provenance(**rec["provenance"])
+        event = Event(
+            id=rec["id"],
+            source=rec["source"],
+            messenger=rec["messenger"],
+            mission=rec["mission"],
+            instrument=rec["instrument"],
+            upstream_id=rec["upstream_id"],
+            alert_type=rec["alert_type"],
+            time=rec["time"],
+            localization=loc,
+            properties=json.loads(rec["properties_json"]),
+            format=rec["format"],
+        )
+        return event, prov
