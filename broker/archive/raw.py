@@ -1,0 +1,283 @@
+"""Content-addressed store of raw upstream bytes, exactly as upstream sent them.
+
+Two implementations behind one small interface (:class:`RawStore`):
+
+:class:`SegmentFileStore` (default)
+    One append-only segment file per batch, fsynced (file and directory) before
+    :meth:`put_many` returns, so the bytes are durable before the archive commits and
+    before Kafka offsets are committed. Writing 35 MB of a 500-alert ZTF batch is one
+    ``write`` + one ``fsync``: this is sequential I/O that does not touch PostgreSQL's
+    WAL, so raw bytes never make the database the bottleneck. Trade-off: every worker
+    must see the same directory (local disk for one machine, a shared file system
+    such as NFS/CephFS on a cluster) and backups must cover it as well as the
+    database. A redelivered batch, or a batch whose database transaction failed, leaves
+    its segment unreferenced (garbage, never corruption); rows keep the first ref.
+:class:`PostgresRawStore`
+    ``bytea`` rows keyed by sha256 in table ``raw_messages`` (``INSERT ... ON CONFLICT
+    DO NOTHING``), written in the same transaction as the event rows. For clusters
+    without a shared file system: one thing to back up, true deduplication across
+    batches, at the cost of sending every byte through the WAL (roughly 2x the raw
+    volume in disk writes, and slower; see benchmarks/bench_archive.py).
+
+Either way, :meth:`RawStore.get` verifies the sha256 of what it read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from broker.errors import BrokerError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+
+class RawStoreError(BrokerError):
+    """Raw bytes missing, unreadable, or not matching their sha256."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRef:
+    """Where one raw message is stored.
+
+    Attributes
+    ----------
+    sha256 : str
+        Hex SHA-256 of the bytes (the content address).
+    length : int
+        Size in bytes.
+    segment : str or None
+        Segment file name relative to the store directory (``YYYYMMDD/<name>.seg``),
+        None for :class:`PostgresRawStore`.
+    offset : int or None
+        Byte offset in the segment, None for :class:`PostgresRawStore`.
+    """
+
+    sha256: str
+    length: int
+    segment: str | None = None
+    offset: int | None = None
+
+
+class RawStore(Protocol):
+    """Interface of the raw-bytes stores.
+
+    ``transactional`` says whether :meth:`put_many` must run inside the archive's
+    database transaction (it then receives that ``connection``).
+    """
+
+    transactional: bool
+
+    def put_many(self, blobs: Sequence[bytes], connection: "sa.Connection | None" = None) -> list[RawRef]:
+        """Store ``blobs`` durably; return one ref per blob, in order."""
+        ...
+
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None) -> bytes:
+        """Return the bytes of ``ref``, verified against ``ref.sha256``."""
+        ...
+
+
+def _dedupe(blobs: Sequence[bytes]) -> tuple[list[str], dict[str, bytes]]:
+    """Hash each blob once (the same object repeated is hashed once); keep first copy."""
+    by_obj: dict[int, str] = {}
+    digests: list[str] = []
+    unique: dict[str, bytes] = {}
+    for blob in blobs:
+        digest = by_obj.get(id(blob))
+        if digest is None:
+            digest = hashlib.sha256(blob).hexdigest()
+            by_obj[id(blob)] = digest
+        digests.append(digest)
+        unique.setdefault(digest, blob)
+    return digests, unique
+
+
+def _verified(data: bytes, ref: RawRef, where: str) -> bytes:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        raise RawStoreError(f"raw bytes at {where} have sha256 {digest}, expected {ref.sha256}")
+    return data
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentFileStore:
+    """Raw bytes in append-only segment files, one per batch, under ``directory``.
+
+    Parameters
+    ----------
+    directory : Path
+        Root directory; segments go into one sub-directory per UTC day. Created if
+        missing. Must be shared by all workers that read raw bytes back.
+    fsync : bool
+        Flush file and directory to stable storage before returning (default). Only
+        benchmarks of the rest of the pipeline should turn it off.
+    """
+
+    transactional = False
+
+    def __init__(self, directory: Path, *, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.fsync = fsync
+
+    def __repr__(self) -> str:
+        return f"SegmentFileStore({str(self.directory)!r})"
+
+    def put_many(self, blobs: Sequence[bytes], connection: "sa.Connection | None" = None) -> list[RawRef]:
+        """Write the distinct blobs into one new segment file and fsync it.
+
+        Parameters
+        ----------
+        blobs : sequence of bytes
+            Raw messages, possibly repeated (several Events of one Avro container).
+        connection : ignored
+            Present for interface compatibility.
+
+        Returns
+        -------
+        list of RawRef
+            One per input blob, in input order; equal blobs share one ref.
+
+        Raises
+        ------
+        OSError
+            If the directory cannot be written (disk full, permissions).
+        """
+        if not blobs:
+            return []
+        digests, unique = _dedupe(blobs)
+        now = datetime.now(timezone.utc)
+        day = now.strftime("%Y%m%d")
+        day_dir = self.directory / day
+        if not day_dir.is_dir():
+            day_dir.mkdir(parents=True, exist_ok=True)
+            if self.fsync:
+                _fsync_dir(self.directory)
+        name = f"{day}/{now.strftime('%H%M%S%f')}-{os.getpid()}-{uuid.uuid4().hex[:8]}.seg"
+        path = self.directory / name
+        placed: dict[str, RawRef] = {}
+        offset = 0
+        for digest, blob in unique.items():
+            placed[digest] = RawRef(sha256=digest, length=len(blob), segment=name, offset=offset)
+            offset += len(blob)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb", buffering=0, closefd=False) as fh:
+                fh.writelines(unique.values())
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.fsync:
+            _fsync_dir(day_dir)
+        log.debug("wrote %d raw messages, %d bytes, to segment %s", len(unique), offset, name)
+        return [placed[d] for d in digests]
+
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None) -> bytes:
+        """Read and verify the bytes of ``ref``.
+
+        Raises
+        ------
+        RawStoreError
+            If the segment is missing, too short, or the bytes do not match the hash.
+        """
+        if ref.segment is None or ref.offset is None:
+            raise RawStoreError(f"raw ref {ref.sha256} has no segment: it belongs to a PostgresRawStore")
+        path = self.directory / ref.segment
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(ref.offset)
+                data = fh.read(ref.length)
+        except OSError as exc:
+            raise RawStoreError(f"cannot read raw segment {path}: {exc.strerror}") from None
+        if len(data) != ref.length:
+            raise RawStoreError(f"raw segment {path} ends before offset {ref.offset}+{ref.length}")
+        return _verified(data, ref, f"{path}@{ref.offset}")
+
+
+class PostgresRawStore:
+    """Raw bytes as ``bytea`` rows of table ``raw_messages``, keyed by sha256.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine or None
+        Used by :meth:`get` and :meth:`put_many` when no connection is passed. The
+        :class:`~broker.archive.store.Archive` always passes its own connection, so
+        ``None`` is fine there.
+    """
+
+    transactional = True
+
+    def __init__(self, engine: "sa.Engine | None" = None) -> None:
+        self.engine = engine
+
+    def __repr__(self) -> str:
+        return "PostgresRawStore()"
+
+    def _run(self, connection: "sa.Connection | None", fn):
+        if connection is not None:
+            return fn(connection)
+        if self.engine is None:
+            raise RawStoreError("PostgresRawStore needs a connection or an engine")
+        with self.engine.begin() as conn:
+            return fn(conn)
+
+    def put_many(self, blobs: Sequence[bytes], connection: "sa.Connection | None" = None) -> list[RawRef]:
+        """Insert the distinct blobs, skipping those already stored.
+
+        The bytes travel as binary parameters (``%b``: no hex escaping) in one
+        pipelined ``executemany``. Runs inside ``connection``'s transaction.
+
+        Returns
+        -------
+        list of RawRef
+            One per input blob, in input order (``segment`` and ``offset`` None).
+        """
+        if not blobs:
+            return []
+        digests, unique = _dedupe(blobs)
+
+        def insert(conn: "sa.Connection") -> None:
+            dbapi = conn.connection.driver_connection
+            with dbapi.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO raw_messages (sha256, data) VALUES (%s, %b) ON CONFLICT (sha256) DO NOTHING",
+                    list(unique.items()),
+                )
+
+        self._run(connection, insert)
+        sizes = {d: len(b) for d, b in unique.items()}
+        return [RawRef(sha256=d, length=sizes[d]) for d in digests]
+
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None) -> bytes:
+        """Fetch and verify the bytes of ``ref``.
+
+        Raises
+        ------
+        RawStoreError
+            If no row has this sha256, or the bytes do not match it.
+        """
+        import sqlalchemy as sa
+
+        def fetch(conn: "sa.Connection"):
+            return conn.execute(sa.text("SELECT data FROM raw_messages WHERE sha256 = :h"), {"h": ref.sha256}).scalar()
+
+        data = self._run(connection, fetch)
+        if data is None:
+            raise RawStoreError(f"raw message {ref.sha256} not found in table raw_messages")
+        return _verified(bytes(data), ref, f"raw_messages[{ref.sha256}]")
