@@ -145,7 +145,12 @@ def read_skymap(fits_bytes: bytes) -> MultiOrderSkyMap:
         header = hdu.header
         names = list(hdu.columns.names)
         upper = [n.upper() for n in names]
-        data = hdu.data
+        try:
+            data = hdu.data
+        except (TypeError, ValueError, OSError) as exc:  # truncated file: too few bytes for NAXIS2 rows
+            raise DecodeError(f"sky map: unreadable HEALPix table ({' '.join(str(exc).split())})") from None
+        if data is None:
+            raise DecodeError("sky map: HEALPix table has no rows")
         meta = {k: v for k, v in header.items() if k and not k.startswith(_STRUCTURAL)}
         coordsys = str(header.get("COORDSYS", "C")).strip().upper()
         if coordsys not in ("C", "CELESTIAL", "EQUATORIAL"):
