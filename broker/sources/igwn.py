@@ -1,0 +1,391 @@
+"""IGWN (LIGO/Virgo/KAGRA) alerts: ``igwn.gwalert`` JSON and Avro, and LVC VOEvents.
+
+The formats are those of the LVK Alert User Guide (emfollow.docs.ligo.org/userguide,
+"Alert Contents") and the ``igwn-gwalert-schema`` package (Avro schema
+``igwn.alerts.v1_0.Alert``). Each alert becomes one :class:`~broker.event.Event`:
+
+* ``source="igwn"``, ``messenger="gw"``, ``mission="LVK"``, ``instrument`` the joined
+  detector list (``"H1,L1,V1"``) or None, ``upstream_id`` the superevent id,
+  ``alert_type`` lower case.
+* ``time`` is the event time T0 (``event.time``). A retraction carries no event, so its
+  ``time`` is the notice's ``time_created``; ``properties["time_source"]`` says which
+  (``"event.time"`` or ``"time_created"``).
+* ``id`` of a gwalert is ``igwn:{superevent_id}:{alert_type}:{time_created}`` with
+  ``time_created`` compact UTC (``20181101T223449Z``): the gwalert has no sequence
+  number, and GraceDB stamps each notice. When the notice carries an external
+  coincidence, ``:ext:{gcn_notice_id}`` is appended, because an ordinary update and a
+  RAVEN ext-update can share a superevent, type and second (the user guide's own
+  samples do). The same notice sent as JSON and as Avro gets the same id.
+  A VOEvent's id is ``igwn:{ivorn}``.
+* The base64/bytes multi-order sky map is summarized by
+  :func:`broker.skymap.summarize_multiorder` into ``localization`` and never copied
+  into ``properties``; the RAVEN combined map, when present, is summarized into
+  ``properties["external_coinc"]["combined_localization"]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from broker.errors import DecodeError
+from broker.event import Event, HealpixLocalization, format_time
+from broker.skymap import summarize_multiorder
+
+log = logging.getLogger(__name__)
+
+TOPIC = "igwn.gwalert"
+ALERT_TYPES = ("earlywarning", "preliminary", "initial", "update", "retraction")
+VOEVENT_IVORN_PREFIX = "ivo://gwnet/LVC"
+_SCHEMA_NAME = re.compile(r"^igwn\.alerts(\.v\d+(_\d+)*)?\.Alert$")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _parse_time(value: Any, what: str) -> datetime:
+    """Parse an ISO 8601 time (``Z``, offset or naive = UTC) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value.strip():
+        raise DecodeError(f"{what} missing or not a string: {value!r}")
+    text = value.strip()
+    try:
+        t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise DecodeError(f"{what} is not an ISO 8601 time: {value!r}") from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _compact_utc(t: datetime) -> str:
+    """``20181101T223449Z`` (with ``.ffffff`` only when the time has fractional seconds)."""
+    frac = f".{t.microsecond:06d}".rstrip("0") if t.microsecond else ""
+    return t.strftime("%Y%m%dT%H%M%S") + frac + "Z"
+
+
+def _float_or_none(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DecodeError(f"{what} is not a number: {value!r}") from None
+
+
+def _summarize(blob: Any, what: str, sid: str) -> HealpixLocalization | None:
+    """Summarize a sky map given as base64 text (JSON) or raw bytes (Avro)."""
+    if blob is None or blob == "" or blob == b"":
+        return None
+    if isinstance(blob, str):
+        try:
+            blob = base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(f"igwn {sid}: {what} is not valid base64 ({_one_line(exc)})") from None
+    if not isinstance(blob, (bytes, bytearray)):
+        raise DecodeError(f"igwn {sid}: {what} must be base64 text or bytes, got {type(blob).__name__}")
+    try:
+        return summarize_multiorder(bytes(blob))
+    except DecodeError as exc:
+        raise DecodeError(f"igwn {sid}: {what}: {_one_line(exc)}") from None
+
+
+def is_igwn_alert(obj: dict) -> bool:
+    """True if a decoded JSON object is an ``igwn.gwalert`` notice.
+
+    GraceDB superevent records and igwn-alert (LVAlert) messages lack ``alert_type``
+    or ``superevent_id`` at top level and are not gwalerts.
+    """
+    return isinstance(obj, dict) and "superevent_id" in obj and "alert_type" in obj
+
+
+def is_igwn_schema(header: Any) -> bool:
+    """True if an Avro container's writer schema is the IGWN alert schema.
+
+    Parameters
+    ----------
+    header : AvroHeader
+        From ``broker.sources.avro.read_header``; only ``schema_name`` is used
+        (``igwn.alerts.Alert`` or versioned ``igwn.alerts.v1_0.Alert``).
+    """
+    return bool(_SCHEMA_NAME.match(str(getattr(header, "schema_name", "") or "")))
+
+
+def _external_coinc(ext: Any, sid: str) -> dict[str, Any] | None:
+    if ext is None:
+        return None
+    if not isinstance(ext, dict):
+        raise DecodeError(f"igwn {sid}: external_coinc must be an object, got {type(ext).__name__}")
+    notice_id = ext.get("gcn_notice_id")
+    if isinstance(notice_id, str) and notice_id.strip().isdigit():
+        notice_id = int(notice_id)
+    out = {
+        "gcn_notice_id": notice_id,
+        "ivorn": ext.get("ivorn"),
+        "observatory": ext.get("observatory"),
+        "search": ext.get("search"),
+        "time_difference_s": _float_or_none(ext.get("time_difference"), "external_coinc.time_difference"),
+        "time_coincidence_far_hz": _float_or_none(
+            ext.get("time_coincidence_far"), "external_coinc.time_coincidence_far"),
+        "time_sky_position_coincidence_far_hz": _float_or_none(
+            ext.get("time_sky_position_coincidence_far"), "external_coinc.time_sky_position_coincidence_far"),
+    }
+    combined = _summarize(ext.get("combined_skymap"), "external_coinc.combined_skymap", sid)
+    if combined is not None:
+        out["combined_localization"] = combined.model_dump(mode="json")
+    return out
+
+
+def _normalize(alert: dict, fmt: str) -> Event:
+    """Normalize one gwalert given as a dict (JSON object or Avro record)."""
+    sid = alert.get("superevent_id")
+    if not isinstance(sid, str) or not sid.strip():
+        raise DecodeError(f"igwn gwalert: 'superevent_id' missing or empty: {sid!r}")
+    sid = sid.strip()
+    raw_type = alert.get("alert_type")
+    alert_type = raw_type.strip().lower() if isinstance(raw_type, str) else ""
+    if alert_type not in ALERT_TYPES:
+        raise DecodeError(f"igwn {sid}: 'alert_type' {raw_type!r} is not one of {', '.join(ALERT_TYPES)}")
+    if "time_created" not in alert:
+        raise DecodeError(f"igwn {sid}: 'time_created' missing")
+    created = _parse_time(alert["time_created"], f"igwn {sid}: 'time_created'")
+    urls = alert.get("urls") or {}
+    if not isinstance(urls, dict):
+        raise DecodeError(f"igwn {sid}: 'urls' must be an object, got {type(urls).__name__}")
+
+    props: dict[str, Any] = {"time_created": format_time(created), "urls": dict(urls)}
+    event = alert.get("event")
+    localization = None
+    instrument = None
+    if event is None:
+        t0, props["time_source"] = created, "time_created"
+    elif not isinstance(event, dict):
+        raise DecodeError(f"igwn {sid}: 'event' must be an object or null, got {type(event).__name__}")
+    else:
+        t0, props["time_source"] = _parse_time(event.get("time"), f"igwn {sid}: 'event.time'"), "event.time"
+        instruments = event.get("instruments") or []
+        if not isinstance(instruments, list) or not all(isinstance(i, str) for i in instruments):
+            raise DecodeError(f"igwn {sid}: 'event.instruments' must be a list of strings: {instruments!r}")
+        instrument = ",".join(instruments) or None
+        props.update({
+            "far_hz": _float_or_none(event.get("far"), f"igwn {sid}: 'event.far'"),
+            "significant": event.get("significant"),
+            "group": event.get("group"),
+            "pipeline": event.get("pipeline"),
+            "search": event.get("search"),
+            "instruments": list(instruments),
+            "classification": dict(event.get("classification") or {}),
+            "properties": dict(event.get("properties") or {}),
+        })
+        for key, name in (("duration", "duration_s"), ("central_frequency", "central_frequency_hz")):
+            value = _float_or_none(event.get(key), f"igwn {sid}: 'event.{key}'")
+            if value is not None:
+                props[name] = value
+        localization = _summarize(event.get("skymap"), "event.skymap", sid)
+
+    ext = _external_coinc(alert.get("external_coinc"), sid)
+    event_id = f"igwn:{sid}:{alert_type}:{_compact_utc(created)}"
+    if ext is not None:
+        props["external_coinc"] = ext
+        event_id += f":ext:{ext['gcn_notice_id'] if ext['gcn_notice_id'] is not None else ext['ivorn']}"
+    return Event(
+        id=event_id, source="igwn", messenger="gw", mission="LVK", instrument=instrument,
+        upstream_id=sid, alert_type=alert_type, time=format_time(t0), localization=localization,
+        properties=props, format=fmt,
+    )
+
+
+def decode_json(obj: dict) -> Event:
+    """Normalize an ``igwn.gwalert`` JSON notice.
+
+    Parameters
+    ----------
+    obj : dict
+        The parsed JSON object (``event.skymap`` is a base64 multi-order FITS file).
+
+    Returns
+    -------
+    Event
+        With ``format="json"``; see the module docstring for ids and times.
+
+    Raises
+    ------
+    DecodeError
+        One line naming the field: ``superevent_id`` or ``time_created`` missing,
+        unknown ``alert_type``, unparseable ``event.time``, corrupt ``event.skymap``.
+    """
+    return _normalize(obj, "json")
+
+
+def decode_avro(data: bytes, header: Any) -> list[Event]:
+    """Normalize every alert in an Avro object container of ``igwn.alerts.Alert``.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole container, as upstream sent it.
+    header : AvroHeader
+        Its parsed header; only ``schema_name`` is checked here, fastavro reads the
+        records with the embedded writer schema (IGWN alert rates are low).
+
+    Returns
+    -------
+    list of Event
+        One per record, ``format="avro"``.
+
+    Raises
+    ------
+    DecodeError
+        If the schema is not the IGWN alert schema, the container is corrupt, or a
+        record fails normalization (see :func:`decode_json`).
+    """
+    import fastavro
+
+    if not is_igwn_schema(header):
+        raise DecodeError(f"igwn: Avro schema {getattr(header, 'schema_name', None)!r} is not igwn.alerts.Alert")
+    try:
+        records = list(fastavro.reader(io.BytesIO(data)))
+    except Exception as exc:  # fastavro raises many types on corrupt input
+        raise DecodeError(f"igwn: corrupt Avro container ({type(exc).__name__}: {_one_line(exc)})") from None
+    if not records:
+        raise DecodeError("igwn: Avro container holds no alert")
+    return [_normalize(rec, "avro") for rec in records]
+
+
+def _local(el) -> str:
+    tag = el.tag
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _voevent_params(root) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Top-level ``What/Param`` values and ``What/Group/Param`` values by group name."""
+    top: dict[str, str] = {}
+    groups: dict[str, dict[str, str]] = {}
+    what = next((c for c in root if _local(c) == "What"), None)
+    if what is None:
+        return top, groups
+    for child in what:
+        if _local(child) == "Param" and child.get("name"):
+            top[child.get("name")] = (child.get("value") or "").strip()
+        elif _local(child) == "Group":
+            name = child.get("name") or child.get("type") or ""
+            groups[name] = {p.get("name"): (p.get("value") or "").strip()
+                            for p in child if _local(p) == "Param" and p.get("name")}
+    return top, groups
+
+
+def _first_text(root, path: tuple[str, ...]) -> str | None:
+    """Text of the first element reached by following local names, or None."""
+    nodes = [root]
+    for name in path:
+        nodes = [c for n in nodes for c in n if _local(c) == name]
+    if not nodes:
+        return None
+    return (nodes[0].text or "").strip() or None
+
+
+def _voevent_float(params: dict[str, str], key: str, ivorn: str) -> float | None:
+    return _float_or_none(params.get(key) or None, f"VOEvent {ivorn}: Param {key}")
+
+
+def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Event:
+    """Normalize an LVC GCN Classic VOEvent (``ivo://gwnet/LVC#...``).
+
+    Parameters
+    ----------
+    root : lxml.etree._Element
+        Root ``VOEvent`` element of the parsed XML.
+    data : bytes
+        The raw XML (kept for the dispatcher's uniform call; not re-parsed).
+    skymap_fits : bytes, optional
+        A local copy of the sky map the VOEvent points to (``skymap_fits`` Param).
+        VOEvents carry only the URL, so without it ``localization`` is None.
+
+    Returns
+    -------
+    Event
+        ``id = "igwn:" + ivorn``, ``format="voevent"``; ``time`` from
+        ``WhereWhen//ISOTime`` (``Who/Date`` if absent, noted in ``time_source``);
+        ``properties`` as for gwalerts, plus ``skymap_url``, ``pkt_ser_num``,
+        ``packet_type`` and ``role``.
+
+    Raises
+    ------
+    DecodeError
+        If the ivorn is not LVC's, ``GraceID`` or ``AlertType`` is missing or unknown,
+        a time or number does not parse, or ``skymap_fits`` is not a sky map.
+    """
+    ivorn = (root.get("ivorn") or "").strip()
+    if not ivorn.startswith(VOEVENT_IVORN_PREFIX):
+        raise DecodeError(f"VOEvent ivorn {ivorn!r} is not an LVC one ({VOEVENT_IVORN_PREFIX}#...)")
+    top, groups = _voevent_params(root)
+    sid = top.get("GraceID")
+    if not sid:
+        raise DecodeError(f"VOEvent {ivorn}: Param GraceID missing")
+    alert_type = top.get("AlertType", "").lower()
+    if alert_type not in ALERT_TYPES:
+        raise DecodeError(f"VOEvent {ivorn}: Param AlertType {top.get('AlertType')!r} is not one of "
+                          f"{', '.join(ALERT_TYPES)}")
+    created_text = _first_text(root, ("Who", "Date"))
+    iso_time = _first_text(root, ("WhereWhen", "ObsDataLocation", "ObservationLocation", "AstroCoords",
+                                  "Time", "TimeInstant", "ISOTime"))
+    if iso_time is None and created_text is None:
+        raise DecodeError(f"VOEvent {ivorn}: neither WhereWhen ISOTime nor Who/Date present")
+    props: dict[str, Any] = {"role": root.get("role")}
+    if created_text is not None:
+        props["time_created"] = format_time(_parse_time(created_text, f"VOEvent {ivorn}: Who/Date"))
+    t0 = _parse_time(iso_time or created_text, f"VOEvent {ivorn}: ISOTime")
+    props["time_source"] = "event.time" if iso_time else "time_created"
+    props["urls"] = {"gracedb": top["EventPage"]} if top.get("EventPage") else {}
+    for key, name in (("Pkt_Ser_Num", "pkt_ser_num"), ("Packet_Type", "packet_type")):
+        if top.get(key, "").isdigit():
+            props[name] = int(top[key])
+
+    instruments = [i.strip() for i in top.get("Instruments", "").split(",") if i.strip()]
+    if alert_type != "retraction":
+        props.update({
+            "far_hz": _voevent_float(top, "FAR", ivorn),
+            "significant": bool(int(top["Significant"])) if top.get("Significant", "").isdigit() else None,
+            "group": top.get("Group"),
+            "pipeline": top.get("Pipeline"),
+            "search": top.get("Search"),
+            "instruments": instruments,
+            "classification": {k: _voevent_float(groups.get("Classification", {}), k, ivorn)
+                               for k in groups.get("Classification", {})},
+            "properties": {k: _voevent_float(groups.get("Properties", {}), k, ivorn)
+                           for k in groups.get("Properties", {})},
+        })
+        for key, name in (("Duration", "duration_s"), ("CentralFreq", "central_frequency_hz")):
+            value = _voevent_float(top, key, ivorn)
+            if value is not None:
+                props[name] = value
+    skymap_url = groups.get("GW_SKYMAP", {}).get("skymap_fits") or None
+    if skymap_url:
+        props["skymap_url"] = skymap_url
+    ext = groups.get("External Coincidence")
+    if ext:
+        notice_id = ext.get("External_GCN_Notice_Id")
+        props["external_coinc"] = {
+            "gcn_notice_id": int(notice_id) if notice_id and notice_id.isdigit() else notice_id,
+            "ivorn": ext.get("External_Ivorn"),
+            "observatory": ext.get("External_Observatory"),
+            "search": ext.get("External_Search"),
+            "time_difference_s": _voevent_float(ext, "Time_Difference", ivorn),
+            "time_coincidence_far_hz": _voevent_float(ext, "Time_Coincidence_FAR", ivorn),
+            "time_sky_position_coincidence_far_hz": _voevent_float(ext, "Time_Sky_Position_Coincidence_FAR", ivorn),
+            "joint_skymap_url": ext.get("joint_skymap_fits"),
+        }
+    localization = None
+    if skymap_fits is not None:
+        try:
+            localization = summarize_multiorder(skymap_fits, skymap_url=skymap_url)
+        except DecodeError as exc:
+            raise DecodeError(f"VOEvent {ivorn}: local sky map: {_one_line(exc)}") from None
+    return Event(
+        id=f"igwn:{ivorn}", source="igwn", messenger="gw", mission="LVK",
+        instrument=",".join(instruments) or None, upstream_id=sid, alert_type=alert_type,
+        time=format_time(t0), localization=localization, properties=props, format="voevent",
+    )
