@@ -67,9 +67,15 @@ require_command() {
     command -v "$1" >/dev/null 2>&1 || die "'$1' not found on PATH ($2)"
 }
 
+# The default state dir is inside the work tree: keep it out of `git status`.
+ensure_state_dir() {
+    mkdir -p "${STATE_DIR}"
+    [[ -f "${STATE_DIR}/.gitignore" ]] || printf '# runtime state of deploy/kafka/kafka.sh\n*\n' >"${STATE_DIR}/.gitignore"
+}
+
 # Serialise start/stop/purge for one state dir (two shells starting at once).
 take_lock() {
-    mkdir -p "${STATE_DIR}"
+    ensure_state_dir
     if command -v flock >/dev/null 2>&1; then
         exec 9>"${LOCK_FILE}"
         flock -w 300 9 || die "could not lock ${LOCK_FILE} within 300 s"
@@ -171,7 +177,7 @@ cmd_fetch() {
         return 0
     fi
     require_command mvn "Maven fetches the Kafka jars from Maven Central"
-    mkdir -p "${STATE_DIR}"
+    ensure_state_dir
     local tmp="${STATE_DIR}/lib.tmp.$$"
     rm -rf "${tmp}"
     say "fetching Kafka jars from Maven Central (pinned in ${POM})"
@@ -287,7 +293,6 @@ cmd_start() {
     check_port_number MMA_BROKER_KAFKA_CONTROLLER_PORT "${CONTROLLER_PORT}"
     require_command java "Java 17 runs the broker"
     take_lock
-    cmd_fetch
     local pid
     pid="$(our_pid)"
     if [[ -n "${pid}" ]]; then
@@ -302,6 +307,7 @@ cmd_start() {
             die "${HOST}:${port} is already in use by a process that is not the broker of ${STATE_DIR} $(port_owner "${port}"); stop it or set MMA_BROKER_KAFKA_PORT / MMA_BROKER_KAFKA_CONTROLLER_PORT"
         fi
     done
+    cmd_fetch
     write_config
     ensure_formatted
     [[ -f "${SERVER_LOG}" ]] && stat -c %s "${SERVER_LOG}" >"${LOG_OFFSET_FILE}" || echo 0 >"${LOG_OFFSET_FILE}"
@@ -390,8 +396,6 @@ cmd_stop() {
     if [[ "${purge}" == "--purge" ]]; then
         rm -rf "${DATA_DIR}" "${LOG_DIR}" "${CLUSTER_ID_FILE}" "${LOG_OFFSET_FILE}"
         say "purged data, logs and cluster id in ${STATE_DIR} (jars kept)"
-    elif [[ -n "${purge}" ]]; then
-        die "unknown option for stop: ${purge}"
     fi
 }
 
@@ -415,7 +419,12 @@ main() {
     case "${command}" in
         fetch) take_lock; cmd_fetch ;;
         start) cmd_start ;;
-        stop) cmd_stop "${1:-}" ;;
+        stop)
+            if [[ -n "${1:-}" && "${1}" != "--purge" ]]; then
+                usage
+                die "unknown option for stop: ${1}"
+            fi
+            cmd_stop "${1:-}" ;;
         purge) cmd_stop --purge ;;
         status) cmd_status ;;
         wait) cmd_wait ;;
