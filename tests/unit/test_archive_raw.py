@@ -1,0 +1,95 @@
+"""Unit tests of the segment-file raw store (no database needed)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from broker.archive.raw import RawRef, RawStoreError, SegmentFileStore
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+REAL_FILES = [
+    DATA / "voevent/pygcn/gbm_flt_pos.xml",
+    DATA / "igwn/userguide/MS181101ab-preliminary.avro",
+    DATA / "ztf/fink-client/avro_multi_alerts_other.avro",
+]
+
+
+@pytest.fixture
+def blobs() -> list[bytes]:
+    return [p.read_bytes() for p in REAL_FILES]
+
+
+def test_round_trip_real_messages(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    refs = store.put_many(blobs)
+    assert [r.sha256 for r in refs] == [hashlib.sha256(b).hexdigest() for b in blobs]
+    assert [r.length for r in refs] == [p.stat().st_size for p in REAL_FILES]
+    assert len({r.segment for r in refs}) == 1  # one segment per batch
+    for ref, path in zip(refs, REAL_FILES):
+        assert store.get(ref) == path.read_bytes()
+    # a fresh store object on the same directory reads the same bytes (no in-memory state)
+    assert SegmentFileStore(tmp_path).get(refs[1]) == REAL_FILES[1].read_bytes()
+
+
+def test_duplicates_in_batch_stored_once(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    copy = bytes(blobs[0])  # equal content, different object
+    refs = store.put_many([blobs[0], blobs[1], blobs[0], copy])
+    assert refs[0] == refs[2] == refs[3]
+    segment = tmp_path / refs[0].segment
+    assert segment.stat().st_size == len(blobs[0]) + len(blobs[1])
+
+
+def test_each_batch_gets_a_new_segment(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    a = store.put_many(blobs[:1])
+    b = store.put_many(blobs[:1])
+    assert a[0].segment != b[0].segment
+    assert a[0].sha256 == b[0].sha256
+    assert store.put_many([]) == []
+
+
+def test_corruption_is_detected(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    ref = store.put_many(blobs[:2])[1]
+    path = tmp_path / ref.segment
+    data = bytearray(path.read_bytes())
+    data[ref.offset + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(RawStoreError, match="sha256"):
+        store.get(ref)
+
+
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        (RawRef(sha256="0" * 64, length=10, segment="20000101/missing.seg", offset=0), "cannot read"),
+        (RawRef(sha256="0" * 64, length=10), "no segment"),
+    ],
+)
+def test_missing_segment_errors(tmp_path: Path, ref: RawRef, message: str) -> None:
+    with pytest.raises(RawStoreError, match=message):
+        SegmentFileStore(tmp_path).get(ref)
+
+
+def test_truncated_segment(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    ref = store.put_many(blobs[:1])[0]
+    path = tmp_path / ref.segment
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(RawStoreError, match="ends before"):
+        store.get(ref)
+
+
+def test_fsync_called_on_file_and_dirs(tmp_path: Path, blobs: list[bytes], monkeypatch) -> None:
+    import os
+
+    synced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    SegmentFileStore(tmp_path / "new").put_many(blobs[:1])
+    # segment file, the store root (new day directory) and the day directory
+    assert len(synced) == 3
