@@ -294,7 +294,7 @@ def search_excess(lc: LightCurve, params: ExcessSearchParams = ExcessSearchParam
         scales.append(
             ScaleResult(
                 requested_scale_s=float(requested_s),
-                scale_s=float(n * bin_s),
+                scale_s=round(n * bin_s, 9),
                 n_bins=n,
                 n_trials=int(idx.size),
                 max_snr=float(snr[k]),
@@ -307,7 +307,7 @@ def search_excess(lc: LightCurve, params: ExcessSearchParams = ExcessSearchParam
         )
         n_total += int(idx.size)
         if snr[k] > best[0]:
-            best = (float(snr[k]), offset_s, float(n * bin_s))
+            best = (float(snr[k]), offset_s, round(n * bin_s, 9))
     if not scales:
         raise ExcessSearchError("no time scale has enough background and search-window data")
     best_snr, best_offset_s, best_scale_s = best

@@ -1,0 +1,134 @@
+"""``mma-broker followup`` commands: offline light-curve excess search.
+
+The main CLI mounts this app with ``app.add_typer(followup.cli.app, name="followup")``.
+``followup excess LIGHTCURVE --t0 ISO`` reads any OGIP light-curve FITS file, runs the
+SPI-ACS analysis of :mod:`followup.spiacs` and prints either the plain-text summary
+or, with ``--json``, one JSON object. A bad file or time gives one line on stderr
+naming it and why, and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(name="followup", no_args_is_help=True, add_completion=False,
+                  help="INTEGRAL follow-up analyses (offline light-curve excess search).")
+
+logger = logging.getLogger(__name__)
+
+
+@app.callback()
+def _group() -> None:
+    """INTEGRAL follow-up analyses."""
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def summary_json(result, lightcurve_path: str) -> dict:
+    """The ``--json`` object: the search outcome, per-scale limits and the response used.
+
+    Parameters
+    ----------
+    result : followup.spiacs.SpiAcsResult
+    lightcurve_path : str
+        Path of the light-curve file, echoed back.
+
+    Returns
+    -------
+    dict
+        JSON-ready; keys ``detected``, ``best_time`` (ISO UTC), ``best_offset_s``,
+        ``best_timescale_s``, ``best_snr``, ``fap``, ``n_trials``, ``upper_limits``
+        (one entry per time scale: ``counts`` and, with a direction, ``fluence_erg_cm2``
+        for the short-GRB spectrum and ``peak_flux_erg_cm2_s`` for the long-GRB one).
+    """
+    ex = result.excess
+    limits = []
+    for row in result.limits:
+        entry = {
+            "scale_s": row.scale_s,
+            "requested_scale_s": row.requested_scale_s,
+            "counts": row.upper_limit_counts,
+            "excess_variance_factor": row.excess_variance_factor,
+        }
+        if row.short_grb_fluence_erg_cm2 is not None:
+            entry["fluence_erg_cm2"] = row.short_grb_fluence_erg_cm2.best
+            entry["peak_flux_erg_cm2_s"] = row.long_grb_peak_flux_erg_cm2_s.best
+            entry["direction_quality"] = row.short_grb_fluence_erg_cm2.best_direction_quality
+        limits.append(entry)
+    return {
+        "lightcurve": lightcurve_path,
+        "instrument": result.instrument,
+        "t0": ex.t0_utc,
+        "detected": ex.detected,
+        "best_time": ex.best_time_utc,
+        "best_offset_s": ex.best_offset_s,
+        "best_timescale_s": ex.best_timescale_s,
+        "best_snr": _finite(ex.best_snr),
+        "fap": ex.fap,
+        "detection_fap": ex.detection_fap,
+        "n_trials": ex.n_trials,
+        "search_window_s": list(ex.search_window_s),
+        "background_order": ex.background.order,
+        "upper_limit_sigma": result.params.search.upper_limit_sigma,
+        "upper_limits": limits,
+        "fluence_band_kev": list(result.fluence_band_kev),
+        "short_grb_spectrum": result.short_grb_spectrum,
+        "long_grb_spectrum": result.long_grb_spectrum,
+        "response_source": result.response_source,
+        "response_systematic": result.response_systematic,
+    }
+
+
+@app.command("excess")
+def excess(
+    lightcurve: Path = typer.Argument(..., help="OGIP light-curve FITS file (TIME and RATE or COUNTS)."),
+    t0: str = typer.Option(..., "--t0", help="Event time T0, ISO 8601 UTC, e.g. 2023-03-07T15:44:06.67Z."),
+    window: float = typer.Option(300.0, "--window", help="Search half-window around T0, seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the text summary."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write a PNG light-curve plot here."),
+    theta_deg: Optional[float] = typer.Option(None, "--theta-deg", help="Source angle from the pointing axis, deg."),
+    phi_deg: float = typer.Option(0.0, "--phi-deg", help="Source azimuth around the pointing axis, deg."),
+) -> None:
+    """Search a light curve for an excess around T0 and give 3-sigma upper limits."""
+    from broker.errors import BrokerError
+    from followup.excess import ExcessSearchParams
+    from followup.lightcurve import read_ogip_lightcurve, to_utc_time
+    from followup.report import spiacs_summary_text
+    from followup.spiacs import SkyDirection, SpiAcsParams, run_spiacs_analysis
+
+    try:
+        t0_time = to_utc_time(t0)
+    except ValueError as exc:
+        typer.echo(f"error: --t0 {t0!r}: not an ISO 8601 time ({exc})", err=True)
+        raise typer.Exit(1)
+    directions = None if theta_deg is None else [SkyDirection(theta_deg, phi_deg, 1.0)]
+    params = SpiAcsParams(search=ExcessSearchParams(search_half_window_s=window))
+    try:
+        lc = read_ogip_lightcurve(lightcurve)
+        result = run_spiacs_analysis(lc, t0_time, directions, params)
+    except (BrokerError, ValueError) as exc:
+        message = str(exc)
+        if str(lightcurve) not in message:
+            message = f"{lightcurve}: {message}"
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1)
+    if plot is not None:
+        from followup.plot import plot_lightcurve
+
+        try:
+            plot_lightcurve(lc, result, plot)
+        except OSError as exc:
+            typer.echo(f"error: {plot}: cannot write plot ({exc})", err=True)
+            raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(summary_json(result, str(lightcurve))))
+    else:
+        typer.echo(spiacs_summary_text(result, event_name=f"the event at {result.t0_utc}"), nl=False)
