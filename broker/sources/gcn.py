@@ -248,12 +248,14 @@ def _point(obj: dict, props: dict) -> PointLocalization | None:
     err = obj.get("ra_dec_error", obj.get("ra_uncertainty"))
     radius = None
     if isinstance(err, list):
-        vals = [_num(v) for v in err]
-        if len(vals) >= 3 and None not in vals[:3]:
-            props["error_ellipse_deg"] = vals[:3]  # semi-major, semi-minor, position angle
-            radius = max(vals[0], vals[1])
-        elif vals and vals[0] is not None:
-            radius = vals[0]
+        # core/Localization: [semi-major, semi-minor (default = major), position angle (default 0)]
+        vals = [_num(v) for v in err[:3]]
+        if vals and None not in vals:
+            major = vals[0]
+            minor = vals[1] if len(vals) > 1 else major
+            radius = max(major, minor)
+            if len(vals) > 1:
+                props["error_ellipse_deg"] = [major, minor, vals[2] if len(vals) > 2 else 0.0]
     else:
         radius = _num(err)
     corners = obj.get("rectangular_error_corners")
@@ -282,13 +284,12 @@ def _healpix(obj: dict, where: str, props: dict) -> HealpixLocalization | None:
         return None
     from broker.skymap import summarize_multiorder
 
-    summary = summarize_multiorder(raw)
-    if isinstance(summary, HealpixLocalization):
-        loc = summary
-    else:
-        loc = HealpixLocalization(**dict(summary))
-    url = obj.get("healpix_url")
-    return loc.model_copy(update={"skymap_url": url}) if url and loc.skymap_url is None else loc
+    try:
+        return summarize_multiorder(raw, skymap_url=obj.get("healpix_url"))
+    except DecodeError as exc:
+        props["skymap_error"] = str(exc)
+        logger.warning("%s: healpix_file unusable (%s); using the point position if any", where, exc)
+        return None
 
 
 def _slug(*parts: str | None) -> str:
