@@ -119,7 +119,7 @@ port_owner() {
 # correlation id 0x4d4d4b41 echoed and error_code 0.
 api_versions_ok() {
     local reply
-    reply="$(timeout 5 bash -c '
+    reply="$(timeout 3 bash -c '
         exec 3<>"/dev/tcp/$1/$2" || exit 1
         # size=19 | api_key=18 | api_version=0 | correlation_id | client_id="mmabroker"
         printf "\x00\x00\x00\x13\x00\x12\x00\x00\x4d\x4d\x4b\x41\x00\x09mmabroker" >&3
