@@ -107,7 +107,7 @@ def excess(
     try:
         t0_time = to_utc_time(t0)
     except ValueError as exc:
-        typer.echo(f"error: --t0 {t0!r}: not an ISO 8601 time ({exc})", err=True)
+        typer.echo(f"error: --t0 {t0!r}: not an ISO 8601 UTC time such as 2023-03-07T15:44:06.67Z", err=True)
         raise typer.Exit(1)
     directions = None if theta_deg is None else [SkyDirection(theta_deg, phi_deg, 1.0)]
     params = SpiAcsParams(search=ExcessSearchParams(search_half_window_s=window))
@@ -115,7 +115,7 @@ def excess(
         lc = read_ogip_lightcurve(lightcurve)
         result = run_spiacs_analysis(lc, t0_time, directions, params)
     except (BrokerError, ValueError) as exc:
-        message = str(exc)
+        message = " ".join(str(exc).split())
         if str(lightcurve) not in message:
             message = f"{lightcurve}: {message}"
         typer.echo(f"error: {message}", err=True)
