@@ -59,8 +59,9 @@ EOF
 
 check_port_number() {
     local name="$1" value="$2"
-    [[ "${value}" =~ ^[0-9]+$ ]] && (( value > 0 && value < 65536 )) \
-        || die "${name}=${value} is not a TCP port number"
+    if ! [[ "${value}" =~ ^[0-9]+$ ]] || (( value < 1 || value > 65535 )); then
+        die "${name}=${value} is not a TCP port number"
+    fi
 }
 
 require_command() {
@@ -119,6 +120,7 @@ port_owner() {
 # correlation id 0x4d4d4b41 echoed and error_code 0.
 api_versions_ok() {
     local reply
+    # shellcheck disable=SC2016  # $1/$2 expand in the inner shell
     reply="$(timeout 3 bash -c '
         exec 3<>"/dev/tcp/$1/$2" || exit 1
         # size=19 | api_key=18 | api_version=0 | correlation_id | client_id="mmabroker"
@@ -310,21 +312,29 @@ cmd_start() {
     cmd_fetch
     write_config
     ensure_formatted
-    [[ -f "${SERVER_LOG}" ]] && stat -c %s "${SERVER_LOG}" >"${LOG_OFFSET_FILE}" || echo 0 >"${LOG_OFFSET_FILE}"
+    if [[ -f "${SERVER_LOG}" ]]; then
+        stat -c %s "${SERVER_LOG}" >"${LOG_OFFSET_FILE}"
+    else
+        echo 0 >"${LOG_OFFSET_FILE}"
+    fi
 
     say "starting broker on ${HOST}:${PORT} (controller ${HOST}:${CONTROLLER_PORT}), state ${STATE_DIR}"
+    local -a heap_opts extra_opts
+    read -r -a heap_opts <<<"${HEAP_OPTS}"
+    read -r -a extra_opts <<<"${EXTRA_JAVA_OPTS}"
     local -a java_cmd=(
-        java ${HEAP_OPTS}
+        java "${heap_opts[@]}"
         -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
         -XX:+ExplicitGCInvokesConcurrent -XX:ParallelGCThreads=2 -XX:ConcGCThreads=1
         -XX:CICompilerCount=2 -XX:+ExitOnOutOfMemoryError
         -Djava.awt.headless=true -Dfile.encoding=UTF-8
         -Dlog4j2.configurationFile="${LOG4J_PROPERTIES}" -Dkafka.logs.dir="${LOG_DIR}"
-        ${EXTRA_JAVA_OPTS}
+        "${extra_opts[@]}"
         -cp "$(java_classpath)" kafka.Kafka "${SERVER_PROPERTIES}"
     )
     # New session (setsid) so the broker outlives this shell and its terminal;
     # the inner shell writes its own pid, then becomes java through exec.
+    # shellcheck disable=SC2016  # $$, $1 and $@ belong to the inner shell
     nohup setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "${PID_FILE}" "${java_cmd[@]}" \
         >>"${JVM_OUT}" 2>&1 </dev/null 9>&- &
     local waited=0
