@@ -40,6 +40,10 @@ IBIS_HALF_CODED_SIDE_DEG = 19.0
 #: Full side of the partially coded field to zero response, deg — same reference.
 IBIS_ZERO_RESPONSE_SIDE_DEG = 29.0
 
+#: Below this probability in the coded field the event counts as not visible (ISGRI
+#: products are not requested): a 0.1 % chance is not worth an ISGRI analysis.
+DEFAULT_MIN_PROB = 1e-3
+
 _T_FULL = math.tan(math.radians(IBIS_FCFOV_SIDE_DEG / 2))
 _T_ZERO = math.tan(math.radians(IBIS_ZERO_RESPONSE_SIDE_DEG / 2))
 
@@ -73,7 +77,7 @@ class IbisVisibility:
     off_axis_deg: float | None
     pointing_time: str
 
-    def visible(self, min_prob: float = 0.0) -> bool:
+    def visible(self, min_prob: float = DEFAULT_MIN_PROB) -> bool:
         """True if the probability in the coded field exceeds ``min_prob``."""
         return self.partially_coded_prob > min_prob
 
@@ -267,7 +271,7 @@ def ibis_visibility(pointing: Pointing, localization: Any) -> IbisVisibility:
     raise TypeError(f"ibis_visibility: unsupported localization {type(localization).__name__}")
 
 
-def not_visible(visibility: IbisVisibility, min_prob: float = 0.0) -> NoData | None:
+def not_visible(visibility: IbisVisibility, min_prob: float = DEFAULT_MIN_PROB) -> NoData | None:
     """``NoData(kind="not_visible")`` if the coded-field probability is ≤ ``min_prob``."""
     if visibility.visible(min_prob):
         return None
