@@ -47,7 +47,9 @@ __all__ = [
     "LONG_GRB_SPECTRUM",
     "SHORT_GRB_SPECTRUM",
     "SpiAcsResponseModel",
+    "direction_quality",
     "energy_fluence_kev",
+    "fluence_per_count_erg_cm2",
     "response_for_direction",
 ]
 
@@ -170,6 +172,37 @@ class DirectionalResponse:
         return counts / self.counts_per_erg_cm2
 
 
+def fluence_per_count_erg_cm2(
+    spectrum: Spectrum, band_kev: tuple[float, float] = (75.0, 2000.0), model: SpiAcsResponseModel = SpiAcsResponseModel()
+) -> float:
+    """Fluence in ``band_kev`` (erg/cm^2) per ACS count for ``spectrum``, any direction.
+
+    ``C * F_band / F_cal``: C is the published erg/cm^2 per count in the calibration
+    band (Viganò & Mereghetti 2009), F the spectrum's energy integrals over the bands.
+    """
+    return model.fluence_per_count_erg_cm2 * (
+        energy_fluence_kev(spectrum, band_kev) / energy_fluence_kev(spectrum, model.calibration_band_kev)
+    )
+
+
+def direction_quality(theta_deg: float, model: SpiAcsResponseModel = SpiAcsResponseModel()) -> str:
+    """Label of the calibration's validity at ``theta_deg`` from the pointing axis (see module).
+
+    Raises
+    ------
+    ValueError
+        If ``theta_deg`` is outside 0..180.
+    """
+    if not 0.0 <= theta_deg <= 180.0:
+        raise ValueError(f"theta_deg must be within 0..180, got {theta_deg}")
+    lo_deg, hi_deg = model.calibrated_theta_deg
+    if theta_deg < model.near_axis_theta_deg:
+        return "near-axis-optimistic"
+    if lo_deg <= theta_deg <= hi_deg:
+        return "calibrated"
+    return "extrapolated"
+
+
 def response_for_direction(
     theta_deg: float,
     phi_deg: float,
@@ -204,27 +237,16 @@ def response_for_direction(
     ValueError
         If ``theta_deg`` is outside 0..180 or the band is empty.
     """
-    if not 0.0 <= theta_deg <= 180.0:
-        raise ValueError(f"theta_deg must be within 0..180, got {theta_deg}")
     if not 0.0 < band_kev[0] < band_kev[1]:
         raise ValueError(f"energy band must be increasing and positive, got {band_kev}")
-    band_to_calibration = energy_fluence_kev(spectrum, band_kev) / energy_fluence_kev(
-        spectrum, model.calibration_band_kev
-    )
-    fluence_per_count_erg_cm2 = model.fluence_per_count_erg_cm2 * band_to_calibration
-    lo_deg, hi_deg = model.calibrated_theta_deg
-    if theta_deg < model.near_axis_theta_deg:
-        quality = "near-axis-optimistic"
-    elif lo_deg <= theta_deg <= hi_deg:
-        quality = "calibrated"
-    else:
-        quality = "extrapolated"
+    quality = direction_quality(theta_deg, model)
+    fluence_per_count = fluence_per_count_erg_cm2(spectrum, band_kev, model)
     return DirectionalResponse(
         theta_deg=float(theta_deg),
         phi_deg=float(phi_deg),
         spectrum=spectrum.name,
         band_kev=(float(band_kev[0]), float(band_kev[1])),
-        counts_per_erg_cm2=1.0 / fluence_per_count_erg_cm2,
+        counts_per_erg_cm2=1.0 / fluence_per_count,
         systematic_fraction=model.systematic_fraction,
         direction_quality=quality,
     )

@@ -32,7 +32,8 @@ from followup.response import (
     LONG_GRB_SPECTRUM,
     SHORT_GRB_SPECTRUM,
     SpiAcsResponseModel,
-    response_for_direction,
+    direction_quality,
+    fluence_per_count_erg_cm2,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,13 +181,13 @@ def run_spiacs_analysis(
         weights = np.array([d.probability for d in directions], dtype=float)
         if np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError("direction probabilities must be non-negative with a positive sum")
-        short = [response_for_direction(d.theta_deg, d.phi_deg, SHORT_GRB_SPECTRUM, params.fluence_band_kev,
-                                        params.response) for d in directions]
-        long_ = [response_for_direction(d.theta_deg, d.phi_deg, LONG_GRB_SPECTRUM, params.fluence_band_kev,
-                                        params.response) for d in directions]
-        short_per_count = np.array([1.0 / r.counts_per_erg_cm2 for r in short])
-        long_per_count = np.array([1.0 / r.counts_per_erg_cm2 for r in long_])
-        qualities = [r.direction_quality for r in short]
+        # The calibration has no angular dependence (see followup.response): the spectral
+        # factor is computed once per spectrum, the validity label per direction.
+        qualities = [direction_quality(d.theta_deg, params.response) for d in directions]
+        short_per_count = np.full(weights.size, fluence_per_count_erg_cm2(
+            SHORT_GRB_SPECTRUM, params.fluence_band_kev, params.response))
+        long_per_count = np.full(weights.size, fluence_per_count_erg_cm2(
+            LONG_GRB_SPECTRUM, params.fluence_band_kev, params.response))
     limits = []
     for row in excess.scales:
         short_limit = long_limit = None
