@@ -252,7 +252,9 @@ def decode_avro(data: bytes, header: Any) -> list[Event]:
         raise DecodeError(f"igwn: corrupt Avro container ({type(exc).__name__}: {_one_line(exc)})") from None
     if not records:
         raise DecodeError("igwn: Avro container holds no alert")
-    return [_normalize(rec, "avro") for rec in records]
+    events = [_normalize(rec, "avro") for rec in records]
+    log.debug("igwn: %d alert(s) in Avro container (%s)", len(events), header.schema_name)
+    return events
 
 
 def _local(el) -> str:
