@@ -358,7 +358,7 @@ class HttpOrbitSource:
     ``{utc}`` replaced by the ISO UTC time, e.g.
     ``"https://example.org/aux/orbit?utc={utc}"`` (no default: ISDC serves the files in
     its archive per science window, and the mapping time→science window is itself a
-    service). Transient failures are retried (:class:`followup.datasources.RetryPolicy`);
+    service). Transient failures are retried (:class:`followup.availability.RetryPolicy`);
     when the service stays unreachable the result is ``NoData("service_unavailable")``.
 
     Parameters
