@@ -80,7 +80,7 @@ def _default_upstreams() -> list[UpstreamSettings]:
         UpstreamSettings(
             name="local",
             kind="kafka",
-            topics=[r"^(igwn\.gwalert|gcn\..+|ztf_\d{8}_programid\d+)$"],
+            topics=[r"^(igwn\.gwalert|gcn\..+|ztf_[0-9]{8}_programid[0-9]+)$"],
         )
     ]
 

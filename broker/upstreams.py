@@ -96,7 +96,11 @@ def make_upstream_consumer(settings: Settings, up: UpstreamSettings) -> confluen
 
 
 def upstream_topics(settings: Settings, up: UpstreamSettings) -> list[str]:
-    """Topic names/patterns with the local topic prefix applied (``kafka`` kind only)."""
+    """Topic names/patterns with the local topic prefix applied (``kafka`` kind only).
+
+    Patterns are POSIX extended regular expressions (what librdkafka uses): no ``\\d``,
+    no ``(?:``.
+    """
     import re
 
     if up.kind != "kafka" or not settings.kafka.topic_prefix:
@@ -105,7 +109,7 @@ def upstream_topics(settings: Settings, up: UpstreamSettings) -> list[str]:
     out = []
     for t in up.topics:
         if t.startswith("^"):
-            out.append("^" + re.escape(prefix) + "(?:" + t[1:].rstrip("$") + ")$")
+            out.append("^" + re.escape(prefix) + "(" + t[1:].rstrip("$") + ")$")
         else:
             out.append(prefix + t)
     return out

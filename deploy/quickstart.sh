@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The README's first command: set everything up and run the broker on the bundled real
+# alerts. Idempotent: run it again and it reuses the venv, Kafka and PostgreSQL, replays
+# the alerts again and the archive still holds each alert exactly once.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VENV=$("$ROOT/deploy/setup.sh")
+export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
+
+"$ROOT/deploy/kafka/kafka.sh" start
+echo "quickstart: replaying the bundled real alerts (deploy/demo-alerts.txt) into Kafka" >&2
+mma-broker replay --manifest "$ROOT/deploy/demo-alerts.txt"
+echo "quickstart: running the broker until every replayed alert is consumed" >&2
+mma-broker run --until-caught-up
+cat >&2 <<MSG
+
+Kafka (127.0.0.1:9092) and the embedded PostgreSQL (.mma-broker/postgres) keep running. Try:
+  $VENV/bin/mma-broker events list --source igwn
+  $VENV/bin/mma-broker subscribe mma.events --timeout 5
+  $VENV/bin/mma-broker subscribe mma.dlq --timeout 5
+Stop everything with: deploy/stop.sh
+MSG

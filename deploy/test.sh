@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's second command (and CI's): install everything, start the real Kafka
+# (KRaft, jars from Maven Central) it needs, and run the whole test suite, unit and
+# integration. The tests start their own embedded PostgreSQL (pgserver) in a temporary
+# folder. Kafka is stopped at the end if this script started it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+VENV=$("$ROOT/deploy/setup.sh")
+export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
+
+started=0
+if ! "$ROOT/deploy/kafka/kafka.sh" status >/dev/null 2>&1; then
+  started=1
+fi
+"$ROOT/deploy/kafka/kafka.sh" start
+cleanup() { if [ "$started" = 1 ]; then "$ROOT/deploy/kafka/kafka.sh" stop || true; fi; }
+trap cleanup EXIT
+export MMA_BROKER_TEST_KAFKA=127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" tests

@@ -1,0 +1,85 @@
+"""Shared fixtures: the real Kafka and the real PostgreSQL the integration tests use.
+
+``deploy/test.sh`` starts Kafka (KRaft, from Maven Central jars) before pytest and
+exports ``MMA_BROKER_TEST_KAFKA``; run alone, this conftest starts it with the same
+script. PostgreSQL is an embedded server (pgserver) in a temporary folder, started
+once per session. Nothing here skips: if a server cannot start, the tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap servers of the real local Kafka (started if it is not running)."""
+    bootstrap = os.environ.get("MMA_BROKER_TEST_KAFKA")
+    if not bootstrap:
+        env = dict(os.environ, MMA_BROKER_PYTHON=sys.executable)
+        subprocess.run([str(ROOT / "deploy" / "kafka" / "kafka.sh"), "start"], check=True, env=env)
+        bootstrap = "127.0.0.1:" + os.environ.get("MMA_BROKER_KAFKA_PORT", "9092")
+    from confluent_kafka.admin import AdminClient
+
+    AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=60)
+    return bootstrap
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of a real embedded PostgreSQL (pgserver) for this test session."""
+    from broker.archive.embedded import ensure_embedded_postgres, stop_embedded_postgres
+
+    # unix socket paths are limited to ~107 bytes: keep the folder short
+    d = Path(tempfile.mkdtemp(prefix="mmapg-", dir="/tmp"))
+    try:
+        yield ensure_embedded_postgres(d)
+    finally:
+        stop_embedded_postgres(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture()
+def broker_env(tmp_path, kafka_bootstrap, pg_url) -> dict[str, str]:
+    """Environment for running ``mma-broker`` as a subprocess in isolation: its own
+    topic prefix, consumer group and state folder, the session's PostgreSQL."""
+    tag = uuid.uuid4().hex[:8]
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith("MMA_BROKER_") and k not in ("MMA_BROKER_TEST_KAFKA",):
+            env.pop(k)
+    env.update(
+        MMA_BROKER_HOME=str(tmp_path / "home"),
+        MMA_BROKER_GROUP_ID=f"test-{tag}",
+        MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap,
+        MMA_BROKER_KAFKA__TOPIC_PREFIX=f"t{tag}.",
+        MMA_BROKER_ARCHIVE__DATABASE_URL=pg_url,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m broker ARGS`` as a user would; return the completed process."""
+    proc = subprocess.run([sys.executable, "-m", "broker", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mma-broker {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-5000:]}")
+    return proc
