@@ -98,7 +98,9 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
 def _read_bytes(data: bytes, pos: int, what: str) -> tuple[bytes, int]:
     size, pos = _read_long(data, pos)
     end = pos + size
-    if size < 0 or end > len(data):
+    if size < 0:
+        raise DecodeError(f"corrupt Avro container: {what} has negative length {size} at byte {pos}")
+    if end > len(data):
         raise DecodeError(f"truncated Avro container: {what} of {size} bytes at byte {pos} runs past the end ({len(data)} bytes)")
     return data[pos:end], end
 

@@ -247,3 +247,22 @@ def test_corrupt_string_length():
     data[start] = 0x7E
     with pytest.raises(DecodeError, match="corrupt ZTF alert: record 0 .*UnicodeDecodeError"):
         _decode(bytes(data))
+
+
+def test_non_finite_position_is_rejected():
+    schema, (rec,) = _read(V401)
+    rec["candidate"]["ra"] = math.nan
+    with pytest.raises(DecodeError, match="ZTF17aadcvhq.*unusable candidate.*not finite"):
+        _decode(_write(schema, [rec]))
+
+
+def test_through_the_dispatcher():
+    from broker.sources import decode, upstream_topic
+
+    data = MULTI.read_bytes()
+    _, records = _read(MULTI)
+    events = decode(data)
+    for ev, rec in zip(events, records, strict=True):
+        _check_event(ev, rec)
+    night = Time(records[0]["candidate"]["jd"], format="jd", scale="utc").strftime("%Y%m%d")
+    assert upstream_topic(data) == f"ztf_{night}_programid1"
