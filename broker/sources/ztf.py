@@ -134,7 +134,18 @@ def _plan(schema_json: bytes) -> _Plan:
 
 
 def is_ztf_schema(header: AvroHeader) -> bool:
-    """True when the container's writer schema is a ZTF alert (full name ``ztf.alert``)."""
+    """True when the container's writer schema is a ZTF alert.
+
+    Parameters
+    ----------
+    header : AvroHeader
+        A parsed container header.
+
+    Returns
+    -------
+    bool
+        Whether the top-level schema's full name is ``ztf.alert`` (every version).
+    """
     return header.schema_name == SCHEMA_NAME
 
 
@@ -183,7 +194,20 @@ def jd_to_unix(jd: float) -> float:
 
 
 def jd_to_iso(jd: float) -> str:
-    """Convert a UTC Julian Date to ISO 8601 UTC with ``Z``, rounded to the millisecond."""
+    """Convert a UTC Julian Date to ISO 8601 UTC with ``Z``, rounded to the millisecond.
+
+    Parameters
+    ----------
+    jd : float
+        Julian Date in the UTC time scale, days.
+
+    Returns
+    -------
+    str
+        E.g. ``"2023-10-12T10:24:45.003Z"``; agrees with
+        ``astropy.time.Time(jd, format="jd", scale="utc").isot`` to < 1 ms (tested),
+        except inside a leap second, which POSIX time cannot represent.
+    """
     return format_time(_EPOCH + timedelta(milliseconds=round(jd_to_unix(jd) * 1000.0)))
 
 
