@@ -104,6 +104,111 @@ class IngestSettings(_Section):
     poll_timeout_s: float = 0.5
 
 
+class LightCurveSourceSettings(_Section):
+    """Where SPI-ACS light curves come from (``followup.datasources``)."""
+
+    kind: Literal["local", "mmoda", "isdc"] = "mmoda"
+    """``local``: OGIP FITS files in ``directory``; ``mmoda``: MMODA via oda-api
+    (``instrument='spi_acs'``, ``product='spi_acs_lc'``); ``isdc``: the ISDC SPI-ACS web
+    service."""
+    directory: Path | None = None
+    """Folder searched recursively for light-curve FITS files (``kind = "local"``)."""
+    url: str | None = None
+    """Service URL; None → the MMODA dispatcher or ISDC service URL of ``followup``."""
+    time_bin_s: float = 0.1
+    """Light-curve bin requested from MMODA, s."""
+
+
+class FollowupRuleSettings(_Section):
+    """One trigger rule: which Events start an INTEGRAL follow-up (``followup.rules``).
+
+    Every non-empty list must contain the Event's value (case-insensitive); an empty
+    list matches anything. Retractions match on ``source``/``missions`` alone.
+    """
+
+    name: str
+    """Label stamped on the requests the rule makes."""
+    source: Literal["igwn", "gcn", "ztf", "lsst"] | None = None
+    missions: list[str] = Field(default_factory=list)
+    instruments: list[str] = Field(default_factory=list)
+    alert_types: list[str] = Field(default_factory=list)
+    significant_only: bool = False
+    """Require ``properties.significant`` true; when upstream gives no flag, require
+    ``far_hz <= max_far_hz`` instead."""
+    max_far_hz: float | None = None
+    """False-alarm-rate ceiling, Hz (applies when the flag is absent, or alone)."""
+    grb_only: bool = False
+    """Skip notices that say they are not a GRB (``not_a_grb``, GBM ``most_likely``,
+    or a ``classification`` whose most probable class is not GRB)."""
+    exclude_tests: bool = True
+    """Skip test notices (``role = "test"``) and LVK mock superevents (ids ``M...``)."""
+    analyses: list[Literal["spiacs", "isgri"]] = Field(default_factory=lambda: ["spiacs", "isgri"])
+
+
+ONE_PER_MONTH_HZ = 1.0 / (30.0 * 86400.0)
+"""The LVK public-alert significance threshold for CBC searches, 1/month, Hz."""
+
+
+def _default_followup_rules() -> list[FollowupRuleSettings]:
+    r = FollowupRuleSettings
+    return [
+        r(name="igwn-significant", source="igwn", alert_types=["preliminary", "initial", "update"],
+          significant_only=True, max_far_hz=ONE_PER_MONTH_HZ),
+        r(name="fermi-gbm-grb", source="gcn", missions=["Fermi"], instruments=["GBM"],
+          alert_types=["flt_pos", "gnd_pos", "fin_pos", "initial", "update"], grb_only=True),
+        r(name="swift-bat-grb", source="gcn", missions=["Swift"], instruments=["BAT", "BAT-GUANO"],
+          alert_types=["grb_pos_ack", "initial", "update"], grb_only=True),
+        r(name="integral-grb", source="gcn", missions=["INTEGRAL"],
+          alert_types=["spiacs", "wakeup", "refined", "offline"], grb_only=True),
+        r(name="svom-grb", source="gcn", missions=["SVOM"], instruments=["ECLAIRs", "GRM"],
+          alert_types=["wakeup", "initial", "update"], grb_only=True),
+        r(name="burstcube-grb", source="gcn", missions=["BurstCube"], alert_types=["initial", "update"],
+          grb_only=True),
+    ]
+
+
+class FollowupSettings(_Section):
+    """The INTEGRAL follow-up stage (``followup.worker``): sources, cache, trigger rules.
+
+    Default rules: every significant IGWN alert (preliminary, initial, update: the
+    ``significant`` flag, or FAR <= 1/month when the flag is absent; early warnings are
+    skipped since the preliminary alert follows with the same T0, and T0 + 300 s of
+    data must exist first) and every GRB notice of Fermi GBM, Swift BAT (and
+    BAT-GUANO), INTEGRAL (SPI-ACS/IBAS, not "weak"), SVOM ECLAIRs/GRM and BurstCube.
+    Einstein Probe WXT (X-ray transients) is not a GRB notice and is not in the
+    defaults; add a rule to follow it up.
+    """
+
+    enabled: bool = True
+    lightcurves: LightCurveSourceSettings = Field(default_factory=LightCurveSourceSettings)
+    orbit_directory: Path | None = None
+    """Folder of INTEGRAL ``INTL-ORBI-SCP`` orbit/attitude files (None: no attitude)."""
+    orbit_url_template: str | None = None
+    """HTTP service returning an orbit file for ``{utc}`` (used when no directory)."""
+    mmoda_url: str | None = None
+    """MMODA dispatcher for ISGRI products; None → oda-api's default dispatcher."""
+    mmoda_token: SecretStr | None = None
+    """MMODA token (environment or secrets_file), never logged."""
+    cache: Literal["directory", "database"] = "directory"
+    """Provenance cache backend: files under ``cache_directory`` or the archive's
+    ``followup_cache`` table."""
+    cache_directory: Path | None = None
+    """None → ``<home>/followup-cache``."""
+    output_directory: Path | None = None
+    """Where light-curve PNGs are written; None → ``<home>/followup``."""
+    analyses: list[Literal["spiacs", "isgri"]] = Field(default_factory=lambda: ["spiacs", "isgri"])
+    """Analyses allowed in this deployment (a rule's list is intersected with it)."""
+    window_s: float = 300.0
+    """Half-width of the light-curve search window around T0, s."""
+    max_sky_samples: int = 1000
+    """Top-probability sky-map pixels used as source directions."""
+    retry_attempts: int = 3
+    """Attempts per data-service request (exponential backoff in between)."""
+    rules: list[FollowupRuleSettings] = Field(default_factory=_default_followup_rules)
+    batch_size: int = 50
+    poll_timeout_s: float = 0.5
+
+
 class Settings(BaseSettings):
     """Root settings of one mma-broker process."""
 
@@ -119,6 +224,7 @@ class Settings(BaseSettings):
     upstreams: list[UpstreamSettings] = Field(default_factory=_default_upstreams)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    followup: FollowupSettings = Field(default_factory=FollowupSettings)
     events_topic: str = "mma.events"
     dlq_topic: str = "mma.dlq"
     followup_requests_topic: str = "mma.followup.requests"

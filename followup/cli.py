@@ -1,6 +1,10 @@
-"""``mma-broker followup`` commands: offline light-curve excess search.
+"""``mma-broker followup`` commands.
 
 The main CLI mounts this app with ``app.add_typer(followup.cli.app, name="followup")``.
+``followup run EVENT_ID`` publishes a follow-up request for an archived event (or,
+with ``--local``, runs it here and prints the summary); ``followup worker`` runs the
+follow-up stage (:func:`followup.worker.run_followup_stage`); ``followup results``
+lists stored results.
 ``followup excess LIGHTCURVE --t0 ISO`` reads any OGIP light-curve FITS file, runs the
 SPI-ACS analysis of :mod:`followup.spiacs` and prints either the plain-text summary
 or, with ``--json``, one JSON object. A bad file or time gives one line on stderr
@@ -18,7 +22,7 @@ from typing import Optional
 import typer
 
 app = typer.Typer(name="followup", no_args_is_help=True, add_completion=False,
-                  help="INTEGRAL follow-up analyses (offline light-curve excess search).")
+                  help="INTEGRAL follow-up: requests, workers, results and offline light-curve search.")
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +136,110 @@ def excess(
         typer.echo(json.dumps(summary_json(result, str(lightcurve))))
     else:
         typer.echo(spiacs_summary_text(result, event_name=f"the event at {result.t0_utc}"), nl=False)
+
+
+def _settings():
+    """The CLI's settings, built once by the main ``mma-broker`` app (``--config`` etc.)."""
+    from broker.cli import settings
+
+    return settings()
+
+
+@app.command("run")
+def run(
+    event_id: str = typer.Argument(..., help="Archived Event id (see `mma-broker events list`)."),
+    analysis: str = typer.Option("spiacs,isgri", "--analysis", help="Comma-separated: spiacs, isgri."),
+    local: bool = typer.Option(False, "--local", help="Run here and print the summary instead of publishing a request."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="With --local: write the PNG here."),
+    as_json: bool = typer.Option(False, "--json", help="With --local: print the result as JSON."),
+) -> None:
+    """Request the INTEGRAL follow-up of one archived event (or run it with --local)."""
+    from broker.app import open_archive, provenance
+    from broker.errors import BrokerError
+    from followup.build import build_cache, build_sources, followup_params, output_directory, request_params
+    from followup.messages import FollowupRequest
+    from followup.service import ANALYSES
+
+    s = _settings()
+    analyses = tuple(sorted({a.strip().lower() for a in analysis.split(",") if a.strip()}))
+    bad = set(analyses) - set(ANALYSES)
+    if bad or not analyses:
+        raise BrokerError(f"--analysis {analysis!r}: choose from {', '.join(ANALYSES)}")
+    archive = open_archive(s)
+    record = archive.get(event_id)
+    if record is None:
+        raise BrokerError(f"no event {event_id!r} in the archive (try `mma-broker events list`)")
+    event = record.event
+    if not local:
+        from broker.kafka import DeliveryTracker, ensure_topics, flush_or_raise, make_producer
+        from followup.worker import publish_request
+
+        topic = s.topic(s.followup_requests_topic)
+        ensure_topics(s, [topic])
+        request = FollowupRequest(kind="analyze", event=event, analyses=analyses, params=request_params(s),
+                                  requested_by="cli", provenance=provenance(s, "followup.cli"))
+        producer, tracker = make_producer(s), DeliveryTracker()
+        publish_request(producer, topic, request, tracker.callback)
+        flush_or_raise(producer, tracker)
+        typer.echo(f"requested {request.request_id} ({', '.join(analyses)}) for {event.id} on {topic}")
+        return
+    from followup.eventdata import skymap_from_raw
+    from followup.service import run_followup
+
+    skymap = skymap_from_raw(event, archive.raw(event_id)) if event.localization is not None else None
+    result = run_followup(event, analyses, build_sources(s), build_cache(s, archive.engine), followup_params(s),
+                          skymap)
+    if result.plot_png is not None:
+        path = plot or output_directory(s) / f"{event_id.replace('/', '_').replace(':', '_')}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(result.plot_png)
+        logger.info("plot written to %s", path)
+    else:
+        path = None
+    if as_json:
+        typer.echo(json.dumps(result.to_dict() | {"plot_path": str(path) if path else None}, default=str))
+        return
+    typer.echo(result.summary_text, nl=False)
+    hits = sum(r.hit for r in result.lineage)
+    typer.echo(f"\nstatus: {result.status}; steps: {len(result.lineage)} ({hits} from the cache)"
+               + (f"; plot: {path}" if path else ""))
+
+
+@app.command("worker")
+def worker(
+    until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all input is consumed."),
+    idle: float = typer.Option(3.0, "--idle", help="With --until-caught-up: idle seconds before stopping."),
+) -> None:
+    """Run the follow-up stage: trigger rules on mma.events and workers on mma.followup.requests."""
+    import signal
+    import threading
+
+    from followup.worker import run_followup_stage
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stats = run_followup_stage(_settings(), stop, until_caught_up=until_caught_up, idle_s=idle)
+    typer.echo(f"follow-up: {stats.events} event(s) seen, {stats.requests} request(s), "
+               f"{stats.withdraw_requests} withdraw request(s); {stats.results} result(s), "
+               f"{stats.withdrawals} withdrawal(s), {stats.duplicates_skipped} duplicate(s) skipped, "
+               f"{stats.dead_letters} dead letter(s)")
+
+
+@app.command("results")
+def results(
+    upstream_id: Optional[str] = typer.Option(None, "--upstream-id", help="Only this trigger/superevent id."),
+    limit: int = typer.Option(20, "--limit"),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines of the stored documents."),
+) -> None:
+    """List stored follow-up results, newest first."""
+    from broker.app import open_archive
+    from followup.store import FollowupStore
+
+    rows = FollowupStore(open_archive(_settings()).engine).list(upstream_id=upstream_id, limit=limit)
+    for row in rows:
+        if as_json:
+            typer.echo(json.dumps(row.document | {"withdrawn": row.withdrawn, "withdrawn_by": row.withdrawn_by}))
+        else:
+            flag = f" withdrawn by {row.withdrawn_by}" if row.withdrawn else ""
+            typer.echo(f"{row.request_id}  {row.kind:<10} {row.status:<9} {row.event_id}{flag}")

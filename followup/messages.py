@@ -1,0 +1,138 @@
+"""Messages of ``mma.followup.requests`` and ``mma.followup.results`` (JSON).
+
+Both topics carry UTF-8 JSON documents validated by JSON Schemas in ``schemas/mma/``
+(``followup_request.json``, ``followup_result.json``). JSON rather than Avro because
+the result is a nested, per-analysis document (limits per time scale, sky-map
+containment levels, "no data" reasons) that its readers — people, HERMES messages,
+circular drafts — consume as JSON, and that grows with new analyses; the topics carry
+a handful of messages per GRB or GW alert, so Avro's compactness buys nothing here.
+
+The request id is deterministic: a sha256 of the canonical JSON of (kind, event id,
+analyses, parameters), so a replayed alert gives the same request id and the worker
+recognises it as done (:func:`request_id`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping
+
+from broker.event import Event
+from broker.serde import Provenance
+from followup.cache import canonical_json
+
+REQUEST_SCHEMA = "mma.followup.request/1"
+RESULT_SCHEMA = "mma.followup.result/1"
+CONTENT_TYPE = "application/json"
+
+RequestKind = Literal["analyze", "withdraw"]
+
+
+def utc_now() -> str:
+    """Current time, ISO 8601 UTC with milliseconds and ``Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def request_id(kind: str, event_id: str, analyses: tuple[str, ...], params: Mapping[str, Any]) -> str:
+    """Deterministic request id: 32 hex digits of sha256 over the canonical request.
+
+    Parameters
+    ----------
+    kind : {"analyze", "withdraw"}
+    event_id : str
+        ``Event.id`` of the revision (or retraction) the request is about.
+    analyses : tuple of str
+        Analyses, any order (sorted here).
+    params : mapping
+        Analysis parameters (``window_s``, ...).
+    """
+    doc = {"kind": kind, "event_id": event_id, "analyses": sorted(analyses), "params": dict(params)}
+    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class FollowupRequest:
+    """One follow-up request (a message of ``mma.followup.requests``).
+
+    Attributes
+    ----------
+    kind : {"analyze", "withdraw"}
+        Run the analyses on ``event``, or withdraw the results of every earlier
+        revision of ``event.upstream_id`` (``event`` is then the retraction).
+    event : broker.event.Event
+    analyses : tuple of str
+    params : dict
+        ``window_s`` (s) and ``max_sky_samples``.
+    requested_by : str
+        ``"rule:<name>"``, ``"cli"`` or ``"filter:<name>"``.
+    created_at : str
+        ISO UTC; not part of the request id.
+    provenance : Provenance or None
+    """
+
+    kind: RequestKind
+    event: Event
+    analyses: tuple[str, ...]
+    params: Mapping[str, Any]
+    requested_by: str
+    created_at: str = field(default_factory=utc_now)
+    provenance: Provenance | None = None
+
+    @property
+    def request_id(self) -> str:
+        """See :func:`request_id`."""
+        return request_id(self.kind, self.event.id, self.analyses, self.params)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON form (``schemas/mma/followup_request.json``)."""
+        return {
+            "schema": REQUEST_SCHEMA,
+            "request_id": self.request_id,
+            "kind": self.kind,
+            "event": self.event.to_json_dict(),
+            "analyses": sorted(self.analyses),
+            "params": json.loads(canonical_json(dict(self.params))),
+            "requested_by": self.requested_by,
+            "created_at": self.created_at,
+            "provenance": asdict(self.provenance) if self.provenance else None,
+        }
+
+    def encode(self) -> bytes:
+        """UTF-8 JSON bytes for Kafka."""
+        return json.dumps(self.to_json_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> "FollowupRequest":
+        """Inverse of :meth:`encode`.
+
+        Raises
+        ------
+        ValueError
+            Not a follow-up request (bad JSON, wrong schema tag, missing field, or a
+            request id that does not match its content).
+        """
+        try:
+            obj = json.loads(data)
+            if obj.get("schema") != REQUEST_SCHEMA:
+                raise ValueError(f"schema tag {obj.get('schema')!r}, expected {REQUEST_SCHEMA!r}")
+            prov = obj.get("provenance")
+            req = cls(
+                kind=obj["kind"], event=Event.model_validate(obj["event"]), analyses=tuple(obj["analyses"]),
+                params=obj["params"], requested_by=obj["requested_by"], created_at=obj["created_at"],
+                provenance=Provenance(**prov) if prov else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a follow-up request: {' '.join(str(exc).split())[:300]}") from None
+        if req.kind not in ("analyze", "withdraw"):
+            raise ValueError(f"not a follow-up request: kind {req.kind!r}")
+        if obj.get("request_id") != req.request_id:
+            raise ValueError(f"follow-up request id {obj.get('request_id')!r} does not match its content")
+        return req
+
+
+def result_message(record: Mapping[str, Any]) -> bytes:
+    """UTF-8 JSON bytes of a result or withdrawal document (``followup_result.json``)."""
+    return json.dumps(dict(record), separators=(",", ":"), allow_nan=False, default=str).encode()

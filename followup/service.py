@@ -1,0 +1,283 @@
+"""One INTEGRAL follow-up of one Event: availability, data, analyses, report, lineage.
+
+:func:`run_followup` is pure orchestration over injected collaborators (data sources,
+attitude source, ISGRI client, provenance cache); it does no Kafka or database I/O.
+Every step is a lineage-keyed cache entry (:mod:`followup.cache`, the INTEGRAL online
+analysis idea): the same request twice computes nothing the second time, and the
+result lists each step's key and whether it was a hit.
+
+Steps (names as in the lineage): ``integral.coverage`` (mission span 2002-10-17 …
+2025-02-28), ``lightcurve.fetch`` (SPI-ACS OGIP FITS from the configured source),
+``attitude.pointing`` (INTEGRAL X/Z axes at T0), ``spiacs.analysis`` (excess search,
+limits over the source directions, PNG plot, text), ``ibis.visibility`` and
+``isgri.products`` (MMODA, only when IBIS saw the event).
+
+"No data" (outside the mission, a gap, an unreachable service) is a result, never an
+exception. Transient "service unavailable" outcomes are not cached, so a later request
+tries the service again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from broker.event import Event
+from followup.availability import check_integral_coverage
+from followup.cache import (
+    LineageRecord, ProvenanceCache, StepOutput, canonical_json, code_version, input_key, lineage_key,
+)
+from followup.messages import utc_now
+from followup.spiacs import SkyDirection
+
+logger = logging.getLogger(__name__)
+
+ANALYSES = ("spiacs", "isgri")
+
+
+@dataclass(frozen=True)
+class FollowupParams:
+    """Parameters of :func:`run_followup`.
+
+    Attributes
+    ----------
+    window_s : float
+        Half-width of the light-curve window around T0, s.
+    max_sky_samples : int
+        Sky maps: the highest-probability pixels used as source directions.
+    min_ibis_prob : float
+        Probability in the IBIS coded field above which ISGRI products are requested.
+    """
+
+    window_s: float = 300.0
+    max_sky_samples: int = 1000
+    min_ibis_prob: float = 1e-3
+
+
+@dataclass
+class FollowupSources:
+    """Where data come from (built from settings by :func:`followup.worker.build_sources`).
+
+    Attributes
+    ----------
+    lightcurves : followup.datasources.LightCurveSource
+    attitude : followup.attitude.AttitudeSource or None
+        None: no attitude, so no spacecraft-frame directions and no IBIS visibility.
+    isgri : followup.isgri.IsgriClient or None
+        None: ISGRI products are not requested.
+    """
+
+    lightcurves: Any
+    attitude: Any = None
+    isgri: Any = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of the lineage: its cache key and whether it was served from the cache."""
+
+    step: str
+    key: str
+    hit: bool
+    cached: bool
+    code_version: str
+
+
+@dataclass
+class FollowupResult:
+    """Outcome of :func:`run_followup`.
+
+    Attributes
+    ----------
+    event_id, upstream_id, t0_utc : str
+    status : {"done", "no_data"}
+        ``no_data`` when no requested analysis produced a measurement.
+    analyses : dict
+        Per analysis (``spiacs``, ``ibis_visibility``, ``isgri``): the structured
+        result, or ``{"no_data": true, "kind", "reason"}``.
+    summary_text : str
+        Plain-text report in the manner of the INTEGRAL circulars.
+    plot_png : bytes or None
+        SPI-ACS light-curve plot.
+    lineage : list of StepRecord
+    """
+
+    event_id: str
+    upstream_id: str
+    t0_utc: str
+    status: str
+    analyses: dict[str, Any]
+    summary_text: str
+    plot_png: bytes | None = None
+    lineage: list[StepRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form without the PNG bytes (their sha256 and size instead)."""
+        import hashlib
+
+        plot = None if self.plot_png is None else {
+            "sha256": hashlib.sha256(self.plot_png).hexdigest(), "bytes": len(self.plot_png)}
+        return {"event_id": self.event_id, "upstream_id": self.upstream_id, "t0": self.t0_utc,
+                "status": self.status, "analyses": self.analyses, "summary_text": self.summary_text,
+                "plot": plot, "lineage": [asdict(r) for r in self.lineage]}
+
+
+def source_identity(source: Any) -> dict[str, Any]:
+    """What distinguishes a data source in cache keys (kind, URL or folder listing).
+
+    A local folder is identified by its file names, sizes and modification times, so
+    adding a light curve or orbit file invalidates cached "no data" answers.
+    """
+    from pathlib import Path
+
+    ident: dict[str, Any] = {"kind": type(source).__name__}
+    for attr in ("url", "url_template", "time_bin_s"):
+        if hasattr(source, attr):
+            ident[attr] = getattr(source, attr)
+    directory = getattr(source, "directory", None)
+    if directory is not None:
+        files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+        ident["directory"] = str(directory)
+        ident["files"] = [[str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return ident
+
+
+class _Steps:
+    """Runs steps through the cache and records the lineage."""
+
+    def __init__(self, cache: ProvenanceCache) -> None:
+        self.cache = cache
+        self.lineage: list[StepRecord] = []
+
+    def run(self, step: str, inputs: Mapping[str, Any], params: Mapping[str, Any], code: str,
+            fn: Callable[[], StepOutput], keep: Callable[[Any], bool] = lambda value: True) -> tuple[Any, dict]:
+        key = lineage_key(step, inputs, params, code)
+        found = self.cache.get(key)
+        if found is not None:
+            self.cache.record_hit(key)
+            self.lineage.append(StepRecord(step, key, True, True, code))
+            return found.value, dict(found.products)
+        out = fn()
+        value = json.loads(canonical_json(out.value))
+        stored = keep(value)
+        if stored:
+            lineage = LineageRecord(step=step, key=key, input_keys={n: input_key(v) for n, v in inputs.items()},
+                                    params=json.loads(canonical_json(params)), code_version=code,
+                                    created_at=utc_now())
+            self.cache.put(key, StepOutput(value, dict(out.products)), lineage)
+        self.lineage.append(StepRecord(step, key, False, stored, code))
+        return value, dict(out.products)
+
+
+def _no_data_dicts(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("no_data") is True
+
+
+def sky_directions(pointing: Any, localization: Any, skymap: tuple[np.ndarray, np.ndarray] | None,
+                   max_samples: int) -> tuple[list[SkyDirection], dict[str, Any]]:
+    """Source directions in the spacecraft frame with probabilities.
+
+    Parameters
+    ----------
+    pointing : followup.attitude.Pointing
+    localization : PointLocalization, HealpixLocalization or None
+    skymap : (uniq, probdensity) or None
+        The full multi-order map; its ``max_samples`` most probable pixels (probability
+        = density × area) become the samples.
+    max_samples : int
+
+    Returns
+    -------
+    directions : list of SkyDirection
+    info : dict
+        ``method`` and, for maps, ``n_pixels`` and ``covered_probability``.
+    """
+    from broker.skymap import pixel_area_sr
+    from followup.attitude import to_spacecraft_frame
+
+    if skymap is not None:
+        import astropy_healpix as ah
+
+        uniq, density = skymap
+        prob = density * pixel_area_sr(uniq)
+        top = np.argsort(prob)[::-1][:max_samples]
+        level, ipix = ah.uniq_to_level_ipix(uniq[top])
+        lon, lat = ah.healpix_to_lonlat(ipix, 2 ** np.asarray(level), order="nested")
+        theta, phi = to_spacecraft_frame(pointing, lon.to_value("deg"), lat.to_value("deg"))
+        dirs = [SkyDirection(float(t), float(p), float(w)) for t, p, w in zip(theta, phi, prob[top])]
+        return dirs, {"method": "skymap", "n_pixels": int(top.size),
+                      "covered_probability": float(prob[top].sum() / prob.sum())}
+    if localization is None:
+        return [], {"method": "none"}
+    ra, dec = (localization.ra, localization.dec) if localization.type == "point" else (
+        localization.ra_max, localization.dec_max)
+    theta, phi = to_spacecraft_frame(pointing, ra, dec)
+    method = "point" if localization.type == "point" else "skymap-maximum (map not available)"
+    return [SkyDirection(float(theta[()]), float(phi[()]), 1.0)], {"method": method}
+
+
+def run_followup(event: Event, analyses: Sequence[str], sources: FollowupSources, cache: ProvenanceCache,
+                 params: FollowupParams = FollowupParams(),
+                 skymap: tuple[np.ndarray, np.ndarray] | None = None) -> FollowupResult:
+    """Run the INTEGRAL follow-up of one Event.
+
+    Parameters
+    ----------
+    event : broker.event.Event
+        The alert revision; ``time`` is T0.
+    analyses : sequence of {"spiacs", "isgri"}
+    sources : FollowupSources
+    cache : followup.cache.ProvenanceCache
+    params : FollowupParams
+    skymap : (uniq, probdensity) or None
+        Full multi-order map for HEALPix events (:func:`followup.eventdata.skymap_from_raw`).
+
+    Returns
+    -------
+    FollowupResult
+        ``status="no_data"`` with reasons when INTEGRAL has no data; never raises for
+        missing data or unreachable services.
+
+    Raises
+    ------
+    ValueError
+        Unknown analysis name.
+    """
+    from followup import steps
+
+    unknown = set(analyses) - set(ANALYSES)
+    if unknown:
+        raise ValueError(f"unknown follow-up analysis {sorted(unknown)}; known: {', '.join(ANALYSES)}")
+    run = _Steps(cache)
+    t0 = event.time
+    out: dict[str, Any] = {}
+
+    def coverage_step() -> StepOutput:
+        missing = check_integral_coverage(t0)
+        return StepOutput(missing.to_dict() if missing is not None else {"covered": True})
+
+    coverage, _ = run.run("integral.coverage", {"t0": t0}, {}, code_version(check_integral_coverage), coverage_step)
+    plot_png = None
+    if coverage.get("no_data"):
+        for name in analyses:
+            out[name] = coverage
+    else:
+        pointing = steps.pointing(run, sources.attitude, t0)
+        localization = event.localization
+        if "spiacs" in analyses:
+            out["spiacs"], plot_png = steps.spiacs(run, sources.lightcurves, event, pointing, skymap, params)
+        if "isgri" in analyses:
+            out["ibis_visibility"], out["isgri"] = steps.ibis_isgri(run, sources.isgri, event, pointing,
+                                                                    localization, skymap, params)
+        if isinstance(pointing, dict) and pointing.get("no_data"):
+            out["attitude"] = pointing
+    measured = [k for k, v in out.items() if k != "attitude" and not _no_data_dicts(v)]
+    status = "done" if measured else "no_data"
+    text = steps.summary_text(event, out)
+    logger.info("follow-up of %s: %s (%s)", event.id, status,
+                ", ".join(f"{r.step}{' hit' if r.hit else ''}" for r in run.lineage))
+    return FollowupResult(event.id, event.upstream_id, t0, status, out, text, plot_png, run.lineage)

@@ -1,0 +1,375 @@
+"""The follow-up stage: trigger rules on ``mma.events`` and workers on ``mma.followup.requests``.
+
+Two consumer groups, each scalable by adding processes:
+
+* ``<group_id>.followup.trigger`` reads ``mma.events`` (Avro, :class:`broker.serde.EventCodec`),
+  applies the trigger rules (:func:`followup.rules.decide`) and publishes follow-up
+  requests to ``mma.followup.requests`` (key = ``upstream_id``, so all revisions and the
+  retraction of one alert stay ordered in one partition). Offsets are committed after
+  Kafka acknowledged the requests.
+* ``<group_id>.followup.worker`` reads the requests. Per request: if its deterministic
+  id is already stored and published, nothing is done (a replayed alert is not analysed
+  again); if stored but not yet published (a crash in between), it is published;
+  otherwise the analysis runs (:func:`followup.service.run_followup`, through the
+  provenance cache), the result is written to ``followup_results``, published to
+  ``mma.followup.results``, marked published, and only then are offsets committed.
+  A ``withdraw`` request (from a retraction) marks the earlier results of the same
+  upstream id withdrawn and publishes one withdrawal message; a request whose event is
+  already retracted is recorded as withdrawn without running.
+
+Undecodable messages go to ``mma.dlq`` with the reason, like the ingest stage's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+
+from broker.errors import DecodeError
+from broker.kafka import DeliveryTracker, flush_or_raise
+from broker.serde import EventCodec, Provenance
+from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
+from followup.rules import decide
+from followup.service import FollowupParams, run_followup
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FollowupStats:
+    """Running totals of one follow-up stage process."""
+
+    events: int = 0
+    requests: int = 0
+    withdraw_requests: int = 0
+    results: int = 0
+    withdrawals: int = 0
+    duplicates_skipped: int = 0
+    dead_letters: int = 0
+
+
+class _KafkaLoop:
+    """Consume → process → commit loop shared by the trigger and the worker."""
+
+    name = "followup"
+
+    def __init__(self, consumer: confluent_kafka.Consumer, producer: confluent_kafka.Producer, *, dlq_topic: str,
+                 stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5) -> None:
+        self.consumer, self.producer, self.dlq_topic = consumer, producer, dlq_topic
+        self.stats, self.batch_size, self.poll_timeout_s = stats, batch_size, poll_timeout_s
+        self.tracker = DeliveryTracker()
+
+    def handle(self, msg: confluent_kafka.Message) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_flush(self) -> None:
+        """Called once the batch's output is acknowledged, before the commit."""
+
+    def dead_letter(self, msg: confluent_kafka.Message, reason: str) -> None:
+        logger.warning("%s: dead letter %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(), msg.offset(), reason)
+        headers = list(msg.headers() or []) + [
+            ("mma.dlq.reason", reason.encode()), ("mma.dlq.stage", self.name.encode()),
+            ("mma.dlq.topic", (msg.topic() or "").encode()), ("mma.dlq.partition", str(msg.partition()).encode()),
+            ("mma.dlq.offset", str(msg.offset()).encode())]
+        self.producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers,
+                              on_delivery=self.tracker.callback)
+        self.stats.dead_letters += 1
+
+    def process(self, msgs: Sequence[confluent_kafka.Message]) -> None:
+        """Handle a batch, wait for Kafka's acknowledgements, then commit offsets."""
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                    logger.warning("%s: consumer error: %s", self.name, err)
+                continue
+            self.handle(msg)
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            self.producer.poll(0)
+        if not offsets:
+            return
+        flush_or_raise(self.producer, self.tracker)
+        self.after_flush()
+        tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        self.consumer.commit(offsets=tps, asynchronous=False)
+
+    def caught_up(self) -> bool:
+        """True when every assigned partition is consumed up to its high watermark."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        for tp in self.consumer.committed(assignment, timeout=10):
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            if (tp.offset if tp.offset >= 0 else low) < high:
+                return False
+        return True
+
+    def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
+            upstream_done: Callable[[], bool] = lambda: True) -> None:
+        """Loop until ``stop`` is set, or (``until_caught_up``) until idle, caught up and
+        ``upstream_done()`` (the worker waits for the trigger to finish first)."""
+        last = time.monotonic()
+        try:
+            while not stop.is_set():
+                msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+                if msgs:
+                    self.process(msgs)
+                    last = time.monotonic()
+                elif (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
+                      and self.caught_up()):
+                    break
+        finally:
+            self.consumer.close()
+
+
+class TriggerStage(_KafkaLoop):
+    """Rules on ``mma.events`` → requests on ``mma.followup.requests`` (see module docstring)."""
+
+    name = "followup.trigger"
+
+    def __init__(self, consumer, producer, *, requests_topic: str, dlq_topic: str, rules: Sequence[Any],
+                 enabled_analyses: Sequence[str], params: dict[str, Any], provenance: Provenance,
+                 stats: FollowupStats, codec: EventCodec | None = None, **loop: Any) -> None:
+        super().__init__(consumer, producer, dlq_topic=dlq_topic, stats=stats, **loop)
+        self.requests_topic, self.rules, self.enabled = requests_topic, rules, tuple(enabled_analyses)
+        self.params, self.provenance, self.codec = params, provenance, codec or EventCodec()
+
+    def handle(self, msg: confluent_kafka.Message) -> None:
+        try:
+            event, _ = self.codec.decode(msg.value() or b"")
+        except (DecodeError, ValueError) as exc:
+            self.dead_letter(msg, f"follow-up trigger: {exc}")
+            return
+        self.stats.events += 1
+        decision = decide(event, self.rules, self.enabled)
+        if decision.action == "skip":
+            logger.debug("%s: no follow-up for %s (%s)", self.name, event.id, decision.reason)
+            return
+        kind = "withdraw" if decision.action == "withdraw" else "analyze"
+        request = FollowupRequest(kind=kind, event=event, analyses=decision.analyses,
+                                  params=self.params if kind == "analyze" else {},
+                                  requested_by=f"rule:{decision.rule}", provenance=self.provenance)
+        publish_request(self.producer, self.requests_topic, request, self.tracker.callback)
+        if kind == "withdraw":
+            self.stats.withdraw_requests += 1
+        else:
+            self.stats.requests += 1
+        logger.info("%s: %s request %s for %s (%s)", self.name, kind, request.request_id, event.id, decision.reason)
+
+
+def publish_request(producer: confluent_kafka.Producer, topic: str, request: FollowupRequest,
+                    on_delivery: Callable | None = None) -> None:
+    """Produce one request (key = upstream id; headers: content type, request id)."""
+    producer.produce(topic, key=request.event.upstream_id.encode(), value=request.encode(),
+                     headers=[("content-type", CONTENT_TYPE.encode()),
+                              ("mma.followup.request_id", request.request_id.encode())],
+                     on_delivery=on_delivery)
+
+
+class WorkerStage(_KafkaLoop):
+    """Requests → analysis → archive → ``mma.followup.results`` (see module docstring).
+
+    Parameters
+    ----------
+    store : followup.store.FollowupStore
+    archive : broker.archive.Archive or None
+        For the retraction state of the event and the sky map in its raw alert.
+    sources, cache
+        As for :func:`followup.service.run_followup`.
+    results_topic : str
+    output_dir : Path or None
+        Where ``<request_id>.png`` plots are written (None: not written to disk).
+    """
+
+    name = "followup.worker"
+
+    def __init__(self, consumer, producer, *, store: Any, archive: Any, sources: Any, cache: Any,
+                 results_topic: str, dlq_topic: str, provenance: Provenance, stats: FollowupStats,
+                 output_dir: Path | None = None, **loop: Any) -> None:
+        super().__init__(consumer, producer, dlq_topic=dlq_topic, stats=stats, **loop)
+        self.store, self.archive, self.sources, self.cache = store, archive, sources, cache
+        self.results_topic, self.provenance, self.output_dir = results_topic, provenance, output_dir
+        self._published: list[str] = []
+
+    def handle(self, msg: confluent_kafka.Message) -> None:
+        try:
+            request = FollowupRequest.decode(msg.value() or b"")
+        except ValueError as exc:
+            self.dead_letter(msg, str(exc))
+            return
+        self.execute(request)
+
+    def execute(self, request: FollowupRequest) -> dict[str, Any] | None:
+        """Run (or recognise as done) one request; returns the document published, if any."""
+        rid = request.request_id
+        stored = self.store.get(rid)
+        if stored is not None and stored.published:
+            self.stats.duplicates_skipped += 1
+            logger.info("%s: request %s already done (%s); skipped", self.name, rid, stored.status)
+            return None
+        if stored is not None:
+            document = stored.document
+        elif request.kind == "withdraw":
+            document = self._withdraw(request)
+        else:
+            document, png = self._analyze(request)
+            self.store.insert(document, png)
+            self.stats.results += 1
+        self.producer.produce(self.results_topic, key=request.event.upstream_id.encode(),
+                              value=result_message(document),
+                              headers=[("content-type", CONTENT_TYPE.encode()),
+                                       ("mma.followup.request_id", rid.encode()),
+                                       ("mma.followup.kind", document["kind"].encode())],
+                              on_delivery=self.tracker.callback)
+        self._published.append(rid)
+        return document
+
+    def after_flush(self) -> None:
+        self.store.mark_published(self._published)
+        self._published = []
+
+    def _base(self, request: FollowupRequest, kind: str) -> dict[str, Any]:
+        ev = request.event
+        return {"schema": RESULT_SCHEMA, "kind": kind, "request_id": request.request_id, "event_id": ev.id,
+                "source": ev.source, "upstream_id": ev.upstream_id, "mission": ev.mission,
+                "instrument": ev.instrument, "alert_type": ev.alert_type, "t0": ev.time,
+                "requested_by": request.requested_by, "analyses_requested": sorted(request.analyses),
+                "created_at": utc_now(), "provenance": self.provenance.__dict__}
+
+    def _withdraw(self, request: FollowupRequest) -> dict[str, Any]:
+        ev = request.event
+        withdrawn = self.store.withdraw(ev.source, ev.upstream_id, by=ev.id)
+        doc = self._base(request, "withdrawal") | {
+            "status": "withdrawn", "withdrawn_request_ids": withdrawn, "retracted_by": ev.id,
+            "summary_text": (f"{ev.upstream_id} was retracted ({ev.id}); {len(withdrawn)} INTEGRAL follow-up "
+                             f"result(s) withdrawn.\n")}
+        self.store.insert(doc)
+        self.stats.withdrawals += 1
+        return doc
+
+    def _retracted_by(self, request: FollowupRequest) -> str | None:
+        ev = request.event
+        if self.archive is not None:
+            rec = self.archive.get(ev.id)
+            if rec is not None and rec.retracted:
+                return rec.retracted_by
+        return self.store.withdrawal_for(ev.source, ev.upstream_id)
+
+    def _analyze(self, request: FollowupRequest) -> tuple[dict[str, Any], bytes | None]:
+        ev = request.event
+        base = self._base(request, "result") | {"withdrawn": False, "withdrawn_by": None}
+        retracted_by = self._retracted_by(request)
+        if retracted_by is not None:
+            return base | {"status": "withdrawn", "withdrawn": True, "withdrawn_by": retracted_by, "analyses": {},
+                           "lineage": [], "plot": None,
+                           "summary_text": f"{ev.upstream_id} was retracted ({retracted_by}); not analysed.\n"}, None
+        params = FollowupParams(window_s=float(request.params.get("window_s", 300.0)),
+                                max_sky_samples=int(request.params.get("max_sky_samples", 1000)))
+        try:
+            result = run_followup(ev, request.analyses, self.sources, self.cache, params, self._skymap(ev))
+        except Exception as exc:  # noqa: BLE001 - an analysis bug is recorded, the stream goes on
+            logger.exception("%s: follow-up of %s failed", self.name, ev.id)
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            return base | {"status": "failed", "error": reason, "analyses": {}, "lineage": [], "plot": None,
+                           "summary_text": f"INTEGRAL follow-up of {ev.upstream_id} failed: {reason}\n"}, None
+        doc = base | result.to_dict()
+        doc["t0"] = ev.time
+        if result.plot_png is not None and self.output_dir is not None:
+            path = self.output_dir / f"{request.request_id}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(result.plot_png)
+            doc["plot"] = (doc.get("plot") or {}) | {"path": str(path)}
+        return doc, result.plot_png
+
+    def _skymap(self, event: Any) -> Any:
+        if self.archive is None or event.localization is None or event.localization.type != "healpix":
+            return None
+        from followup.eventdata import skymap_from_raw
+
+        try:
+            raw = self.archive.raw(event.id)
+        except KeyError:
+            logger.info("%s: %s not in the archive; sky map unavailable", self.name, event.id)
+            return None
+        return skymap_from_raw(event, raw)
+
+
+def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bool = False,
+                       idle_s: float = 3.0) -> FollowupStats:
+    """Run the trigger and the worker (one thread each) until ``stop`` or caught up.
+
+    Parameters
+    ----------
+    settings : broker.config.Settings
+    stop : threading.Event
+        Set it (SIGTERM) to stop after the current batches (their offsets committed).
+    until_caught_up : bool
+        Stop when ``mma.events`` and ``mma.followup.requests`` are consumed and nothing
+        arrived for ``idle_s`` seconds (the worker waits for the trigger to finish).
+    idle_s : float
+
+    Returns
+    -------
+    FollowupStats
+
+    Raises
+    ------
+    Exception
+        The first error of either thread (the other is stopped).
+    """
+    from broker.app import open_archive, provenance
+    from broker.kafka import ensure_topics, make_consumer, make_producer
+    from followup.build import build_cache, build_sources, output_directory, request_params
+    from followup.store import FollowupStore
+
+    s, f = settings, settings.followup
+    events, requests, results, dlq = (s.topic(s.events_topic), s.topic(s.followup_requests_topic),
+                                      s.topic(s.followup_results_topic), s.topic(s.dlq_topic))
+    archive = open_archive(s)
+    ensure_topics(s, [events, requests, results, dlq])
+    stats = FollowupStats()
+    loop = {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s}
+    trigger = TriggerStage(
+        make_consumer(s, f"{s.group_id}.followup.trigger"), make_producer(s), requests_topic=requests,
+        dlq_topic=dlq, rules=f.rules, enabled_analyses=f.analyses, params=request_params(s),
+        provenance=provenance(s, "followup.trigger"), stats=stats, **loop)
+    worker = WorkerStage(
+        make_consumer(s, f"{s.group_id}.followup.worker"), make_producer(s), store=FollowupStore(archive.engine),
+        archive=archive, sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
+        dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
+        output_dir=output_directory(s), **loop)
+    trigger.consumer.subscribe([events])
+    worker.consumer.subscribe([requests])
+    errors: list[BaseException] = []
+    trigger_done = threading.Event()
+
+    def _run(stage: _KafkaLoop, **kw: Any) -> None:
+        try:
+            stage.run(stop, until_caught_up=until_caught_up, idle_s=idle_s, **kw)
+        except BaseException as exc:  # surfaced below; stops the other thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            if stage is trigger:
+                trigger_done.set()
+
+    threads = [threading.Thread(target=_run, args=(trigger,), name=trigger.name),
+               threading.Thread(target=_run, args=(worker,), kwargs={"upstream_done": trigger_done.is_set},
+                                name=worker.name)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(0.2)
+    archive.close()
+    if errors:
+        raise errors[0]
+    return stats
