@@ -94,8 +94,8 @@ def malformed(tmp_path) -> dict[str, tuple[Path, str]]:
     bad_json.write_text(text[: len(text) // 2])
     vo = ROOT / "tests/data/voevent/pygcn/gbm_flt_pos.xml"
     root = etree.fromstring(vo.read_bytes())
-    for el in root.findall("WhereWhen"):
-        root.remove(el)
+    for el in root.xpath("//*[local-name()='WhereWhen']"):
+        el.getparent().remove(el)
     no_ww = tmp_path / "no_wherewhen.xml"
     no_ww.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
     return {
@@ -182,11 +182,11 @@ def _check_gbm_voevent(by_id) -> None:
     path = ROOT / "tests/data/voevent/pygcn/gbm_flt_pos.xml"
     root = etree.parse(str(path)).getroot()
     ivorn = root.get("ivorn")
-    pos = root.find(".//WhereWhen//Position2D")
-    ra = float(pos.find("Value2/C1").text)
-    dec = float(pos.find("Value2/C2").text)
-    err = float(pos.find("Error2Radius").text)
-    iso = root.find(".//WhereWhen//ISOTime").text
+    def one(name):  # VOEvent 1.1/2.0 alike: match by local name
+        return root.xpath(f".//*[local-name()='WhereWhen']//*[local-name()='{name}']")[0].text
+
+    ra, dec, err = float(one("C1")), float(one("C2")), float(one("Error2Radius"))
+    iso = one("ISOTime")
     ev = by_id[f"gcn:{ivorn}"].event
     assert ev.mission == "Fermi" and ev.instrument == "GBM"
     assert math.isclose(ev.localization.ra, ra) and math.isclose(ev.localization.dec, dec)
