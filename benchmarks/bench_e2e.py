@@ -18,8 +18,11 @@ so copy ``k`` of an alert gets ``candid + k·10^15`` (top-level ``candid`` and
 is re-encoded with the original writer schema and the rest of the body (history,
 cutouts) is the original bytes. Copy 0 of a single-alert file is the file itself.
 
-Timing of (c)/(d). Start-up (imports, migration, group join) and the idle wait before
-``--until-caught-up`` stops are excluded: the archive's ``ingested_at`` is each batch
+Timing of (c)/(d). The workers start and join their group first, then the topic is
+created and filled (a rebalance during a commit kills ``mma-broker run`` today, see
+the README), so they consume while this process produces; the rate with no producer
+running beside them is shown too. Start-up (imports, migration, group join) and the
+idle wait before ``--until-caught-up`` stops are excluded: the archive's ``ingested_at`` is each batch
 transaction's start (``now()``), so from the first to the last distinct value lie
 all batches but the last, and alerts/s = rows written before the last batch ÷ that span.
 
@@ -212,37 +215,84 @@ def produce(settings: Settings, topic: str, msgs: list[bytes]) -> float:
 class WorkerResult:
     messages: int
     peak_rss_mib: float
-    wall_s: float
 
 
-def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path) -> list[WorkerResult]:
-    """``mma-broker run --until-caught-up`` in ``n_workers`` processes, waited for with their rusage."""
-    cmd = [sys.executable, "-m", "broker", "run", "--until-caught-up", "--idle", "5"]
+def wait_group_stable(settings: Settings, group: str, members: int, timeout_s: float = 120.0) -> None:
+    """Wait until ``group`` is Stable with ``members`` members (the workers have joined)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            if desc.state == ConsumerGroupState.STABLE and len(desc.members) == members:
+                return
+        except confluent_kafka.KafkaException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"consumer group {group} not stable with {members} member(s) after {timeout_s:.0f} s")
+
+
+def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path, msgs: list[bytes],
+                topic: str) -> tuple[list[WorkerResult], float]:
+    """``n_workers`` × ``mma-broker run --until-caught-up``; returns their results and produce end time.
+
+    The workers join their group while only an empty placeholder topic
+    (``<prefix>gcn.bench_placeholder``) matches their regex subscription; only then is
+    the ZTF topic created and filled, and they pick it up at their next metadata
+    refresh (5 s). This way no rebalance happens while they commit
+    (see the README: a commit during a rebalance kills ``mma-broker run``).
+    """
+    s = phase.settings()
+    cmd = [sys.executable, "-m", "broker", "run", "--until-caught-up", "--idle", "20"]
     procs = []
-    t0 = time.perf_counter()
-    for i in range(n_workers):
-        out = (log_dir / f"{phase.name}-{i}.log").open("w")
-        procs.append((subprocess.Popen(cmd, env=phase.env(batch_size), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT), out))
-    results = []
-    for p, out in procs:
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.close()
-        text = Path(out.name).read_text()
-        if p.returncode != 0:
-            raise RuntimeError(f"worker {out.name} exited {p.returncode}: {text[-2000:]}")
-        m = re.search(r"this run: (\d+) message", text)
-        results.append(WorkerResult(int(m.group(1)) if m else -1, usage.ru_maxrss / 1024, time.perf_counter() - t0))
-    return results
+    ensure_topics(s, [s.topic("gcn.bench_placeholder")], partitions=1)
+    try:
+        for i in range(n_workers):
+            out = (log_dir / f"{phase.name}-{i}.log").open("w")
+            procs.append((subprocess.Popen(cmd, env=phase.env(batch_size), cwd=ROOT, stdout=out,
+                                           stderr=subprocess.STDOUT), out))
+        wait_group_stable(s, f"{phase.group}.ingest.local", n_workers)
+        produce(s, s.topic(topic), msgs)
+        produced_at = time.time()
+        results = []
+        for p, out in procs:
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            out.close()
+            text = Path(out.name).read_text()
+            if p.returncode != 0:
+                raise RuntimeError(f"worker {out.name} exited {p.returncode}: {text[-1500:]}")
+            m = re.search(r"this run: (\d+) message", text)
+            results.append(WorkerResult(int(m.group(1)) if m else -1, usage.ru_maxrss / 1024))
+        return results, produced_at
+    finally:
+        for p, out in procs:
+            if p.returncode is None:
+                p.kill()
+                p.wait()
+            out.close()
 
 
-def archive_rate(db_url: str) -> tuple[int, int, float, float]:
-    """(rows, batches, alerts/s between first and last batch, span s) from ``ingested_at``."""
+def archive_rate(db_url: str, since: float | None = None) -> tuple[int, int, float, float]:
+    """(rows, batches, alerts/s, span s) from ``ingested_at`` (each batch's transaction start).
+
+    Only batches that started at/after ``since`` (Unix time) count. The rate is the rows
+    of all batches but the last over the time from the first batch to the last one.
+    """
     url = db_url.replace("postgresql+psycopg://", "postgresql://")
+    cond = "ingested_at >= to_timestamp(%s)" if since is not None else "true"
+    params = (since,) if since is not None else ()
     with psycopg.connect(url) as conn:
         rows, batches, t_min, t_max = conn.execute(
-            "SELECT count(*), count(DISTINCT ingested_at), min(ingested_at), max(ingested_at) FROM events").fetchone()
-        before_last = conn.execute("SELECT count(*) FROM events WHERE ingested_at < %s", (t_max,)).fetchone()[0]
+            f"SELECT count(*), count(DISTINCT ingested_at), min(ingested_at), max(ingested_at) FROM events WHERE {cond}",
+            params).fetchone()
+        if rows == 0:
+            return 0, 0, float("nan"), 0.0
+        before_last = conn.execute(f"SELECT count(*) FROM events WHERE {cond} AND ingested_at < %s",
+                                   (*params, t_max)).fetchone()[0]
     span = (t_max - t_min).total_seconds()
     return rows, batches, before_last / span if span > 0 else float("nan"), span
 
@@ -467,17 +517,17 @@ def main() -> None:
         one: dict[int, float] = {}
         for n_workers in (1, 2):
             phase = new_phase(f"w{n_workers}", run_id, tmp, server_url)
-            produce_s = produce(phase.settings(), phase.settings().topic(topic), msgs)
             load = os.getloadavg()[0]
-            res = run_workers(phase, n_workers, args.batch_size, tmp)
+            res, produced_at = run_workers(phase, n_workers, args.batch_size, tmp, msgs, topic)
             n_rows, batches, rate, span = archive_rate(phase.db_url)
             if n_rows != len(msgs):
                 raise RuntimeError(f"{phase.name}: archive holds {n_rows} rows, expected {len(msgs)}")
+            _, _, rate_after, span_after = archive_rate(phase.db_url, since=produced_at)
             one[n_workers] = rate
             split = "+".join(str(r.messages) for r in res)
             rss = ", ".join(f"{r.peak_rss_mib:,.0f}" for r in res)
-            note = (f"{n_rows} rows in {batches} batches over {span:.1f} s; msgs/worker {split}; peak RSS MiB {rss}; "
-                    f"wall incl. start-up/idle {max(r.wall_s for r in res):.1f} s; produce {produce_s:.1f} s; load1 {load:.2f}")
+            note = (f"{n_rows} rows, {batches} batches over {span:.1f} s; after the producer finished: "
+                    f"{rate_after:,.0f}/s over {span_after:.1f} s; msgs/worker {split}; peak RSS MiB {rss}; load1 {load:.2f}")
             label = f"(c) full path, 1 worker" if n_workers == 1 else "(d) full path, 2 workers (total)"
             rows.append((label, f"{n_workers} proc", rate, TARGET_WORKER * (1 if n_workers == 1 else TARGET_SPEEDUP), note))
         speedup = one[2] / one[1]

@@ -7,6 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=$("$ROOT/deploy/setup.sh")
 export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
+export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}}
 
 "$ROOT/deploy/kafka/kafka.sh" start
 echo "quickstart: replaying the bundled real alerts (deploy/demo-alerts.txt) into Kafka" >&2

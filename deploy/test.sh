@@ -8,6 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=$("$ROOT/deploy/setup.sh")
 export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
+export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}}
 
 started=0
 if ! "$ROOT/deploy/kafka/kafka.sh" status >/dev/null 2>&1; then
@@ -16,5 +17,5 @@ fi
 "$ROOT/deploy/kafka/kafka.sh" start
 cleanup() { if [ "$started" = 1 ]; then "$ROOT/deploy/kafka/kafka.sh" stop || true; fi; }
 trap cleanup EXIT
-export MMA_BROKER_TEST_KAFKA=127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}
+export MMA_BROKER_TEST_KAFKA=$MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" tests

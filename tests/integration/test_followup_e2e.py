@@ -140,3 +140,26 @@ def test_retraction_withdraws_the_followups(followup_env, kafka_bootstrap, pg_ur
     assert len(rows) == 2
     # every result is withdrawn, whichever order ingest delivered the three notices in
     assert all(r.withdrawn and r.withdrawn_by == withdrawals[0]["event_id"] for r in rows)
+
+
+def test_cli_run_publishes_and_runs_locally(followup_env, kafka_bootstrap):
+    root = etree.parse(str(INTEGRAL_WAKEUP)).getroot()
+    event_id = f"gcn:{root.get('ivorn')}"
+    prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
+    run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
+    run_cli(followup_env, "run", "--until-caught-up", "--idle", "3")
+
+    proc = run_cli(followup_env, "followup", "run", event_id, "--analysis", "spiacs")
+    requests = read_all(kafka_bootstrap, f"{prefix}mma.followup.requests")
+    assert len(requests) == 1
+    req = json.loads(requests[0].value())
+    assert req["request_id"] in proc.stdout and req["analyses"] == ["spiacs"] and req["requested_by"] == "cli"
+
+    local = run_cli(followup_env, "followup", "run", event_id, "--local", "--json")
+    doc = json.loads(local.stdout)
+    assert doc["status"] == "no_data" and doc["event_id"] == event_id
+    again = run_cli(followup_env, "followup", "run", event_id, "--local")
+    assert "from the cache" in again.stdout and "no data" in again.stdout
+    bad = run_cli(followup_env, "followup", "run", "gcn:no-such-event", check=False)
+    # one message (broker/cli.py's stderr Console wraps it at 80 columns: see the report)
+    assert bad.returncode == 1 and "no event" in bad.stderr and bad.stderr.count("mma-broker:") == 1
