@@ -55,6 +55,9 @@ def _main(
     state.debug = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from broker.kafka import LIBRDKAFKA_LOGGER
+
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(level if (verbose or debug) else logging.ERROR)
 
 
 # ---------------------------------------------------------------- inspect

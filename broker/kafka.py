@@ -23,9 +23,18 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 """IGWN alerts carry their sky map (up to a few MB); deploy/kafka allows 16 MiB."""
 
 
+LIBRDKAFKA_LOGGER = "broker.librdkafka"
+"""librdkafka's own log lines go to this Python logger (the CLI shows its warnings
+only with --verbose: during start-up they are routine retries)."""
+
+
 def client_config(settings: Settings, **defaults: Any) -> dict[str, Any]:
     """librdkafka config for our cluster: defaults, then the user's ``[kafka] config``."""
-    cfg: dict[str, Any] = {"bootstrap.servers": settings.kafka.bootstrap_servers, **defaults}
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
+        **defaults,
+    }
     cfg.update(settings.kafka.config)
     return cfg
 

@@ -26,7 +26,10 @@ HOPSKOTCH_BOOTSTRAP = "kafka.scimma.org:9092"
 
 
 def _base(settings: Settings, up: UpstreamSettings) -> dict[str, Any]:
+    from broker.kafka import LIBRDKAFKA_LOGGER
+
     return {
+        "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
         "group.id": up.group_id or f"{settings.group_id}.ingest.{up.name}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
