@@ -24,6 +24,7 @@ LOG_DIR="${STATE_DIR}/logs"
 PID_FILE="${STATE_DIR}/kafka.pid"
 CLUSTER_ID_FILE="${STATE_DIR}/cluster.id"
 LOG_OFFSET_FILE="${STATE_DIR}/server.log.offset"
+READY_FILE="${STATE_DIR}/kafka.ready"
 SERVER_PROPERTIES="${STATE_DIR}/server.properties"
 LOG4J_PROPERTIES="${STATE_DIR}/log4j2.properties"
 SERVER_LOG="${LOG_DIR}/server.log"
@@ -101,7 +102,7 @@ our_pid() {
 clean_stale_pid_file() {
     if [[ -f "${PID_FILE}" && -z "$(our_pid)" ]]; then
         say "removing stale pid file ${PID_FILE}"
-        rm -f "${PID_FILE}"
+        rm -f "${PID_FILE}" "${READY_FILE}"
     fi
 }
 
@@ -156,7 +157,9 @@ started_line_logged() {
     size="$(stat -c %s "${SERVER_LOG}")"
     # The log may have rolled since start: then read it from its beginning.
     (( ${offset:-0} <= size )) || offset=0
-    tail -c "+$(( ${offset:-0} + 1 ))" "${SERVER_LOG}" | grep -qF "${STARTED_PATTERN}"
+    # Not `grep -q`: it would exit at the first match, tail would die of SIGPIPE and,
+    # under pipefail, a large log would read as "not started".
+    tail -c "+$(( ${offset:-0} + 1 ))" "${SERVER_LOG}" | grep -F "${STARTED_PATTERN}" >/dev/null
 }
 
 show_log_tail() {
@@ -358,16 +361,20 @@ cmd_wait() {
         pid="$(our_pid)"
         if [[ -n "${had_pid}" && -z "${pid}" ]]; then
             show_log_tail
-            rm -f "${PID_FILE}"
+            rm -f "${PID_FILE}" "${READY_FILE}"
             die "the broker process exited during start-up"
         fi
-        # Ours: the started line must be in this run's log. Someone else's
-        # broker (no pid file): the protocol checks alone decide.
+        # Ours: the started line must be in this run's log, or this very process
+        # was already seen ready (the log rolls every hour, so a broker started
+        # long ago has its started line in a rolled file). Someone else's broker
+        # (no pid file): the protocol checks alone decide.
         if port_open "${PORT}" && api_versions_ok \
-                && { [[ -z "${pid}" ]] || started_line_logged; }; then
+                && { [[ -z "${pid}" ]] || [[ "$(cat "${READY_FILE}" 2>/dev/null)" == "${pid}" ]] \
+                     || started_line_logged; }; then
             local rc=0
             python_metadata_ok || rc=$?
             if (( rc != 1 )); then
+                [[ -n "${pid}" ]] && echo "${pid}" >"${READY_FILE}"
                 say "broker answers on ${HOST}:${PORT}"
                 return 0
             fi
@@ -400,7 +407,7 @@ cmd_stop() {
             kill -KILL "${pid}" 2>/dev/null || true
             while [[ -d "/proc/${pid}" ]]; do sleep 0.1; done
         fi
-        rm -f "${PID_FILE}"
+        rm -f "${PID_FILE}" "${READY_FILE}"
         say "stopped"
     fi
     if [[ "${purge}" == "--purge" ]]; then
