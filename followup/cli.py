@@ -186,7 +186,14 @@ def run(
     from followup.eventdata import skymap_from_raw
     from followup.service import run_followup
 
-    skymap = skymap_from_raw(event, archive.raw(event_id)) if event.localization is not None else None
+    skymap = None
+    if event.localization is not None and event.localization.type == "healpix":
+        from broker.archive.raw import RawStoreError
+
+        try:
+            skymap = skymap_from_raw(event, archive.raw(event_id))
+        except RawStoreError as exc:
+            logger.warning("%s: raw alert unreadable (%s); limits at the most probable position", event_id, exc)
     result = run_followup(event, analyses, build_sources(s), build_cache(s, archive.engine), followup_params(s),
                           skymap)
     if result.plot_png is not None:

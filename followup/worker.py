@@ -294,10 +294,13 @@ class WorkerStage(_KafkaLoop):
             return None
         from followup.eventdata import skymap_from_raw
 
+        from broker.archive.raw import RawStoreError
+
         try:
             raw = self.archive.raw(event.id)
-        except KeyError:
-            logger.info("%s: %s not in the archive; sky map unavailable", self.name, event.id)
+        except (KeyError, RawStoreError) as exc:
+            logger.warning("%s: raw alert of %s unavailable (%s); using the most probable position",
+                           self.name, event.id, exc)
             return None
         return skymap_from_raw(event, raw)
 
