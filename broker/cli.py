@@ -27,7 +27,7 @@ events_app = typer.Typer(no_args_is_help=True, help="Read the alert archive.")
 app.add_typer(events_app, name="events")
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _State:
@@ -139,22 +139,74 @@ def replay(
 # ---------------------------------------------------------------- run
 @app.command()
 def run(
-    stage: str = typer.Option("ingest", "--stage", help="Stage to run: ingest (more as they land)."),
-    until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all upstream partitions are consumed."),
+    stage: str = typer.Option("all", "--stage", help="ingest, followup, or all."),
+    until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all input partitions are consumed."),
     idle: float = typer.Option(3.0, "--idle", help="With --until-caught-up: seconds without messages before stopping."),
 ) -> None:
-    """Run the broker (consume upstreams → decode → archive → publish)."""
-    from broker.app import open_archive, provenance
-    from broker.kafka import ensure_topics, make_producer
-    from broker.pipeline.ingest import IngestStage
-    from broker.upstreams import make_upstream_consumer
-
-    if stage != "ingest":
-        raise BrokerError(f"unknown stage {stage!r}; available: ingest")
+    """Run the broker: ingest (upstreams → decode → archive → mma.events) and the
+    INTEGRAL follow-up stage (mma.events → rules → requests → results)."""
+    if stage not in ("ingest", "followup", "all"):
+        raise BrokerError(f"unknown stage {stage!r}; choose ingest, followup or all")
     s = settings()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    errors: list[BaseException] = []
+
+    def guarded(fn):
+        def _run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced below; stops the other threads
+                errors.append(exc)
+                stop.set()
+        return _run
+
+    threads: list[threading.Thread] = []
+    workers, archive = [], None
+    if stage in ("ingest", "all"):
+        workers, archive = _ingest_workers(s, until_caught_up)
+        threads += [threading.Thread(target=guarded(lambda w=w: w.run(stop, until_caught_up=until_caught_up, idle_s=idle)),
+                                     name=w.name) for w in workers]
+    followup_stats: list = []
+
+    def _followup() -> None:
+        from followup.worker import run_followup_stage
+
+        followup_stats.append(run_followup_stage(s, stop, until_caught_up=until_caught_up, idle_s=idle))
+
+    run_followup = stage in ("followup", "all") and s.followup.enabled
+    if run_followup and not until_caught_up:
+        threads.append(threading.Thread(target=guarded(_followup), name="followup"))
+    for t in threads:
+        t.start()
+    _join(threads)
+    # with --until-caught-up the follow-up stage starts once ingest has published
+    # everything, or it could look caught up before the first event arrives
+    if run_followup and until_caught_up and not errors and not stop.is_set():
+        t = threading.Thread(target=guarded(_followup), name="followup")
+        t.start()
+        _join([t])
+    if errors:
+        raise errors[0]
+    if workers:
+        _print_summary(workers, archive)
+    if followup_stats:
+        out.print(f"follow-up: {followup_stats[0]}", markup=False)
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(0.2)
+
+
+def _ingest_workers(s: Settings, until_caught_up: bool):
+    from broker.app import open_archive, provenance
+    from broker.kafka import ensure_topics, make_producer
+    from broker.pipeline.ingest import IngestStage
+    from broker.upstreams import make_admin, make_upstream_consumer
+
     archive = open_archive(s)
     ensure_topics(s, [s.topic(s.events_topic), s.topic(s.dlq_topic)])
     producer = make_producer(s)
@@ -162,29 +214,13 @@ def run(
         IngestStage(
             make_upstream_consumer(s, up), producer, archive,
             events_topic=s.topic(s.events_topic), dlq_topic=s.topic(s.dlq_topic),
-            provenance=provenance(s, "ingest"), batch_size=s.ingest.batch_size,
-            poll_timeout_s=s.ingest.poll_timeout_s, name=f"ingest.{up.name}",
+            provenance=provenance(s, "ingest"), batch_size=up.batch_size or s.ingest.batch_size,
+            poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=f"ingest.{up.name}",
+            admin=make_admin(s, up) if until_caught_up else None,
         )
         for up in s.upstreams
     ]
-    errors: list[BaseException] = []
-
-    def _run(w: IngestStage) -> None:
-        try:
-            w.run(stop, until_caught_up=until_caught_up, idle_s=idle)
-        except BaseException as exc:  # surfaced below, stops the others
-            errors.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=_run, args=(w,), name=w.name) for w in workers]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.2)
-    if errors:
-        raise errors[0]
-    _print_summary(workers, archive)
+    return workers, archive
 
 
 def _print_summary(workers, archive) -> None:

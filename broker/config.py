@@ -73,15 +73,20 @@ class UpstreamSettings(_Section):
     """hop-client auth.toml (default: hop's own ~/.config/hop/auth.toml)."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Extra librdkafka consumer settings for this upstream."""
+    batch_size: int | None = None
+    """Messages per batch for this upstream (default: [ingest] batch_size)."""
+    poll_timeout_s: float | None = None
+    """Longest wait for a batch to fill (default: [ingest] poll_timeout_s)."""
 
 
 def _default_upstreams() -> list[UpstreamSettings]:
+    # Notices (GW, GRB, neutrino) and ZTF in separate consumers: a GCN notice must
+    # not wait behind a 500-alert ZTF batch (~40 MB of raw bytes to archive).
     return [
         UpstreamSettings(
-            name="local",
-            kind="kafka",
-            topics=[r"^(igwn\.gwalert|gcn\..+|ztf_[0-9]{8}_programid[0-9]+)$"],
-        )
+            name="notices", kind="kafka", topics=[r"^(igwn\.gwalert|gcn\..+)$"], batch_size=50, poll_timeout_s=0.05
+        ),
+        UpstreamSettings(name="ztf", kind="kafka", topics=[r"^ztf_[0-9]{8}_programid[0-9]+$"]),
     ]
 
 

@@ -50,7 +50,7 @@ def make_producer(settings: Settings, **overrides: Any) -> confluent_kafka.Produ
             "compression.type": "lz4",
             "message.max.bytes": MAX_MESSAGE_BYTES,
             "batch.size": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
+            "queue.buffering.max.kbytes": 131_072,
         },
     )
     cfg.update(overrides)
@@ -135,3 +135,59 @@ def flush_or_raise(producer: confluent_kafka.Producer, tracker: DeliveryTracker,
     if remaining:
         raise BrokerError(f"{remaining} message(s) still queued after {timeout_s:.0f} s (is Kafka up?)")
     tracker.raise_if_failed()
+
+
+# Commit errors that only mean "these partitions moved to another worker during a
+# rebalance": the batch is already durable downstream; the new owner may redeliver
+# it and the idempotent writes ignore what they already have.
+REBALANCE_COMMIT_ERRORS = {
+    confluent_kafka.KafkaError.ILLEGAL_GENERATION,
+    confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID,
+    confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS,
+    confluent_kafka.KafkaError._ASSIGNMENT_LOST,
+    confluent_kafka.KafkaError._NO_OFFSET,
+}
+
+
+def commit_offsets(consumer: confluent_kafka.Consumer, offsets: dict[tuple[str, int], int], name: str) -> bool:
+    """Commit ``{(topic, partition): next offset}`` synchronously.
+
+    Returns False (and logs) when the partitions moved in a rebalance, which is not
+    an error for an idempotent stage; any other commit failure raises.
+    """
+    tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+    try:
+        consumer.commit(offsets=tps, asynchronous=False)
+    except confluent_kafka.KafkaException as exc:
+        if exc.args[0].code() not in REBALANCE_COMMIT_ERRORS:
+            raise
+        log.warning("%s: offsets not committed, partitions moved in a rebalance (%s); the batch is "
+                    "durable and may be redelivered to their new owner", name, exc.args[0].str())
+        return False
+    return True
+
+
+def caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = None) -> bool:
+    """True when every partition assigned to ``consumer`` is committed up to its end.
+
+    With ``admin``, end offsets come in one ListOffsets request on the admin client's
+    own connection; without it, one request per partition through the consumer, each
+    of which queues behind the consumer's long-poll fetch (~0.5 s apiece).
+    """
+    from confluent_kafka.admin import OffsetSpec
+
+    assignment = consumer.assignment()
+    if not assignment:
+        return False
+    committed = consumer.committed(assignment, timeout=10)
+    if admin is None:
+        ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                for tp in committed}
+    else:
+        futures = admin.list_offsets(
+            {confluent_kafka.TopicPartition(tp.topic, tp.partition): OffsetSpec.latest() for tp in committed},
+            request_timeout=10,
+        )
+        ends = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+    return all(not (ends[(tp.topic, tp.partition)] > 0 and tp.offset < ends[(tp.topic, tp.partition)])
+               for tp in committed)

@@ -35,6 +35,8 @@ def _base(settings: Settings, up: UpstreamSettings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
+        # prefetch at most ~32 MB (≈ 400 ZTF alerts) instead of librdkafka's 64 MB
+        "queued.max.messages.kbytes": 32_768,
         "topic.metadata.refresh.interval.ms": 5000,
         "partition.assignment.strategy": "cooperative-sticky",
     }
@@ -88,6 +90,18 @@ def consumer_config(settings: Settings, up: UpstreamSettings) -> dict[str, Any]:
         cfg["bootstrap.servers"] = up.bootstrap_servers
     cfg.update(up.config)
     return cfg
+
+
+def make_admin(settings: Settings, up: UpstreamSettings):
+    """An AdminClient on the same cluster and credentials as the upstream consumer
+    (used to read end offsets for ``--until-caught-up``)."""
+    from confluent_kafka.admin import AdminClient
+
+    consumer_only = {"group.id", "enable.auto.commit", "auto.offset.reset", "fetch.max.bytes",
+                     "max.partition.fetch.bytes", "queued.max.messages.kbytes",
+                     "topic.metadata.refresh.interval.ms", "partition.assignment.strategy"}
+    cfg = {k: v for k, v in consumer_config(settings, up).items() if k not in consumer_only}
+    return AdminClient(cfg)
 
 
 def make_upstream_consumer(settings: Settings, up: UpstreamSettings) -> confluent_kafka.Consumer:

@@ -33,7 +33,7 @@ from typing import Any
 import confluent_kafka
 
 from broker.errors import DecodeError
-from broker.kafka import DeliveryTracker, flush_or_raise
+from broker.kafka import DeliveryTracker, caught_up, commit_offsets, flush_or_raise
 from broker.serde import EventCodec, Provenance
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
 from followup.rules import decide
@@ -59,6 +59,8 @@ class _KafkaLoop:
     """Consume → process → commit loop shared by the trigger and the worker."""
 
     name = "followup"
+    admin = None
+    """AdminClient for fast end-offset reads in :meth:`caught_up` (set with --until-caught-up)."""
 
     def __init__(self, consumer: confluent_kafka.Consumer, producer: confluent_kafka.Producer, *, dlq_topic: str,
                  stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5) -> None:
@@ -98,19 +100,11 @@ class _KafkaLoop:
             return
         flush_or_raise(self.producer, self.tracker)
         self.after_flush()
-        tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        self.consumer.commit(offsets=tps, asynchronous=False)
+        commit_offsets(self.consumer, offsets, self.name)
 
     def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its high watermark."""
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return False
-        for tp in self.consumer.committed(assignment, timeout=10):
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            if (tp.offset if tp.offset >= 0 else low) < high:
-                return False
-        return True
+        return caught_up(self.consumer, self.admin)
 
     def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
             upstream_done: Callable[[], bool] = lambda: True) -> None:
@@ -349,6 +343,12 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
         archive=archive, sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
         dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
         output_dir=output_directory(s), **loop)
+    if until_caught_up:
+        from confluent_kafka.admin import AdminClient
+
+        from broker.kafka import client_config
+
+        trigger.admin = worker.admin = AdminClient(client_config(s))
     trigger.consumer.subscribe([events])
     worker.consumer.subscribe([requests])
     errors: list[BaseException] = []

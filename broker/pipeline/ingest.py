@@ -30,7 +30,7 @@ import confluent_kafka
 from broker.archive.rows import ArchiveItem, KafkaMeta
 from broker.errors import DecodeError
 from broker.event import Event
-from broker.kafka import DeliveryTracker, flush_or_raise
+from broker.kafka import DeliveryTracker, caught_up, commit_offsets, flush_or_raise
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,10 @@ class IngestStage:
         bytes → list of Event, raising DecodeError (default :func:`broker.sources.decode`).
     batch_size : int
     poll_timeout_s : float
+        Longest wait for a batch to fill; a batch is whatever arrived by then.
+    admin : confluent_kafka.admin.AdminClient, optional
+        For :meth:`caught_up` (end offsets in one request, on its own connection, so
+        it does not queue behind the consumer's long-poll fetches).
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class IngestStage:
         batch_size: int = 500,
         poll_timeout_s: float = 0.5,
         name: str = "ingest",
+        admin: Any = None,
     ) -> None:
         if decode is None:
             from broker.sources import decode as decode_default
@@ -128,6 +133,7 @@ class IngestStage:
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.name = name
+        self.admin = admin
         self.stats = IngestStats()
         self._tracker = DeliveryTracker()
 
@@ -179,8 +185,7 @@ class IngestStage:
                 on_delivery=self._tracker.callback,
             )
         flush_or_raise(self.producer, self._tracker)
-        tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        self.consumer.commit(offsets=tps, asynchronous=False)
+        commit_offsets(self.consumer, offsets, self.name)
         self.stats.batches += 1
         self.stats.events += len(items)
         self.stats.dead_letters += len(dead)
@@ -191,16 +196,7 @@ class IngestStage:
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been consumed up to its high watermark."""
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return False
-        committed = self.consumer.committed(assignment, timeout=10)
-        for tp in committed:
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            pos = tp.offset if tp.offset >= 0 else low
-            if pos < high:
-                return False
-        return True
+        return caught_up(self.consumer, self.admin)
 
     def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
             on_batch: Callable[[IngestStats], None] | None = None) -> IngestStats:
