@@ -253,7 +253,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml = os.environ.get("MMA_BROKER_CONFIG")
+        toml = settings_cls.model_config.get("toml_file") or os.environ.get("MMA_BROKER_CONFIG")
         if toml:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml)))
         return tuple(sources)
@@ -296,10 +296,27 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         TOML preset (see ``deploy/presets/``); same as ``MMA_BROKER_CONFIG``.
     **overrides
         Values that win over everything else.
+
+    Notes
+    -----
+    An upstream's client secret comes from ``MMA_BROKER_<NAME>_CLIENT_SECRET`` (e.g.
+    ``MMA_BROKER_GCN_CLIENT_SECRET`` for the upstream named ``gcn``) or from the
+    0600 ``secrets_file`` key ``<name>_client_secret``; never from the TOML preset.
     """
+    cls = Settings
     if config_file is not None:
-        os.environ["MMA_BROKER_CONFIG"] = str(config_file)
-    settings = Settings(**overrides)
+        if not Path(config_file).is_file():
+            raise BrokerError(f"config file {config_file} not found")
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": Path(config_file)})
+
+        cls = _FromFile
+    settings = cls(**overrides)
+    for up in settings.upstreams:
+        env_secret = os.environ.get(f"MMA_BROKER_{up.name.upper().replace('-', '_')}_CLIENT_SECRET")
+        if env_secret and up.client_secret is None:
+            up.client_secret = SecretStr(env_secret)
     if settings.secrets_file is not None:
         secrets = read_secrets_file(settings.secrets_file)
         if "database_url" in secrets and settings.archive.database_url is None:
