@@ -1,0 +1,323 @@
+"""IngestStage.process/run with in-memory collaborators and real upstream alert bytes.
+
+The consumer, producer and archive are fakes passed through the constructor; they
+record every call in one shared log so the order archive → publish → flush → commit
+can be checked. Expected values come from the files themselves (fastavro, json, lxml).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import fastavro
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from lxml import etree
+
+from broker.config import REPO_ROOT
+from broker.errors import BrokerError, DecodeError
+from broker.pipeline.ingest import IngestStage
+from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
+
+DATA = REPO_ROOT / "tests" / "data"
+ZTF_MULTI = DATA / "ztf" / "fink-client" / "avro_multi_alerts_other.avro"
+GBM_VOEVENT = DATA / "voevent" / "pygcn" / "gbm_flt_pos.xml"
+IGWN_JSON = DATA / "igwn" / "userguide" / "MS181101ab-preliminary.json"
+PROV = Provenance(component="ingest", version="test", config_hash="cafe00cafe00")
+
+
+# ---------------------------------------------------------------- fakes
+class FakeMessage:
+    def __init__(self, topic, partition, offset, value, key=None, headers=None, error=None, timestamp=(1, 1700000000123)):
+        self._t, self._p, self._o, self._v, self._k = topic, partition, offset, value, key
+        self._h, self._e, self._ts = headers, error, timestamp
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return self._k
+
+    def headers(self):
+        return self._h
+
+    def error(self):
+        return self._e
+
+    def timestamp(self):
+        return self._ts
+
+
+class FakeProducer:
+    """Records produce(); flush() reports every pending delivery (ok, or ``fail_with``)."""
+
+    def __init__(self, log, fail_with: KafkaError | None = None, remaining: int = 0):
+        self.log, self.fail_with, self.remaining = log, fail_with, remaining
+        self.produced: list[dict] = []
+        self._pending = []
+
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
+        self.log.append(("produce", topic))
+        rec = {"topic": topic, "key": key, "value": value, "headers": list(headers or [])}
+        self.produced.append(rec)
+        self._pending.append((rec, on_delivery))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        self.log.append(("flush",))
+        for rec, cb in self._pending:
+            cb(self.fail_with, FakeMessage(rec["topic"], 0, 0, rec["value"], rec["key"]))
+        self._pending = []
+        return self.remaining
+
+
+class FakeConsumer:
+    def __init__(self, log, commit_error: Exception | None = None, batches=None):
+        self.log, self.commit_error = log, commit_error
+        self.commits: list[dict] = []
+        self.batches = list(batches or [])
+        self.closed = False
+        self.stop: threading.Event | None = None
+
+    def commit(self, offsets=None, asynchronous=True):
+        assert asynchronous is False
+        self.log.append(("commit",))
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+
+    def consume(self, num_messages=1, timeout=-1):
+        if self.batches:
+            return self.batches.pop(0)[:num_messages]
+        self.stop.set()
+        return []
+
+    def close(self):
+        self.closed = True
+
+
+class FakeArchive:
+    def __init__(self, log):
+        self.log = log
+        self.batches: list[list] = []
+
+    def write_batch(self, items):
+        self.log.append(("archive", len(items)))
+        self.batches.append(list(items))
+
+
+def _stage(decode=None, *, fail_with=None, remaining=0, commit_error=None, batches=None):
+    log: list = []
+    consumer = FakeConsumer(log, commit_error, batches)
+    producer = FakeProducer(log, fail_with, remaining)
+    archive = FakeArchive(log)
+    stage = IngestStage(consumer, producer, archive, events_topic="t.mma.events", dlq_topic="t.mma.dlq",
+                        provenance=PROV, decode=decode, name="ingest.test")
+    return stage, consumer, producer, archive, log
+
+
+# ---------------------------------------------------------------- independent expectations
+def _ztf_records(path: Path) -> list[dict]:
+    with path.open("rb") as fh:
+        return list(fastavro.reader(fh))
+
+
+def _ivorn(path: Path) -> str:
+    return etree.parse(str(path)).getroot().get("ivorn")
+
+
+def _good_batch():
+    return [
+        FakeMessage("ztf_20191106_programid1", 0, 41, ZTF_MULTI.read_bytes(), key=b"k-ztf", headers=[("h", b"1")]),
+        FakeMessage("gcn.classic.voevent.FERMI_GBM_FLT_POS", 2, 7, GBM_VOEVENT.read_bytes()),
+        FakeMessage("igwn.gwalert", 0, 99, IGWN_JSON.read_bytes(), key=b"MS181101ab"),
+        FakeMessage("ztf_20191106_programid1", 0, 42, ZTF_MULTI.read_bytes()),
+    ]
+
+
+def _mixed_batch():
+    ztf_bytes = ZTF_MULTI.read_bytes()
+    return [
+        FakeMessage("igwn.gwalert", 0, 10, IGWN_JSON.read_bytes()),
+        FakeMessage("ztf_20191106_programid1", 1, 5, ztf_bytes[:3000], key=b"trunc-key",
+                    headers=[("origin", b"test"), ("empty", None)]),
+        FakeMessage("igwn.gwalert", 0, 11, IGWN_JSON.read_bytes()[:200], key=b"bad-json"),
+        FakeMessage("gcn.classic.voevent.FERMI_GBM_FLT_POS", 3, 0, GBM_VOEVENT.read_bytes()),
+        FakeMessage("igwn.gwalert", 0, 12, None, key=b"tomb"),
+    ]
+
+
+# ---------------------------------------------------------------- tests
+def test_good_batch_archived_published_committed_in_order():
+    stage, consumer, producer, archive, log = _stage()
+    stage.process(_good_batch())
+    names = [entry[0] for entry in log]
+    assert names[0] == "archive" and names.count("archive") == 1
+    assert names[-2:] == ["flush", "commit"]
+    assert set(names[1:-2]) == {"produce"}
+
+    ztf = _ztf_records(ZTF_MULTI)
+    igwn = json.loads(IGWN_JSON.read_text())
+    items = archive.batches[0]
+    assert len(items) == 2 * len(ztf) + 2
+    assert [it.event.id for it in items[: len(ztf)]] == [f"ztf:{r['candid']}" for r in ztf]
+    assert items[0].raw == ZTF_MULTI.read_bytes() and items[0].kafka.offset == 41
+    assert items[len(ztf)].event.id.endswith(_ivorn(GBM_VOEVENT)) and items[len(ztf)].kafka.partition == 2
+    assert items[len(ztf) + 1].event.upstream_id == igwn["superevent_id"]
+
+    codec = EventCodec()
+    assert all(p["topic"] == "t.mma.events" for p in producer.produced)
+    for item, msg in zip(items, producer.produced):
+        ev, prov = codec.decode(msg["value"])
+        assert ev == item.event and prov == PROV
+        assert msg["key"] == item.event.upstream_id.encode()
+        assert dict(msg["headers"]) == {"content-type": EVENT_CONTENT_TYPE.encode(), "mma.event.id": ev.id.encode()}
+    assert [p["key"].decode() for p in producer.produced[: len(ztf)]] == [r["objectId"] for r in ztf]
+
+    assert consumer.commits == [{("ztf_20191106_programid1", 0): 43, ("gcn.classic.voevent.FERMI_GBM_FLT_POS", 2): 8,
+                                 ("igwn.gwalert", 0): 100}]
+    s = stage.stats
+    assert (s.messages, s.events, s.dead_letters, s.batches) == (4, len(items), 0, 1)
+    assert s.by_kind[("ztf", "ZTF", "alert")] == 2 * len(ztf)
+    assert s.by_kind[("gcn", "Fermi", "flt_pos")] == 1
+    assert s.by_kind[("igwn", "LVK", igwn["alert_type"].lower())] == 1
+    assert sum(s.by_kind.values()) == s.events
+
+
+def test_bad_messages_go_to_the_dlq_with_original_bytes_and_reason():
+    stage, consumer, producer, archive, log = _stage()
+    batch = _mixed_batch()
+    stage.process(batch)
+    assert [e[0] for e in log][0] == "archive" and [e[0] for e in log][-1] == "commit"
+    assert [it.event.format for it in archive.batches[0]] == ["json", "voevent"]
+    events = [p for p in producer.produced if p["topic"] == "t.mma.events"]
+    dlq = [p for p in producer.produced if p["topic"] == "t.mma.dlq"]
+    assert len(events) == 2 and len(dlq) == 3
+    assert producer.produced.index(dlq[0]) > producer.produced.index(events[-1])  # events first
+    for src, out in zip([batch[1], batch[2], batch[4]], dlq):
+        assert out["value"] == src.value()
+        assert out["key"] == src.key()
+        headers = out["headers"]
+        assert headers[: len(src.headers() or [])] == list(src.headers() or [])
+        h = dict(headers)
+        assert h["mma.dlq.topic"] == src.topic().encode()
+        assert h["mma.dlq.partition"] == str(src.partition()).encode()
+        assert h["mma.dlq.offset"] == str(src.offset()).encode()
+        assert h["mma.dlq.timestamp_ms"] == b"1700000000123"
+        assert h["mma.dlq.stage"] == b"ingest.test"
+        assert h["mma.dlq.reason"] and b"\n" not in h["mma.dlq.reason"]
+    reasons = [dict(p["headers"])["mma.dlq.reason"].decode() for p in dlq]
+    assert "invalid json" in reasons[1].lower()
+    assert reasons[2] == "message has no value (tombstone)"
+    assert consumer.commits == [{("igwn.gwalert", 0): 13, ("ztf_20191106_programid1", 1): 6,
+                                 ("gcn.classic.voevent.FERMI_GBM_FLT_POS", 3): 1}]
+    s = stage.stats
+    assert (s.messages, s.events, s.dead_letters) == (5, 2, 3)
+    assert sum(s.dlq_reasons.values()) == 3 and s.dlq_reasons["message has no value (tombstone)"] == 1
+
+
+def test_truncated_avro_is_a_decode_error_not_a_decoder_failure():
+    """A cut ZTF container is bad input (DecodeError), not a decoder bug."""
+    stage, _, producer, _, _ = _stage()
+    data = ZTF_MULTI.read_bytes()
+    for cut in (100, 3000, len(data) // 2, len(data) - 10):
+        stage.process([FakeMessage("ztf_20191106_programid1", 0, cut, data[:cut])])
+    reasons = [dict(p["headers"])["mma.dlq.reason"].decode() for p in producer.produced]
+    assert len(reasons) == 4
+    assert not [r for r in reasons if r.startswith("decoder failed")], reasons
+
+
+def test_decoder_exception_becomes_a_dead_letter():
+    def broken(data: bytes):
+        raise ZeroDivisionError("division by zero in a decoder")
+
+    stage, consumer, producer, archive, log = _stage(decode=broken)
+    stage.process([FakeMessage("igwn.gwalert", 0, 3, IGWN_JSON.read_bytes(), key=b"k")])
+    assert archive.batches == []
+    (dead,) = producer.produced
+    assert dead["topic"] == "t.mma.dlq" and dead["value"] == IGWN_JSON.read_bytes()
+    assert dict(dead["headers"])["mma.dlq.reason"] == b"decoder failed: ZeroDivisionError: division by zero in a decoder"
+    assert consumer.commits == [{("igwn.gwalert", 0): 4}]
+    assert stage.stats.dlq_reasons == {"decoder failed": 1}
+
+
+def test_decode_error_from_decoder_is_kept_as_is():
+    def refuse(data: bytes):
+        raise DecodeError("not for us: xyz")
+
+    stage, _, producer, _, _ = _stage(decode=refuse)
+    stage.process([FakeMessage("a", 0, 0, b"{}")])
+    assert dict(producer.produced[0]["headers"])["mma.dlq.reason"] == b"not for us: xyz"
+
+
+def test_consumer_errors_are_skipped_and_nothing_is_committed_without_messages():
+    stage, consumer, producer, archive, log = _stage()
+    stage.process([FakeMessage("igwn.gwalert", 0, 5, None, error=KafkaError(KafkaError._PARTITION_EOF)),
+                   FakeMessage("igwn.gwalert", 1, 6, None, error=KafkaError(KafkaError._TRANSPORT))])
+    assert log == [] and stage.stats.messages == 0 and stage.stats.batches == 0
+
+
+def test_error_message_in_a_batch_does_not_move_offsets():
+    stage, consumer, *_ = _stage()
+    stage.process([FakeMessage("igwn.gwalert", 0, 5, IGWN_JSON.read_bytes()),
+                   FakeMessage("igwn.gwalert", 0, 6, None, error=KafkaError(KafkaError._PARTITION_EOF))])
+    assert consumer.commits == [{("igwn.gwalert", 0): 6}]
+
+
+def test_commit_during_rebalance_does_not_raise():
+    err = KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+    stage, consumer, producer, archive, log = _stage(commit_error=err)
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
+    assert log[-1] == ("commit",) and consumer.commits == []
+    assert stage.stats.events == 1 and stage.stats.batches == 1
+
+
+def test_other_commit_errors_raise():
+    err = KafkaException(KafkaError(KafkaError._TRANSPORT))
+    stage, *_ = _stage(commit_error=err)
+    with pytest.raises(KafkaException):
+        stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
+    assert stage.stats.batches == 0
+
+
+def test_delivery_failure_raises_and_does_not_commit():
+    stage, consumer, producer, archive, log = _stage(fail_with=KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    with pytest.raises(BrokerError, match="not delivered") as info:
+        stage.process(_mixed_batch())
+    assert "t.mma." in str(info.value)
+    assert ("commit",) not in log and consumer.commits == []
+    assert stage.stats.batches == 0 and stage.stats.events == 0
+
+
+def test_messages_still_queued_raise_and_do_not_commit():
+    stage, consumer, producer, archive, log = _stage(remaining=2)
+    with pytest.raises(BrokerError, match="2 message"):
+        stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
+    assert ("commit",) not in log
+
+
+def test_run_processes_batches_until_stopped_and_closes():
+    batches = [_good_batch()[:2], _mixed_batch()]
+    stage, consumer, producer, archive, log = _stage(batches=batches)
+    stop = threading.Event()
+    consumer.stop = stop
+    seen = []
+    stats = stage.run(stop, on_batch=lambda s: seen.append(s.batches))
+    assert consumer.closed
+    assert seen == [1, 2]
+    assert stats.batches == 2 and stats.messages == 7 and stats.dead_letters == 3
+    assert len(consumer.commits) == 2
