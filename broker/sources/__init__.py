@@ -12,6 +12,10 @@ Every decoder takes the raw bytes exactly as upstream sent them and returns a li
 :class:`~broker.event.Event` (an Avro container may hold many alerts) or raises
 :class:`~broker.errors.DecodeError` with a one-line reason. ``upstream_topic`` gives
 the Kafka topic a file would have had upstream, for ``mma-broker replay``.
+
+JSON alerts (IGWN gwalerts, GCN unified-schema notices) are checked against the upstream
+JSON schemas in ``schemas/upstream/`` before normalization (:mod:`broker.validation`);
+Avro records are typed by their writer schema as fastavro reads them.
 """
 
 from __future__ import annotations
@@ -72,9 +76,11 @@ def decode(data: bytes) -> list[Event]:
     Raises
     ------
     DecodeError
-        With a one-line reason when the bytes are not a supported alert.
+        With a one-line reason when the bytes are not a supported alert, or when a
+        JSON alert violates its upstream schema (naming the JSON path and schema).
     """
     from broker.sources import avro, gcn, igwn, voevent, ztf
+    from broker.validation import default_validator
 
     fmt = sniff_format(data)
     if fmt == "avro":
@@ -88,8 +94,10 @@ def decode(data: bytes) -> list[Event]:
         return voevent.decode(data)
     obj = _load_json(data)
     if igwn.is_igwn_alert(obj):
+        default_validator().validate_igwn(obj)
         return [igwn.decode_json(obj)]
     if gcn.is_gcn_notice(obj):
+        default_validator().validate_gcn(obj)
         return [gcn.decode(obj)]
     raise DecodeError(
         "JSON is neither an IGWN gwalert (no 'superevent_id') nor a GCN unified-schema notice (no '$schema')"
