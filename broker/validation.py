@@ -36,13 +36,23 @@ Policy
 * Defaults (:func:`default_validator`): strict, with undeclared properties tolerated,
   for both families. Measured over tests/data: all 50 gcn-schema ``*.example.json``
   (44 notices, the circulars example, 5 ``core/`` fragments) and all 12 IGWN gwalert
-  JSON samples (7 full alerts, 5 user-guide display examples)
-  validate against their own schemas; of the 11 gwcelery Kafka fixtures that carry a
+  JSON samples (7 full alerts, 5 user-guide display examples) validate against their
+  own schemas; of the 11 gwcelery Kafka fixtures that carry a
   ``$schema`` (real notices recorded by gwcelery), 10 validate and one, the Fermi GBM
   flight notice of 2024-08-12, has an undeclared ``photon_flux`` that our fermi/gbm
   schema copy forbids. Strict mode with that tolerance accepts every real sample and
   still sends a notice with a broken field to the dead-letter topic; ``"warn"`` would
   let such a notice reach the decoder, which would quietly drop the broken value.
+* IGWN Avro records are not checked here: fastavro reads them with the container's
+  writer schema, which already enforces field presence and types, and their sky map is
+  bytes where the JSON schema expects base64 text.
+
+Cost (measured on the samples, one core): a GCN notice (0.3-2.7 kB) takes 0.14-2.6 ms,
+median 0.7 ms (``unevaluatedProperties`` over the ``allOf`` chains of ``core/`` schemas
+dominates); an IGWN alert with its 1 MB base64 sky map takes 0.19 ms, against 8.5 ms for
+the whole decode. Plain jsonschema takes 3.3 ms on that alert because it formats the
+repr of the sky map in every failing ``oneOf`` branch (``{"type": "null"}``);
+``_bounded_type`` and ``_bounded_one_of`` bound those reprs.
 """
 
 from __future__ import annotations
