@@ -386,7 +386,7 @@ def main() -> None:
     """Entry point: run the app, turning BrokerError into a one-line message."""
     _mount_optional()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -394,7 +394,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the CLI boundary
         import click
 
-        if isinstance(exc, click.ClickException):
+        # typer may ship its own copy of click: recognise its exceptions by shape
+        if isinstance(exc, click.ClickException) or (hasattr(exc, "show") and hasattr(exc, "exit_code")):
             exc.show()
             sys.exit(exc.exit_code)
         if state.debug:
@@ -402,3 +403,4 @@ def main() -> None:
         msg = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
         err.print(f"mma-broker: {msg}", markup=False)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -280,7 +280,10 @@ def read_secrets_file(path: Path) -> dict[str, str]:
     """
     import tomllib
 
-    mode = path.stat().st_mode
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise BrokerError(f"secrets file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise BrokerError(f"secrets file {path} has mode {oct(mode & 0o777)}; run: chmod 600 {path}")
     with path.open("rb") as fh:

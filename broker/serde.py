@@ -52,8 +52,8 @@ class EventCodec:
     @cached_property
     def header(self) -> bytes:
         """``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of the schema."""
-        fp = int(fingerprint(to_parsing_canonical_form(self._schema), "CRC-64-AVRO"), 16)
-        return SINGLE_OBJECT_MAGIC + fp.to_bytes(8, "little")
+        # fastavro gives the fingerprint's 8 bytes, little-endian first, as hex
+        return SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(to_parsing_canonical_form(self._schema), "CRC-64-AVRO"))
 
     def encode(self, event: Event, provenance: Provenance) -> bytes:
         """Serialize one Event with its provenance."""
@@ -94,7 +94,10 @@ class EventCodec:
         """
         if data[:10] != self.header:
             raise DecodeError("not an mma.events v1 message (single-object header/fingerprint mismatch)")
-        rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[10:]), self._schema)
+        try:
+            rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[10:]), self._schema)
+        except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"truncated or corrupt mma.events v1 message ({type(exc).__name__}: {exc})") from None
         loc = rec["localization"]
         if loc is not None:
             loc = dict(loc)

@@ -47,9 +47,10 @@ def _hop_config(up: UpstreamSettings, bootstrap: str) -> dict[str, Any]:
 
     try:
         creds = load_auth(up.hop_auth_file) if up.hop_auth_file else load_auth()
+        auth = select_matching_auth(creds, bootstrap.split(",")[0])
     except Exception as exc:  # hop raises RuntimeError/FileNotFoundError variants
-        raise BrokerError(f"upstream {up.name!r}: cannot load hop-client credentials ({type(exc).__name__}); run `hop auth add`") from None
-    auth = select_matching_auth(creds, bootstrap.split(",")[0])
+        raise BrokerError(f"upstream {up.name!r}: no usable hop-client credential for {bootstrap} "
+                          f"({type(exc).__name__}); run `hop auth add`") from None
     cfg = {
         "security.protocol": str(auth.protocol),
         "sasl.mechanism": str(auth.mechanism),
@@ -126,7 +127,9 @@ def upstream_topics(settings: Settings, up: UpstreamSettings) -> list[str]:
     out = []
     for t in up.topics:
         if t.startswith("^"):
-            out.append("^" + re.escape(prefix) + "(" + t[1:].rstrip("$") + ")$")
+            body = t[1:]
+            anchored = body.endswith("$") and not body.endswith("\\$")
+            out.append("^" + re.escape(prefix) + "(" + (body[:-1] if anchored else body) + ")" + ("$" if anchored else ""))
         else:
             out.append(prefix + t)
     return out
