@@ -4,11 +4,13 @@ One run, on the same bytes:
 
 (a) naive       ``list(fastavro.reader(msg))`` per message (full decode), in this process
 (b) ours        ``broker.sources.decode(msg)`` (decode + normalize), in this process
-(c) 1 worker    ``mma-broker run --until-caught-up`` as a subprocess over a 4-partition
-                ``<prefix>ztf_YYYYMMDD_programid1`` topic filled beforehand
+(c) 1 worker    ``mma-broker run --stage ingest --until-caught-up`` as a subprocess (ZTF
+                upstream only) over a 4-partition ``<prefix>ztf_YYYYMMDD_programid1``
+                topic filled beforehand
 (d) 2 workers   two such processes, same group id, fresh topic, group and database
 (e) latency     optional: a real GCN VOEvent every 100 ms while ZTF alerts flow into one
-                worker; latency = seen on ``mma.events`` − produced upstream
+                ``mma-broker run --stage ingest`` with the default upstreams (notices and
+                ZTF in separate consumers); latency = seen on ``mma.events`` − produced upstream
 
 Messages. The 36 real alerts under ``tests/data/ztf`` are repeated to ``--n`` messages,
 one alert per message (multi-alert files split). A repeated alert would have the same
@@ -18,17 +20,21 @@ so copy ``k`` of an alert gets ``candid + k·10^15`` (top-level ``candid`` and
 is re-encoded with the original writer schema and the rest of the body (history,
 cutouts) is the original bytes. Copy 0 of a single-alert file is the file itself.
 
-Timing of (c)/(d). The workers start and join their group first, then the topic is
-created and filled (a rebalance during a commit kills ``mma-broker run`` today, see
-the README), so they consume while this process produces; the rate with no producer
-running beside them is shown too. Start-up (imports, migration, group join) and the
-idle wait before ``--until-caught-up`` stops are excluded: the archive's ``ingested_at`` is each batch
-transaction's start (``now()``), so from the first to the last distinct value lie
-all batches but the last, and alerts/s = rows written before the last batch ÷ that span.
+Timing of (c)/(d). The topic is filled first, so no producer competes for the CPU;
+then the workers start. The first to join takes every partition until the other
+joins (a commit during that rebalance is safe since ``broker.kafka.commit_offsets``),
+so the rate counts only batches from the moment the group is seen stable with all
+workers. Start-up and the idle wait before ``--until-caught-up`` stops are excluded:
+the archive's ``ingested_at`` is each batch transaction's start (``now()``), so from
+the first to the last distinct value lie all batches but the last, and alerts/s =
+rows written before the last batch ÷ that span. The CPU used meanwhile by each
+process (workers, Kafka broker, PostgreSQL, this script, the rest of the machine) is
+sampled with psutil (a dependency of pgserver) and printed as mean cores.
 
 Nothing under ``broker/`` is changed. The embedded PostgreSQL lives in a temporary
 directory and is stopped and deleted at the end, with the Kafka topics and groups of
-the run. Run: ``python benchmarks/bench_e2e.py [--n 20000] [--latency-s 30] [--profile]``.
+the run. Run: ``python benchmarks/bench_e2e.py [--n 20000] [--latency-s 30] [--profile always]
+[--bootstrap HOST:PORT] [--ztf-config JSON]``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import os
 import pstats
 import re
@@ -171,27 +178,39 @@ class Phase:
     group: str
     db_url: str
     home: Path
+    bootstrap: str
+    ztf_config: dict | None = None
+    """Extra librdkafka settings for the workers' ZTF consumer (``--ztf-config``)."""
 
     def settings(self) -> Settings:
-        return Settings(home=self.home, group_id=self.group, kafka={"topic_prefix": self.prefix},
+        return Settings(home=self.home, group_id=self.group,
+                        kafka={"topic_prefix": self.prefix, "bootstrap_servers": self.bootstrap},
                         archive={"database_url": self.db_url})
 
-    def env(self, batch_size: int) -> dict[str, str]:
+    def env(self, batch_size: int, *, ztf_only: bool = False) -> dict[str, str]:
+        """Environment of a worker subprocess. ``ztf_only``: the ZTF upstream alone (the
+        default notices upstream would find no topic, and ``--until-caught-up`` never
+        ends while a consumer has no partition; see the README)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MMA_BROKER_")}
         env.update(MMA_BROKER_HOME=str(self.home), MMA_BROKER_GROUP_ID=self.group,
+                   MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
                    MMA_BROKER_KAFKA__TOPIC_PREFIX=self.prefix, MMA_BROKER_ARCHIVE__DATABASE_URL=self.db_url,
                    MMA_BROKER_INGEST__BATCH_SIZE=str(batch_size))
+        if ztf_only:
+            ztf = next(up for up in Settings().upstreams if up.name == "ztf")
+            ztf.config.update(self.ztf_config or {})
+            env["MMA_BROKER_UPSTREAMS"] = json.dumps([ztf.model_dump(mode="json", exclude_none=True)])
         return env
 
 
-def new_phase(name: str, run_id: str, tmp: Path, server_url: str) -> Phase:
+def new_phase(name: str, run_id: str, tmp: Path, server_url: str, bootstrap: str) -> Phase:
     """A fresh database ``bench_<name>`` in the embedded server, topic prefix and group id."""
     db = f"bench_{name}"
     admin = server_url.replace("postgresql+psycopg://", "postgresql://").replace("/mma_broker?", "/postgres?")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     url = server_url.replace("/mma_broker?", f"/{db}?")
-    return Phase(name, f"e2e_{run_id}_{name}.", f"e2e_{run_id}_{name}", url, tmp / name)
+    return Phase(name, f"e2e_{run_id}_{name}.", f"e2e_{run_id}_{name}", url, tmp / name, bootstrap)
 
 
 def produce(settings: Settings, topic: str, msgs: list[bytes]) -> float:
@@ -235,28 +254,104 @@ def wait_group_stable(settings: Settings, group: str, members: int, timeout_s: f
     raise RuntimeError(f"consumer group {group} not stable with {members} member(s) after {timeout_s:.0f} s")
 
 
-def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path, msgs: list[bytes],
-                topic: str) -> tuple[list[WorkerResult], float]:
-    """``n_workers`` × ``mma-broker run --until-caught-up``; returns their results and produce end time.
+class CpuSampler:
+    """CPU seconds used by each process of the run, sampled every ``interval_s``.
 
-    The workers join their group while only an empty placeholder topic
-    (``<prefix>gcn.bench_placeholder``) matches their regex subscription; only then is
-    the ZTF topic created and filled, and they pick it up at their next metadata
-    refresh (5 s). This way no rebalance happens while they commit
-    (see the README: a commit during a rebalance kills ``mma-broker run``).
+    Tracks the workers, the Kafka broker (the process listening on the bootstrap port),
+    the embedded PostgreSQL (postmaster and all its children), this process, and the
+    rest of the machine (busy CPU time of all cores minus the tracked processes).
+    :meth:`cores` gives the mean number of cores each used between two times.
+    """
+
+    def __init__(self, workers: dict[str, int], bootstrap: str, pgdata: Path, interval_s: float = 0.5) -> None:
+        import psutil  # a dependency of pgserver
+
+        self._psutil = psutil
+        self.procs = {name: psutil.Process(pid) for name, pid in workers.items()}
+        port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+        kafka = [c.pid for c in psutil.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+        self.kafka = psutil.Process(kafka[0]) if kafka else None
+        self.postmaster = psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._seen: dict[int, float] = {}  # PostgreSQL pid → last CPU seconds (backends come and go)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _cpu(p) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    def sample(self) -> None:
+        ps = self._psutil
+        now: dict[str, float] = {}
+        for name, p in self.procs.items():
+            try:
+                now[name] = self._cpu(p)
+            except ps.NoSuchProcess:
+                now[name] = self.samples[-1][1].get(name, 0.0) if self.samples else 0.0
+        if self.kafka is not None:
+            now["Kafka broker"] = self._cpu(self.kafka)
+        for p in [self.postmaster, *self.postmaster.children(recursive=True)]:
+            try:
+                self._seen[p.pid] = self._cpu(p)
+            except ps.NoSuchProcess:
+                pass
+        now["PostgreSQL"] = sum(self._seen.values())
+        now["bench (this process)"] = self._cpu(ps.Process())
+        total = ps.cpu_times()
+        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        now["rest of the machine"] = busy - sum(now.values())
+        now["(cores idle waiting for disk I/O)"] = getattr(total, "iowait", 0.0)
+        self.samples.append((time.time(), now))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def cores(self, t0: float, t1: float) -> dict[str, float]:
+        """Mean cores used per process between the samples nearest to ``t0`` and ``t1`` (Unix s)."""
+        a = min(self.samples, key=lambda x: abs(x[0] - t0))
+        b = min(self.samples, key=lambda x: abs(x[0] - t1))
+        dt = b[0] - a[0]
+        return {k: (b[1][k] - a[1].get(k, 0.0)) / dt for k in b[1]} if dt > 0 else {}
+
+
+def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path, msgs: list[bytes],
+                topic: str, pgdata: Path) -> tuple[list[WorkerResult], float, CpuSampler]:
+    """``n_workers`` × ``mma-broker run --until-caught-up`` over a topic filled beforehand.
+
+    The topic is filled first (so the producer does not compete for the CPU), then the
+    workers start; the first to join takes all partitions until the others join and
+    the cooperative-sticky assignor hands them their share. Returns the workers'
+    results, the time (Unix s) the group was first seen stable with ``n_workers``
+    members (rates and CPU from then on are the steady state), and the CPU samples.
     """
     s = phase.settings()
-    cmd = [sys.executable, "-m", "broker", "run", "--until-caught-up", "--idle", "20"]
+    produce(s, s.topic(topic), msgs)
+    cmd = [sys.executable, "-m", "broker", "run", "--stage", "ingest", "--until-caught-up", "--idle", "5"]
     procs = []
-    ensure_topics(s, [s.topic("gcn.bench_placeholder")], partitions=1)
     try:
         for i in range(n_workers):
             out = (log_dir / f"{phase.name}-{i}.log").open("w")
-            procs.append((subprocess.Popen(cmd, env=phase.env(batch_size), cwd=ROOT, stdout=out,
+            procs.append((subprocess.Popen(cmd, env=phase.env(batch_size, ztf_only=True), cwd=ROOT, stdout=out,
                                            stderr=subprocess.STDOUT), out))
-        wait_group_stable(s, f"{phase.group}.ingest.local", n_workers)
-        produce(s, s.topic(topic), msgs)
-        produced_at = time.time()
+        sampler = CpuSampler({f"worker {i + 1}": p.pid for i, (p, _) in enumerate(procs)},
+                             s.kafka.bootstrap_servers, pgdata).start()
+        wait_group_stable(s, f"{phase.group}.ingest.ztf", n_workers)
+        stable_at = time.time()
         results = []
         for p, out in procs:
             _, status, usage = os.wait4(p.pid, 0)
@@ -267,7 +362,8 @@ def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path, ms
                 raise RuntimeError(f"worker {out.name} exited {p.returncode}: {text[-1500:]}")
             m = re.search(r"this run: (\d+) message", text)
             results.append(WorkerResult(int(m.group(1)) if m else -1, usage.ru_maxrss / 1024))
-        return results, produced_at
+        sampler.stop()
+        return results, stable_at, sampler
     finally:
         for p, out in procs:
             if p.returncode is None:
@@ -276,8 +372,9 @@ def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path, ms
             out.close()
 
 
-def archive_rate(db_url: str, since: float | None = None) -> tuple[int, int, float, float]:
-    """(rows, batches, alerts/s, span s) from ``ingested_at`` (each batch's transaction start).
+def archive_rate(db_url: str, since: float | None = None) -> tuple[int, int, float, float, float]:
+    """(rows, batches, alerts/s, span s, last batch start Unix s) from ``ingested_at``
+    (each batch's transaction start).
 
     Only batches that started at/after ``since`` (Unix time) count. The rate is the rows
     of all batches but the last over the time from the first batch to the last one.
@@ -290,11 +387,11 @@ def archive_rate(db_url: str, since: float | None = None) -> tuple[int, int, flo
             f"SELECT count(*), count(DISTINCT ingested_at), min(ingested_at), max(ingested_at) FROM events WHERE {cond}",
             params).fetchone()
         if rows == 0:
-            return 0, 0, float("nan"), 0.0
+            return 0, 0, float("nan"), 0.0, float("nan")
         before_last = conn.execute(f"SELECT count(*) FROM events WHERE {cond} AND ingested_at < %s",
                                    (*params, t_max)).fetchone()[0]
     span = (t_max - t_min).total_seconds()
-    return rows, batches, before_last / span if span > 0 else float("nan"), span
+    return rows, batches, before_last / span if span > 0 else float("nan"), span, t_max.timestamp()
 
 
 # ------------------------------------------------------------------ GCN latency under ZTF load
@@ -371,7 +468,7 @@ def measure_latency(phase: Phase, bases: list[_Base], first_k: int, ztf_rate: fl
     for t in threads:
         t.start()
     log = (log_dir / "latency-worker.log").open("w")
-    worker = subprocess.Popen([sys.executable, "-m", "broker", "run"], env=phase.env(batch_size), cwd=ROOT,
+    worker = subprocess.Popen([sys.executable, "-m", "broker", "run", "--stage", "ingest"], env=phase.env(batch_size), cwd=ROOT,
                               stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while n_ztf_seen[0] == 0 and time.monotonic() < deadline and worker.poll() is None:
@@ -422,7 +519,8 @@ def profile_inprocess(phase: Phase, msgs: list[bytes], batch_size: int) -> tuple
     produce(s, s.topic(upstream_topic(msgs[0])), msgs)
     archive = open_archive(s)
     ensure_topics(s, [s.topic(s.events_topic), s.topic(s.dlq_topic)], partitions=PARTITIONS)
-    stage = IngestStage(make_upstream_consumer(s, s.upstreams[0]), make_producer(s), archive,
+    ztf = next(up for up in s.upstreams if up.name == "ztf")
+    stage = IngestStage(make_upstream_consumer(s, ztf), make_producer(s), archive,
                         events_topic=s.topic(s.events_topic), dlq_topic=s.topic(s.dlq_topic),
                         provenance=provenance(s, "ingest"), batch_size=batch_size)
     # wait for the assignment outside the profile, then profile batches only
@@ -486,6 +584,10 @@ def main() -> None:
     parser.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                         help="cProfile an in-process IngestStage (auto: when one worker misses its target)")
     parser.add_argument("--profile-n", type=int, default=5000, help="messages for the profile run")
+    parser.add_argument("--bootstrap", default=None,
+                        help="Kafka bootstrap servers (default: the broker's setting, MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS)")
+    parser.add_argument("--ztf-config", type=json.loads, default=None,
+                        help='JSON librdkafka settings added to the workers\' ZTF consumer, e.g. \'{"queued.max.messages.kbytes": 131072}\'')
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     load0, ncpu = os.getloadavg(), os.cpu_count()
@@ -506,9 +608,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmae2e-", dir="/tmp"))
     rows = []
     base_settings = Settings()
+    bootstrap = args.bootstrap or base_settings.kafka.bootstrap_servers
+    base_settings = Settings(kafka={"bootstrap_servers": bootstrap})
+    cpu_tables = []
     try:
         server_url = ensure_embedded_postgres(tmp / "pg")
-        console.print(f"embedded PostgreSQL in {tmp / 'pg'}; Kafka {base_settings.kafka.bootstrap_servers}; run id {run_id}")
+        console.print(f"embedded PostgreSQL in {tmp / 'pg'}; Kafka {bootstrap}; run id {run_id}")
 
         rates = time_decoders(msgs)
         rows.append(("(a) naive fastavro.reader per message", "1 process", rates["naive"], None, ""))
@@ -516,18 +621,22 @@ def main() -> None:
 
         one: dict[int, float] = {}
         for n_workers in (1, 2):
-            phase = new_phase(f"w{n_workers}", run_id, tmp, server_url)
+            phase = new_phase(f"w{n_workers}", run_id, tmp, server_url, bootstrap)
+            phase.ztf_config = args.ztf_config
             load = os.getloadavg()[0]
-            res, produced_at = run_workers(phase, n_workers, args.batch_size, tmp, msgs, topic)
-            n_rows, batches, rate, span = archive_rate(phase.db_url)
+            res, stable_at, sampler = run_workers(phase, n_workers, args.batch_size, tmp, msgs, topic, tmp / "pg")
+            n_rows, batches, rate_all, span, _ = archive_rate(phase.db_url)
             if n_rows != len(msgs):
                 raise RuntimeError(f"{phase.name}: archive holds {n_rows} rows, expected {len(msgs)}")
-            _, _, rate_after, span_after = archive_rate(phase.db_url, since=produced_at)
+            n_steady, _, rate, span_steady, last_at = archive_rate(phase.db_url, since=stable_at)
             one[n_workers] = rate
             split = "+".join(str(r.messages) for r in res)
             rss = ", ".join(f"{r.peak_rss_mib:,.0f}" for r in res)
-            note = (f"{n_rows} rows, {batches} batches over {span:.1f} s; after the producer finished: "
-                    f"{rate_after:,.0f}/s over {span_after:.1f} s; msgs/worker {split}; peak RSS MiB {rss}; load1 {load:.2f}")
+            note = (f"{n_steady} rows over {span_steady:.1f} s once all workers were in the group; first to last "
+                    f"batch: {rate_all:,.0f}/s, {batches} batches over {span:.1f} s; msgs/worker {split}; "
+                    f"peak RSS MiB {rss}; load1 {load:.2f}")
+            cores = sampler.cores(stable_at, last_at)
+            cpu_tables.append((f"{n_workers} worker(s), {last_at - stable_at:.1f} s", cores))
             label = f"(c) full path, 1 worker" if n_workers == 1 else "(d) full path, 2 workers (total)"
             rows.append((label, f"{n_workers} proc", rate, TARGET_WORKER * (1 if n_workers == 1 else TARGET_SPEEDUP), note))
         speedup = one[2] / one[1]
@@ -541,10 +650,19 @@ def main() -> None:
         console.print(table)
         console.print(f"two workers / one worker = {speedup:.2f}× (target ≥ {TARGET_SPEEDUP}×: "
                       f"{'meets' if speedup >= TARGET_SPEEDUP else 'MISSES'}); per worker with two: {one[2] / 2:,.0f}/s")
+        ctab = Table(title=f"CPU used while the workers consumed (mean cores; the machine has {ncpu})")
+        ctab.add_column("process")
+        for title, _ in cpu_tables:
+            ctab.add_column(title, justify="right")
+        names = sorted(dict.fromkeys(k for _, c in cpu_tables for k in c), key=lambda k: (k.startswith("("), k))
+        for name in names:
+            ctab.add_row(name, *(f"{c[name]:.2f}" if name in c else "" for _, c in cpu_tables))
+        ctab.add_row("all busy", *(f"{sum(v for k, v in c.items() if not k.startswith('(')):.2f}" for _, c in cpu_tables))
+        console.print(ctab)
 
         if args.latency_s > 0:
             rate = args.latency_ztf_rate or min(1000.0, 0.8 * one[1])
-            phase = new_phase("lat", run_id, tmp, server_url)
+            phase = new_phase("lat", run_id, tmp, server_url, bootstrap)
             lat = measure_latency(phase, bases, args.n // len(bases) + 1, rate, args.latency_s, args.batch_size, tmp)
             console.print(
                 f"GCN VOEvent ({VOEVENT.name}, IVORN suffixed per copy) every 100 ms under {lat['ztf_rate']:,.0f} ZTF alerts/s "
@@ -555,7 +673,7 @@ def main() -> None:
                 f"does not exist yet.")
 
         if args.profile == "always" or (args.profile == "auto" and one[1] < TARGET_WORKER):
-            phase = new_phase("prof", run_id, tmp, server_url)
+            phase = new_phase("prof", run_id, tmp, server_url, bootstrap)
             rate, points, top = profile_inprocess(phase, msgs[: args.profile_n], args.batch_size)
             ptab = Table(title=f"where one in-process IngestStage spends its time (cProfile, {args.profile_n} alerts, "
                                f"{rate:,.0f} alerts/s under the profiler)")
