@@ -226,6 +226,7 @@ def test_kill_9_at_random_moments(env, pg_url, kafka_bootstrap, ztf_bases, tmp_p
     prefix = env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     produce(kafka_bootstrap, prefix + topic_of(msgs[0]), msgs)
     count = RowCounter(pg_url, prefix)
+    proc = None
     try:
         before = 0
         for cycle in range(3):
@@ -243,6 +244,9 @@ def test_kill_9_at_random_moments(env, pg_url, kafka_bootstrap, ztf_bases, tmp_p
         done = run_cli(env, "run", "--stage", "ingest", "--until-caught-up", timeout=180)
     finally:
         count.close()
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
     # the restart consumed at least everything not yet archived (no offset ran ahead of the archive)
     assert messages_this_run(done.stdout) >= len(msgs) - before, f"seed {seed}"
     assert_exactly_once(pg_url, env, expected, kafka_bootstrap)
@@ -257,8 +261,8 @@ def test_sigterm_stops_cleanly(env, pg_url, kafka_bootstrap, ztf_bases, tmp_path
     produce(kafka_bootstrap, prefix + topic_of(msgs[0]), msgs)
     count = RowCounter(pg_url, prefix)
     log = tmp_path / "worker.log"
+    proc = start_worker(env, log)
     try:
-        proc = start_worker(env, log)
         wait_until(lambda: count() > 0 or proc.poll() is not None, 90, "the first archived rows")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -267,6 +271,9 @@ def test_sigterm_stops_cleanly(env, pg_url, kafka_bootstrap, ztf_bases, tmp_path
         first = count()
     finally:
         count.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     text = log.read_text()
     assert rc == 0, text[-3000:]
     assert took_s < 5.0, f"SIGTERM took {took_s:.1f} s"
@@ -307,13 +314,13 @@ def test_postgres_restart_during_ingest(env, own_pg, kafka_bootstrap, ztf_bases,
     try:
         wait_until(lambda: count() > 0 or proc.poll() is not None, 90, "the first archived rows")
         at_stop = count()
-        count.close()
         assert stop_embedded_postgres(pgdata, mode="fast")
         time.sleep(4.0)
         assert proc.poll() is None, f"the worker died while PostgreSQL was down:\n{log.read_text()[-3000:]}"
         ensure_embedded_postgres(pgdata)
         rc = proc.wait(120)
     finally:
+        count.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
