@@ -205,7 +205,7 @@ def _ingest_workers(s: Settings, until_caught_up: bool):
     from broker.app import open_archive, provenance
     from broker.kafka import ensure_topics, make_producer
     from broker.pipeline.ingest import IngestStage
-    from broker.upstreams import make_admin, make_upstream_consumer
+    from broker.upstreams import make_admin, make_upstream_consumer, upstream_topics
 
     archive = open_archive(s)
     ensure_topics(s, [s.topic(s.events_topic), s.topic(s.dlq_topic)])
@@ -216,7 +216,7 @@ def _ingest_workers(s: Settings, until_caught_up: bool):
             events_topic=s.topic(s.events_topic), dlq_topic=s.topic(s.dlq_topic),
             provenance=provenance(s, "ingest"), batch_size=up.batch_size or s.ingest.batch_size,
             poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=f"ingest.{up.name}",
-            admin=make_admin(s, up) if until_caught_up else None,
+            admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
         )
         for up in s.upstreams
     ]

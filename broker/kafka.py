@@ -167,8 +167,21 @@ def commit_offsets(consumer: confluent_kafka.Consumer, offsets: dict[tuple[str, 
     return True
 
 
-def caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = None) -> bool:
+def _subscribed(topic: str, subscription: Iterable[str]) -> bool:
+    import re
+
+    return any(re.search(s, topic) if s.startswith("^") else s == topic for s in subscription)
+
+
+def caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = None,
+              subscription: Iterable[str] | None = None) -> bool:
     """True when every partition assigned to ``consumer`` is committed up to its end.
+
+    With no assignment: True if the consumer has joined its group (it has a member id)
+    and got no partition (more workers than partitions), or if ``admin`` and
+    ``subscription`` are given and no existing topic matches the subscription (nothing
+    to wait for, e.g. a ZTF pattern when only GCN notices were replayed); otherwise
+    the consumer may still be joining.
 
     With ``admin``, end offsets come in one ListOffsets request on the admin client's
     own connection; without it, one request per partition through the consumer, each
@@ -178,7 +191,12 @@ def caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = No
 
     assignment = consumer.assignment()
     if not assignment:
-        return False
+        if consumer.memberid():
+            return True  # joined the group and got no partition: more workers than partitions
+        if admin is None or subscription is None:
+            return False
+        topics = admin.list_topics(timeout=10).topics
+        return not any(_subscribed(t, subscription) for t in topics)
     committed = consumer.committed(assignment, timeout=10)
     if admin is None:
         ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]

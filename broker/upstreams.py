@@ -35,8 +35,9 @@ def _base(settings: Settings, up: UpstreamSettings) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "fetch.max.bytes": 4 * MAX_MESSAGE_BYTES,
         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
-        # prefetch at most ~32 MB (≈ 400 ZTF alerts) instead of librdkafka's 64 MB
-        "queued.max.messages.kbytes": 32_768,
+        # prefetch up to 128 MB (≈ 3 batches of 500 ZTF alerts of ~77 kB): a smaller
+        # queue than one batch halves a worker's rate (benchmarks/README.md)
+        "queued.max.messages.kbytes": 131_072,
         "topic.metadata.refresh.interval.ms": 5000,
         "partition.assignment.strategy": "cooperative-sticky",
     }

@@ -100,6 +100,9 @@ class IngestStage:
     admin : confluent_kafka.admin.AdminClient, optional
         For :meth:`caught_up` (end offsets in one request, on its own connection, so
         it does not queue behind the consumer's long-poll fetches).
+    subscription : list of str, optional
+        The consumer's topics/patterns: with ``admin``, lets :meth:`caught_up` see
+        that a subscription matching no topic has nothing to wait for.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class IngestStage:
         poll_timeout_s: float = 0.5,
         name: str = "ingest",
         admin: Any = None,
+        subscription: Sequence[str] | None = None,
     ) -> None:
         if decode is None:
             from broker.sources import decode as decode_default
@@ -134,6 +138,7 @@ class IngestStage:
         self.poll_timeout_s = poll_timeout_s
         self.name = name
         self.admin = admin
+        self.subscription = list(subscription) if subscription is not None else None
         self.stats = IngestStats()
         self._tracker = DeliveryTracker()
 
@@ -196,7 +201,7 @@ class IngestStage:
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been consumed up to its high watermark."""
-        return caught_up(self.consumer, self.admin)
+        return caught_up(self.consumer, self.admin, self.subscription)
 
     def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
             on_batch: Callable[[IngestStats], None] | None = None) -> IngestStats:

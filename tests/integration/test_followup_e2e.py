@@ -86,7 +86,7 @@ def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootst
 
     for _ in range(2):
         run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
-        run_cli(followup_env, "run", "--until-caught-up", "--idle", "3")
+        run_cli(followup_env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "3")
         proc = run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
     assert "1 duplicate(s) skipped" in proc.stdout
 
@@ -122,7 +122,7 @@ def test_retraction_withdraws_the_followups(followup_env, kafka_bootstrap, pg_ur
     trigger = json.loads(notices[-1].read_text())["id"][0]  # read without our decoders
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     run_cli(followup_env, "replay", *map(str, notices))
-    run_cli(followup_env, "run", "--until-caught-up", "--idle", "3")
+    run_cli(followup_env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "3")
     run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
 
     docs = [json.loads(m.value()) for m in read_all(kafka_bootstrap, f"{prefix}mma.followup.results")]
@@ -147,7 +147,7 @@ def test_cli_run_publishes_and_runs_locally(followup_env, kafka_bootstrap):
     event_id = f"gcn:{root.get('ivorn')}"
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
-    run_cli(followup_env, "run", "--until-caught-up", "--idle", "3")
+    run_cli(followup_env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "3")
 
     proc = run_cli(followup_env, "followup", "run", event_id, "--analysis", "spiacs")
     requests = read_all(kafka_bootstrap, f"{prefix}mma.followup.requests")
@@ -161,5 +161,5 @@ def test_cli_run_publishes_and_runs_locally(followup_env, kafka_bootstrap):
     again = run_cli(followup_env, "followup", "run", event_id, "--local")
     assert "from the cache" in again.stdout and "no data" in again.stdout
     bad = run_cli(followup_env, "followup", "run", "gcn:no-such-event", check=False)
-    # one message (broker/cli.py's stderr Console wraps it at 80 columns: see the report)
+    # one line on stderr
     assert bad.returncode == 1 and "no event" in bad.stderr and bad.stderr.count("mma-broker:") == 1
