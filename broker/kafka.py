@@ -175,29 +175,31 @@ def _subscribed(topic: str, subscription: Iterable[str]) -> bool:
 
 def caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = None,
               subscription: Iterable[str] | None = None) -> bool:
-    """True when every partition assigned to ``consumer`` is committed up to its end.
+    """True when the consumer's group has committed every partition it reads up to its end.
 
-    With no assignment: True if the consumer has joined its group (it has a member id)
-    and got no partition (more workers than partitions), or if ``admin`` and
-    ``subscription`` are given and no existing topic matches the subscription (nothing
-    to wait for, e.g. a ZTF pattern when only GCN notices were replayed); otherwise
-    the consumer may still be joining.
-
-    With ``admin``, end offsets come in one ListOffsets request on the admin client's
-    own connection; without it, one request per partition through the consumer, each
-    of which queues behind the consumer's long-poll fetch (~0.5 s apiece).
+    With ``admin`` and ``subscription`` the check covers every partition of every
+    existing topic the subscription matches, whichever member of the group owns it:
+    a worker that got no partition (more workers than partitions, or a rebalance in
+    progress) waits until the group is done, and a subscription matching no topic has
+    nothing to wait for. Without them, only the partitions assigned to this consumer
+    count, and no assignment means "not yet". End offsets come in one ListOffsets
+    request on the admin client's own connection; through the consumer each request
+    would queue behind its long-poll fetch (~0.5 s apiece).
     """
     from confluent_kafka.admin import OffsetSpec
 
-    assignment = consumer.assignment()
-    if not assignment:
-        if consumer.memberid():
-            return True  # joined the group and got no partition: more workers than partitions
-        if admin is None or subscription is None:
-            return False
+    if admin is not None and subscription is not None:
+        subscription = list(subscription)
         topics = admin.list_topics(timeout=10).topics
-        return not any(_subscribed(t, subscription) for t in topics)
-    committed = consumer.committed(assignment, timeout=10)
+        parts = [confluent_kafka.TopicPartition(name, p) for name, meta in topics.items()
+                 if _subscribed(name, subscription) for p in meta.partitions]
+        if not parts:
+            return True
+    else:
+        parts = consumer.assignment()
+        if not parts:
+            return False
+    committed = consumer.committed(parts, timeout=10)
     if admin is None:
         ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
                 for tp in committed}

@@ -61,6 +61,8 @@ class _KafkaLoop:
     name = "followup"
     admin = None
     """AdminClient for fast end-offset reads in :meth:`caught_up` (set with --until-caught-up)."""
+    subscription: list[str] | None = None
+    """The topics this loop reads (for :meth:`caught_up`)."""
 
     def __init__(self, consumer: confluent_kafka.Consumer, producer: confluent_kafka.Producer, *, dlq_topic: str,
                  stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5) -> None:
@@ -104,7 +106,7 @@ class _KafkaLoop:
 
     def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its high watermark."""
-        return caught_up(self.consumer, self.admin)
+        return caught_up(self.consumer, self.admin, self.subscription)
 
     def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
             upstream_done: Callable[[], bool] = lambda: True) -> None:
@@ -349,6 +351,7 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
         from broker.kafka import client_config
 
         trigger.admin = worker.admin = AdminClient(client_config(s))
+    trigger.subscription, worker.subscription = [events], [requests]
     trigger.consumer.subscribe([events])
     worker.consumer.subscribe([requests])
     errors: list[BaseException] = []
