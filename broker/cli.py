@@ -192,7 +192,7 @@ def run(
     if workers:
         _print_summary(workers, archive)
     if followup_stats:
-        out.print(f"follow-up: {followup_stats[0]}", markup=False)
+        out.print(followup_stats[0].summary(), markup=False)
 
 
 def _join(threads: list[threading.Thread]) -> None:

@@ -112,11 +112,12 @@ class IngestSettings(_Section):
 class LightCurveSourceSettings(_Section):
     """Where SPI-ACS light curves come from (``followup.datasources``)."""
 
-    kind: Literal["local", "mmoda", "isdc"] = "mmoda"
+    kind: Literal["local", "mmoda", "isdc"] = "local"
     """``local``: OGIP FITS files in ``directory``; ``mmoda``: MMODA via oda-api
     (``instrument='spi_acs'``, ``product='spi_acs_lc'``); ``isdc``: the ISDC SPI-ACS web
-    service."""
-    directory: Path | None = None
+    service. The embedded default is ``local`` on the bundled real light curve, so
+    the laptop demo reaches no network; ``deploy/presets/production.toml`` uses MMODA."""
+    directory: Path | None = REPO_ROOT / "tests" / "data" / "integral"
     """Folder searched recursively for light-curve FITS files (``kind = "local"``)."""
     url: str | None = None
     """Service URL; None → the MMODA dispatcher or ISDC service URL of ``followup``."""
@@ -186,8 +187,9 @@ class FollowupSettings(_Section):
 
     enabled: bool = True
     lightcurves: LightCurveSourceSettings = Field(default_factory=LightCurveSourceSettings)
-    orbit_directory: Path | None = None
-    """Folder of INTEGRAL ``INTL-ORBI-SCP`` orbit/attitude files (None: no attitude)."""
+    orbit_directory: Path | None = REPO_ROOT / "tests" / "data" / "integral"
+    """Folder of INTEGRAL ``INTL-ORBI-SCP`` orbit/attitude files (None: no attitude).
+    Default: the bundled real orbit file (revolution 789)."""
     orbit_url_template: str | None = None
     """HTTP service returning an orbit file for ``{utc}`` (used when no directory)."""
     mmoda_url: str | None = None

@@ -16,9 +16,11 @@ echo "quickstart: running the broker until every replayed alert is consumed" >&2
 mma-broker run --until-caught-up
 cat >&2 <<MSG
 
-Kafka (127.0.0.1:9092) and the embedded PostgreSQL (.mma-broker/postgres) keep running. Try:
+Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL (.mma-broker/postgres) keep running. Try:
   $VENV/bin/mma-broker events list --source igwn
   $VENV/bin/mma-broker subscribe mma.events --timeout 5
   $VENV/bin/mma-broker subscribe mma.dlq --timeout 5
+  $VENV/bin/mma-broker followup results
+  $VENV/bin/mma-broker followup excess tests/data/integral/spiacs_lc_GRB230307A.fits --t0 2023-03-07T15:44:06.67 --plot lc.png
 Stop everything with: deploy/stop.sh
 MSG

@@ -227,10 +227,7 @@ def worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stats = run_followup_stage(_settings(), stop, until_caught_up=until_caught_up, idle_s=idle)
-    typer.echo(f"follow-up: {stats.events} event(s) seen, {stats.requests} request(s), "
-               f"{stats.withdraw_requests} withdraw request(s); {stats.results} result(s), "
-               f"{stats.withdrawals} withdrawal(s), {stats.duplicates_skipped} duplicate(s) skipped, "
-               f"{stats.dead_letters} dead letter(s)")
+    typer.echo(stats.summary())
 
 
 @app.command("results")

@@ -54,6 +54,13 @@ class FollowupStats:
     duplicates_skipped: int = 0
     dead_letters: int = 0
 
+    def summary(self) -> str:
+        """One line for people."""
+        return (f"follow-up: {self.events} event(s) seen, {self.requests} request(s), "
+                f"{self.withdraw_requests} withdraw request(s); {self.results} result(s), "
+                f"{self.withdrawals} withdrawal(s), {self.duplicates_skipped} duplicate(s) skipped, "
+                f"{self.dead_letters} dead letter(s)")
+
 
 class _KafkaLoop:
     """Consume → process → commit loop shared by the trigger and the worker."""
