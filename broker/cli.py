@@ -384,6 +384,11 @@ def _mount_optional() -> None:
 
 def main() -> None:
     """Entry point: run the app, turning BrokerError into a one-line message."""
+    import warnings
+
+    # pgserver's platformdirs warns on every start when XDG_RUNTIME_DIR is unset (CI,
+    # containers); it changes nothing for us
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     _mount_optional()
     try:
         code = app(standalone_mode=False)

@@ -110,9 +110,9 @@ def excess(
 
     try:
         t0_time = to_utc_time(t0)
-    except ValueError as exc:
+    except ValueError:
         typer.echo(f"error: --t0 {t0!r}: not an ISO 8601 UTC time such as 2023-03-07T15:44:06.67Z", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     directions = None if theta_deg is None else [SkyDirection(theta_deg, phi_deg, 1.0)]
     params = SpiAcsParams(search=ExcessSearchParams(search_half_window_s=window))
     try:
