@@ -637,7 +637,7 @@ def main() -> None:
                     f"peak RSS MiB {rss}; load1 {load:.2f}")
             cores = sampler.cores(stable_at, last_at)
             cpu_tables.append((f"{n_workers} worker(s), {last_at - stable_at:.1f} s", cores))
-            label = f"(c) full path, 1 worker" if n_workers == 1 else "(d) full path, 2 workers (total)"
+            label = "(c) full path, 1 worker" if n_workers == 1 else "(d) full path, 2 workers (total)"
             rows.append((label, f"{n_workers} proc", rate, TARGET_WORKER * (1 if n_workers == 1 else TARGET_SPEEDUP), note))
         speedup = one[2] / one[1]
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.time import Time
-import astropy.units as u
 
 from followup.availability import NoData, RetryPolicy
 from followup.datasources import IsdcSpiAcsSource, LocalFitsSource, MmodaSource, parse_ipnlc

@@ -4,7 +4,6 @@ for bytes that are no supported alert (real non-alert files where they exist).""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import fastavro
 import pytest

@@ -7,7 +7,6 @@ can be checked. Expected values come from the files themselves (fastavro, json, 
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from pathlib import Path

@@ -14,7 +14,7 @@ from followup.attitude import Pointing, pointing_at
 from followup.availability import NoData, RetryPolicy
 from followup.cache import DirectoryCache, lineage_key
 from followup.datasources import MmodaSource
-from followup.isgri import IsgriClient, MmodaRequest, isgri_followup, isgri_request
+from followup.isgri import IsgriClient, isgri_followup, isgri_request
 from followup.lightcurve import LightCurve
 from followup.visibility import ibis_visibility
 

@@ -7,7 +7,6 @@ the files with ``json``, not from our code.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
