@@ -254,6 +254,22 @@ def wait_group_stable(settings: Settings, group: str, members: int, timeout_s: f
     raise RuntimeError(f"consumer group {group} not stable with {members} member(s) after {timeout_s:.0f} s")
 
 
+def _vm_hwm_mib(pid: int) -> float | None:
+    """A process's own peak RSS from /proc (VmHWM), MiB.
+
+    Not ``wait4``'s ``ru_maxrss``: on Linux a child that execs keeps the high-water mark
+    of the image it replaced, i.e. of this (1.5 GB-holding) parent, so ru_maxrss
+    reported ~1.9 GB for workers whose own peak was ~0.46 GB.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 class CpuSampler:
     """CPU seconds used by each process of the run, sampled every ``interval_s``.
 
@@ -268,6 +284,8 @@ class CpuSampler:
 
         self._psutil = psutil
         self.procs = {name: psutil.Process(pid) for name, pid in workers.items()}
+        self.hwm_mib: dict[str, float] = {}
+        """Each worker's own peak RSS (VmHWM), MiB: the last value read before it exited."""
         port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
         kafka = [c.pid for c in psutil.net_connections(kind="tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
@@ -290,6 +308,7 @@ class CpuSampler:
         for name, p in self.procs.items():
             try:
                 now[name] = self._cpu(p)
+                self.hwm_mib[name] = _vm_hwm_mib(p.pid) or self.hwm_mib.get(name, 0.0)
             except ps.NoSuchProcess:
                 now[name] = self.samples[-1][1].get(name, 0.0) if self.samples else 0.0
         if self.kafka is not None:
@@ -353,15 +372,15 @@ def run_workers(phase: Phase, n_workers: int, batch_size: int, log_dir: Path, ms
         wait_group_stable(s, f"{phase.group}.ingest.ztf", n_workers)
         stable_at = time.time()
         results = []
-        for p, out in procs:
-            _, status, usage = os.wait4(p.pid, 0)
+        for i, (p, out) in enumerate(procs):
+            _, status, _usage = os.wait4(p.pid, 0)
             p.returncode = os.waitstatus_to_exitcode(status)
             out.close()
             text = Path(out.name).read_text()
             if p.returncode != 0:
                 raise RuntimeError(f"worker {out.name} exited {p.returncode}: {text[-1500:]}")
             m = re.search(r"this run: (\d+) message", text)
-            results.append(WorkerResult(int(m.group(1)) if m else -1, usage.ru_maxrss / 1024))
+            results.append(WorkerResult(int(m.group(1)) if m else -1, sampler.hwm_mib.get(f"worker {i + 1}", float("nan"))))
         sampler.stop()
         return results, stable_at, sampler
     finally:
