@@ -110,7 +110,7 @@ def replay(
     """Publish alert files byte for byte to the local Kafka under their upstream topic names."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from broker.kafka import make_producer
+    from broker.kafka import ensure_topics, make_producer
     from broker.replay import expand_paths, read_manifest, replay_files
 
     s = settings()
@@ -124,7 +124,8 @@ def replay(
                   disable=not err.is_terminal) as bar:
         task = bar.add_task("replay", total=len(files))
         result = replay_files(files, producer, topic_prefix=s.kafka.topic_prefix, topic=topic, rate=rate,
-                              progress=lambda n: bar.update(task, completed=n))
+                              progress=lambda n: bar.update(task, completed=n),
+                              create_topics=lambda names: ensure_topics(s, sorted(names)))
     for path, reason in result.errors:
         err.print(f"{path}: {reason}", markup=False)
     table = Table(title=f"replayed {result.sent} file(s) to {s.kafka.bootstrap_servers}")

@@ -64,7 +64,7 @@ def route(data: bytes, topic: str | None) -> str:
 
 
 def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: str | None = None,
-                 rate: float | None = None, progress=None) -> ReplayResult:
+                 rate: float | None = None, progress=None, create_topics=None) -> ReplayResult:
     """Publish each file as one message.
 
     Parameters
@@ -80,6 +80,11 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
         Messages per second; as fast as possible when None.
     progress : callable, optional
         Called with the number of files done after each file (progress bar hook).
+    create_topics : callable, optional
+        Called once with the set of topic names before anything is produced, to
+        create them (e.g. :func:`broker.kafka.ensure_topics`). Producing into topics
+        that Kafka auto-creates on the first message lost that first message once in
+        our CI runs (Kafka 4.1, fresh cluster), with a successful delivery report.
 
     Returns
     -------
@@ -88,23 +93,32 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
     """
     result = ReplayResult()
     tracker = DeliveryTracker()
-    t_start = time.monotonic()
-    for i, path in enumerate(files):
+    routed: list[tuple[Path, str | None]] = []
+    for path in files:
         try:
-            data = path.read_bytes()
-            name = topic_prefix + route(data, topic)
+            routed.append((path, topic_prefix + route(path.read_bytes(), topic)))
         except (OSError, DecodeError) as exc:
             result.errors.append((path, str(exc)))
-        else:
-            producer.produce(name, value=data, headers=[("mma.replay.file", path.name.encode())],
-                             on_delivery=tracker.callback)
-            producer.poll(0)
-            result.sent += 1
-            result.per_topic[name] += 1
-            if rate:
-                delay = t_start + result.sent / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+            routed.append((path, None))
+    if create_topics is not None:
+        create_topics({name for _, name in routed if name is not None})
+    t_start = time.monotonic()
+    for i, (path, name) in enumerate(routed):
+        if name is not None:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                result.errors.append((path, str(exc)))
+            else:
+                producer.produce(name, value=data, headers=[("mma.replay.file", path.name.encode())],
+                                 on_delivery=tracker.callback)
+                producer.poll(0)
+                result.sent += 1
+                result.per_topic[name] += 1
+                if rate:
+                    delay = t_start + result.sent / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
         if progress:
             progress(i + 1)
     flush_or_raise(producer, tracker)

@@ -131,7 +131,7 @@ def test_replay_run_archive_dlq(broker_env, kafka_bootstrap, pg_url, malformed):
     ids = [r.event.id for r in rows]
     assert len(ids) == len(set(ids))
     # one row per distinct alert; the two re-sent files did not add rows
-    assert len(ids) == len(expected)
+    assert len(ids) == len(expected), proc.stdout[-4000:] + proc.stderr[-4000:]
 
     # ---- dead letters: exactly the three malformed messages, original bytes, a reason
     dlq = read_topic(kafka_bootstrap, f"{prefix}mma.dlq", expect=3)
