@@ -52,10 +52,14 @@ def read_all(bootstrap: str, topic: str, settle_s: float = 4.0) -> list:
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
+    assigned: list = []
+    c.subscribe([topic], on_assign=lambda _c, parts: assigned.extend(parts))
     msgs, last, start = [], time.monotonic(), time.monotonic()
-    while time.monotonic() - last < settle_s and time.monotonic() - start < 60:
+    # the settle time counts from the group join, which alone can take seconds
+    while (not assigned or time.monotonic() - last < settle_s) and time.monotonic() - start < 60:
         m = c.poll(0.3)
+        if not assigned:
+            last = time.monotonic()
         if m is not None and not m.error():
             msgs.append(m)
             last = time.monotonic()
