@@ -375,11 +375,11 @@ def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(Fa
     print(json.dumps(d, indent=2))
 
 
-def _mount_optional() -> None:
-    try:
-        from followup.cli import app as followup_app
-    except ImportError:  # follow-up package not installed in this build
-        return
+def _mount_followup() -> None:
+    # followup ships in the same distribution: an ImportError here is a real bug and
+    # must surface, not silently drop the `followup` commands
+    from followup.cli import app as followup_app
+
     app.add_typer(followup_app, name="followup")
 
 
@@ -390,7 +390,7 @@ def main() -> None:
     # pgserver's platformdirs warns on every start when XDG_RUNTIME_DIR is unset (CI,
     # containers); it changes nothing for us
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    _mount_optional()
+    _mount_followup()
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exc:
