@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from broker.errors import BrokerError
+from broker.limits import DecodeLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -232,6 +233,8 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     followup: FollowupSettings = Field(default_factory=FollowupSettings)
+    limits: DecodeLimits = Field(default_factory=DecodeLimits)
+    """Bounds on the work one message may cause (:mod:`broker.limits`)."""
     events_topic: str = "mma.events"
     dlq_topic: str = "mma.dlq"
     followup_requests_topic: str = "mma.followup.requests"

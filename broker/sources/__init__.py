@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 
 from broker.errors import DecodeError
-from broker.event import Event
+from pydantic import ValidationError
+
+from broker.event import Event, validation_reason
+from broker.limits import DecodeLimits, decode_scope, over_limit
 
 AVRO_MAGIC = b"Obj\x01"
 
@@ -60,8 +63,58 @@ def _load_json(data: bytes) -> dict:
     return obj
 
 
-def decode(data: bytes) -> list[Event]:
-    """Decode and normalize one upstream message (or one alert file).
+def decode(data: bytes, limits: DecodeLimits | None = None) -> list[Event]:
+    """Decode and normalize one upstream message (or one alert file), within limits.
+
+    Parameters
+    ----------
+    data : bytes
+        The message value exactly as upstream sent it.
+    limits : DecodeLimits, optional
+        Bounds on size, nesting, decompression and CPU time (:mod:`broker.limits`);
+        the defaults when None.
+
+    Returns
+    -------
+    list of Event
+        One Event per alert held (Avro containers may hold several).
+
+    Raises
+    ------
+    DecodeError
+        With a one-line reason when the bytes are not a supported alert, when a JSON
+        alert violates its upstream schema (naming the JSON path and schema), when the
+        message is over a limit (naming the limit), or when a value is out of range.
+        Nothing else escapes: an unexpected exception in a decoder (a bug) becomes a
+        DecodeError saying so, so that one message can never stop a stage.
+    """
+    with decode_scope(limits) as lim:
+        if len(data) > lim.max_message_bytes:
+            raise over_limit("max_message_bytes", len(data), "message size in bytes")
+        try:
+            return decode_unguarded(data)
+        except DecodeError:
+            raise
+        except RecursionError:
+            raise DecodeError("decoder failed: input nested too deeply (RecursionError)") from None
+        except MemoryError:
+            raise DecodeError("decoder failed: out of memory decoding this message (MemoryError)") from None
+        except Exception as exc:  # a decoder bug must not stop the stream
+            raise DecodeError(f"decoder failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters, safe to encode as UTF-8."""
+    text = " ".join(text.split())
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def decode_unguarded(data: bytes) -> list[Event]:
+    """:func:`decode` without the catch-all and the size check: decoders' own errors only.
+
+    For the fuzz tests, which must see every exception that is not a DecodeError
+    (each one is a decoder bug even though :func:`decode` contains it).
 
     Parameters
     ----------
@@ -79,6 +132,13 @@ def decode(data: bytes) -> list[Event]:
         With a one-line reason when the bytes are not a supported alert, or when a
         JSON alert violates its upstream schema (naming the JSON path and schema).
     """
+    try:
+        return _dispatch(data)
+    except ValidationError as exc:  # an Event field out of range, invalid Unicode, ...
+        raise DecodeError(f"invalid value: {validation_reason(exc)}") from None
+
+
+def _dispatch(data: bytes) -> list[Event]:
     from broker.sources import avro, gcn, igwn, voevent, ztf
     from broker.validation import default_validator
 
