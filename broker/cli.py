@@ -407,6 +407,7 @@ def main() -> None:
         if state.debug:
             raise
         msg = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
-        err.print(f"mma-broker: {msg}", markup=False)
+        for line in msg.splitlines() or [""]:  # a SettingsError has one line per problem
+            err.print(f"mma-broker: {line}", markup=False)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

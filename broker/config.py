@@ -17,17 +17,56 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from broker.errors import BrokerError
 from broker.limits import DecodeLimits
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(BrokerError):
+    """Invalid settings: one line per problem, ``invalid setting <path>: <problem>``.
+
+    Never holds an input value: a wrong value may be (or sit next to) a secret.
+    """
+
+
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|database_url|sasl", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s/:@]*:)(?!<password>@)[^\s@]*@")
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<head>(?:secret|password|passwd|token)[\w.-]*['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}\]]+", re.IGNORECASE)
+
+
+def scrub_secrets(text: str) -> str:
+    """``text`` with secret-looking values replaced by ``***``: URL passwords
+    (``scheme://user:***@``), ``password=...``/``secret: ...`` pairs, and the values of
+    ``MMA_BROKER_*`` environment variables whose names say secret, password, token or
+    database URL."""
+    text = _URL_CREDENTIALS.sub(r"\g<head>***@", text)
+    text = _SECRET_ASSIGNMENT.sub(r"\g<head>***", text)
+    for key, value in os.environ.items():
+        if key.startswith("MMA_BROKER_") and _SECRET_NAME.search(key) and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _settings_error(exc: ValidationError) -> SettingsError:
+    """One line per problem: the setting's dotted path and pydantic's message, without
+    the input value (``errors(include_input=False)``), scrubbed."""
+    lines = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(settings)"
+        msg = " ".join(str(err.get("msg", "invalid")).removeprefix("Value error, ").split())
+        lines.append(f"invalid setting {scrub_secrets(loc)}: {scrub_secrets(msg)}")
+    return SettingsError("\n".join(lines) or "invalid settings")
 
 
 class _Section(BaseModel):
@@ -40,7 +79,10 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     """Comma-separated host:port list."""
     config: dict[str, Any] = Field(default_factory=dict)
-    """Extra librdkafka settings for every client (e.g. security.protocol); no secrets here."""
+    """Extra librdkafka settings for every client (e.g. security.protocol, sasl.username).
+    Keep passwords out of the TOML preset: give ``sasl.password`` with
+    ``MMA_BROKER_KAFKA__CONFIG__SASL.PASSWORD`` or the secrets_file key
+    ``kafka_sasl_password``. Keys containing "password"/"secret" stay out of config_hash."""
     topic_prefix: str = ""
     """Prefix for every topic name we read or write (isolates tests and tenants)."""
 
@@ -97,6 +139,21 @@ class ArchiveSettings(_Section):
     database_url: SecretStr | None = None
     """SQLAlchemy URL (``postgresql+psycopg://...``). None → embedded PostgreSQL
     (pgserver) under ``<home>/postgres``."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_url(cls, v: SecretStr | None) -> SecretStr | None:
+        # parse now, so a bad URL is a settings error that does not echo it
+        if v is not None:
+            from sqlalchemy.engine import make_url
+
+            try:
+                make_url(v.get_secret_value())
+            except Exception:  # noqa: BLE001 - the message could hold the URL
+                raise ValueError(
+                    "not a valid SQLAlchemy URL (form: postgresql+psycopg://<user>:<password>@<host>:<port>/<database>)"
+                ) from None
+        return v
     raw_store: Literal["file", "postgres"] = "file"
     """Raw upstream bytes: append-only segment files under ``<home>/raw`` (fast; needs a
     shared file system when workers run on several hosts) or a PostgreSQL table."""
@@ -240,8 +297,23 @@ class Settings(BaseSettings):
     followup_requests_topic: str = "mma.followup.requests"
     followup_results_topic: str = "mma.followup.results"
     secrets_file: Path | None = None
-    """TOML file (mode 0600) with secrets as top-level keys: ``database_url = "..."`` and
-    ``<upstream name>_client_secret = "..."`` (e.g. ``gcn_client_secret``)."""
+    """TOML file (mode 0600) with secrets as top-level keys: ``database_url = "..."``,
+    ``<upstream name>_client_secret = "..."`` (e.g. ``gcn_client_secret``) and
+    ``kafka_sasl_password = "..."`` (``sasl.password`` of ``[kafka] config``)."""
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _settings_error(exc) from None
+        except PydanticSettingsError as exc:  # e.g. a variable that is not valid JSON
+            raise SettingsError(scrub_secrets(f"invalid settings: {exc}")) from None
+        except (OSError, ValueError) as exc:  # the TOML preset: unreadable, or not TOML
+            toml = self.model_config.get("toml_file") or os.environ.get("MMA_BROKER_CONFIG")
+            if not toml:
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid TOML ({exc})"
+            raise SettingsError(scrub_secrets(f"config file {toml}: {reason}")) from None
 
     @field_validator("home")
     @classmethod
@@ -268,10 +340,18 @@ class Settings(BaseSettings):
         return f"{self.kafka.topic_prefix}{name}"
 
     def config_hash(self) -> str:
-        """Short digest of the non-secret settings, stamped on outputs for provenance."""
+        """Short digest of the non-secret settings, stamped on outputs for provenance.
+
+        Leaves out the database URL, client secrets, and every librdkafka setting
+        (``[kafka] config``, an upstream's ``config``) whose name contains "password"
+        or "secret" (e.g. ``sasl.password``, ``ssl.key.password``).
+        """
         data = self.model_dump(mode="json", exclude={"archive": {"database_url"}})
-        for up in data.get("upstreams", []):
-            up.pop("client_secret", None)
+        for section in [data.get("kafka", {}), *data.get("upstreams", [])]:
+            section.pop("client_secret", None)
+            cfg = section.get("config") or {}
+            for key in [k for k in cfg if "password" in k.lower() or "secret" in k.lower()]:
+                cfg.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -291,8 +371,13 @@ def read_secrets_file(path: Path) -> dict[str, str]:
         raise BrokerError(f"secrets file {path}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise BrokerError(f"secrets file {path} has mode {oct(mode & 0o777)}; run: chmod 600 {path}")
-    with path.open("rb") as fh:
-        return {k: str(v) for k, v in tomllib.load(fh).items()}
+    try:
+        with path.open("rb") as fh:
+            return {k: str(v) for k, v in tomllib.load(fh).items()}
+    except OSError as exc:
+        raise BrokerError(f"secrets file {path}: {exc.strerror}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError; its message holds no value, scrubbed anyway
+        raise BrokerError(scrub_secrets(f"secrets file {path}: not valid TOML ({exc})")) from None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -312,6 +397,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     0600 ``secrets_file`` key ``<name>_client_secret``; never from the TOML preset.
     """
     cls = Settings
+    env_config = os.environ.get("MMA_BROKER_CONFIG")
+    if config_file is None and env_config and not Path(env_config).is_file():
+        raise BrokerError(f"config file {env_config} (MMA_BROKER_CONFIG) not found")
     if config_file is not None:
         if not Path(config_file).is_file():
             raise BrokerError(f"config file {config_file} not found")
@@ -333,4 +421,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             key = f"{up.name}_client_secret"
             if key in secrets and up.client_secret is None:
                 up.client_secret = SecretStr(secrets[key])
+        if "kafka_sasl_password" in secrets:
+            settings.kafka.config.setdefault("sasl.password", secrets["kafka_sasl_password"])
     return settings
