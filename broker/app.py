@@ -6,30 +6,125 @@ import logging
 
 from broker import __version__
 from broker.config import Settings
+from broker.errors import BrokerError
 from broker.serde import Provenance
 
 log = logging.getLogger(__name__)
 
+NOT_INITIALIZED = "archive not initialized: run `mma-broker run` once"
+"""Error of a read command on an archive that was never migrated."""
 
-def database_url(settings: Settings) -> str:
-    """The archive URL: the configured one, or the embedded PostgreSQL (started if needed)."""
+READ_CONNECT_TIMEOUT_S = 5
+"""Connect timeout of read-only commands, s: they fail fast instead of waiting."""
+
+WRITE_CONNECT_TIMEOUT_S = 10
+"""Connect timeout of one attempt of the writing stages (which retry), s."""
+
+
+def database_url(settings: Settings, *, start: bool = True) -> str:
+    """The archive URL: the configured one, or the embedded PostgreSQL (started if needed).
+
+    Parameters
+    ----------
+    start : bool
+        False: do not create an embedded data directory that does not exist yet
+        (read commands), raise :data:`NOT_INITIALIZED` instead.
+    """
     if settings.archive.database_url is not None:
         return settings.archive.database_url.get_secret_value()
-    from broker.archive.embedded import ensure_embedded_postgres
+    from broker.archive.embedded import embedded_initialized, ensure_embedded_postgres
 
-    return ensure_embedded_postgres(settings.home / "postgres")
+    pgdata = settings.home / "postgres"
+    if not start and not embedded_initialized(pgdata):
+        raise BrokerError(NOT_INITIALIZED)
+    return ensure_embedded_postgres(pgdata)
 
 
-def open_archive(settings: Settings, *, migrate: bool = True):
-    """An :class:`broker.archive.Archive` for these settings, migrated to the latest schema."""
+def describe_database(url: str) -> str:
+    """``host:port/database`` of a URL, for messages: never the user or password."""
+    import sqlalchemy as sa
+
+    try:
+        u = sa.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - validated in the settings; never echo the URL
+        return "(unparsable URL)"
+    host = u.host or u.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    port = f":{u.port}" if u.port else ""
+    return f"{host}{port}/{u.database or ''}"
+
+
+def _with_connect_timeout(url: str, seconds: int) -> str:
+    """``url`` with libpq's ``connect_timeout`` set, unless it sets one already."""
+    import sqlalchemy as sa
+
+    u = sa.engine.make_url(url)
+    if not u.drivername.startswith("postgresql") or "connect_timeout" in u.query:
+        return url
+    return u.update_query_dict({"connect_timeout": str(seconds)}).render_as_string(hide_password=False)
+
+
+def open_archive(settings: Settings, *, migrate: bool = True, read_only: bool = False):
+    """An :class:`broker.archive.Archive` for these settings.
+
+    Parameters
+    ----------
+    migrate : bool
+        Upgrade the schema to the latest revision first (writers: ``run``, workers).
+        Waits out an unreachable database, like writes do.
+    read_only : bool
+        For read commands: never migrate nor create the embedded database; connect with
+        a short timeout and no retry, and check that the schema is the latest one.
+
+    Raises
+    ------
+    BrokerError
+        (read_only) One line: the database is unreachable (naming its host, never the
+        password), the archive was never initialized, or its schema is out of date.
+    """
     from broker.archive import Archive
     from broker.archive.raw import PostgresRawStore, SegmentFileStore
 
     raw = SegmentFileStore(settings.home / "raw") if settings.archive.raw_store == "file" else PostgresRawStore()
-    archive = Archive(database_url(settings), raw_store=raw)
+    if read_only:
+        url = _with_connect_timeout(database_url(settings, start=False), READ_CONNECT_TIMEOUT_S)
+        archive = Archive(url, raw_store=raw, retry_deadline_s=0)
+        try:
+            check_schema(archive, url)
+        except BaseException:
+            archive.close()
+            raise
+        return archive
+    archive = Archive(_with_connect_timeout(database_url(settings), WRITE_CONNECT_TIMEOUT_S), raw_store=raw)
     if migrate:
         archive.migrate()
     return archive
+
+
+def check_schema(archive, url: str) -> None:
+    """Raise a one-line BrokerError unless the archive's schema is at the latest revision."""
+    import sqlalchemy as sa
+    from alembic.script import ScriptDirectory
+
+    from broker.archive.retry import describe
+    from broker.archive.store import alembic_config
+
+    where = describe_database(url)
+    try:
+        with archive.engine.connect() as conn:
+            if conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:
+                raise BrokerError(NOT_INITIALIZED)
+            current = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.DBAPIError as exc:
+        reason = describe(exc, archive.engine.url.password)
+        raise BrokerError(f"cannot reach the archive database at {where}: {reason}") from None
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if current is None:
+        raise BrokerError(NOT_INITIALIZED)
+    if current != head:
+        raise BrokerError(f"archive schema is at revision {current}, this mma-broker needs {head}: "
+                          "run `mma-broker run` once to upgrade it")
 
 
 def provenance(settings: Settings, component: str) -> Provenance:

@@ -331,7 +331,7 @@ def events_list(
     """List archived events, newest T0 first."""
     from broker.app import open_archive
 
-    rows = open_archive(settings()).list(source=source, since=_parse_since(since), limit=limit)
+    rows = open_archive(settings(), read_only=True).list(source=source, since=_parse_since(since), limit=limit)
     if as_json:
         for r in rows:
             d = r.event.to_json_dict()
@@ -356,7 +356,7 @@ def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(Fa
     """Show one archived event (normalized JSON plus archive metadata)."""
     from broker.app import open_archive
 
-    archive = open_archive(settings())
+    archive = open_archive(settings(), read_only=True)
     rec = archive.get(event_id)
     if rec is None:
         raise BrokerError(f"no event {event_id!r} in the archive (try `mma-broker events list`)")

@@ -165,7 +165,7 @@ def run(
     bad = set(analyses) - set(ANALYSES)
     if bad or not analyses:
         raise BrokerError(f"--analysis {analysis!r}: choose from {', '.join(ANALYSES)}")
-    archive = open_archive(s)
+    archive = open_archive(s, read_only=True)
     record = archive.get(event_id)
     if record is None:
         raise BrokerError(f"no event {event_id!r} in the archive (try `mma-broker events list`)")
@@ -240,7 +240,8 @@ def results(
     from broker.app import open_archive
     from followup.store import FollowupStore
 
-    rows = FollowupStore(open_archive(_settings()).engine).list(upstream_id=upstream_id, limit=limit)
+    archive = open_archive(_settings(), read_only=True)
+    rows = FollowupStore(archive.engine).list(upstream_id=upstream_id, limit=limit)
     for row in rows:
         if as_json:
             typer.echo(json.dumps(row.document | {"withdrawn": row.withdrawn, "withdrawn_by": row.withdrawn_by}))
