@@ -63,29 +63,40 @@ def _main(
 # ---------------------------------------------------------------- inspect
 @app.command()
 def inspect(
-    paths: list[Path] = typer.Argument(..., help="Alert files: JSON, VOEvent XML, Avro (one or many alerts)."),
+    paths: list[Path] = typer.Argument(..., help="Alert files (JSON, VOEvent XML, Avro: one or many alerts) "
+                                                 "or folders (searched recursively for .json, .xml, .avro)."),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines, one normalized Event per alert."),
 ) -> None:
-    """Decode and normalize alert files without any server."""
+    """Decode and normalize alert files without any server.
+
+    A file that fails gives one line on stderr (file: reason) and the others go on;
+    the exit code is then 1."""
+    from broker.replay import display_path, expand_paths, failure_reason, read_alert_file
     from broker.sources import decode
 
     failed = 0
-    for path in paths:
+
+    def report(path: Path, reason: str) -> None:
+        nonlocal failed
+        failed += 1
+        err.print(f"{display_path(path)}: {reason}", markup=False)
+
+    for path in expand_paths(paths, on_error=report):
         try:
-            events = decode(path.read_bytes())
-        except (OSError, DecodeError) as exc:
-            err.print(f"{path}: {exc}", markup=False)
-            failed += 1
+            events = decode(read_alert_file(path))
+            lines = [ev.to_json() if as_json else _describe(ev, display_path(path)) for ev in events]
+        except Exception as exc:  # noqa: BLE001 - one file must not stop the others
+            report(path, failure_reason(exc))
             continue
-        for ev in events:
+        for line in lines:
             if as_json:
-                print(ev.to_json())
+                print(line)
             else:
-                out.print(_describe(ev, path), markup=False)
+                out.print(line, markup=False)
     raise typer.Exit(1 if failed else 0)
 
 
-def _describe(ev, path: Path | None = None) -> str:
+def _describe(ev, path: Path | str | None = None) -> str:
     loc = ev.localization
     if loc is None:
         where = "no localization"
@@ -111,13 +122,21 @@ def replay(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from broker.kafka import ensure_topics, make_producer
-    from broker.replay import expand_paths, read_manifest, replay_files
+    from broker.replay import display_path, expand_paths, read_manifest, replay_files
 
     s = settings()
-    files = list(expand_paths(paths or []))
+    failed: list[Path] = []
+
+    def report(path: Path, reason: str) -> None:
+        failed.append(path)
+        err.print(f"{display_path(path)}: {reason}", markup=False)
+
+    files = list(expand_paths(paths or [], on_error=report))
     if manifest:
         files += read_manifest(manifest)
     if not files:
+        if failed:
+            raise typer.Exit(1)
         raise BrokerError("nothing to replay: give files, folders or --manifest")
     producer = make_producer(s)
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
@@ -125,16 +144,14 @@ def replay(
         task = bar.add_task("replay", total=len(files))
         result = replay_files(files, producer, topic_prefix=s.kafka.topic_prefix, topic=topic, rate=rate,
                               progress=lambda n: bar.update(task, completed=n),
-                              create_topics=lambda names: ensure_topics(s, sorted(names)))
-    for path, reason in result.errors:
-        err.print(f"{path}: {reason}", markup=False)
+                              create_topics=lambda names: ensure_topics(s, sorted(names)), on_error=report)
     table = Table(title=f"replayed {result.sent} file(s) to {s.kafka.bootstrap_servers}")
     table.add_column("topic")
     table.add_column("messages", justify="right")
     for name, n in sorted(result.per_topic.items()):
         table.add_row(name, str(n))
     err.print(table)
-    raise typer.Exit(1 if result.errors else 0)
+    raise typer.Exit(1 if failed else 0)
 
 
 # ---------------------------------------------------------------- run
@@ -390,6 +407,10 @@ def main() -> None:
     # pgserver's platformdirs warns on every start when XDG_RUNTIME_DIR is unset (CI,
     # containers); it changes nothing for us
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    # file names that are not UTF-8 and odd alert text must never crash a print
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     _mount_followup()
     try:
         code = app(standalone_mode=False)

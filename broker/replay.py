@@ -6,43 +6,182 @@ the upstream topic name each would have had (``igwn.gwalert``,
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
-from broker.errors import BrokerError, DecodeError
+from broker.errors import BrokerError
 from broker.kafka import DeliveryTracker, flush_or_raise
 
 log = logging.getLogger(__name__)
 
 ALERT_SUFFIXES = (".json", ".xml", ".avro")
 
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest alert file read (an IGWN alert with its sky map is a few MB)."""
 
-def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files as given; directories recursively (sorted), alert suffixes only."""
+OnError = Callable[[Path, str], None]
+
+
+def display_path(path: Path | str) -> str:
+    """``path`` as text that can always be printed: bytes of a file name that are not
+    UTF-8 (kept by Python as surrogate escapes) are shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One printable line saying why a file failed (no traceback)."""
+    if isinstance(exc, BrokerError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    elif isinstance(exc, RecursionError):
+        text = "nested too deeply (RecursionError)"
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = " ".join(text.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 500 else text[:499] + "…"
+
+
+def _log_error(path: Path, reason: str) -> None:
+    log.warning("%s: %s", display_path(path), reason)
+
+
+def read_alert_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of one alert file: a regular file (symlinks followed), at most ``max_bytes``.
+
+    Raises
+    ------
+    BrokerError
+        One line: broken symbolic link, not a regular file (a folder, a FIFO that
+        would block), or too large.
+    OSError
+        If the file cannot be read (permission denied, I/O error).
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise BrokerError("broken symbolic link") from None
+        raise
+    if stat.S_ISDIR(st.st_mode):
+        raise BrokerError("is a folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise BrokerError("not a regular file")
+    if st.st_size > max_bytes:
+        raise BrokerError(f"file is {st.st_size:,} bytes, over the {max_bytes:,}-byte limit")
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BrokerError(f"file grew over the {max_bytes:,}-byte limit while read")
+    return data
+
+
+def _walk(root: Path, on_error: OnError) -> list[Path]:
+    """Alert files under ``root``, sorted; iterative (no recursion limit), symlinked
+    folders not followed (no loops), unreadable folders and broken links reported."""
+    found: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            on_error(folder, f"cannot read folder: {failure_reason(exc)}")
+            continue
+        for entry in entries:
+            p = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(p)
+                elif p.suffix in ALERT_SUFFIXES:
+                    if entry.is_file():
+                        found.append(p)
+                    elif entry.is_symlink() and not os.path.exists(p):
+                        on_error(p, "broken symbolic link")
+            except OSError as exc:
+                on_error(p, failure_reason(exc))
+    return sorted(found)
+
+
+def expand_paths(paths: Iterable[Path], on_error: OnError | None = None) -> Iterator[Path]:
+    """Files as given; folders recursively (sorted), alert suffixes only.
+
+    Parameters
+    ----------
+    paths : iterable of Path
+    on_error : callable, optional
+        Called with (path, reason) for each folder or entry that cannot be read; the
+        walk goes on. Default: log a warning.
+    """
+    report = on_error or _log_error
     for p in paths:
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in ALERT_SUFFIXES)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(p).st_mode)
+        except OSError:
+            is_dir = False  # reported when the file is read
+        except ValueError as exc:  # e.g. an embedded NUL byte
+            report(p, failure_reason(exc))
+            continue
+        if is_dir:
+            yield from _walk(p, report)
         else:
             yield p
 
 
-def read_manifest(path: Path) -> list[Path]:
-    """A manifest lists one path or glob per line, relative to the manifest's folder's
-    parent repository root (lines starting with ``#`` are comments)."""
+def _manifest_root(path: Path) -> Path:
     root = path.resolve().parent
     while not (root / "pyproject.toml").exists() and root != root.parent:
         root = root.parent
+    return root if (root / "pyproject.toml").exists() else path.resolve().parent
+
+
+def read_manifest(path: Path) -> list[Path]:
+    """A manifest lists one path or glob per line, relative to the repository root above
+    the manifest (the nearest folder with a ``pyproject.toml``; else the manifest's own
+    folder). Lines starting with ``#`` are comments.
+
+    Every entry must stay inside that root: absolute paths, ``..`` and files whose real
+    path (symlinks resolved) is outside are refused.
+
+    Raises
+    ------
+    BrokerError
+        One line naming the manifest line: unreadable manifest, absolute path, a path
+        leaving the root, a bad pattern, or a pattern that matches no file.
+    """
+    root = _manifest_root(path)
+    real_root = root.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BrokerError(f"manifest {display_path(path)}: {failure_reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise BrokerError(f"manifest {display_path(path)}: not UTF-8 text") from None
     out: list[Path] = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for number, line in enumerate(text.splitlines(), 1):
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
             continue
-        matches = sorted(root.glob(line))
+        where = f"{display_path(path)}:{number}"
+        if PurePath(pattern).is_absolute():
+            raise BrokerError(f"{where}: {pattern!r} is an absolute path; give paths relative to {display_path(root)}")
+        if ".." in PurePath(pattern).parts:
+            raise BrokerError(f"{where}: {pattern!r} leaves {display_path(root)} ('..' is not allowed)")
+        try:
+            matches = sorted(root.glob(pattern))
+        except (ValueError, NotImplementedError, OSError) as exc:
+            raise BrokerError(f"{where}: pattern {pattern!r}: {failure_reason(exc)}") from None
         if not matches:
-            raise BrokerError(f"{path}: pattern {line!r} matches no file")
+            raise BrokerError(f"{where}: pattern {pattern!r} matches no file")
+        for match in matches:
+            if not match.resolve().is_relative_to(real_root):
+                raise BrokerError(f"{where}: {display_path(match)} resolves outside {display_path(root)}")
         out.extend(matches)
     return out
 
@@ -64,7 +203,8 @@ def route(data: bytes, topic: str | None) -> str:
 
 
 def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: str | None = None,
-                 rate: float | None = None, progress=None, create_topics=None) -> ReplayResult:
+                 rate: float | None = None, progress=None, create_topics=None,
+                 on_error: OnError | None = None) -> ReplayResult:
     """Publish each file as one message.
 
     Parameters
@@ -85,32 +225,44 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
         create them (e.g. :func:`broker.kafka.ensure_topics`). Producing into topics
         that Kafka auto-creates on the first message lost that first message once in
         our CI runs (Kafka 4.1, fresh cluster), with a successful delivery report.
+    on_error : callable, optional
+        Also called with (path, reason) as each file fails (e.g. to print it at once,
+        before a Kafka error could end the replay).
 
     Returns
     -------
     ReplayResult
-        Counts per topic and the files that could not be routed, with the reason.
+        Counts per topic and the files that could not be read or routed, each with a
+        one-line reason (any exception of one file is caught: the others still go).
     """
     result = ReplayResult()
     tracker = DeliveryTracker()
+
+    def failed(path: Path, exc: BaseException) -> None:
+        reason = failure_reason(exc)
+        result.errors.append((path, reason))
+        if on_error is not None:
+            on_error(path, reason)
+
     routed: list[tuple[Path, str | None]] = []
     for path in files:
         try:
-            routed.append((path, topic_prefix + route(path.read_bytes(), topic)))
-        except (OSError, DecodeError) as exc:
-            result.errors.append((path, str(exc)))
+            routed.append((path, topic_prefix + route(read_alert_file(path), topic)))
+        except Exception as exc:  # noqa: BLE001 - one file (or a routing bug) must not stop the replay
+            failed(path, exc)
             routed.append((path, None))
-    if create_topics is not None:
-        create_topics({name for _, name in routed if name is not None})
+    names = {name for _, name in routed if name is not None}
+    if create_topics is not None and names:
+        create_topics(names)
     t_start = time.monotonic()
     for i, (path, name) in enumerate(routed):
         if name is not None:
             try:
-                data = path.read_bytes()
-            except OSError as exc:
-                result.errors.append((path, str(exc)))
+                data = read_alert_file(path)
+            except Exception as exc:  # noqa: BLE001 - changed since it was routed
+                failed(path, exc)
             else:
-                producer.produce(name, value=data, headers=[("mma.replay.file", path.name.encode())],
+                producer.produce(name, value=data, headers=[("mma.replay.file", os.fsencode(path.name))],
                                  on_delivery=tracker.callback)
                 producer.poll(0)
                 result.sent += 1

@@ -99,7 +99,7 @@ def test_manifest_pattern_without_match_is_an_error(tmp_path):
     manifest.write_text("# comment\n\n  alerts/*.xml  \n")
     assert read_manifest(manifest) == [tmp_path / "alerts" / src.name]
     manifest.write_text("alerts/*.xml\nalerts/none-*.json\n")
-    with pytest.raises(BrokerError, match=r"m\.txt.*'alerts/none-\*\.json'.*no file"):
+    with pytest.raises(BrokerError, match=r"m\.txt:2: pattern 'alerts/none-\*\.json' matches no file$"):
         read_manifest(manifest)
 
 
@@ -174,7 +174,7 @@ def test_replay_routes_each_file_and_lists_the_unroutable():
     assert [p for p, _ in result.errors] == [FILES[2], FILES[4], FILES[5]]
     reasons = dict(result.errors)
     assert "unknown format" in reasons[FILES[2]]
-    assert "does-not-exist.json" in reasons[FILES[4]]
+    assert reasons[FILES[4]] == "No such file or directory"  # the CLI prints it after the file name
     assert "auto_record2" in reasons[FILES[5]]
     assert all("\n" not in r for r in reasons.values())
     assert done == list(range(1, len(FILES) + 1))
