@@ -17,15 +17,36 @@ message slow. :func:`read_header` therefore memoizes the parsed and compiled sch
 keyed by the exact schema JSON bytes (a bounded :func:`functools.lru_cache`; a pure
 function of immutable bytes, so it carries no state a caller can observe). Schemas
 returned from the cache are shared: callers must not mutate them.
+
+Hostile input
+-------------
+The writer schema, the codec and the block framing are all chosen by the sender, so
+each is bounded before it can cost memory or time (:mod:`broker.limits`):
+
+* the schema JSON is at most :data:`MAX_SCHEMA_BYTES` and ``max_json_depth`` deep. A
+  recursive schema (a named type containing itself) is refused: fastavro's compiled
+  reader recurses in C once per level of nesting, and a few bytes per level crash the
+  process. So is a schema whose values nest deeper than ``max_json_depth`` through
+  named-type references, and one with an array whose items can be encoded in zero
+  bytes (``null``, a record of nulls, ``fixed`` of size 0), since a few bytes of such
+  an array stand for any number of items (:class:`SchemaShape`);
+* blocks are decompressed by bounded decompressors, chunk by chunk, and the sum over
+  the blocks of one message may not exceed ``max_decompressed_bytes``;
+* the records of a message and the items of its arrays and maps, summed, may not
+  exceed ``max_array_items``. Every item takes at least :attr:`SchemaShape.min_item`
+  bytes, so a block of ``n`` bytes holds at most ``n // min_item`` items; only when
+  that bound is over the limit are the block's items counted exactly, by a skip-only
+  walk that builds nothing (:class:`ItemBudget`).
 """
 
 from __future__ import annotations
 
 import bz2
+import io
 import json
 import lzma
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -33,12 +54,28 @@ from typing import Any
 import fastavro
 
 from broker.errors import DecodeError
+from broker.limits import check_cpu, current_limits, over_limit
 
 MAGIC = b"Obj\x01"
 SYNC_SIZE = 16
 
 #: Distinct writer schemas kept parsed (ZTF has had a handful of versions; IGWN one).
 SCHEMA_CACHE_SIZE = 64
+
+#: Largest ``avro.schema`` accepted, bytes (ZTF's is ~15 kB, IGWN's ~7 kB). Bounds the
+#: parse and, through the cache, the memory kept per distinct schema.
+MAX_SCHEMA_BYTES = 256 * 1024
+
+#: Output asked of a decompressor per call; the limits and the CPU budget are checked
+#: between calls.
+DECOMPRESS_CHUNK = 4 * 1024 * 1024
+
+#: Memory the xz decoder may use (its dictionary is sized by the sender's stream
+#: header; ``xz -9`` needs 65 MiB).
+XZ_MEMLIMIT = 128 * 1024 * 1024
+
+#: Largest zstandard window accepted (zstd's own default cap, 2**27).
+ZSTD_MAX_WINDOW = 1 << 27
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +102,8 @@ class AvroHeader:
     parsed_schema : dict
         The writer schema compiled by :func:`fastavro.parse_schema` (cached alongside
         ``schema``), ready for :func:`fastavro.schemaless_reader`.
+    shape : SchemaShape
+        What the writer schema bounds about its data (:func:`schema_shape`).
     """
 
     schema: dict[str, Any]
@@ -75,6 +114,7 @@ class AvroHeader:
     data_offset: int
     metadata: dict[str, bytes] = field(repr=False)
     parsed_schema: dict[str, Any] = field(repr=False)
+    shape: SchemaShape | None = field(default=None, repr=False)
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
@@ -109,12 +149,13 @@ def _full_name(schema: Any) -> str:
     if not isinstance(schema, dict) or "name" not in schema:
         return ""
     name = schema["name"]
+    if not isinstance(name, str):
+        return ""
     if "." in name or not schema.get("namespace"):
         return name
     return f"{schema['namespace']}.{name}"
 
 
-@lru_cache(maxsize=SCHEMA_CACHE_SIZE)
 def parse_schema_json(schema_json: bytes) -> tuple[dict[str, Any], dict[str, Any], str]:
     """Parse and compile an Avro writer schema, memoized by its exact JSON bytes.
 
@@ -135,17 +176,62 @@ def parse_schema_json(schema_json: bytes) -> tuple[dict[str, Any], dict[str, Any
     Raises
     ------
     DecodeError
-        If the bytes are not JSON or not a valid Avro schema.
+        If the bytes are not JSON or not a valid Avro schema, are longer than
+        :data:`MAX_SCHEMA_BYTES` or nest deeper than ``max_json_depth``.
     """
+    schema, parsed, name, _, _ = _compile_schema(schema_json)
+    return schema, parsed, name
+
+
+@lru_cache(maxsize=SCHEMA_CACHE_SIZE)
+def _compile_schema(schema_json: bytes) -> tuple[dict[str, Any], dict[str, Any], str, SchemaShape, int]:
+    """(schema, parsed, name, shape, JSON depth) of ``schema_json``, memoized by its bytes.
+
+    Results do not depend on the limits (a limit only makes this raise, and raising is
+    not cached); :func:`read_header` compares depth and shape with the current limits.
+    """
+    if len(schema_json) > MAX_SCHEMA_BYTES:
+        raise DecodeError(
+            f"Avro header: avro.schema of {len(schema_json):,} bytes is over the limit MAX_SCHEMA_BYTES = {MAX_SCHEMA_BYTES:,}"
+        )
     try:
         schema = json.loads(schema_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"corrupt Avro header: avro.schema is not JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError; integers of > 4300 digits
+        raise DecodeError(f"corrupt Avro header: avro.schema is not JSON ({_one_line(exc)})") from None
+    except RecursionError:
+        raise DecodeError("Avro header: avro.schema nests deeper than the JSON parser allows (max_json_depth)") from None
+    depth = _json_depth(schema)
+    if depth > current_limits().max_json_depth:
+        raise over_limit("max_json_depth", depth, "nesting of the Avro writer schema JSON")
     try:
         parsed = fastavro.parse_schema(schema)
     except Exception as exc:  # fastavro raises SchemaParseException, KeyError, TypeError...
-        raise DecodeError(f"corrupt Avro header: avro.schema is not a valid Avro schema ({type(exc).__name__}: {exc})") from None
-    return schema, parsed, _full_name(schema)
+        raise DecodeError(
+            f"corrupt Avro header: avro.schema is not a valid Avro schema ({type(exc).__name__}: {_one_line(exc)})"
+        ) from None
+    return schema, parsed, _full_name(schema), shape_of(parsed), depth
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json_depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON (objects and arrays), without recursion."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def read_header(data: bytes) -> AvroHeader:
@@ -166,7 +252,8 @@ def read_header(data: bytes) -> AvroHeader:
     ------
     DecodeError
         If the magic is wrong, the metadata map or sync marker is truncated, the
-        schema is missing or invalid.
+        schema is missing or invalid, or the schema is refused as hostile (recursive,
+        nesting too deep, zero-byte array items: :meth:`SchemaShape.check`).
     """
     if data[:4] != MAGIC:
         raise DecodeError(f"not an Avro container: starts with {data[:4]!r}, expected {MAGIC!r}")
@@ -192,7 +279,10 @@ def read_header(data: bytes) -> AvroHeader:
     schema_json = metadata.get("avro.schema")
     if schema_json is None:
         raise DecodeError("corrupt Avro header: no 'avro.schema' metadata entry")
-    schema, parsed, name = parse_schema_json(schema_json)
+    schema, parsed, name, shape, json_depth = _compile_schema(schema_json)
+    if json_depth > current_limits().max_json_depth:  # cached under a larger limit
+        raise over_limit("max_json_depth", json_depth, "nesting of the Avro writer schema JSON")
+    shape.check()
     codec = metadata.get("avro.codec", b"null").decode("ascii", "replace") or "null"
     return AvroHeader(
         schema=schema,
@@ -203,45 +293,439 @@ def read_header(data: bytes) -> AvroHeader:
         data_offset=pos + SYNC_SIZE,
         metadata=metadata,
         parsed_schema=parsed,
+        shape=shape,
     )
 
 
-def _decompress(codec: str, block: bytes) -> bytes:
-    """Decompress one data block per the Avro spec's codec definitions."""
+_PRIMITIVE_BYTES = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8, "bytes": 1, "string": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaShape:
+    """What a writer schema bounds about the data written with it.
+
+    Attributes
+    ----------
+    depth : int
+        Most levels of records, arrays, maps and unions a value nests (fastavro's
+        compiled reader recurses once per level, in C, without a depth check).
+    min_record : int
+        Fewest bytes one value of the schema can be encoded in.
+    min_item : int or None
+        Fewest bytes one array item or map entry (key included) can be encoded in,
+        over every array and map the schema holds; None when it holds none.
+    problem : str or None
+        Why the schema is refused whatever the limits: a recursive type, an array
+        whose items can take zero bytes, an invalid ``fixed`` size.
+    """
+
+    depth: int
+    min_record: int
+    min_item: int | None
+    problem: str | None = None
+
+    def check(self) -> None:
+        """Raise DecodeError if data of this schema could not be read within limits.
+
+        Raises
+        ------
+        DecodeError
+            Naming the problem, or ``max_json_depth`` when values nest deeper.
+        """
+        if self.problem is not None:
+            raise DecodeError(f"Avro writer schema refused: {self.problem}")
+        if self.depth > current_limits().max_json_depth:
+            raise over_limit("max_json_depth", self.depth, "nesting of values of the Avro writer schema")
+
+
+class _Refused(Exception):
+    pass
+
+
+def _min_opt(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _type_label(schema: Any) -> str:
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, dict):
+        return str(schema.get("name") or schema.get("type"))
+    return "union"
+
+
+class _ShapeWalker:
+    """Min encoded sizes and nesting of a fastavro-parsed schema (memoized per named type)."""
+
+    def __init__(self, named: dict[str, Any]) -> None:
+        self.named = named
+        self.memo: dict[str, tuple[int, int, int | None]] = {}
+        self.active: set[str] = set()
+
+    def walk(self, s: Any) -> tuple[int, int, int | None]:
+        """(fewest bytes, nesting depth, fewest bytes of an array item/map entry inside)."""
+        if isinstance(s, str):
+            if s in _PRIMITIVE_BYTES:
+                return _PRIMITIVE_BYTES[s], 0, None
+            if s in self.memo:
+                return self.memo[s]
+            if s in self.active:
+                raise _Refused(f"recursive type {s!r} contains itself")
+            target = self.named.get(s)
+            if target is None:
+                raise _Refused(f"unknown type {s[:80]!r}")
+            return self.walk(target)
+        if isinstance(s, list):
+            if not s:
+                raise _Refused("empty union")
+            parts = [self.walk(b) for b in s]
+            item = None
+            for p in parts:
+                item = _min_opt(item, p[2])
+            return 1 + min(p[0] for p in parts), 1 + max(p[1] for p in parts), item
+        if not isinstance(s, dict):
+            raise _Refused(f"not a type: {str(s)[:80]!r}")
+        t = s.get("type")
+        name = s.get("name")
+        if t in ("record", "error", "enum", "fixed") and isinstance(name, str):
+            if name in self.memo:
+                return self.memo[name]
+            if name in self.active:
+                raise _Refused(f"recursive type {name!r} contains itself")
+        if t in ("record", "error"):
+            self.active.add(name)
+            total, depth, item = 0, 0, None
+            for f in s.get("fields") or ():
+                m, d, i = self.walk(f["type"])
+                total, depth, item = total + m, max(depth, d), _min_opt(item, i)
+            self.active.discard(name)
+            self.memo[name] = (total, depth + 1, item)
+            return self.memo[name]
+        if t == "enum":
+            self.memo[name] = (1, 0, None)
+            return self.memo[name]
+        if t == "fixed":
+            size = s.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _Refused(f"fixed {name!r} has size {size!r}")
+            self.memo[name] = (size, 0, None)
+            return self.memo[name]
+        if t == "array":
+            m, d, i = self.walk(s.get("items"))
+            if m == 0:
+                raise _Refused(
+                    f"array items of type {_type_label(s.get('items'))!r} can take zero bytes, "
+                    "so a few bytes could stand for any number of items"
+                )
+            return 1, d + 1, _min_opt(i, m)
+        if t == "map":
+            m, d, i = self.walk(s.get("values"))
+            return 1, d + 1, _min_opt(i, 1 + m)
+        return self.walk(t)  # {"type": "long", "logicalType": ...} or {"type": "<name>"}
+
+
+def shape_of(parsed: Any, named: dict[str, Any] | None = None) -> SchemaShape:
+    """The :class:`SchemaShape` of a schema compiled by :func:`fastavro.parse_schema`.
+
+    Parameters
+    ----------
+    parsed : dict, list or str
+        The compiled schema (or any part of one).
+    named : dict, optional
+        Full name → compiled named type, for references not defined inside ``parsed``;
+        by default ``parsed["__named_schemas"]`` (set by fastavro on a top level).
+
+    Returns
+    -------
+    SchemaShape
+        With ``problem`` set instead of raising when the schema is refused.
+    """
+    if named is None:
+        named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    try:
+        m, d, i = _ShapeWalker(named).walk(parsed)
+    except _Refused as exc:
+        return SchemaShape(0, 0, None, str(exc))
+    except RecursionError:
+        return SchemaShape(0, 0, None, "types nest too deeply to analyse")
+    except (KeyError, TypeError, AttributeError) as exc:
+        return SchemaShape(0, 0, None, f"malformed schema ({type(exc).__name__}: {exc})")
+    return SchemaShape(d, m, i)
+
+
+def schema_shape(schema_json: bytes) -> SchemaShape:
+    """:func:`shape_of` the writer schema ``schema_json``, memoized like :func:`parse_schema_json`."""
+    return _compile_schema(schema_json)[3]
+
+
+class _Cursor:
+    """Skips Avro-encoded values in a block without building them."""
+
+    __slots__ = ("buf", "pos", "end", "where")
+
+    def __init__(self, buf: bytes, where: str) -> None:
+        self.buf, self.pos, self.end, self.where = buf, 0, len(buf), where
+
+    def long(self) -> int:
+        buf, pos, shift, acc = self.buf, self.pos, 0, 0
+        while True:
+            if pos >= self.end:
+                raise DecodeError(f"corrupt Avro {self.where}: a value runs past the end of the block")
+            b = buf[pos]
+            pos += 1
+            acc |= (b & 0x7F) << shift
+            if not b & 0x80:
+                self.pos = pos
+                return (acc >> 1) ^ -(acc & 1)
+            shift += 7
+            if shift > 63:
+                raise DecodeError(f"corrupt Avro {self.where}: varint longer than 10 bytes")
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.pos + n > self.end:
+            raise DecodeError(f"corrupt Avro {self.where}: a value of {n} bytes runs past the end of the block")
+        self.pos += n
+
+
+def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget) -> None:
+    """Skip one value of schema ``s``, charging its array items and map entries."""
+    if isinstance(s, str):
+        if s == "null":
+            return
+        if s == "boolean":
+            cur.skip(1)
+        elif s in ("int", "long"):
+            cur.long()
+        elif s == "float":
+            cur.skip(4)
+        elif s == "double":
+            cur.skip(8)
+        elif s in ("bytes", "string"):
+            cur.skip(cur.long())
+        else:
+            _skip(cur, named[s], named, budget)
+        return
+    if isinstance(s, list):
+        index = cur.long()
+        if not 0 <= index < len(s):
+            raise DecodeError(f"corrupt Avro {cur.where}: union branch {index} of {len(s)}")
+        _skip(cur, s[index], named, budget)
+        return
+    t = s["type"]
+    if t in ("record", "error"):
+        for f in s["fields"]:
+            _skip(cur, f["type"], named, budget)
+    elif t == "enum":
+        cur.long()
+    elif t == "fixed":
+        cur.skip(s["size"])
+    elif t in ("array", "map"):
+        sub = s["items"] if t == "array" else s["values"]
+        while True:
+            n = cur.long()
+            if n == 0:
+                break
+            if n < 0:  # a negative count is followed by the block's size in bytes
+                n = -n
+                cur.long()
+            budget.charge(n, f"{t} items")
+            for _ in range(n):
+                if t == "map":
+                    cur.skip(cur.long())
+                _skip(cur, sub, named, budget)
+    else:
+        _skip(cur, t, named, budget)
+
+
+class ItemBudget:
+    """Records, array items and map entries of one message, against ``max_array_items``.
+
+    Create one per message and :meth:`admit_block` every block before decoding it.
+    """
+
+    CPU_CHECK_EVERY = 65536
+
+    def __init__(self) -> None:
+        self.limit = current_limits().max_array_items
+        self.used = 0
+        self._next_cpu_check = self.CPU_CHECK_EVERY
+
+    def charge(self, n: int, what: str) -> None:
+        """Count ``n`` more items; DecodeError naming ``max_array_items`` when over."""
+        self.used += n
+        if self.used > self.limit:
+            raise over_limit("max_array_items", self.used, f"number of Avro records and array/map items in this message ({what})")
+        if self.used >= self._next_cpu_check:
+            check_cpu(f"counting Avro {what}")
+            self._next_cpu_check = self.used + self.CPU_CHECK_EVERY
+
+    def admit_block(self, block: bytes, count: int, index: int, schema: Any, shape: SchemaShape) -> None:
+        """Charge a block's ``count`` records of ``schema`` and the items they hold.
+
+        Every item takes at least ``shape.min_item`` bytes, so the block holds at most
+        ``len(block) // min_item`` of them; that bound is charged when it fits, else
+        the block is walked (skip only) and its items counted exactly.
+
+        Raises
+        ------
+        DecodeError
+            Naming ``max_array_items`` when over, or when the block is corrupt.
+        """
+        self.charge(count, f"records of block {index}")
+        if shape.min_record > 0 and count > len(block) // shape.min_record:
+            raise DecodeError(
+                f"corrupt Avro block {index}: {count:,} records of at least {shape.min_record} bytes each "
+                f"cannot fit in {len(block):,} bytes"
+            )
+        if shape.min_item is None:
+            return
+        bound = len(block) // shape.min_item
+        if self.used + bound <= self.limit:
+            self.used += bound
+            return
+        named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
+        cur = _Cursor(block, f"block {index}")
+        for _ in range(count):
+            _skip(cur, schema, named, self)
+
+
+class _Output:
+    """The decompressed parts of one block, against what the message may still grow by."""
+
+    def __init__(self, codec: str, room: int, index: int, compressed: int) -> None:
+        self.codec, self.room, self.index, self.compressed = codec, room, index, compressed
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def want(self) -> int:
+        """How much to ask the decompressor for next (one byte over the room at most)."""
+        return max(1, min(DECOMPRESS_CHUNK, self.room + 1 - self.size))
+
+    def overflow(self) -> None:
+        """Raise the DecodeError naming ``max_decompressed_bytes`` and the codec."""
+        limit = current_limits().max_decompressed_bytes
+        raise DecodeError(
+            f"Avro {self.codec} blocks of this message decompress to more than max_decompressed_bytes = {limit:,} "
+            f"bytes (stopped in block {self.index}, {self.compressed:,} bytes compressed)"
+        )
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.room:
+            self.overflow()
+        if chunk:
+            self.parts.append(chunk)
+            check_cpu(f"decompressing Avro {self.codec} block {self.index}")
+
+    def value(self) -> bytes:
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+
+def _inflate(block: bytes, out: _Output) -> None:
+    d = zlib.decompressobj(-15)  # raw RFC 1951, no zlib header
+    buf = block
+    while not d.eof:
+        chunk = d.decompress(buf, out.want())
+        out.add(chunk)
+        buf = d.unconsumed_tail
+        if not chunk and not buf:
+            raise DecodeError("corrupt Avro block: deflate decompression failed (stream ends before its end marker)")
+
+
+def _unstream(make: Callable[[], Any], block: bytes, out: _Output, codec: str, lenient_tail: bool) -> None:
+    """Decompress concatenated bz2/xz streams as :func:`bz2.decompress` / :func:`lzma.decompress` do."""
+    d, buf, ended = make(), block, False
+    while True:
+        try:
+            chunk = d.decompress(buf, out.want())
+        except Exception:
+            if lenient_tail and ended:
+                return  # lzma.decompress ignores a tail after a stream that is no stream
+            raise
+        buf = b""
+        out.add(chunk)
+        if d.eof:
+            ended, buf = True, d.unused_data
+            if not buf:
+                return
+            d = make()
+        elif d.needs_input:
+            raise DecodeError(f"corrupt Avro block: {codec} decompression failed (stream ends before its end marker)")
+
+
+def _snappy(block: bytes, out: _Output) -> None:
+    # the raw snappy format starts with the uncompressed length as an unsigned varint:
+    # refuse before decompressing anything when it is over the room left
+    size, shift = 0, 0
+    for b in block[:5]:
+        size |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    else:
+        raise DecodeError("corrupt Avro block: snappy decompression failed (bad length preamble)")
+    if size > out.room:
+        out.overflow()
+    try:
+        from cramjam import snappy as _snappy
+
+        data = bytes(_snappy.decompress_raw(block[:-4]))
+    except ImportError:
+        try:
+            import snappy as _snappy  # type: ignore[no-redef]
+        except ImportError:
+            raise DecodeError("Avro codec 'snappy' needs the 'cramjam' or 'python-snappy' package") from None
+        data = _snappy.decompress(block[:-4])
+    if zlib.crc32(data) != int.from_bytes(block[-4:], "big"):
+        raise DecodeError("corrupt Avro block: snappy CRC32 mismatch")
+    out.add(data)
+
+
+def _zstd(block: bytes, out: _Output) -> None:
+    try:
+        import zstandard
+    except ImportError:
+        raise DecodeError("Avro codec 'zstandard' needs the 'zstandard' package") from None
+    # stream_reader, not decompress(): a frame header may declare any content size,
+    # and decompress() would allocate it up front.
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+    with dctx.stream_reader(io.BytesIO(block)) as reader:
+        while True:
+            chunk = reader.read(out.want())
+            if not chunk:
+                return
+            out.add(chunk)
+
+
+def _decompress(codec: str, block: bytes, room: int, index: int = 0) -> bytes:
+    """Decompress one data block per the Avro spec's codecs, to at most ``room`` bytes."""
     if codec == "null":
+        if len(block) > room:
+            _Output(codec, room, index, len(block)).overflow()
         return block
+    out = _Output(codec, room, index, len(block))
     try:
         if codec == "deflate":
-            return zlib.decompress(block, -15)  # raw RFC 1951, no zlib header
-        if codec == "bzip2":
-            return bz2.decompress(block)
-        if codec == "xz":
-            return lzma.decompress(block)
-        if codec == "snappy":  # snappy-compressed data followed by a 4-byte CRC32
-            try:
-                from cramjam import snappy as _snappy
-
-                out = bytes(_snappy.decompress_raw(block[:-4]))
-            except ImportError:
-                try:
-                    import snappy as _snappy  # type: ignore[no-redef]
-                except ImportError:
-                    raise DecodeError("Avro codec 'snappy' needs the 'cramjam' or 'python-snappy' package") from None
-                out = _snappy.decompress(block[:-4])
-            if zlib.crc32(out) != int.from_bytes(block[-4:], "big"):
-                raise DecodeError("corrupt Avro block: snappy CRC32 mismatch")
-            return out
-        if codec == "zstandard":
-            try:
-                import zstandard
-            except ImportError:
-                raise DecodeError("Avro codec 'zstandard' needs the 'zstandard' package") from None
-            return zstandard.ZstdDecompressor().decompressobj().decompress(block)
+            _inflate(block, out)
+        elif codec == "bzip2":
+            _unstream(bz2.BZ2Decompressor, block, out, codec, lenient_tail=False)
+        elif codec == "xz":
+            _unstream(lambda: lzma.LZMADecompressor(memlimit=XZ_MEMLIMIT), block, out, codec, lenient_tail=True)
+        elif codec == "snappy":  # snappy-compressed data followed by a 4-byte CRC32
+            _snappy(block, out)
+        elif codec == "zstandard":
+            _zstd(block, out)
+        else:
+            raise DecodeError(f"unsupported Avro codec {codec!r} (known: null, deflate, bzip2, xz, snappy, zstandard)")
     except DecodeError:
         raise
-    except Exception as exc:  # zlib.error, OSError, LZMAError, ...
-        raise DecodeError(f"corrupt Avro block: {codec} decompression failed ({type(exc).__name__}: {exc})") from None
-    raise DecodeError(f"unsupported Avro codec {codec!r} (known: null, deflate, bzip2, xz, snappy, zstandard)")
+    except Exception as exc:  # zlib.error, OSError, LZMAError, EOFError, ZstdError...
+        raise DecodeError(f"corrupt Avro block: {codec} decompression failed ({type(exc).__name__}: {_one_line(exc)})") from None
+    return out.value()
 
 
 def iter_blocks(data: bytes, header: AvroHeader) -> Iterator[tuple[int, bytes]]:
@@ -265,11 +749,14 @@ def iter_blocks(data: bytes, header: AvroHeader) -> Iterator[tuple[int, bytes]]:
     ------
     DecodeError
         If a block is truncated, its count or size is negative, its sync marker
-        differs from the header's, or it fails to decompress.
+        differs from the header's, it fails to decompress, or the blocks together
+        decompress to more than ``max_decompressed_bytes`` (naming it and the codec).
     """
     pos = header.data_offset
     end = len(data)
     index = 0
+    limit = current_limits().max_decompressed_bytes
+    total = 0
     while pos < end:
         count, pos = _read_long(data, pos)
         size, pos = _read_long(data, pos)
@@ -282,6 +769,53 @@ def iter_blocks(data: bytes, header: AvroHeader) -> Iterator[tuple[int, bytes]]:
             )
         if data[stop : stop + SYNC_SIZE] != header.sync:
             raise DecodeError(f"corrupt Avro block {index}: sync marker after the block at byte {stop} does not match the header's")
-        yield count, _decompress(header.codec, data[pos:stop])
+        block = _decompress(header.codec, data[pos:stop], limit - total, index)
+        total += len(block)
+        yield count, block
         pos = stop + SYNC_SIZE
         index += 1
+
+
+def read_records(data: bytes, header: AvroHeader) -> list[Any]:
+    """Every record of a container, fully decoded with its writer schema, within limits.
+
+    What ``list(fastavro.reader(...))`` returns, but with the container read by
+    :func:`iter_blocks` (bounded decompression) and every block admitted to an
+    :class:`ItemBudget` first (bounded records, array items and map entries).
+
+    Parameters
+    ----------
+    data : bytes
+        The whole container.
+    header : AvroHeader
+        Its parsed header (:func:`read_header`).
+
+    Returns
+    -------
+    list
+        The records, as fastavro decodes them.
+
+    Raises
+    ------
+    DecodeError
+        If the container is truncated or corrupt, or over a limit (naming it).
+    """
+    parsed = header.parsed_schema
+    shape = header.shape or schema_shape(header.schema_json)
+    shape.check()
+    budget = ItemBudget()
+    reader = fastavro.schemaless_reader
+    records: list[Any] = []
+    for index, (count, block) in enumerate(iter_blocks(data, header)):
+        budget.admit_block(block, count, index, parsed, shape)
+        fo = io.BytesIO(block)
+        for i in range(count):
+            try:
+                records.append(reader(fo, parsed, None))
+            except Exception as exc:  # EOFError, IndexError, UnicodeDecodeError, ValueError, struct.error...
+                raise DecodeError(
+                    f"corrupt Avro record {i} of block {index} ({type(exc).__name__}: {_one_line(exc)})"
+                ) from None
+            if not i & 1023:
+                check_cpu(f"decoding Avro block {index}")
+    return records

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import re
 from datetime import datetime, timezone
@@ -242,12 +241,12 @@ def decode_avro(data: bytes, header: Any) -> list[Event]:
         If the schema is not the IGWN alert schema, the container is corrupt, or a
         record fails normalization (see :func:`decode_json`).
     """
-    import fastavro
+    from broker.sources import avro
 
     if not is_igwn_schema(header):
         raise DecodeError(f"igwn: Avro schema {getattr(header, 'schema_name', None)!r} is not igwn.alerts.Alert")
     try:
-        records = list(fastavro.reader(io.BytesIO(data)))
+        records = avro.read_records(data, header)  # bounded decompression and item counts
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise DecodeError(f"igwn: corrupt Avro container ({type(exc).__name__}: {_one_line(exc)})") from None
     if not records:

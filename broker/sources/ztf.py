@@ -28,6 +28,16 @@ normalize is ≈ 0.06–0.1 ms per alert (``benchmarks/bench_decode.py``):
   against an empty reader record (about twice as fast as decoding it).
 * :func:`decode_history` decodes the history and cutouts on demand, for the stages
   that need them.
+
+Hostile input
+-------------
+The writer schema travels with every message, so a sender can type any field as it
+likes. Containers are read through :mod:`broker.sources.avro` (bounded decompression,
+refused recursive or zero-byte-item schemas, records and array items of a message
+bounded by ``max_array_items``), and normalization trusts no type: the candidate's
+``jd``, ``ra`` and ``dec`` must be finite numbers in range (``jd`` within 1900–2200,
+``dec`` within ±90°, ``ra`` within 0–360° with 360 taken as 0) or the alert is a
+DecodeError naming the field; a property of the wrong type, NaN or ±Inf becomes None.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from pydantic import ValidationError
 
 from broker.errors import DecodeError
 from broker.event import Event, PointLocalization, format_time
+from broker.limits import check_cpu
 from broker.sources import avro
 from broker.sources.avro import AvroHeader
 
@@ -79,7 +90,12 @@ JD_UNIX_EPOCH = 2440587.5
 
 _EPOCH = datetime(1970, 1, 1)
 
-#: Float candidate fields copied into Event.properties (NaN → None).
+#: Range of ``candidate.jd`` accepted: 1900-01-01 to 2200-01-01 UTC (ZTF began
+#: observing in 2018; the bounds only reject values no alert can carry).
+JD_MIN = 2415020.5
+JD_MAX = 2524593.5
+
+#: Float candidate fields copied into Event.properties (NaN, ±Inf → None).
 _FLOAT_PROPS = (
     "magpsf", "sigmapsf", "magap", "diffmaglim", "rb", "sgscore1", "distpsnr1",
     "ssdistnr", "ssmagnr", "jdstarthist",
@@ -100,6 +116,8 @@ class _Plan:
     tail_skip: dict[str, Any] | None  # empty reader record resolving ``tail`` = skip it
     full: dict[str, Any]  # parsed full writer schema
     optional: tuple[str, ...]  # members of _OPTIONAL_FLOAT_PROPS this schema has
+    full_shape: avro.SchemaShape  # bounds of the full records (array items to budget)
+    prefix_shape: avro.SchemaShape | None  # bounds of the prefix (no arrays in real ZTF schemas)
 
 
 @lru_cache(maxsize=avro.SCHEMA_CACHE_SIZE)
@@ -108,19 +126,21 @@ def _plan(schema_json: bytes) -> _Plan:
     fields = schema.get("fields") if isinstance(schema, dict) else None
     if not isinstance(fields, list) or schema.get("type") != "record":
         raise DecodeError(f"ZTF alert schema {name!r} is not an Avro record")
-    names = [f["name"] for f in fields]
+    names = [f.get("name") if isinstance(f, dict) else None for f in fields]
     missing = [n for n in NEEDED_FIELDS if n not in names]
     if missing:
         raise DecodeError(f"ZTF alert schema {name!r} has no field {missing[0]!r}")
-    cand = next(f["type"] for f in fields if f["name"] == "candidate")
+    cand = next(f["type"] for f in fields if f.get("name") == "candidate")
     cand_names = {f["name"] for f in cand.get("fields", ())} if isinstance(cand, dict) else set()
     optional = tuple(n for n in _OPTIONAL_FLOAT_PROPS if n in cand_names)
 
+    full_shape = avro.shape_of(full)
+    full_shape.check()
     last = max(names.index(n) for n in NEEDED_FIELDS)
     heavy = [n for n in names[: last + 1] if n in HISTORY_FIELDS]
     if heavy:
         log.info("ZTF schema %s: %r precedes a needed field, decoding in full", schema.get("version", name), heavy[0])
-        return _Plan(None, None, None, full, optional)
+        return _Plan(None, None, None, full, optional, full_shape, None)
     try:
         named: dict[str, Any] = {}
         prefix = fastavro.parse_schema(dict(schema, fields=fields[: last + 1]), named_schemas=named)
@@ -129,8 +149,8 @@ def _plan(schema_json: bytes) -> _Plan:
         skip = fastavro.parse_schema({"type": "record", "name": tail_name, "fields": []}, named_schemas={})
     except Exception as exc:  # an odd but valid layout: stay correct, decode in full
         log.info("ZTF schema %s: no prefix plan (%s), decoding in full", name, exc)
-        return _Plan(None, None, None, full, optional)
-    return _Plan(prefix, tail, skip, full, optional)
+        return _Plan(None, None, None, full, optional, full_shape, None)
+    return _Plan(prefix, tail, skip, full, optional, full_shape, avro.shape_of(prefix))
 
 
 def is_ztf_schema(header: AvroHeader) -> bool:
@@ -150,13 +170,23 @@ def is_ztf_schema(header: AvroHeader) -> bool:
 
 
 def _records(data: bytes, header: AvroHeader, full: bool) -> Any:
-    """Yield the records of a container: prefix-only dicts, or full dicts if ``full``."""
+    """Yield the records of a container: prefix-only dicts, or full dicts if ``full``.
+
+    Every block is admitted to an :class:`~broker.sources.avro.ItemBudget` for the
+    part decoded (the prefix holds no array in any ZTF schema, so that costs one
+    comparison per block); the skipped tail builds nothing.
+    """
     plan = _plan(header.schema_json)
     fast = plan.prefix is not None and not full
+    decoded, shape = (plan.prefix, plan.prefix_shape) if fast else (plan.full, plan.full_shape)
+    budget = avro.ItemBudget()
     reader = fastavro.schemaless_reader
     for b, (count, block) in enumerate(avro.iter_blocks(data, header)):
+        budget.admit_block(block, count, b, decoded, shape)
         fo = io.BytesIO(block)
         for i in range(count):
+            if i and not i & 255:
+                check_cpu(f"ZTF Avro block {b}, record {i}")
             try:
                 if fast:
                     rec = reader(fo, plan.prefix, None)
@@ -166,15 +196,63 @@ def _records(data: bytes, header: AvroHeader, full: bool) -> Any:
                     rec = reader(fo, plan.full, None)
             except Exception as exc:  # EOFError, IndexError, UnicodeDecodeError, ValueError...
                 raise DecodeError(
-                    f"corrupt ZTF alert: record {i} of Avro block {b} does not decode ({type(exc).__name__}: {exc})"
+                    f"corrupt ZTF alert: record {i} of Avro block {b} does not decode ({type(exc).__name__}: {avro._one_line(exc)})"
                 ) from None
+            if not isinstance(rec, dict):
+                raise DecodeError(f"corrupt ZTF alert: record {i} of Avro block {b} is not a record")
             yield rec, plan
 
 
 def _float(v: Any) -> float | None:
-    if v is None or v != v:  # None or NaN
-        return None
-    return float(v)
+    """A finite float, or None for None, NaN, ±Inf and values that are not numbers."""
+    if type(v) is float:  # the common case first: this runs ~12 times per alert
+        return v if v - v == 0.0 else None  # inf - inf and nan - nan are nan
+    if type(v) is int:  # not bool
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond the float range
+            return None
+        return x if math.isfinite(x) else None
+    return None
+
+
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _int(v: Any) -> int | None:
+    """An int that fits in an Avro long, or None (bool and other types too)."""
+    return v if type(v) is int and _LONG_MIN <= v <= _LONG_MAX else None
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _number(c: dict[str, Any], key: str, oid: Any) -> float:
+    """``candidate[key]`` as a finite float, else DecodeError naming the field."""
+    v = c.get(key)
+    if type(v) is not float and type(v) is not int:
+        raise DecodeError(
+            f"ZTF alert {oid!r}: unusable candidate: candidate.{key} is {type(v).__name__}, not a number"
+        )
+    x = _float(v)
+    if x is None:
+        raise DecodeError(f"ZTF alert {oid!r}: unusable candidate: candidate.{key} = {v!r} is not finite")
+    return x
+
+
+def _candidate(rec: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """The candidate record and its checked ``jd``."""
+    oid = rec.get("objectId")
+    c = rec.get("candidate")
+    if not isinstance(c, dict):
+        raise DecodeError(f"ZTF alert {oid!r}: unusable candidate: it is {type(c).__name__}, not a record")
+    jd = _number(c, "jd", oid)
+    if not JD_MIN <= jd <= JD_MAX:
+        raise DecodeError(
+            f"ZTF alert {oid!r}: candidate.jd = {jd!r} is outside 1900-01-01..2200-01-01 (JD {JD_MIN}..{JD_MAX})"
+        )
+    return c, jd
 
 
 def jd_to_unix(jd: float) -> float:
@@ -212,37 +290,41 @@ def jd_to_iso(jd: float) -> str:
 
 
 def _normalize(rec: dict[str, Any], optional: tuple[str, ...]) -> Event:
-    try:
-        c = rec["candidate"]
-        candid = rec["candid"]
-        jd = c["jd"]
-        ra = float(c["ra"])
-        dec = float(c["dec"])
-        if not (math.isfinite(ra) and math.isfinite(dec)):
-            raise ValueError(f"ra={ra}, dec={dec} are not finite")
-        time = jd_to_iso(jd)
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise DecodeError(f"ZTF alert {rec.get('objectId')!r}: unusable candidate ({type(exc).__name__}: {exc})") from None
+    oid = rec.get("objectId")
+    if not isinstance(oid, str):
+        raise DecodeError(f"ZTF alert: objectId is {type(oid).__name__}, not a string")
+    candid = _int(rec.get("candid"))
+    if candid is None:
+        raise DecodeError(f"ZTF alert {oid!r}: candid {rec.get('candid')!r:.40} is not a 64-bit integer")
+    c, jd = _candidate(rec)
+    ra = _number(c, "ra", oid)
+    dec = _number(c, "dec", oid)
+    if not -90.0 <= dec <= 90.0:
+        raise DecodeError(f"ZTF alert {oid!r}: candidate.dec = {dec!r} is outside [-90, 90] deg")
+    if not 0.0 <= ra <= 360.0:
+        raise DecodeError(f"ZTF alert {oid!r}: candidate.ra = {ra!r} is outside [0, 360] deg")
+    ra = 0.0 if ra == 360.0 else ra + 0.0  # 360 is 0; -0.0 is 0.0
+    time = jd_to_iso(jd)
     props: dict[str, Any] = {"candid": candid, "jd": jd}
     for k in _INT_PROPS:
-        props[k] = c.get(k)
+        props[k] = _int(c.get(k))
     props["band"] = BANDS.get(props["fid"])
     for k in _FLOAT_PROPS:
         props[k] = _float(c.get(k))
     for k in optional:
         props[k] = _float(c.get(k))
     diffpos = c.get("isdiffpos")
-    props["isdiffpos"] = None if diffpos is None else diffpos in ("t", "1")
-    ssname = c.get("ssnamenr")
-    props["ssnamenr"] = None if ssname in (None, "null") else ssname
-    props["schemavsn"] = rec["schemavsn"]
-    props["publisher"] = rec["publisher"]
+    props["isdiffpos"] = diffpos in ("t", "1") if isinstance(diffpos, str) else None
+    ssname = _str(c.get("ssnamenr"))
+    props["ssnamenr"] = None if ssname == "null" else ssname
+    props["schemavsn"] = _str(rec.get("schemavsn"))
+    props["publisher"] = _str(rec.get("publisher"))
     try:
         return _event(rec, candid, time, ra, dec, props)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise DecodeError(
-            f"ZTF alert {rec.get('objectId')!r}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+            f"ZTF alert {oid!r}: {'.'.join(map(str, first['loc']))}: {avro._one_line(first['msg'])}"
         ) from None
 
 
@@ -288,13 +370,15 @@ def decode(data: bytes, header: AvroHeader) -> list[Event]:
         (arcsec), ``ssmagnr`` (mag), ``ssnamenr``, ``ndethist, ncovhist,
         jdstarthist`` (days), ``field, rcid, nid, schemavsn, publisher``. Values are
         as ZTF wrote them (float32 widened, including ZTF's -999 "none" sentinels),
-        except NaN → None and the string ``"null"`` of ``ssnamenr`` → None.
+        except NaN and ±Inf → None, a value of another type than the field's → None,
+        and the string ``"null"`` of ``ssnamenr`` → None.
 
     Raises
     ------
     DecodeError
         If the container is truncated or corrupt, the schema lacks a needed field,
-        or a candidate has no usable ``jd``/``ra``/``dec``.
+        the message is over a limit (:mod:`broker.limits`), or a candidate has no
+        usable ``jd`` (finite, 1900–2200), ``ra`` (0–360°) or ``dec`` (±90°).
     """
     return [_normalize(rec, plan.optional) for rec, plan in _records(data, header, full=False)]
 
@@ -353,10 +437,7 @@ def upstream_topic(data: bytes, header: AvroHeader) -> str:
         If the container is corrupt or holds no alert.
     """
     for rec, _ in _records(data, header, full=False):
-        c = rec["candidate"]
-        try:
-            day = _EPOCH + timedelta(seconds=jd_to_unix(c["jd"]))
-        except (KeyError, TypeError, OverflowError) as exc:
-            raise DecodeError(f"ZTF alert {rec.get('objectId')!r}: unusable candidate.jd ({exc})") from None
-        return f"ztf_{day:%Y%m%d}_programid{c['programid']}"
+        c, jd = _candidate(rec)
+        day = _EPOCH + timedelta(seconds=jd_to_unix(jd))
+        return f"ztf_{day:%Y%m%d}_programid{_int(c.get('programid'))}"
     raise DecodeError("Avro container holds no alert")
