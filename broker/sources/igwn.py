@@ -289,7 +289,25 @@ def _first_text(root, path: tuple[str, ...]) -> str | None:
 
 
 def _voevent_float(params: dict[str, str], key: str, ivorn: str) -> float | None:
-    return _float_or_none(params.get(key) or None, f"VOEvent {ivorn}: Param {key}")
+    """Param ``key`` as a float; None when absent, NaN or ±Inf (``FAR="inf"``)."""
+    x = _float_or_none(params.get(key) or None, f"VOEvent {ivorn}: Param {key}")
+    return x if x is not None and x - x == 0.0 else None  # inf - inf and nan - nan are nan
+
+
+_VOEVENT_INT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: "²".isdigit() is True, int("²") fails
+
+
+def _voevent_int(value: str | None) -> int | None:
+    """A Param's unsigned integer value (at most 18 digits), else None."""
+    return int(value) if value and _VOEVENT_INT.fullmatch(value) else None
+
+
+def _voevent_time(text: str, what: str) -> datetime:
+    """:func:`_parse_time`, with a time pushed past year 1/9999 by its offset a DecodeError."""
+    try:
+        return _parse_time(text, what)
+    except OverflowError:
+        raise DecodeError(f"{what} is out of range once converted to UTC: {text[:60]!r}") from None
 
 
 def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Event:
@@ -319,9 +337,15 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
         If the ivorn is not LVC's, ``GraceID`` or ``AlertType`` is missing or unknown,
         a time or number does not parse, or ``skymap_fits`` is not a sky map.
     """
+    from pydantic import ValidationError
+
+    from broker.event import MAX_ID_CHARS, validation_reason
+
     ivorn = (root.get("ivorn") or "").strip()
     if not ivorn.startswith(VOEVENT_IVORN_PREFIX):
-        raise DecodeError(f"VOEvent ivorn {ivorn!r} is not an LVC one ({VOEVENT_IVORN_PREFIX}#...)")
+        raise DecodeError(f"VOEvent ivorn {ivorn[:80]!r} is not an LVC one ({VOEVENT_IVORN_PREFIX}#...)")
+    if len(ivorn) > MAX_ID_CHARS - len("igwn:"):  # in every message below and in Event.id
+        raise DecodeError(f"VOEvent ?: ivorn is {len(ivorn):,} characters long, over {MAX_ID_CHARS - len('igwn:')}")
     top, groups = _voevent_params(root)
     sid = top.get("GraceID")
     if not sid:
@@ -337,19 +361,20 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
         raise DecodeError(f"VOEvent {ivorn}: neither WhereWhen ISOTime nor Who/Date present")
     props: dict[str, Any] = {"role": root.get("role")}
     if created_text is not None:
-        props["time_created"] = format_time(_parse_time(created_text, f"VOEvent {ivorn}: Who/Date"))
-    t0 = _parse_time(iso_time or created_text, f"VOEvent {ivorn}: ISOTime")
+        props["time_created"] = format_time(_voevent_time(created_text, f"VOEvent {ivorn}: Who/Date"))
+    t0 = _voevent_time(iso_time or created_text, f"VOEvent {ivorn}: ISOTime")
     props["time_source"] = "event.time" if iso_time else "time_created"
     props["urls"] = {"gracedb": top["EventPage"]} if top.get("EventPage") else {}
     for key, name in (("Pkt_Ser_Num", "pkt_ser_num"), ("Packet_Type", "packet_type")):
-        if top.get(key, "").isdigit():
-            props[name] = int(top[key])
+        if (number := _voevent_int(top.get(key))) is not None:
+            props[name] = number
 
     instruments = [i.strip() for i in top.get("Instruments", "").split(",") if i.strip()]
+    significant = _voevent_int(top.get("Significant"))
     if alert_type != "retraction":
         props.update({
             "far_hz": _voevent_float(top, "FAR", ivorn),
-            "significant": bool(int(top["Significant"])) if top.get("Significant", "").isdigit() else None,
+            "significant": None if significant is None else bool(significant),
             "group": top.get("Group"),
             "pipeline": top.get("Pipeline"),
             "search": top.get("Search"),
@@ -369,8 +394,9 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
     ext = groups.get("External Coincidence")
     if ext:
         notice_id = ext.get("External_GCN_Notice_Id")
+        notice_number = _voevent_int(notice_id)
         props["external_coinc"] = {
-            "gcn_notice_id": int(notice_id) if notice_id and notice_id.isdigit() else notice_id,
+            "gcn_notice_id": notice_id if notice_number is None else notice_number,
             "ivorn": ext.get("External_Ivorn"),
             "observatory": ext.get("External_Observatory"),
             "search": ext.get("External_Search"),
@@ -385,8 +411,11 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
             localization = summarize_multiorder(skymap_fits, skymap_url=skymap_url)
         except DecodeError as exc:
             raise DecodeError(f"VOEvent {ivorn}: local sky map: {_one_line(exc)}") from None
-    return Event(
-        id=f"igwn:{ivorn}", source="igwn", messenger="gw", mission="LVK",
-        instrument=",".join(instruments) or None, upstream_id=sid, alert_type=alert_type,
-        time=format_time(t0), localization=localization, properties=props, format="voevent",
-    )
+    try:
+        return Event(
+            id=f"igwn:{ivorn}", source="igwn", messenger="gw", mission="LVK",
+            instrument=",".join(instruments) or None, upstream_id=sid, alert_type=alert_type,
+            time=format_time(t0), localization=localization, properties=props, format="voevent",
+        )
+    except ValidationError as exc:
+        raise DecodeError(f"VOEvent {ivorn}: {validation_reason(exc)}") from None

@@ -1,8 +1,12 @@
 """GCN Classic VOEvent XML (IVOA VOEvent 1.1/2.0, Seaman et al. 2011) → Event.
 
 Parsing is safe: lxml with no network access, no DTD loading, no entity resolution and
-``huge_tree`` off. Elements are matched by local name, because VOEvent 1.1 puts the STC
-block (``WhereWhen``) in its own namespace while 2.0 leaves it unqualified.
+``huge_tree`` off, fed in chunks while the element count and nesting depth are checked
+against ``max_xml_elements`` and ``max_xml_depth`` (:mod:`broker.limits`), so an
+oversized tree is refused before it is built. Elements are matched by local name,
+because VOEvent 1.1 puts the STC block (``WhereWhen``) in its own namespace while 2.0
+leaves it unqualified; every lookup is one pass over the tree (libxml2's own tag
+filter), never a search per candidate subtree.
 
 Streams accepted
 ----------------
@@ -24,7 +28,10 @@ Normalization
 ``id`` is ``"gcn:" + ivorn``; ``time`` is WhereWhen's ``ISOTime`` (UTC); the localization
 is ``Position2D`` (``C1``, ``C2``, ``Error2Radius``), with the containment of
 :data:`broker.sources.gcn_packets.CONTAINMENT`; no position when the error radius is
-≥ 180° (all sky, e.g. SNEWS) or when position and error are all zero (GBM ALERT).
+≥ 180° (all sky, e.g. SNEWS) or when position and error are all zero (GBM ALERT). A
+position out of range (Dec outside ±90°, RA outside 0–360°, a negative error radius) or
+a time that does not exist (past year 9999 once its offset is applied) is a DecodeError
+naming the field; NaN and ±Inf values are treated as absent.
 ``alert_type`` comes from the packet type, or ``"retraction"`` when the notice says
 ``Retraction=true`` (AMON/IceCube, SNEWS).
 """
@@ -33,12 +40,15 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import datetime
 from typing import Any
 
 from lxml import etree
+from pydantic import ValidationError
 
 from broker.errors import DecodeError
-from broker.event import Event, PointLocalization, format_time
+from broker.event import MAX_ID_CHARS, Event, PointLocalization, format_time, validation_reason
+from broker.limits import check_cpu, current_limits, over_limit
 from broker.sources.gcn import parse_utc
 from broker.sources.gcn_packets import CONTAINMENT, GBM_SOURCE_CLASSES, PACKET_TYPES, PacketType
 
@@ -50,6 +60,10 @@ LVC_PREFIX = "ivo://gwnet/LVC"
 _YEAR_S = 365.25 * 86400.0
 _TRUE = {"true", "1", "yes"}
 _TEST_FLAGS = ("Test_Submission", "Test", "Test_Notice", "InternalTest")
+#: Bytes fed to the XML parser at a time (limits are checked between feeds).
+_FEED_CHUNK = 64 * 1024
+#: Longest ivorn accepted: ``"gcn:" + ivorn`` is the Event id (at most MAX_ID_CHARS).
+MAX_IVORN_CHARS = MAX_ID_CHARS - len("igwn:")
 
 #: Param name → property name, for numeric science values (unit in the property name).
 _NUMERIC = {
@@ -105,36 +119,67 @@ def _local(el: Any) -> str:
 
 
 def _find(root: Any, *path: str) -> Any:
-    """First descendant chain matching local names ``path`` (any depth for the first)."""
-    for el in root.iter():
-        if _local(el) == path[0]:
-            node = el
-            for name in path[1:]:
-                node = next((c for c in node.iter() if c is not node and _local(c) == name), None)
-                if node is None:
-                    break
-            if node is not None:
-                return node
+    """The element reached by local names ``path`` (one or two names), or None.
+
+    ``_find(root, "X")`` is the first element named X (``root`` included) in document
+    order; ``_find(root, "X", "Y")`` the first Y in document order below an X, which
+    is the first Y inside the first X that holds one. Both are one pass of libxml2's
+    tag filter plus, per candidate Y, a walk up its at most ``max_xml_depth``
+    ancestors: linear in the size of the tree.
+    """
+    if len(path) == 1:
+        return next(root.iter("{*}" + path[0]), None)
+    outer, inner = path
+    for el in root.iter("{*}" + inner):
+        if next(el.iterancestors("{*}" + outer), None) is not None:
+            return el
     return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse(data: bytes) -> Any:
     """Parse VOEvent bytes safely and return the root element.
 
+    The bytes are fed to a pull parser in chunks; its start/end events count the
+    elements and track the depth, so a document over ``max_xml_elements`` or
+    ``max_xml_depth`` is refused at most one chunk after the limit is passed.
+
     Raises
     ------
     DecodeError
-        If the bytes are not well-formed XML or the root is not a VOEvent.
+        If the bytes are not well-formed XML, the root is not a VOEvent, or the
+        document is over ``max_xml_depth`` or ``max_xml_elements`` (naming it).
     """
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_comments=True
+    limits = current_limits()
+    max_depth, max_elements = limits.max_xml_depth, limits.max_xml_elements
+    parser = etree.XMLPullParser(
+        events=("start", "end"),
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_comments=True,
     )
+    depth = elements = 0
     try:
-        root = etree.fromstring(data, parser=parser)
+        for offset in range(0, len(data), _FEED_CHUNK):
+            parser.feed(data[offset : offset + _FEED_CHUNK])
+            for event, _ in parser.read_events():
+                if event == "start":
+                    depth += 1
+                    elements += 1
+                    if depth > max_depth:
+                        raise over_limit("max_xml_depth", depth, "VOEvent ?: XML element nesting")
+                    if elements > max_elements:
+                        raise over_limit("max_xml_elements", elements, "VOEvent ?: number of XML elements")
+                else:
+                    depth -= 1
+            check_cpu("parsing VOEvent XML")
+        root = parser.close()
     except etree.XMLSyntaxError as exc:
-        raise DecodeError(f"VOEvent ?: malformed XML: {exc}") from None
+        raise DecodeError(f"VOEvent ?: malformed XML: {_one_line(exc)}") from None
     if _local(root) != "VOEvent":
-        raise DecodeError(f"VOEvent ?: root element is <{_local(root)}>, not <VOEvent>")
+        raise DecodeError(f"VOEvent ?: root element is <{_one_line(_local(root), 80)}>, not <VOEvent>")
     return root
 
 
@@ -144,18 +189,42 @@ def params(root: Any) -> dict[str, tuple[str | None, str | None]]:
     out: dict[str, tuple[str | None, str | None]] = {}
     if what is None:
         return out
-    for el in what.iter():
-        if _local(el) == "Param" and el.get("name"):
-            out.setdefault(el.get("name"), (el.get("value"), el.get("unit")))
+    for el in what.iter("{*}Param"):
+        name = el.get("name")
+        if name:
+            out.setdefault(name, (el.get("value"), el.get("unit")))
     return out
 
 
 def _float(value: str | None) -> float | None:
+    """A finite float from Param text, else None (absent, not a number, NaN, ±Inf)."""
     try:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _integer(value: str | None) -> int | None:
+    """An integral Param value that fits in an Avro long (``"146"``, ``"146.0"``), else None."""
+    x = _float(value)
+    if x is None or x != int(x) or not -(2.0**63) <= x < 2.0**63:
+        return None
+    return int(x)
+
+
+def _utc(text: str, where: str) -> datetime:
+    """:func:`broker.sources.gcn.parse_utc`, with overflow at year 1/9999 a DecodeError."""
+    try:
+        return parse_utc(text, where)
+    except DecodeError:
+        raise
+    except (OverflowError, ValueError) as exc:  # a fraction or offset past 9999-12-31 / before 0001-01-01
+        raise DecodeError(f"{where}: time {_one_line(repr(text), 80)} is out of range ({_one_line(exc, 80)})") from None
 
 
 def _describe(root: Any, ivorn: str, p: dict) -> tuple[PacketType, str]:
@@ -186,6 +255,8 @@ def _root_and_ivorn(data: bytes) -> tuple[Any, str]:
     ivorn = (root.get("ivorn") or "").strip()
     if not ivorn:
         raise DecodeError("VOEvent ?: no ivorn attribute")
+    if len(ivorn) > MAX_IVORN_CHARS:  # it is in every error message and in Event.id
+        raise DecodeError(f"VOEvent ?: ivorn is {len(ivorn):,} characters long, over {MAX_IVORN_CHARS}")
     return root, ivorn
 
 
@@ -213,7 +284,7 @@ def upstream_topic(data: bytes) -> str:
     return _describe(root, ivorn, p)[1]
 
 
-def _localization(root: Any, info: PacketType) -> PointLocalization | None:
+def _localization(root: Any, info: PacketType, ivorn: str) -> PointLocalization | None:
     pos = _find(root, "WhereWhen", "Position2D")
     if pos is None:
         return None
@@ -224,12 +295,20 @@ def _localization(root: Any, info: PacketType) -> PointLocalization | None:
     if ra is None or dec is None:
         return None
     if (pos.get("unit") or "deg").lower().startswith("rad"):
-        ra, dec = math.degrees(ra), math.degrees(dec)
-        radius = math.degrees(radius) if radius is not None else None
+        ra, dec = _finite(math.degrees(ra)), _finite(math.degrees(dec))
+        radius = _finite(math.degrees(radius)) if radius is not None else None
+        if ra is None or dec is None:
+            return None
     if radius is not None and radius >= 180.0:
         return None  # all-sky "position" (SNEWS, RADec undefined)
     if ra == 0.0 and dec == 0.0 and not radius:
         return None  # no position yet (Fermi GBM ALERT)
+    if not -90.0 <= dec <= 90.0:
+        raise DecodeError(f"VOEvent {ivorn}: Position2D C2 (Dec) = {dec!r} deg is outside [-90, 90]")
+    if not 0.0 <= ra <= 360.0:
+        raise DecodeError(f"VOEvent {ivorn}: Position2D C1 (RA) = {ra!r} deg is outside [0, 360]")
+    if radius is not None and radius < 0.0:
+        raise DecodeError(f"VOEvent {ivorn}: Position2D Error2Radius = {radius!r} deg is negative")
     if not radius:
         radius = None
     containment = CONTAINMENT.get((info.mission, info.instrument)) if radius is not None else None
@@ -238,12 +317,12 @@ def _localization(root: Any, info: PacketType) -> PointLocalization | None:
 
 def _properties(ivorn: str, role: str, info: PacketType, p: dict) -> dict[str, Any]:
     props: dict[str, Any] = {"ivorn": ivorn, "role": role, "packet_type_name": info.name}
-    packet = _float(p.get("Packet_Type", (None, None))[0])
+    packet = _integer(p.get("Packet_Type", (None, None))[0])
     if packet is not None:
-        props["packet_type"] = int(packet)
-    serial = _float(p.get("Pkt_Ser_Num", (None, None))[0])
+        props["packet_type"] = packet
+    serial = _integer(p.get("Pkt_Ser_Num", (None, None))[0])
     if serial is not None:
-        props["packet_serial_number"] = int(serial)
+        props["packet_serial_number"] = serial
     for name, (value, unit) in p.items():
         if name in _NUMERIC and (x := _float(value)) is not None:
             props.setdefault(_NUMERIC[name], x)
@@ -264,11 +343,11 @@ def _properties(ivorn: str, role: str, info: PacketType, p: dict) -> dict[str, A
     energy = _float(p.get("energy", (None, None))[0])
     if energy is not None:
         unit = (p["energy"][1] or "").lower()
-        props["energy_gev"] = energy * {"tev": 1e3, "gev": 1.0, "pev": 1e6}.get(unit, 1.0)
+        props["energy_gev"] = _finite(energy * {"tev": 1e3, "gev": 1.0, "pev": 1e6}.get(unit, 1.0))
     for key, out in (("Most_Likely_Index", "most_likely"), ("Sec_Most_Likely_Index", "second_most_likely")):
-        index = _float(p.get(key, (None, None))[0])
+        index = _integer(p.get(key, (None, None))[0])
         if index is not None and info.mission == "Fermi":
-            props[out] = GBM_SOURCE_CLASSES.get(int(index), f"UNKNOWN_{int(index)}")
+            props[out] = GBM_SOURCE_CLASSES.get(index, f"UNKNOWN_{index}")
             prob = _float(p.get(key.replace("Index", "Prob"), (None, None))[0])
             if prob is not None:
                 props[out + "_prob"] = prob / 100.0
@@ -328,23 +407,28 @@ def decode(data: bytes) -> list[Event]:
     iso = _find(root, "WhereWhen", "ISOTime")
     if iso is None or not (iso.text or "").strip():
         raise DecodeError(f"VOEvent {ivorn}: no WhereWhen/ObsDataLocation time")
-    t0 = parse_utc(iso.text.strip(), f"VOEvent {ivorn} ISOTime")
+    t0 = _utc(iso.text.strip(), f"VOEvent {ivorn} ISOTime")
 
     alert_type = info.alert_type
     if (p.get("Retraction", (None, None))[0] or "").strip().lower() in _TRUE:
         alert_type = "retraction"
-    return [
-        Event(
-            id=f"gcn:{ivorn}",
-            source="gcn",
-            messenger=info.messenger,
-            mission=info.mission,
-            instrument=info.instrument,
-            upstream_id=_upstream_id(ivorn, p),
-            alert_type=alert_type,
-            time=format_time(t0),
-            localization=_localization(root, info),
-            properties=_properties(ivorn, role, info, p),
-            format="voevent",
-        )
-    ]
+    localization = _localization(root, info, ivorn)
+    properties = _properties(ivorn, role, info, p)
+    try:
+        return [
+            Event(
+                id=f"gcn:{ivorn}",
+                source="gcn",
+                messenger=info.messenger,
+                mission=info.mission,
+                instrument=info.instrument,
+                upstream_id=_upstream_id(ivorn, p),
+                alert_type=alert_type,
+                time=format_time(t0),
+                localization=localization,
+                properties=properties,
+                format="voevent",
+            )
+        ]
+    except ValidationError as exc:
+        raise DecodeError(f"VOEvent {ivorn}: {validation_reason(exc)}") from None
