@@ -313,7 +313,7 @@ class Settings(BaseSettings):
             if not toml:
                 raise
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not valid TOML ({exc})"
-            raise SettingsError(scrub_secrets(f"config file {toml}: {reason}")) from None
+            raise SettingsError(f"config file {toml}: {scrub_secrets(reason)}") from None
 
     @field_validator("home")
     @classmethod
@@ -377,7 +377,7 @@ def read_secrets_file(path: Path) -> dict[str, str]:
     except OSError as exc:
         raise BrokerError(f"secrets file {path}: {exc.strerror}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError; its message holds no value, scrubbed anyway
-        raise BrokerError(scrub_secrets(f"secrets file {path}: not valid TOML ({exc})")) from None
+        raise BrokerError(f"secrets file {path}: not valid TOML ({scrub_secrets(str(exc))})") from None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
