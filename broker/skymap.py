@@ -22,11 +22,19 @@ probability takes zero area.
 
 The input may be gzip-compressed. Everything is vectorized numpy; an O4 BAYESTAR map
 (~20k rows) summarizes in a few milliseconds, a 322k-row Swift map in tens of ms.
+
+Hostile input (:mod:`broker.limits`): gzip is inflated here in bounded steps and refused
+once over ``max_skymap_bytes`` (a 3.6 MB gzip bomb used to inflate to 2.5 GB); the
+FITS headers are walked before astropy sees the file, refusing any HDU whose declared
+data size (``|BITPIX|/8 · GCOUNT · (PCOUNT + NAXIS1 · NAXIS2 ...)``) is over that limit
+or beyond the end of the file; tile-compressed images are never inflated; NSIDE, NUNIQ
+and PIXEL values are range-checked before any HEALPix arithmetic; the CPU budget is
+checked between steps. Every failure, astropy's included (``VerifyError``, ...), is a
+one-line :class:`~broker.errors.DecodeError`.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 import math
@@ -41,6 +49,7 @@ from astropy_healpix.core import healpix_to_lonlat, level_ipix_to_uniq, ring_to_
 
 from broker.errors import DecodeError
 from broker.event import HealpixLocalization
+from broker.limits import check_cpu, current_limits, over_limit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,11 @@ _STRUCTURAL = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "TT
                "TDIM", "TNULL", "TSCAL", "TZERO", "TDISP", "EXTNAME", "COMMENT", "HISTORY")
 _PROB_COLUMNS = ("PROB", "PROBABILITY")
 _DISTANCE_COLUMNS = ("DISTMU", "DISTSIGMA", "DISTNORM")
+_BLOCK = 2880  # FITS block, bytes
+_CARD = 80  # FITS header card, bytes
+_MAX_HDUS = 64  # real sky maps have 2 (primary + HEALPix table)
+_GUNZIP_STEP = 8 * 1024 * 1024  # bytes inflated between limit and CPU checks
+_MAX_ORDER = 29  # deepest HEALPix order (nside 2**29), as in astropy-healpix / ligo.skymap
 
 
 @dataclass(frozen=True)
@@ -78,29 +92,180 @@ class MultiOrderSkyMap:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 200 else text[:199] + "…"
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, (OSError, ValueError)) else text
+
+
+def _card_int(card: bytes, index: int) -> int:
+    """The integer value of a fixed-format header card (``KEYWORD = value / comment``)."""
+    text = bytes(card[10:]).split(b"/", 1)[0].strip()
+    try:
+        return int(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        keyword = bytes(card[:8]).decode("ascii", "replace").strip()
+        raise DecodeError(f"sky map: unreadable FITS (HDU {index}: {keyword} = {text[:20]!r} is not an integer)") from None
+
+
+class _Layout:
+    """A resumable walk over the HDU headers of a FITS file, made before astropy reads it.
+
+    Each header's layout keywords give the size of the data that follows,
+    ``|BITPIX|/8 · GCOUNT · (PCOUNT + NAXIS1 · NAXIS2 ...)``, checked against
+    ``max_skymap_bytes`` as soon as the header is complete, and (when the whole file is
+    there) against the bytes present. Fed the growing output of the gunzip, it also
+    tells where the FITS content ends (bytes after the last HDU that do not start an
+    ``XTENSION``, which astropy ignores), so that inflating can stop there.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pos = 0  # where the next HDU header starts
+        self.index = 0  # its number (0: primary)
+        self.end: int | None = None  # end of the FITS content, once known
+
+    def advance(self, buf: bytes | bytearray, *, complete: bool) -> None:
+        """Walk every header complete in ``buf``; ``complete``: ``buf`` is the whole file.
+
+        Raises
+        ------
+        DecodeError
+            An HDU declaring more than the limit, a truncated file (``complete``), a
+            layout keyword missing or not a non-negative integer, more than
+            ``_MAX_HDUS`` HDUs.
+        """
+        n = len(buf)
+        while self.end is None and self.pos < n:
+            if self.index:
+                if n - self.pos < 9 and not complete:
+                    return
+                if buf[self.pos : self.pos + 9] != b"XTENSION=":
+                    self.end = self.pos
+                    return
+            if self.index >= _MAX_HDUS:
+                raise DecodeError(f"sky map: unreadable FITS (more than {_MAX_HDUS} HDUs)")
+            cards: dict[bytes, bytes] = {}
+            p, ended = self.pos, False
+            while not ended:
+                if p + _BLOCK > n:
+                    if complete:
+                        raise DecodeError(f"sky map: unreadable FITS (header of HDU {self.index} has no END card: "
+                                          "truncated)")
+                    return  # wait for more bytes; resume at this header
+                for c in range(p, p + _BLOCK, _CARD):
+                    key = bytes(buf[c : c + 8]).rstrip()
+                    if key == b"END":
+                        ended = True
+                        break
+                    if buf[c + 8 : c + 10] == b"= " and (key in (b"BITPIX", b"PCOUNT", b"GCOUNT")
+                                                         or key.startswith(b"NAXIS")):
+                        cards.setdefault(key, bytes(buf[c : c + _CARD]))
+                p += _BLOCK
+                if (p - self.pos) % (256 * _BLOCK) == 0:
+                    check_cpu("sky map FITS header")
+            size = self._data_size(cards)
+            if size > self.limit:
+                raise over_limit("max_skymap_bytes", size, f"sky map HDU {self.index} declared data size in bytes")
+            if complete and p + size > n:
+                what = "HEALPix table" if bytes(buf[self.pos : self.pos + 20]).rstrip().endswith(b"'BINTABLE'") else "FITS"
+                raise DecodeError(f"sky map: unreadable {what} (HDU {self.index} declares {size:,} bytes of data, "
+                                  f"{max(n - p, 0):,} present: truncated file)")
+            self.pos = p + -(-size // _BLOCK) * _BLOCK
+            self.index += 1
+
+    def _data_size(self, cards: dict[bytes, bytes]) -> int:
+        index = self.index
+        if b"BITPIX" not in cards or b"NAXIS" not in cards:
+            raise DecodeError(f"sky map: unreadable FITS (HDU {index} has no BITPIX or NAXIS)")
+        bitpix, naxis = _card_int(cards[b"BITPIX"], index), _card_int(cards[b"NAXIS"], index)
+        if bitpix not in (8, 16, 32, 64, -32, -64) or not 0 <= naxis <= 999:
+            raise DecodeError(f"sky map: unreadable FITS (HDU {index}: BITPIX = {bitpix}, NAXIS = {naxis})")
+        axes = []
+        for i in range(1, naxis + 1):
+            card = cards.get(b"NAXIS%d" % i)
+            value = _card_int(card, index) if card is not None else -1
+            if value < 0:
+                raise DecodeError(f"sky map: unreadable FITS (HDU {index}: NAXIS{i} missing or negative)")
+            axes.append(value)
+        pcount = _card_int(cards[b"PCOUNT"], index) if b"PCOUNT" in cards else 0
+        gcount = _card_int(cards[b"GCOUNT"], index) if b"GCOUNT" in cards else 1
+        if pcount < 0 or gcount < 0:
+            raise DecodeError(f"sky map: unreadable FITS (HDU {index}: PCOUNT = {pcount}, GCOUNT = {gcount})")
+        if index == 0 and len(axes) > 1 and axes[0] == 0:
+            axes = axes[1:]  # random groups: NAXIS1 = 0
+        return abs(bitpix) // 8 * gcount * (pcount + math.prod(axes)) if axes else 0
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate a gzip stream (one or more members) to at most ``limit`` bytes of FITS.
+
+    Inflates ``_GUNZIP_STEP`` bytes at a time, walking the FITS headers as they come
+    (:class:`_Layout`): an HDU declaring more than ``limit`` stops it at its header,
+    bytes past the end of the FITS content are not inflated (astropy would ignore
+    them), anything else stops once past ``limit``.
+
+    Raises
+    ------
+    DecodeError
+        ``max_skymap_bytes`` exceeded, not FITS inside, or a corrupt / truncated stream.
+    """
+    out = bytearray()
+    layout = _Layout(limit)
+    rest = data
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)  # gzip header and trailer
+            pending = rest
+            while True:
+                chunk = inflater.decompress(pending, _GUNZIP_STEP)
+                out += chunk
+                if len(out) >= 9 and not out.startswith(b"SIMPLE  ="):
+                    raise DecodeError(f"sky map: not a FITS file inside the gzip (starts with {bytes(out[:16])!r})")
+                layout.advance(out, complete=False)
+                if layout.end is not None:
+                    return bytes(out[: layout.end])
+                if len(out) > limit:
+                    raise over_limit("max_skymap_bytes", 0, "sky map size after gunzip in bytes")
+                check_cpu("sky map gunzip")
+                if inflater.eof:
+                    break
+                pending = inflater.unconsumed_tail
+                if not pending and not chunk:
+                    raise DecodeError("sky map: corrupt gzip stream (truncated: it ends inside a member)")
+            rest = inflater.unused_data.lstrip(b"\0")  # zero padding after a member is allowed
+            if rest and rest[:2] != GZIP_MAGIC:
+                raise DecodeError(f"sky map: corrupt gzip stream ({len(rest):,} bytes of garbage after the last member)")
+    except zlib.error as exc:
+        raise DecodeError(f"sky map: corrupt gzip stream ({exc})") from None
+    return bytes(out)
+
+
 def _open_hdul(fits_bytes: bytes) -> fits.HDUList:
+    """Inflate (bounded) and check the layout, then let astropy parse the headers."""
+    limit = current_limits().max_skymap_bytes
     if fits_bytes[:2] == GZIP_MAGIC:
-        try:
-            fits_bytes = gzip.decompress(fits_bytes)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DecodeError(f"sky map: corrupt gzip stream ({exc})") from None
+        fits_bytes = _gunzip(fits_bytes, limit)
+    elif len(fits_bytes) > limit:
+        raise over_limit("max_skymap_bytes", len(fits_bytes), "sky map size in bytes")
     if not fits_bytes.startswith(b"SIMPLE  ="):
         raise DecodeError(f"sky map: not a FITS file (starts with {fits_bytes[:16]!r})")
+    _Layout(limit).advance(fits_bytes, complete=True)
+    check_cpu("sky map FITS layout")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdul = fits.open(io.BytesIO(fits_bytes), memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise DecodeError(f"sky map: unreadable FITS ({exc})") from None
+        hdul = fits.open(io.BytesIO(fits_bytes), memmap=False, lazy_load_hdus=False,
+                         disable_image_compression=True)  # never inflate tile-compressed HDUs
+    except Exception as exc:  # astropy raises OSError, VerifyError, KeyError, ... on broken files
+        raise DecodeError(f"sky map: unreadable FITS ({_one_line(exc)})") from None
     return hdul
 
 
 def _healpix_table(hdul: fits.HDUList) -> fits.BinTableHDU:
     for hdu in hdul[1:]:
-        if not isinstance(hdu, fits.BinTableHDU):
+        if not isinstance(hdu, fits.BinTableHDU) or hdu.header.get("ZIMAGE") is True:
             continue
-        names = {n.upper() for n in hdu.columns.names}
-        if hdu.header.get("PIXTYPE", "HEALPIX").strip().upper() == "HEALPIX" and (
+        names = {str(n).upper() for n in hdu.columns.names}
+        if str(hdu.header.get("PIXTYPE", "HEALPIX")).strip().upper() == "HEALPIX" and (
             "UNIQ" in names or "PROBDENSITY" in names or names & set(_PROB_COLUMNS)
         ):
             return hdu
@@ -115,9 +280,61 @@ def _column(data: fits.FITS_rec, names: list[str], name: str, dtype: str) -> np.
 
 def _nside_of(npix: int, where: str) -> int:
     nside = math.isqrt(npix // 12)
-    if 12 * nside * nside != npix or nside & (nside - 1):
-        raise DecodeError(f"sky map: {where} has {npix} pixels, not 12 * nside**2 with nside a power of 2")
+    if 12 * nside * nside != npix or nside & (nside - 1) or not 1 <= nside <= 1 << _MAX_ORDER:
+        raise DecodeError(f"sky map: {where} has {npix} pixels, not 12 * nside**2 with nside a power of 2 "
+                          f"up to 2**{_MAX_ORDER}")
     return nside
+
+
+def _header_nside(header: fits.Header) -> int:
+    """``NSIDE`` of an explicitly indexed map: an integer power of 2 up to 2**29."""
+    if "NSIDE" not in header:
+        raise DecodeError("sky map: explicitly indexed (PIXEL column) map without NSIDE keyword")
+    value = header["NSIDE"]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise DecodeError(f"sky map: NSIDE = {str(value)[:20]!r} is not an integer")
+    nside = int(value)
+    if not 1 <= nside <= 1 << _MAX_ORDER or nside & (nside - 1):
+        raise DecodeError(f"sky map: NSIDE = {nside} is not a power of 2 in 1 .. 2**{_MAX_ORDER}")
+    return nside
+
+
+def _table_arrays(hdu: fits.BinTableHDU) -> tuple[dict[str, Any], str, list[str], dict[str, np.ndarray]]:
+    """Header keywords, ORDERING, column names and the needed columns (as numpy) of the table.
+
+    Everything astropy is asked here (header values, the data, column conversion) is
+    wrapped: a malformed file raises anything from ``VerifyError`` to ``KeyError``.
+    """
+    try:
+        header = hdu.header
+        names = [str(n) for n in hdu.columns.names]
+        upper = [n.upper() for n in names]
+        meta = {k: v for k, v in header.items() if k and not k.startswith(_STRUCTURAL)}
+        coordsys = str(header.get("COORDSYS", "C")).strip().upper()
+        ordering = str(header.get("ORDERING", "NUNIQ" if "UNIQ" in upper else "RING")).strip().upper()
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"sky map: unreadable FITS header ({_one_line(exc)})") from None
+    if coordsys not in ("C", "CELESTIAL", "EQUATORIAL"):
+        raise DecodeError(f"sky map: COORDSYS={coordsys[:20]!r}, only equatorial (C) maps are supported")
+    wanted = [c for c in ("UNIQ", "PROBDENSITY", *_PROB_COLUMNS, "PIXEL", *_DISTANCE_COLUMNS) if c in upper]
+    check_cpu("sky map header")
+    try:
+        data = hdu.data
+        if data is None:
+            raise DecodeError("sky map: HEALPix table has no rows")
+        arrays = {}
+        for c in wanted:
+            arrays[c] = _column(data, names, c, "int64" if c in ("UNIQ", "PIXEL") else "float64")
+            check_cpu("sky map columns")
+    except DecodeError:
+        raise
+    except MemoryError:
+        raise DecodeError("sky map: out of memory reading the HEALPix table") from None
+    except Exception as exc:  # truncated data, a text column where numbers are due, ...
+        raise DecodeError(f"sky map: unreadable HEALPix table ({_one_line(exc)})") from None
+    return meta, ordering, names, arrays
 
 
 def read_skymap(fits_bytes: bytes) -> MultiOrderSkyMap:
@@ -137,66 +354,72 @@ def read_skymap(fits_bytes: bytes) -> MultiOrderSkyMap:
     ------
     DecodeError
         If the bytes are not FITS, hold no HEALPix table, have an unknown ``ORDERING``,
-        a non-equatorial ``COORDSYS``, a pixel count that is not ``12 nside²``, or
-        invalid NUNIQ indices.
+        a non-equatorial ``COORDSYS``, a pixel count that is not ``12 nside²``, invalid
+        NUNIQ or PIXEL indices, columns of unequal length, or are over a limit
+        (``max_skymap_bytes``, ``max_decode_cpu_s``). Never anything else.
     """
-    with _open_hdul(fits_bytes) as hdul:
-        hdu = _healpix_table(hdul)
-        header = hdu.header
-        names = list(hdu.columns.names)
-        upper = [n.upper() for n in names]
-        try:
-            data = hdu.data
-        except (TypeError, ValueError, OSError) as exc:  # truncated file: too few bytes for NAXIS2 rows
-            raise DecodeError(f"sky map: unreadable HEALPix table ({' '.join(str(exc).split())})") from None
-        if data is None:
-            raise DecodeError("sky map: HEALPix table has no rows")
-        meta = {k: v for k, v in header.items() if k and not k.startswith(_STRUCTURAL)}
-        coordsys = str(header.get("COORDSYS", "C")).strip().upper()
-        if coordsys not in ("C", "CELESTIAL", "EQUATORIAL"):
-            raise DecodeError(f"sky map: COORDSYS={coordsys!r}, only equatorial (C) maps are supported")
-        ordering = str(header.get("ORDERING", "NUNIQ" if "UNIQ" in upper else "RING")).strip().upper()
-        layers = [c for c in _DISTANCE_COLUMNS if c in upper]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's VerifyWarning etc. on odd headers
+        with _open_hdul(fits_bytes) as hdul:
+            try:
+                hdu = _healpix_table(hdul)
+            except DecodeError:
+                raise
+            except Exception as exc:
+                raise DecodeError(f"sky map: unreadable FITS ({_one_line(exc)})") from None
+            meta, ordering, names, arrays = _table_arrays(hdu)
+            try:
+                header_nside = _header_nside(hdu.header) if "PIXEL" in arrays and ordering != "NUNIQ" else None
+            except DecodeError:
+                raise
+            except Exception as exc:
+                raise DecodeError(f"sky map: unreadable NSIDE keyword ({_one_line(exc)})") from None
+    layers = [c for c in _DISTANCE_COLUMNS if c in arrays]
 
-        if ordering == "NUNIQ" or "UNIQ" in upper:
-            if "UNIQ" not in upper or "PROBDENSITY" not in upper:
-                raise DecodeError("sky map: ORDERING='NUNIQ' but no UNIQ and PROBDENSITY columns")
-            uniq = _column(data, names, "UNIQ", "int64")
-            probdensity = _column(data, names, "PROBDENSITY", "float64")
-            if uniq.size and uniq.min() < 4:
-                raise DecodeError(f"sky map: invalid NUNIQ index {int(uniq.min())} (must be >= 4)")
-            distance = {c: _column(data, names, c, "float64") for c in layers}
-        elif ordering in ("RING", "NESTED", "NEST"):
-            prob_name = next((c for c in ("PROBDENSITY", *_PROB_COLUMNS) if c in upper), None)
-            if prob_name is None:
-                raise DecodeError(f"sky map: flat {ordering} map without a PROB column (columns {names})")
-            values = _column(data, names, prob_name, "float64")
-            if "PIXEL" in upper:  # explicit indexing: partial-sky map
-                ipix = _column(data, names, "PIXEL", "int64")
-                if "NSIDE" not in header:
-                    raise DecodeError("sky map: explicitly indexed (PIXEL column) map without NSIDE keyword")
-                nside = int(header["NSIDE"])
-                _nside_of(12 * nside * nside, "NSIDE")
-            else:
-                nside = _nside_of(values.size, f"flat {ordering} map")
-                ipix = np.arange(values.size, dtype=np.int64)
-            if ordering == "RING":
-                ipix = ring_to_nested(ipix, nside).astype(np.int64)
-            level = int(nside).bit_length() - 1
-            uniq = level_ipix_to_uniq(level, ipix).astype(np.int64)
-            pixarea_sr = 4.0 * math.pi / (12 * nside * nside)
-            probdensity = values if prob_name == "PROBDENSITY" else values / pixarea_sr
-            distance = {c: _column(data, names, c, "float64") for c in layers}
-            order = np.argsort(uniq, kind="stable")
-            uniq, probdensity = uniq[order], probdensity[order]
-            distance = {c: v[order] for c, v in distance.items()}
+    if ordering == "NUNIQ" or "UNIQ" in arrays:
+        if "UNIQ" not in arrays or "PROBDENSITY" not in arrays:
+            raise DecodeError("sky map: ORDERING='NUNIQ' but no UNIQ and PROBDENSITY columns")
+        uniq, probdensity = arrays["UNIQ"], arrays["PROBDENSITY"]
+        if uniq.size and (uniq.min() < 4 or uniq.max() >= 16 << 2 * _MAX_ORDER):
+            bad = int(uniq.min()) if uniq.min() < 4 else int(uniq.max())
+            raise DecodeError(f"sky map: invalid NUNIQ index {bad} (must be in 4 .. 16 * 4**{_MAX_ORDER} - 1)")
+        distance = {c: arrays[c] for c in layers}
+    elif ordering in ("RING", "NESTED", "NEST"):
+        prob_name = next((c for c in ("PROBDENSITY", *_PROB_COLUMNS) if c in arrays), None)
+        if prob_name is None:
+            raise DecodeError(f"sky map: flat {ordering} map without a PROB column (columns {names[:10]})")
+        values = arrays[prob_name]
+        if "PIXEL" in arrays:  # explicit indexing: partial-sky map
+            ipix, nside = arrays["PIXEL"], header_nside
+            if ipix.size and (ipix.min() < 0 or ipix.max() >= 12 * nside * nside):
+                raise DecodeError(f"sky map: PIXEL index outside 0 .. {12 * nside * nside - 1} (NSIDE = {nside})")
+            if ipix.size != values.size:
+                raise DecodeError(f"sky map: {ipix.size} PIXEL indices for {values.size} {prob_name} values")
         else:
-            raise DecodeError(f"sky map: ORDERING={ordering!r}, expected NUNIQ, NESTED or RING")
+            nside = _nside_of(values.size, f"flat {ordering} map")
+            ipix = np.arange(values.size, dtype=np.int64)
+        if ordering == "RING":
+            ipix = ring_to_nested(ipix, nside).astype(np.int64)
+        level = int(nside).bit_length() - 1
+        uniq = level_ipix_to_uniq(level, ipix).astype(np.int64)
+        pixarea_sr = 4.0 * math.pi / (12 * nside * nside)
+        probdensity = values if prob_name == "PROBDENSITY" else values / pixarea_sr
+        check_cpu("sky map flat to NUNIQ")
+        distance = {c: arrays[c] for c in layers}
+        order = np.argsort(uniq, kind="stable")
+        uniq, probdensity = uniq[order], probdensity[order]
+        distance = {c: v[order] if v.size == order.size else v for c, v in distance.items()}
+    else:
+        raise DecodeError(f"sky map: ORDERING={ordering[:20]!r}, expected NUNIQ, NESTED or RING")
 
     if uniq.shape != probdensity.shape or not uniq.size:
         raise DecodeError(f"sky map: {uniq.size} pixels / {probdensity.size} densities, expected equal and > 0")
+    for c, v in distance.items():
+        if v.shape != uniq.shape:
+            raise DecodeError(f"sky map: {v.size} {c} values for {uniq.size} pixels")
     if not np.all(np.isfinite(probdensity)) or probdensity.min() < 0:
         raise DecodeError("sky map: probability density has negative, NaN or infinite values")
+    check_cpu("sky map read")
     return MultiOrderSkyMap(uniq=uniq, probdensity=probdensity, distance=distance, meta=meta)
 
 
@@ -302,8 +525,15 @@ def summarize(sky: MultiOrderSkyMap, skymap_url: str | None = None) -> HealpixLo
         ``ra_max``/``dec_max``: centre of the pixel of highest density, deg (the
         first such pixel in NUNIQ order if several tie); ``distmean``/``diststd``:
         header ``DISTMEAN``/``DISTSTD``, Mpc, None when absent.
+
+    Raises
+    ------
+    DecodeError
+        When the total probability is not finite (densities too large to sum).
     """
     total = float(np.sum(sky.probdensity * pixel_area_sr(sky.uniq)))
+    if not math.isfinite(total):
+        raise DecodeError(f"sky map: total probability is {total} (densities too large to sum)")
     if abs(total - 1.0) > 1e-3:
         log.warning("sky map %s: total probability %.6g, not 1; areas are computed as is",
                     sky.meta.get("OBJECT", "?"), total)
@@ -342,6 +572,6 @@ def summarize_multiorder(fits_bytes: bytes, skymap_url: str | None = None) -> He
     Raises
     ------
     DecodeError
-        See :func:`read_skymap`.
+        See :func:`read_skymap`; also when the densities are too large to sum.
     """
     return summarize(read_skymap(fits_bytes), skymap_url=skymap_url)
