@@ -53,11 +53,21 @@ dominates); an IGWN alert with its 1 MB base64 sky map takes 0.19 ms, against 8.
 the whole decode. Plain jsonschema takes 3.3 ms on that alert because it formats the
 repr of the sky map in every failing ``oneOf`` branch (``{"type": "null"}``);
 ``_bounded_type`` and ``_bounded_one_of`` bound those reprs.
+
+Hostile input: the work of one check grows with the alert, which
+:func:`broker.sources._load_json` already bounds (``max_json_depth``,
+``max_array_items``). Within that, validating a 1M-item array took 6 s and one of
+1M wrong-typed items 41 s (building a million errors), so the check stops at the CPU
+budget (``max_decode_cpu_s``, looked at every 4096 type checks and every error), keeps
+at most 100 errors, and the messages quoting a whole array or object (``type``,
+``oneOf``, ``minItems``, ``maxItems``) show a bounded repr. Reasons are safe to encode
+as UTF-8 (a key holding a lone surrogate appears escaped).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import re
@@ -74,6 +84,7 @@ from referencing.jsonschema import DRAFT202012
 
 from broker.config import REPO_ROOT
 from broker.errors import DecodeError
+from broker.limits import check_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +101,11 @@ MODES: tuple[Mode, ...] = ("strict", "warn", "off")
 _GCN_URL_RE = re.compile(
     r"^https?://gcn\.nasa\.gov/schema/(?P<version>[^/]+)/(?P<path>gcn/.+)\.schema\.json$"
 )
+_DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 _MAX_VIOLATIONS = 10
+_MAX_ERRORS = 100  # errors collected per check; best_match picks among them
+_CPU_CHECK_EVERY = 4096  # type checks between two CPU-budget checks
+_type_checks = 0  # approximate under threads (a lost increment only delays a check)
 #: Keywords whose only complaint is a property the schema does not declare.
 _UNDECLARED_PROPERTY_KEYWORDS = frozenset({"unevaluatedProperties", "additionalProperties"})
 _MAX_REASON_CHARS = 400
@@ -111,6 +126,10 @@ def _bounded_type(validator, types, instance, schema) -> Iterator[ValidationErro
     ``oneOf: [{"type": "null"}, ...]`` branches that fail on every valid alert: for an
     IGWN alert that is a repr of its 1 MB base64 sky map, twice, per alert.
     """
+    global _type_checks
+    _type_checks += 1
+    if _type_checks % _CPU_CHECK_EVERY == 0:  # nearly every node visited has a ``type``
+        check_cpu("schema validation")
     types = [types] if isinstance(types, str) else types
     if not any(validator.is_type(instance, t) for t in types):
         yield ValidationError(f"{_short_repr().repr(instance)} is not of type {', '.join(map(repr, types))}")
@@ -122,7 +141,7 @@ def _bounded_one_of(validator, one_of, instance, schema) -> Iterator[ValidationE
     first_valid = None
     remaining = iter(enumerate(one_of))
     for index, subschema in remaining:
-        errs = list(validator.descend(instance, subschema, schema_path=index))
+        errs = list(itertools.islice(validator.descend(instance, subschema, schema_path=index), _MAX_ERRORS))
         if not errs:
             first_valid = index
             break
@@ -140,7 +159,24 @@ def _bounded_one_of(validator, one_of, instance, schema) -> Iterator[ValidationE
         )
 
 
-_Validator = validators.extend(Draft202012Validator, {"type": _bounded_type, "oneOf": _bounded_one_of})
+def _bounded_min_items(validator, m, instance, schema) -> Iterator[ValidationError]:
+    """The ``minItems`` keyword with a bounded instance repr."""
+    if validator.is_type(instance, "array") and len(instance) < m:
+        message = "should be non-empty" if m == 1 else "is too short"
+        yield ValidationError(f"{_short_repr().repr(instance)} {message}")
+
+
+def _bounded_max_items(validator, m, instance, schema) -> Iterator[ValidationError]:
+    """The ``maxItems`` keyword with a bounded instance repr (and the count)."""
+    if validator.is_type(instance, "array") and len(instance) > m:
+        message = "is expected to be empty" if m == 0 else f"is too long ({len(instance):,} items, at most {m})"
+        yield ValidationError(f"{_short_repr().repr(instance)} {message}")
+
+
+_Validator = validators.extend(Draft202012Validator, {
+    "type": _bounded_type, "oneOf": _bounded_one_of,
+    "minItems": _bounded_min_items, "maxItems": _bounded_max_items,
+})
 
 
 @dataclass(frozen=True)
@@ -183,7 +219,8 @@ def _pointer(error: ValidationError) -> str:
 
 def _one_line(text: str) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+    text = text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class SchemaValidator:
@@ -240,6 +277,12 @@ class SchemaValidator:
                 raise ValueError(f"{path}: JSON schema without $id, cannot be referenced")
             if uri in resources:
                 raise ValueError(f"{path}: $id {uri} already used by another schema file")
+            if contents.get("$schema") == _DRAFT_2020_12:
+                # Same dialect, said by default_specification: without "$schema", jsonschema
+                # keeps our extended validator class (bounded reprs, CPU checks) across a
+                # $ref into this file; with it, validator_for() switches back to the plain
+                # Draft202012Validator there (a 1M-item array then took 6 s unchecked).
+                contents = {k: v for k, v in contents.items() if k != "$schema"}
             resources[uri] = Resource.from_contents(contents, default_specification=DRAFT202012)
         if not resources:
             raise ValueError(f"{schema_dir}: no *.schema.json files (schemas/upstream missing?)")
@@ -260,7 +303,13 @@ class SchemaValidator:
         return validator
 
     def _check(self, obj: Mapping, schema_id: str, label: str, mode: Mode) -> tuple[str, ...]:
-        errors = list(self._validator(schema_id).iter_errors(obj))
+        errors = []
+        for error in self._validator(schema_id).iter_errors(obj):
+            errors.append(error)
+            check_cpu(f"{label}: schema validation")
+            if len(errors) >= _MAX_ERRORS:
+                break
+        check_cpu(f"{label}: schema validation")
         if not errors:
             return ()
         fatal = errors
