@@ -11,13 +11,21 @@ Normalization rules
 * ``time``: ``trigger_time`` (core/DateTime). Schemas that have no trigger time use
   their own T0 field (``SCHEMAS[...].time_field``: Fermi LAT flares and HEASARC
   archive alerts → ``observation_start``). Missing → DecodeError naming the field.
-  Times without a zone are UTC (GCN's convention).
+  Times without a zone are UTC (GCN's convention). A T0 outside 1900-01-01 .. 2200-01-01
+  is a DecodeError naming the field.
 * ``localization``: ``healpix_file`` (base64 FITS) → :func:`broker.skymap.summarize_multiorder`;
   otherwise ``ra``/``dec`` with ``ra_dec_error`` → point. ``ra_dec_error`` may be a radius,
   ``[radius]`` or an ellipse ``[a, b, angle]`` (the circle of radius max(a, b) is used and
   the ellipse kept in ``properties``); MAXI ``rectangular_error_corners`` → the circle
   through the farthest corner. ``containment`` is ``containment_probability``, else the
-  core/Localization default 0.9.
+  core/Localization default 0.9. A ``ra``/``dec`` that is not finite or out of range
+  ([0, 360], [-90, 90]; 360 is taken as 0), a negative or > 180 deg error and a
+  containment outside [0, 1] (or [0, 100] %) are DecodeErrors naming the JSON path; a
+  NaN error radius is no error radius. An unusable ``healpix_file`` is noted in
+  ``properties["skymap_error"]`` and the point position is used.
+* Numbers: NaN/±Infinity in the science values of ``_PROPERTIES`` drop the value; in
+  passed-through fields (``flux``, ``classification`` ...) :class:`~broker.event.Event`
+  stores them as null and notes it. An integer too large for a float is a DecodeError.
 * ``id``: ``gcn:<mission>-<instrument>:<trigger id>:<alert_type>:<revision>:<digest>``,
   revision = ``record_number`` or, without it, ``alert_datetime``; digest = first 8 hex
   of sha256 of the canonical JSON (sorted keys, compact). The digest is needed because GCN
@@ -44,14 +52,17 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from broker.errors import DecodeError
-from broker.event import Event, HealpixLocalization, PointLocalization, format_time
+from broker.event import EARLIEST_TIME, LATEST_TIME, Event, HealpixLocalization, PointLocalization, format_time
+from broker.limits import check_cpu, current_limits, over_limit
 
 logger = logging.getLogger(__name__)
 
 _SCHEMA_RE = re.compile(r"^https?://gcn\.nasa\.gov/schema/[^/]+/gcn/notices/(?P<path>.+)\.schema\.json$")
 _TIME_RE = re.compile(
-    r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})[T ](\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?\s*(Z|[+-]\d{2}:?\d{2})?\s*$"
+    r"^\s*(\d{4})-(\d{1,2})-(\d{1,2})[T ](\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?\s*(Z|[+-]\d{2}:?\d{2})?\s*$",
+    re.ASCII,
 )
+_WHERE_CHARS = 80
 _MESSENGERS = {"em": "em", "neutrino": "neutrino", "gw": "gw"}
 _CORE_KEYS = ("mission", "alert_type", "trigger_time")
 _SCHEMALESS_TOPICS = {("swift", "bat-guano"): "gcn.notices.swift.bat.guano"}
@@ -152,23 +163,48 @@ def parse_utc(text: str, where: str) -> datetime:
     Raises
     ------
     DecodeError
-        Naming ``where`` when the text is not a date-time.
+        Naming ``where`` when the text is not a date-time, has a field out of range
+        (month 13, offset +25:00) or lands outside the years 1..9999 once the offset
+        and the rounding of a 7+ digit fraction are applied.
     """
     m = _TIME_RE.match(text) if isinstance(text, str) else None
     if not m:
-        raise DecodeError(f"{where}: not an ISO 8601 date-time: {text!r}")
+        raise DecodeError(f"{where}: not an ISO 8601 date-time: {_short(text)}")
     y, mo, d, h, mi, s, frac, tz = m.groups()
     try:
         t = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=timezone.utc)
-    except ValueError as exc:
-        raise DecodeError(f"{where}: invalid date-time {text!r}: {exc}") from None
-    if frac:
-        t += timedelta(microseconds=round(int(frac[:7].ljust(7, "0")) / 10))
-    if tz and tz != "Z":
-        sign = 1 if tz[0] == "+" else -1
-        hh, mm = int(tz[1:3]), int(tz[-2:])
-        t -= sign * timedelta(hours=hh, minutes=mm)
+        if frac:
+            t += timedelta(microseconds=round(int(frac[:7].ljust(7, "0")) / 10))
+        if tz and tz != "Z":
+            sign = 1 if tz[0] == "+" else -1
+            hh, mm = int(tz[1:3]), int(tz[-2:])
+            if hh > 23 or mm > 59:
+                raise ValueError(f"UTC offset {tz} out of range")
+            t -= sign * timedelta(hours=hh, minutes=mm)
+    except (ValueError, OverflowError) as exc:
+        raise DecodeError(f"{where}: invalid date-time {_short(text)}: {exc}") from None
     return t
+
+
+def _check_t0(t: datetime, where: str) -> datetime:
+    """``t`` if within the years an alert's T0 can have (see :data:`broker.event.EARLIEST_TIME`)."""
+    if not EARLIEST_TIME <= t.replace(tzinfo=None) < LATEST_TIME:
+        raise DecodeError(f"{where} = {format_time(t)} is outside {EARLIEST_TIME:%Y-%m-%d} .. {LATEST_TIME:%Y-%m-%d}")
+    return t
+
+
+def _short(value: Any, limit: int = _WHERE_CHARS) -> str:
+    """A bounded repr of an input value for an error message, safe to encode as UTF-8."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__} of {len(value)}>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _plain(text: str, limit: int = _WHERE_CHARS) -> str:
+    """``text`` bounded and safe to encode as UTF-8 (for names taken from the input)."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def schema_path(obj: dict) -> str | None:
@@ -213,7 +249,7 @@ def upstream_topic(obj: dict) -> str:
         key = (str(obj.get("mission", "")).lower(), str(obj.get("instrument", "")).lower())
         if key in _SCHEMALESS_TOPICS:
             return _SCHEMALESS_TOPICS[key]
-        raise DecodeError(f"GCN notice without $schema: no known topic for mission/instrument {key}")
+        raise DecodeError(f"GCN notice without $schema: no known topic for mission/instrument {_short(key)}")
     _, info = _schema_info(path)
     if info is not None and info.topic:
         return info.topic
@@ -226,10 +262,45 @@ def _first(value: Any) -> Any:
     return value
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float(value: int | float, pointer: str, where: str) -> float:
+    """``float(value)``; an integer beyond the float range is a DecodeError naming the path."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise DecodeError(
+            f"{where}: integer of {len(str(abs(value))):,} digits is too large for a float (at {pointer})"
+        ) from None
+
+
+def _num(value: Any, pointer: str = "", where: str = "GCN notice") -> float | None:
+    """A finite float, or None for a missing, non-numeric, NaN or infinite value."""
+    if not _is_number(value):
         return None
-    return float(value) if math.isfinite(value) else None
+    value = _float(value, pointer, where)
+    return value if math.isfinite(value) else None
+
+
+def _coord(raw: int | float, name: str, pointer: str, where: str) -> float:
+    """``ra`` in [0, 360] (360 → 0) or ``dec`` in [-90, 90], checked before any use."""
+    value = _float(raw, pointer, where)
+    lo, hi = (0.0, 360.0) if name == "ra" else (-90.0, 90.0)
+    if not math.isfinite(value):
+        raise DecodeError(f"{where}: {name} = {_short(raw)} is not a finite number (at {pointer})")
+    if not lo <= value <= hi:
+        raise DecodeError(f"{where}: {name} = {_short(raw)} is outside [{lo:g}, {hi:g}] (at {pointer})")
+    return 0.0 if value == 360.0 else value + 0.0  # + 0.0: -0.0 → 0.0
+
+
+def _radius(raw: Any, pointer: str, where: str) -> float | None:
+    """An error radius in [0, 180] deg; None when absent or NaN/infinite (no usable error)."""
+    value = _num(raw, pointer, where)
+    if value is not None and not 0.0 <= value <= 180.0:
+        raise DecodeError(f"{where}: error radius {_short(raw)} deg is outside [0, 180] (at {pointer})")
+    return value
 
 
 def _sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
@@ -241,39 +312,74 @@ def _sep_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     return math.degrees(math.atan2(num, den))
 
 
-def _point(obj: dict, props: dict) -> PointLocalization | None:
-    ra, dec = _num(obj.get("ra")), _num(obj.get("dec"))
-    if ra is None or dec is None:
+def _corners(corners: list, where: str) -> list[tuple[float, float]]:
+    """MAXI ``rectangular_error_corners``: each an ``[ra, dec]`` pair, checked like ra/dec."""
+    out = []
+    for i, corner in enumerate(corners):
+        pointer = f"/rectangular_error_corners/{i}"
+        if not (isinstance(corner, list) and len(corner) >= 2 and _is_number(corner[0]) and _is_number(corner[1])):
+            raise DecodeError(f"{where}: a corner is not an [ra, dec] pair of numbers: {_short(corner)} (at {pointer})")
+        out.append((_coord(corner[0], "ra", f"{pointer}/0", where), _coord(corner[1], "dec", f"{pointer}/1", where)))
+        if i % 1024 == 1023:
+            check_cpu(f"{where} rectangular_error_corners")
+    return out
+
+
+def _point(obj: dict, props: dict, where: str) -> PointLocalization | None:
+    """The point localization from ``ra``/``dec`` and the error fields; None without a position.
+
+    Every value is range-checked before it is computed on (the great-circle distance
+    to the MAXI corners), so an out-of-range one is reported as such, with its path.
+    """
+    if not (_is_number(obj.get("ra")) and _is_number(obj.get("dec"))):
         return None
-    err = obj.get("ra_dec_error", obj.get("ra_uncertainty"))
+    ra = _coord(obj["ra"], "ra", "/ra", where)
+    dec = _coord(obj["dec"], "dec", "/dec", where)
+    err_key = "ra_dec_error" if "ra_dec_error" in obj else "ra_uncertainty"
+    err = obj.get(err_key)
     radius = None
     if isinstance(err, list):
         # core/Localization: [semi-major, semi-minor (default = major), position angle (default 0)]
-        vals = [_num(v) for v in err[:3]]
+        vals = [_num(v, f"/{err_key}/{i}", where) for i, v in enumerate(err[:3])]
         if vals and None not in vals:
-            major = vals[0]
-            minor = vals[1] if len(vals) > 1 else major
+            major = _radius(err[0], f"/{err_key}/0", where)
+            minor = _radius(err[1], f"/{err_key}/1", where) if len(vals) > 1 else major
             radius = max(major, minor)
             if len(vals) > 1:
                 props["error_ellipse_deg"] = [major, minor, vals[2] if len(vals) > 2 else 0.0]
     else:
-        radius = _num(err)
+        radius = _radius(err, f"/{err_key}", where)
     corners = obj.get("rectangular_error_corners")
     if radius is None and isinstance(corners, list) and corners:
-        radius = max(_sep_deg(ra, dec, float(c[0]), float(c[1])) for c in corners)
+        radius = max(_sep_deg(ra, dec, c_ra, c_dec) for c_ra, c_dec in _corners(corners, where))
         props["error_rectangle_corners_deg"] = corners
-    containment = _num(obj.get("containment_probability"))
+    raw = obj.get("containment_probability")
+    containment = _num(raw, "/containment_probability", where)
     if containment is not None and containment > 1:  # percent (Classic SNEWS translation)
         containment /= 100.0
+    if containment is not None and not 0.0 <= containment <= 1.0:
+        raise DecodeError(f"{where}: containment_probability = {_short(raw)} is outside [0, 1] "
+                          "(or [0, 100] %) (at /containment_probability)")
     if radius is not None and containment is None:
         containment = 0.9  # core/Localization.schema.json default
     return PointLocalization(ra=ra, dec=dec, error_radius=radius, containment=containment if radius else None)
 
 
 def _healpix(obj: dict, where: str, props: dict) -> HealpixLocalization | None:
-    """Summarize an inline base64 FITS sky map; None (with the reason in props) if unusable."""
+    """Summarize an inline base64 FITS sky map; None (with the reason in props) if unusable.
+
+    The decoded size is bounded by ``max_skymap_bytes`` before decoding. A map over a
+    limit or unreadable is noted and skipped; running out of the CPU budget is not (it
+    stops the whole decode).
+    """
+    text = obj["healpix_file"]
+    if isinstance(text, str) and len(text) // 4 * 3 > current_limits().max_skymap_bytes:
+        reason = str(over_limit("max_skymap_bytes", len(text) // 4 * 3, "healpix_file decoded size in bytes"))
+        props["skymap_error"] = reason
+        logger.warning("%s: %s; using the point position if any", where, reason)
+        return None
     try:
-        raw = base64.b64decode(obj["healpix_file"], validate=True)
+        raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError, TypeError) as exc:
         props["skymap_error"] = f"healpix_file is not base64: {exc}"
         logger.warning("%s: healpix_file is not base64 (%s); using the point position if any", where, exc)
@@ -284,17 +390,29 @@ def _healpix(obj: dict, where: str, props: dict) -> HealpixLocalization | None:
         return None
     from broker.skymap import summarize_multiorder
 
+    url = obj.get("healpix_url")
     try:
-        return summarize_multiorder(raw, skymap_url=obj.get("healpix_url"))
+        return summarize_multiorder(raw, skymap_url=url if isinstance(url, str) else None)
     except DecodeError as exc:
+        check_cpu(f"{where} healpix_file")  # a map that used up the budget ends the decode
         props["skymap_error"] = str(exc)
         logger.warning("%s: healpix_file unusable (%s); using the point position if any", where, exc)
         return None
 
 
-def _slug(*parts: str | None) -> str:
-    text = "-".join(p for p in parts if p)
+def _slug(*parts: Any) -> str:
+    text = "-".join(str(p) for p in parts if p)
     return re.sub(r"[^a-z0-9_.-]+", "_", text.lower()).strip("_") or "unknown"
+
+
+def _text_field(obj: dict, key: str, default: str | None, where: str) -> str | None:
+    """``obj[key]`` when a non-empty string, else ``default``; another type is a DecodeError."""
+    value = obj.get(key)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise DecodeError(f"{where}: '{key}' must be a string, got {type(value).__name__} (at /{key})")
+    return value
 
 
 def decode(obj: dict) -> Event:
@@ -317,19 +435,19 @@ def decode(obj: dict) -> Event:
         mission, or an unparsable date-time; the message names the field.
     """
     path = schema_path(obj)
-    where = f"GCN notice {path or obj.get('mission', '?')}"
+    where = f"GCN notice {_plain(str(path or obj.get('mission', '?')))}"
     _, info = _schema_info(path)
     info = info or SchemaInfo(None, None, "em")
-    mission = obj.get("mission") or info.mission
+    mission = _text_field(obj, "mission", info.mission, where)
     if not mission:
-        raise DecodeError(f"{where}: no 'mission' field and schema {path!r} does not imply one")
-    instrument = obj.get("instrument") or info.instrument
+        raise DecodeError(f"{where}: no 'mission' field and schema {_short(path)} does not imply one")
+    instrument = _text_field(obj, "instrument", info.instrument, where)
     messenger = _MESSENGERS.get(str(obj.get("messenger", "")).lower(), info.messenger)
 
     time_field = "trigger_time" if "trigger_time" in obj else info.time_field
     if time_field not in obj:
         raise DecodeError(f"{where}: no '{time_field}' (event time T0)")
-    t0 = parse_utc(obj[time_field], f"{where} {time_field}")
+    t0 = _check_t0(parse_utc(obj[time_field], f"{where} {time_field}"), f"{where} {time_field}")
 
     stem = path.rsplit("/", 1)[-1].split(".")[0].lower() if path else "notice"
     alert_type = re.sub(r"[^a-z0-9]+", "_", str(obj.get("alert_type") or obj.get("notice_type") or stem).lower()).strip("_")
@@ -342,7 +460,7 @@ def decode(obj: dict) -> Event:
     if isinstance(obj.get("id"), list) and len(obj["id"]) > 1:
         props["ids"] = [str(i) for i in obj["id"]]
     for key, (name, scale) in _PROPERTIES.items():
-        value = _num(obj.get(key))
+        value = _num(obj.get(key), f"/{key}", where)
         if value is not None and name not in props:
             props[name] = value * scale if scale else value
     for key in _PASSTHROUGH:
@@ -357,10 +475,12 @@ def decode(obj: dict) -> Event:
 
     localization = _healpix(obj, where, props) if obj.get("healpix_file") else None
     if localization is None:
-        localization = _point(obj, props)
+        localization = _point(obj, props, where)
 
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: a lone surrogate ("\ud800" in the JSON) must not stop the digest;
+    # Event rejects it, naming the field, if it reaches one.
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
     slug = _slug(mission, instrument)
     if upstream_id is None:
         event_id = f"gcn:{slug}:{digest[:16]}"
@@ -377,8 +497,8 @@ def decode(obj: dict) -> Event:
         id=event_id,
         source="gcn",
         messenger=messenger,
-        mission=str(mission),
-        instrument=str(instrument) if instrument else None,
+        mission=mission,
+        instrument=instrument,
         upstream_id=str(upstream_id),
         alert_type=alert_type,
         time=format_time(t0),
