@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from broker.errors import DecodeError
-from broker.event import Event, HealpixLocalization, format_time
+from broker.event import EARLIEST_TIME, LATEST_TIME, MAX_ID_CHARS, Event, HealpixLocalization, check_text, format_time
+from broker.limits import check_cpu, current_limits, over_limit
 from broker.skymap import summarize_multiorder
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,37 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A bounded repr of an input value for an error message, safe to encode as UTF-8."""
+    text = repr(value) if not isinstance(value, (dict, list)) else f"<{type(value).__name__} of {len(value)}>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _parse_time(value: Any, what: str) -> datetime:
-    """Parse an ISO 8601 time (``Z``, offset or naive = UTC) as an aware UTC datetime."""
+    """Parse an ISO 8601 time (``Z``, offset or naive = UTC) as an aware UTC datetime.
+
+    A time that leaves the years 1..9999 once its offset is applied (``0001-01-01T00:00
+    +01:00``) is a DecodeError, as is any text ``datetime.fromisoformat`` refuses.
+    """
     if not isinstance(value, str) or not value.strip():
-        raise DecodeError(f"{what} missing or not a string: {value!r}")
+        raise DecodeError(f"{what} missing or not a string: {_short(value)}")
     text = value.strip()
     try:
         t = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
     except ValueError:
-        raise DecodeError(f"{what} is not an ISO 8601 time: {value!r}") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+        raise DecodeError(f"{what} is not an ISO 8601 time: {_short(value)}") from None
+    except OverflowError:
+        raise DecodeError(f"{what} is out of range once converted to UTC: {_short(value)}") from None
+
+
+def _check_t0(t: datetime, what: str) -> datetime:
+    """``t`` if within the years an alert time can have (:data:`broker.event.EARLIEST_TIME` ..)."""
+    if not EARLIEST_TIME <= t.replace(tzinfo=None) < LATEST_TIME:
+        raise DecodeError(f"{what} = {format_time(t)} is outside {EARLIEST_TIME:%Y-%m-%d} .. {LATEST_TIME:%Y-%m-%d}")
+    return t
 
 
 def _compact_utc(t: datetime) -> str:
@@ -67,12 +89,21 @@ def _compact_utc(t: datetime) -> str:
 
 
 def _float_or_none(value: Any, what: str) -> float | None:
+    """``float(value)``, None for None. NaN/±Infinity are kept (Event stores them as null).
+
+    Raises
+    ------
+    DecodeError
+        For a value that is no number, or an integer too large for a float.
+    """
     if value is None:
         return None
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise DecodeError(f"{what} is not a number: {value!r}") from None
+        raise DecodeError(f"{what} is not a number: {_short(value)}") from None
+    except OverflowError:
+        raise DecodeError(f"{what} is an integer of {len(str(abs(value))):,} digits, too large for a float") from None
 
 
 def _summarize(blob: Any, what: str, sid: str) -> HealpixLocalization | None:
@@ -80,6 +111,8 @@ def _summarize(blob: Any, what: str, sid: str) -> HealpixLocalization | None:
     if blob is None or blob == "" or blob == b"":
         return None
     if isinstance(blob, str):
+        if len(blob) // 4 * 3 > current_limits().max_skymap_bytes:
+            raise over_limit("max_skymap_bytes", len(blob) // 4 * 3, f"igwn {sid}: {what} decoded size in bytes")
         try:
             blob = base64.b64decode(blob, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -119,7 +152,8 @@ def _external_coinc(ext: Any, sid: str) -> dict[str, Any] | None:
     if not isinstance(ext, dict):
         raise DecodeError(f"igwn {sid}: external_coinc must be an object, got {type(ext).__name__}")
     notice_id = ext.get("gcn_notice_id")
-    if isinstance(notice_id, str) and notice_id.strip().isdigit():
+    # ASCII digits only: str.isdigit() is also true for "²", which int() refuses
+    if isinstance(notice_id, str) and re.fullmatch(r"[0-9]{1,30}", notice_id.strip()):
         notice_id = int(notice_id)
     out = {
         "gcn_notice_id": notice_id,
@@ -142,15 +176,21 @@ def _normalize(alert: dict, fmt: str) -> Event:
     """Normalize one gwalert given as a dict (JSON object or Avro record)."""
     sid = alert.get("superevent_id")
     if not isinstance(sid, str) or not sid.strip():
-        raise DecodeError(f"igwn gwalert: 'superevent_id' missing or empty: {sid!r}")
+        raise DecodeError(f"igwn gwalert: 'superevent_id' missing or empty: {_short(sid)}")
     sid = sid.strip()
+    if len(sid) > MAX_ID_CHARS:  # checked first: every later message names it
+        raise DecodeError(f"igwn gwalert: 'superevent_id' is {len(sid):,} characters long, over {MAX_ID_CHARS}")
+    try:
+        check_text(sid, "'superevent_id'")
+    except ValueError as exc:
+        raise DecodeError(f"igwn gwalert: {exc}") from None
     raw_type = alert.get("alert_type")
     alert_type = raw_type.strip().lower() if isinstance(raw_type, str) else ""
     if alert_type not in ALERT_TYPES:
         raise DecodeError(f"igwn {sid}: 'alert_type' {raw_type!r} is not one of {', '.join(ALERT_TYPES)}")
     if "time_created" not in alert:
         raise DecodeError(f"igwn {sid}: 'time_created' missing")
-    created = _parse_time(alert["time_created"], f"igwn {sid}: 'time_created'")
+    created = _check_t0(_parse_time(alert["time_created"], f"igwn {sid}: 'time_created'"), f"igwn {sid}: 'time_created'")
     urls = alert.get("urls") or {}
     if not isinstance(urls, dict):
         raise DecodeError(f"igwn {sid}: 'urls' must be an object, got {type(urls).__name__}")
@@ -164,11 +204,15 @@ def _normalize(alert: dict, fmt: str) -> Event:
     elif not isinstance(event, dict):
         raise DecodeError(f"igwn {sid}: 'event' must be an object or null, got {type(event).__name__}")
     else:
-        t0, props["time_source"] = _parse_time(event.get("time"), f"igwn {sid}: 'event.time'"), "event.time"
+        t0 = _check_t0(_parse_time(event.get("time"), f"igwn {sid}: 'event.time'"), f"igwn {sid}: 'event.time'")
+        props["time_source"] = "event.time"
         instruments = event.get("instruments") or []
         if not isinstance(instruments, list) or not all(isinstance(i, str) for i in instruments):
             raise DecodeError(f"igwn {sid}: 'event.instruments' must be a list of strings: {instruments!r}")
         instrument = ",".join(instruments) or None
+        for key in ("classification", "properties"):
+            if not isinstance(event.get(key) or {}, dict):
+                raise DecodeError(f"igwn {sid}: 'event.{key}' must be an object, got {type(event[key]).__name__}")
         props.update({
             "far_hz": _float_or_none(event.get("far"), f"igwn {sid}: 'event.far'"),
             "significant": event.get("significant"),
@@ -251,7 +295,10 @@ def decode_avro(data: bytes, header: Any) -> list[Event]:
         raise DecodeError(f"igwn: corrupt Avro container ({type(exc).__name__}: {_one_line(exc)})") from None
     if not records:
         raise DecodeError("igwn: Avro container holds no alert")
-    events = [_normalize(rec, "avro") for rec in records]
+    events = []
+    for rec in records:
+        events.append(_normalize(rec, "avro"))
+        check_cpu("igwn Avro records")
     log.debug("igwn: %d alert(s) in Avro container (%s)", len(events), header.schema_name)
     return events
 
