@@ -8,7 +8,9 @@ here as literals: they come from settings (SecretStr) and are not logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
@@ -124,7 +126,9 @@ class DeliveryTracker:
 
 
 def flush_or_raise(producer: confluent_kafka.Producer, tracker: DeliveryTracker, timeout_s: float = 60.0) -> None:
-    """Wait until every produced message is acknowledged, or raise.
+    """Wait until every produced message is acknowledged, or raise (for one-shot tools).
+
+    Stages use :func:`publish`, which waits out a Kafka outage instead.
 
     Raises
     ------
@@ -135,6 +139,136 @@ def flush_or_raise(producer: confluent_kafka.Producer, tracker: DeliveryTracker,
     if remaining:
         raise BrokerError(f"{remaining} message(s) still queued after {timeout_s:.0f} s (is Kafka up?)")
     tracker.raise_if_failed()
+
+
+class StageStopped(BrokerError):
+    """The stage was asked to stop while it waited for Kafka; nothing was committed."""
+
+
+PERMANENT_DELIVERY_ERRORS = frozenset({
+    confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+    confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+    confluent_kafka.KafkaError.INVALID_RECORD,
+    confluent_kafka.KafkaError.INVALID_MSG,
+    confluent_kafka.KafkaError.INVALID_MSG_SIZE,
+    confluent_kafka.KafkaError._INVALID_ARG,
+})
+"""Delivery errors that depend on the message itself: sending it again cannot succeed.
+Every other error (timeouts, no leader, transport, all brokers down) is Kafka being
+away or busy, and is waited out."""
+
+
+@dataclass
+class Outgoing:
+    """One record a stage wants on a topic; ``tag`` is the caller's handle on its origin."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    tag: Any = None
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff that logs what it is waiting for."""
+
+    name: str
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+    delay: float = 0.0
+
+    def wait(self, what: str, stop: Any = None) -> None:
+        self.delay = self.initial_s if self.delay == 0 else min(self.delay * 2, self.max_s)
+        log.warning("%s: %s; waiting %.1f s", self.name, what, self.delay)
+        if stop is not None and stop.is_set():
+            raise StageStopped(f"{self.name}: stopped while {what}")
+        self.sleep(self.delay)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+def publish(producer: confluent_kafka.Producer, records: Sequence[Outgoing], *, name: str,
+            stop: Any = None, flush_s: float = 10.0, backoff: Backoff | None = None,
+            ) -> list[tuple[Outgoing, str]]:
+    """Produce ``records`` and wait until Kafka acknowledged each, however long it is away.
+
+    A record refused for what it is (:data:`PERMANENT_DELIVERY_ERRORS`, e.g. larger than
+    the topic's ``max.message.bytes``) is returned with the reason; all others are
+    produced again with capped exponential backoff until acknowledged. While Kafka is
+    unreachable the stage therefore pauses (a warning every ``flush_s``) and resumes
+    when it returns.
+
+    Parameters
+    ----------
+    producer : confluent_kafka.Producer
+    records : sequence of Outgoing
+    name : str
+        Stage name for the log.
+    stop : threading.Event, optional
+        When set during a wait, :class:`StageStopped` is raised (no offsets are
+        committed, the batch will be consumed again).
+    flush_s : float
+        How long one ``flush()`` waits before the wait is logged, s.
+
+    Returns
+    -------
+    list of (Outgoing, str)
+        The records Kafka refused permanently, with the reason.
+
+    Raises
+    ------
+    StageStopped
+        If ``stop`` was set while waiting.
+    """
+    backoff = backoff or Backoff(name)
+    refused: list[tuple[Outgoing, str]] = []
+    pending = list(records)
+    while pending:
+        failed: list[tuple[Outgoing, confluent_kafka.KafkaError]] = []
+        for rec in pending:
+            _produce(producer, rec, failed, refused, name, stop, backoff)
+        start = time.monotonic()
+        while (remaining := producer.flush(flush_s)) > 0:
+            if stop is not None and stop.is_set():
+                raise StageStopped(f"{name}: stopped with {remaining} message(s) unacknowledged")
+            log.warning("%s: waiting for Kafka: %d message(s) unacknowledged for %.0f s",
+                        name, remaining, time.monotonic() - start)
+        pending = []
+        for rec, err in failed:
+            if err.code() in PERMANENT_DELIVERY_ERRORS:
+                refused.append((rec, f"Kafka refused the record for {rec.topic}: {err.str()}"))
+            else:
+                pending.append(rec)
+        if pending:
+            backoff.wait(f"{len(pending)} record(s) not delivered ({failed[0][1].str()}), producing them again", stop)
+    backoff.reset()
+    return refused
+
+
+def _produce(producer: confluent_kafka.Producer, rec: Outgoing, failed: list, refused: list, name: str,
+             stop: Any, backoff: Backoff) -> None:
+    def on_delivery(err: confluent_kafka.KafkaError | None, _msg: Any, rec: Outgoing = rec) -> None:
+        if err is not None:
+            failed.append((rec, err))
+
+    while True:
+        try:
+            producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers, on_delivery=on_delivery)
+            producer.poll(0)
+            return
+        except BufferError:  # local queue full: let deliveries drain
+            producer.poll(1.0)
+            if stop is not None and stop.is_set():
+                raise StageStopped(f"{name}: stopped while the producer queue was full") from None
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0]
+            if err.code() in PERMANENT_DELIVERY_ERRORS:
+                refused.append((rec, f"Kafka refused the record for {rec.topic}: {err.str()}"))
+                return
+            backoff.wait(f"produce to {rec.topic} failed ({err.str()})", stop)
 
 
 # Commit errors that only mean "these partitions moved to another worker during a
@@ -149,22 +283,34 @@ REBALANCE_COMMIT_ERRORS = {
 }
 
 
-def commit_offsets(consumer: confluent_kafka.Consumer, offsets: dict[tuple[str, int], int], name: str) -> bool:
-    """Commit ``{(topic, partition): next offset}`` synchronously.
+def commit_offsets(consumer: confluent_kafka.Consumer, offsets: dict[tuple[str, int], int], name: str,
+                   *, stop: Any = None, backoff: Backoff | None = None) -> bool:
+    """Commit ``{(topic, partition): next offset}`` synchronously, waiting out Kafka.
 
     Returns False (and logs) when the partitions moved in a rebalance, which is not
-    an error for an idempotent stage; any other commit failure raises.
+    an error for an idempotent stage. Any other failure (Kafka away, coordinator
+    moving) is retried with capped exponential backoff until it succeeds.
+
+    Raises
+    ------
+    StageStopped
+        If ``stop`` is set while waiting (the batch will be consumed again).
     """
+    backoff = backoff or Backoff(name)
     tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-    try:
-        consumer.commit(offsets=tps, asynchronous=False)
-    except confluent_kafka.KafkaException as exc:
-        if exc.args[0].code() not in REBALANCE_COMMIT_ERRORS:
-            raise
-        log.warning("%s: offsets not committed, partitions moved in a rebalance (%s); the batch is "
-                    "durable and may be redelivered to their new owner", name, exc.args[0].str())
-        return False
-    return True
+    while True:
+        try:
+            consumer.commit(offsets=tps, asynchronous=False)
+        except confluent_kafka.KafkaException as exc:
+            code = exc.args[0].code()
+            if code in REBALANCE_COMMIT_ERRORS:
+                log.warning("%s: offsets not committed, partitions moved in a rebalance (%s); the batch is "
+                            "durable and may be redelivered to their new owner", name, exc.args[0].str())
+                return False
+            backoff.wait(f"offset commit failed ({exc.args[0].str()})", stop)
+            continue
+        backoff.reset()
+        return True
 
 
 def _subscribed(topic: str, subscription: Iterable[str]) -> bool:
@@ -175,6 +321,20 @@ def _subscribed(topic: str, subscription: Iterable[str]) -> bool:
 
 def caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = None,
               subscription: Iterable[str] | None = None) -> bool:
+    """:func:`group_caught_up`, but False (logged) while Kafka does not answer.
+
+    Right after an outage the group coordinator may time out ("Failed to get
+    committed offsets: Local: Timed out"): that means "not known yet", not an error.
+    """
+    try:
+        return group_caught_up(consumer, admin, subscription)
+    except (confluent_kafka.KafkaException, KeyError) as exc:
+        log.warning("caught-up check: Kafka did not answer (%s); will check again", exc)
+        return False
+
+
+def group_caught_up(consumer: confluent_kafka.Consumer, admin: AdminClient | None = None,
+                    subscription: Iterable[str] | None = None) -> bool:
     """True when the consumer's group has committed every partition it reads up to its end.
 
     With ``admin`` and ``subscription`` the check covers every partition of every

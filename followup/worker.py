@@ -17,7 +17,10 @@ Two consumer groups, each scalable by adding processes:
   upstream id withdrawn and publishes one withdrawal message; a request whose event is
   already retracted is recorded as withdrawn without running.
 
-Undecodable messages go to ``mma.dlq`` with the reason, like the ingest stage's.
+Like the ingest stage, no single message can stop either loop: a message that does
+not decode, or whose handling raises, goes to ``mma.dlq`` with its reason
+(:mod:`broker.pipeline.deadletter`) and the batch goes on; while Kafka is away the
+loop waits and resumes (:func:`broker.kafka.publish`, :func:`broker.kafka.commit_offsets`).
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ from typing import Any
 
 import confluent_kafka
 
-from broker.errors import DecodeError
-from broker.kafka import DeliveryTracker, caught_up, commit_offsets, flush_or_raise
+from broker.errors import BrokerError, DecodeError
+from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
+from broker.limits import DEFAULT_LIMITS
+from broker.pipeline.deadletter import dead_letter, minimal, one_line
+from broker.pipeline.ingest import is_infrastructure_error
 from broker.serde import EventCodec, Provenance
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
 from followup.rules import decide
@@ -72,29 +78,39 @@ class _KafkaLoop:
     """The topics this loop reads (for :meth:`caught_up`)."""
 
     def __init__(self, consumer: confluent_kafka.Consumer, producer: confluent_kafka.Producer, *, dlq_topic: str,
-                 stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5) -> None:
+                 stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5,
+                 max_dlq_bytes: int = DEFAULT_LIMITS.max_dlq_bytes, backoff: Backoff | None = None) -> None:
         self.consumer, self.producer, self.dlq_topic = consumer, producer, dlq_topic
         self.stats, self.batch_size, self.poll_timeout_s = stats, batch_size, poll_timeout_s
-        self.tracker = DeliveryTracker()
+        self.max_dlq_bytes = max_dlq_bytes
+        self.backoff = backoff or Backoff(self.name)
+        self.stop: threading.Event | None = None
+        self._outbox: list[Outgoing] = []
+        self._current: Any = None
 
     def handle(self, msg: confluent_kafka.Message) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """Queue one output record of the message being handled (sent by :meth:`process`)."""
+        self._outbox.append(Outgoing(topic, key, value, headers, tag=self._current))
 
     def after_flush(self) -> None:
         """Called once the batch's output is acknowledged, before the commit."""
 
     def dead_letter(self, msg: confluent_kafka.Message, reason: str) -> None:
-        logger.warning("%s: dead letter %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(), msg.offset(), reason)
-        headers = list(msg.headers() or []) + [
-            ("mma.dlq.reason", reason.encode()), ("mma.dlq.stage", self.name.encode()),
-            ("mma.dlq.topic", (msg.topic() or "").encode()), ("mma.dlq.partition", str(msg.partition()).encode()),
-            ("mma.dlq.offset", str(msg.offset()).encode())]
-        self.producer.produce(self.dlq_topic, key=msg.key(), value=msg.value(), headers=headers,
-                              on_delivery=self.tracker.callback)
+        logger.warning("%s: dead letter %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(), msg.offset(),
+                       one_line(reason, 300))
+        letter = dead_letter(msg, reason, self.name, max_bytes=self.max_dlq_bytes)
+        self._outbox.append(Outgoing(self.dlq_topic, tag=("dlq", letter), **letter.kwargs()))
         self.stats.dead_letters += 1
 
     def process(self, msgs: Sequence[confluent_kafka.Message]) -> None:
-        """Handle a batch, wait for Kafka's acknowledgements, then commit offsets."""
+        """Handle a batch, wait for Kafka's acknowledgements, then commit offsets.
+
+        A message whose handling raises is dead-lettered (its queued outputs dropped);
+        an output Kafka refuses for its size dead-letters its message.
+        """
         offsets: dict[tuple[str, int], int] = {}
         for msg in msgs:
             err = msg.error()
@@ -102,14 +118,63 @@ class _KafkaLoop:
                 if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
                     logger.warning("%s: consumer error: %s", self.name, err)
                 continue
-            self.handle(msg)
+            mark = len(self._outbox)
+            self._current = msg
+            try:
+                self.handle(msg)
+            except StageStopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one message must not stop the stage
+                if is_infrastructure_error(exc):
+                    raise
+                logger.exception("%s: handling %s[%d]@%d failed", self.name, msg.topic(), msg.partition(),
+                                 msg.offset())
+                del self._outbox[mark:]
+                self.on_failed(msg)
+                self.dead_letter(msg, f"{self.name} failed: {type(exc).__name__}: {one_line(str(exc), 300)}")
+            finally:
+                self._current = None
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-            self.producer.poll(0)
         if not offsets:
             return
-        flush_or_raise(self.producer, self.tracker)
+        outbox, self._outbox = self._outbox, []
+        refused = publish(self.producer, outbox, name=self.name, stop=self.stop, backoff=self.backoff)
+        while refused:
+            retry: list[Outgoing] = []
+            for rec, reason in refused:
+                if isinstance(rec.tag, tuple) and rec.tag[0] == "dlq":
+                    small = minimal(rec.tag[1])
+                    retry.append(Outgoing(self.dlq_topic, tag=("dlq-minimal", small), **small.kwargs()))
+                elif isinstance(rec.tag, tuple):
+                    raise BrokerError(f"{self.name}: {self.dlq_topic} refused even a value-less dead letter: {reason}")
+                elif rec.tag is not None:
+                    self.on_failed(rec.tag)
+                    self.dead_letter(rec.tag, reason)
+                    retry.append(self._outbox.pop())
+            refused = publish(self.producer, retry, name=self.name, stop=self.stop, backoff=self.backoff)
         self.after_flush()
-        commit_offsets(self.consumer, offsets, self.name)
+        commit_offsets(self.consumer, offsets, self.name, stop=self.stop, backoff=self.backoff)
+
+    def on_failed(self, msg: confluent_kafka.Message) -> None:
+        """Forget what :meth:`handle` queued for ``msg`` (its outputs are not sent)."""
+
+    def _process_until_done(self, msgs: Sequence[confluent_kafka.Message], stop: threading.Event) -> None:
+        """:meth:`process`, retried from scratch while the database or disk is unavailable."""
+        while True:
+            try:
+                self.process(msgs)
+                self.backoff.reset()
+                return
+            except Exception as exc:
+                if not is_infrastructure_error(exc):
+                    raise
+                self._outbox = []
+                self.on_failed_batch()
+                self.backoff.wait(f"storage unavailable ({type(exc).__name__}: {one_line(str(exc), 200)}); "
+                                  "the batch will be handled again", stop)
+
+    def on_failed_batch(self) -> None:
+        """Forget everything queued for the batch being retried."""
 
     def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its high watermark."""
@@ -119,16 +184,19 @@ class _KafkaLoop:
             upstream_done: Callable[[], bool] = lambda: True) -> None:
         """Loop until ``stop`` is set, or (``until_caught_up``) until idle, caught up and
         ``upstream_done()`` (the worker waits for the trigger to finish first)."""
+        self.stop = stop
         last = time.monotonic()
         try:
             while not stop.is_set():
                 msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
                 if msgs:
-                    self.process(msgs)
+                    self._process_until_done(msgs, stop)
                     last = time.monotonic()
                 elif (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
                       and self.caught_up()):
                     break
+        except StageStopped as exc:
+            logger.info("%s", exc)
         finally:
             self.consumer.close()
 
@@ -160,7 +228,8 @@ class TriggerStage(_KafkaLoop):
         request = FollowupRequest(kind=kind, event=event, analyses=decision.analyses,
                                   params=self.params if kind == "analyze" else {},
                                   requested_by=f"rule:{decision.rule}", provenance=self.provenance)
-        publish_request(self.producer, self.requests_topic, request, self.tracker.callback)
+        key, value, headers = request_record(request)
+        self.send(self.requests_topic, key, value, headers)
         if kind == "withdraw":
             self.stats.withdraw_requests += 1
         else:
@@ -168,13 +237,17 @@ class TriggerStage(_KafkaLoop):
         logger.info("%s: %s request %s for %s (%s)", self.name, kind, request.request_id, event.id, decision.reason)
 
 
+def request_record(request: FollowupRequest) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key (upstream id), value and headers (content type, request id) of one request."""
+    return (request.event.upstream_id.encode(), request.encode(),
+            [("content-type", CONTENT_TYPE.encode()), ("mma.followup.request_id", request.request_id.encode())])
+
+
 def publish_request(producer: confluent_kafka.Producer, topic: str, request: FollowupRequest,
                     on_delivery: Callable | None = None) -> None:
     """Produce one request (key = upstream id; headers: content type, request id)."""
-    producer.produce(topic, key=request.event.upstream_id.encode(), value=request.encode(),
-                     headers=[("content-type", CONTENT_TYPE.encode()),
-                              ("mma.followup.request_id", request.request_id.encode())],
-                     on_delivery=on_delivery)
+    key, value, headers = request_record(request)
+    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
 
 
 class WorkerStage(_KafkaLoop):
@@ -226,17 +299,20 @@ class WorkerStage(_KafkaLoop):
             document, png = self._analyze(request)
             self.store.insert(document, png)
             self.stats.results += 1
-        self.producer.produce(self.results_topic, key=request.event.upstream_id.encode(),
-                              value=result_message(document),
-                              headers=[("content-type", CONTENT_TYPE.encode()),
-                                       ("mma.followup.request_id", rid.encode()),
-                                       ("mma.followup.kind", document["kind"].encode())],
-                              on_delivery=self.tracker.callback)
-        self._published.append(rid)
+        self.send(self.results_topic, request.event.upstream_id.encode(), result_message(document),
+                  [("content-type", CONTENT_TYPE.encode()), ("mma.followup.request_id", rid.encode()),
+                   ("mma.followup.kind", document["kind"].encode())])
+        self._published.append((self._current, rid))
         return document
 
     def after_flush(self) -> None:
-        self.store.mark_published(self._published)
+        self.store.mark_published([rid for _, rid in self._published])
+        self._published = []
+
+    def on_failed(self, msg: confluent_kafka.Message) -> None:
+        self._published = [(m, rid) for m, rid in self._published if m is not msg]
+
+    def on_failed_batch(self) -> None:
         self._published = []
 
     def _base(self, request: FollowupRequest, kind: str) -> dict[str, Any]:
@@ -342,7 +418,7 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     archive = open_archive(s)
     ensure_topics(s, [events, requests, results, dlq])
     stats = FollowupStats()
-    loop = {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s}
+    loop = {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "max_dlq_bytes": s.limits.max_dlq_bytes}
     trigger = TriggerStage(
         make_consumer(s, f"{s.group_id}.followup.trigger"), make_producer(s), requests_topic=requests,
         dlq_topic=dlq, rules=f.rules, enabled_analyses=f.analyses, params=request_params(s),

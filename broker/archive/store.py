@@ -217,6 +217,43 @@ class Archive:
         log.debug("archived batch: %s", result)
         return result
 
+    def store_raw(self, blobs: Sequence[bytes]) -> list[RawRef]:
+        """Keep raw bytes that have no Event (dead letters) in the raw store.
+
+        Parameters
+        ----------
+        blobs : sequence of bytes, length n
+
+        Returns
+        -------
+        list of RawRef, length n
+            Where each blob is (deduplicated by sha256); :meth:`raw_by_ref` reads it back.
+        """
+        store = self.raw_store
+        if not store.transactional:
+            return store.put_many(blobs)
+
+        def txn() -> list[RawRef]:
+            with self.engine.begin() as conn:
+                return store.put_many(blobs, conn)
+
+        return retry_transient(txn, what=f"raw store write of {len(blobs)} dead letter(s)",
+                               deadline_s=self.retry_deadline_s, max_delay_s=self.retry_max_delay_s,
+                               secret=self._secret)
+
+    def raw_by_ref(self, ref: RawRef) -> bytes:
+        """Raw bytes stored under ``ref`` (e.g. from a dead letter's headers), sha256-verified.
+
+        Raises
+        ------
+        RawStoreError
+            If the bytes are missing or corrupt.
+        """
+        if not self.raw_store.transactional:
+            return self.raw_store.get(ref)
+        with self.engine.connect() as conn:
+            return self.raw_store.get(ref, conn)
+
     # ------------------------------------------------------------------ reads
     def get(self, event_id: str) -> ArchivedEvent | None:
         """The archived Event ``event_id`` with its metadata, or None if absent."""

@@ -18,6 +18,8 @@ from lxml import etree
 
 from broker.config import REPO_ROOT
 from broker.errors import BrokerError, DecodeError
+from broker.kafka import Backoff
+from broker.limits import DEFAULT_LIMITS
 from broker.pipeline.ingest import IngestStage
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
 
@@ -62,7 +64,9 @@ class FakeMessage:
 class FakeProducer:
     """Records produce(); flush() reports every pending delivery (ok, or ``fail_with``)."""
 
-    def __init__(self, log, fail_with: KafkaError | None = None, remaining: int = 0):
+    def __init__(self, log, fail_with=None, remaining=0):
+        """``fail_with``: a KafkaError for every delivery, or a function record → error or None;
+        ``remaining``: what flush() returns (an int, or a list consumed one per call)."""
         self.log, self.fail_with, self.remaining = log, fail_with, remaining
         self.produced: list[dict] = []
         self._pending = []
@@ -78,10 +82,19 @@ class FakeProducer:
 
     def flush(self, timeout=None):
         self.log.append(("flush",))
+        if isinstance(self.remaining, list):
+            left = self.remaining.pop(0) if self.remaining else 0
+            if left:
+                return left
+        elif self.remaining:
+            return self.remaining
         for rec, cb in self._pending:
-            cb(self.fail_with, FakeMessage(rec["topic"], 0, 0, rec["value"], rec["key"]))
+            err = self.fail_with(rec) if callable(self.fail_with) else self.fail_with
+            if err is not None:
+                self.produced.remove(rec)
+            cb(err, FakeMessage(rec["topic"], 0, 0, rec["value"], rec["key"]))
         self._pending = []
-        return self.remaining
+        return 0
 
 
 class FakeConsumer:
@@ -95,7 +108,10 @@ class FakeConsumer:
     def commit(self, offsets=None, asynchronous=True):
         assert asynchronous is False
         self.log.append(("commit",))
-        if self.commit_error is not None:
+        if isinstance(self.commit_error, list):
+            if self.commit_error:
+                raise self.commit_error.pop(0)
+        elif self.commit_error is not None:
             raise self.commit_error
         self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
 
@@ -119,13 +135,14 @@ class FakeArchive:
         self.batches.append(list(items))
 
 
-def _stage(decode=None, *, fail_with=None, remaining=0, commit_error=None, batches=None):
+def _stage(decode=None, *, fail_with=None, remaining=0, commit_error=None, batches=None, limits=None):
     log: list = []
     consumer = FakeConsumer(log, commit_error, batches)
     producer = FakeProducer(log, fail_with, remaining)
     archive = FakeArchive(log)
     stage = IngestStage(consumer, producer, archive, events_topic="t.mma.events", dlq_topic="t.mma.dlq",
-                        provenance=PROV, decode=decode, name="ingest.test")
+                        provenance=PROV, decode=decode, name="ingest.test", limits=limits or DEFAULT_LIMITS,
+                        backoff=Backoff("ingest.test", sleep=lambda s: log.append(("sleep", s))))
     return stage, consumer, producer, archive, log
 
 
@@ -285,28 +302,73 @@ def test_commit_during_rebalance_does_not_raise():
     assert stage.stats.events == 1 and stage.stats.batches == 1
 
 
-def test_other_commit_errors_raise():
-    err = KafkaException(KafkaError(KafkaError._TRANSPORT))
-    stage, *_ = _stage(commit_error=err)
-    with pytest.raises(KafkaException):
+def test_other_commit_errors_are_retried_until_kafka_answers():
+    """Kafka away at commit time: the stage waits (backoff), it does not exit."""
+    errs = [KafkaException(KafkaError(KafkaError._TRANSPORT)), KafkaException(KafkaError(KafkaError._TIMED_OUT))]
+    stage, consumer, producer, archive, log = _stage(commit_error=errs)
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
+    assert [e[0] for e in log].count("commit") == 3 and [e[0] for e in log].count("sleep") == 2
+    assert consumer.commits == [{("igwn.gwalert", 0): 1}] and stage.stats.batches == 1
+
+
+def test_event_refused_by_kafka_as_too_large_goes_to_the_dlq_and_the_batch_commits():
+    def too_large_events(rec):
+        return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if rec["topic"] == "t.mma.events" else None
+
+    stage, consumer, producer, archive, log = _stage(fail_with=too_large_events)
+    batch = _mixed_batch()
+    stage.process(batch)
+    dlq = [p for p in producer.produced if p["topic"] == "t.mma.dlq"]
+    assert len(dlq) == 5  # the 3 bad messages, then the 2 whose Event Kafka refused
+    reasons = [dict(p["headers"])["mma.dlq.reason"].decode() for p in dlq]
+    assert all(r.startswith("archived, but Kafka refused the record for t.mma.events") for r in reasons[3:])
+    assert {p["value"] for p in dlq[3:]} == {batch[0].value(), batch[3].value()}
+    assert consumer.commits and stage.stats.dead_letters == 5
+
+
+def test_dead_letter_refused_as_too_large_is_sent_without_its_value():
+    def refuse_big_dlq(rec):
+        if rec["topic"] == "t.mma.dlq" and rec["value"] is not None:
+            return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+        return None
+
+    stage, consumer, producer, *_ = _stage(fail_with=refuse_big_dlq)
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes()[:500], key=b"k")])
+    (dlq,) = producer.produced
+    h = dict(dlq["headers"])
+    assert dlq["value"] is None and h["mma.dlq.truncated"] == b"true"
+    assert h["mma.dlq.size"] == b"500" and len(h["mma.dlq.sha256"]) == 64
+    assert consumer.commits == [{("igwn.gwalert", 0): 1}]
+
+
+def test_transient_delivery_failure_is_produced_again_not_dead_lettered():
+    failures = [KafkaError(KafkaError._MSG_TIMED_OUT)]
+
+    def once(rec):
+        return failures.pop() if failures else None
+
+    stage, consumer, producer, archive, log = _stage(fail_with=once)
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
+    assert [p["topic"] for p in producer.produced] == ["t.mma.events"]
+    assert ("sleep", 0.5) in log and consumer.commits == [{("igwn.gwalert", 0): 1}]
+
+
+def test_messages_still_queued_are_waited_for_then_committed():
+    stage, consumer, producer, archive, log = _stage(remaining=[2, 2, 0])
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
+    assert [e[0] for e in log].count("flush") == 3
+    assert consumer.commits == [{("igwn.gwalert", 0): 1}]
+
+
+def test_stop_while_waiting_for_kafka_commits_nothing():
+    from broker.kafka import StageStopped
+
+    stage, consumer, producer, archive, log = _stage(remaining=5)
+    stage.stop = threading.Event()
+    stage.stop.set()
+    with pytest.raises(StageStopped):
         stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
-    assert stage.stats.batches == 0
-
-
-def test_delivery_failure_raises_and_does_not_commit():
-    stage, consumer, producer, archive, log = _stage(fail_with=KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-    with pytest.raises(BrokerError, match="not delivered") as info:
-        stage.process(_mixed_batch())
-    assert "t.mma." in str(info.value)
-    assert ("commit",) not in log and consumer.commits == []
-    assert stage.stats.batches == 0 and stage.stats.events == 0
-
-
-def test_messages_still_queued_raise_and_do_not_commit():
-    stage, consumer, producer, archive, log = _stage(remaining=2)
-    with pytest.raises(BrokerError, match="2 message"):
-        stage.process([FakeMessage("igwn.gwalert", 0, 0, IGWN_JSON.read_bytes())])
-    assert ("commit",) not in log
+    assert consumer.commits == []
 
 
 def test_run_processes_batches_until_stopped_and_closes():
@@ -320,3 +382,115 @@ def test_run_processes_batches_until_stopped_and_closes():
     assert seen == [1, 2]
     assert stats.batches == 2 and stats.messages == 7 and stats.dead_letters == 3
     assert len(consumer.commits) == 2
+
+
+# ---------------------------------------------------------------- poison pills (issue: hostile input)
+class PickyArchive(FakeArchive):
+    """Refuses (like PostgreSQL would) any batch holding an Event whose id is in ``bad``;
+    the refusal is the real ArchiveDataError class the archive raises."""
+
+    def __init__(self, log, bad, infra_failures=0):
+        super().__init__(log)
+        self.bad, self.infra_failures = set(bad), infra_failures
+        self.raw: list[bytes] = []
+
+    def write_batch(self, items):
+        from broker.archive.rows import ArchiveDataError
+
+        self.log.append(("archive", len(items)))
+        if self.infra_failures:
+            self.infra_failures -= 1
+            raise OSError(28, "No space left on device")
+        hit = [it.event.id for it in items if it.event.id in self.bad]
+        if hit:
+            raise ArchiveDataError(f"event {hit[0]}: refused")
+        self.batches.append(list(items))
+
+    def store_raw(self, blobs):
+        from broker.archive.raw import RawRef
+
+        self.raw.extend(blobs)
+        return [RawRef(sha256="0" * 64, length=len(b), segment="20261130/x.seg", offset=7) for b in blobs]
+
+
+def test_archive_failure_is_bisected_to_the_message_responsible():
+    batch = _good_batch()
+    stage, consumer, producer, _, log = _stage()
+    from broker.sources import decode
+
+    bad_id = decode(GBM_VOEVENT.read_bytes())[0].id
+    archive = PickyArchive(log, {bad_id})
+    stage.archive = archive
+    stage.process(batch)
+    archived = [it.event.id for b in archive.batches for it in b]
+    assert bad_id not in archived
+    # the same ZTF container twice (offsets 41, 42) plus the IGWN alert; the archive dedupes by id
+    assert len(archived) == 2 * len(_ztf_records(ZTF_MULTI)) + 1
+    assert set(archived) == {f"ztf:{r['candid']}" for r in _ztf_records(ZTF_MULTI)} | {
+        decode(IGWN_JSON.read_bytes())[0].id}
+    dlq = [p for p in producer.produced if p["topic"] == "t.mma.dlq"]
+    (letter,) = dlq
+    h = dict(letter["headers"])
+    assert letter["value"] == batch[1].value()
+    assert h["mma.dlq.reason"].startswith(b"archive refused the message: ArchiveDataError")
+    assert h["mma.dlq.raw.segment"] == b"20261130/x.seg" and archive.raw == [batch[1].value()]
+    events = [p for p in producer.produced if p["topic"] == "t.mma.events"]
+    assert sorted(EventCodec().decode(p["value"])[0].id for p in events) == sorted(archived)
+    assert consumer.commits and stage.stats.dead_letters == 1 and stage.stats.events == len(archived)
+
+
+def test_storage_outage_is_waited_out_not_dead_lettered():
+    batches = [_good_batch()[1:3]]
+    stage, consumer, producer, _, log = _stage(batches=batches)
+    archive = PickyArchive(log, set(), infra_failures=2)
+    stage.archive = archive
+    stop = threading.Event()
+    consumer.stop = stop
+    stage.run(stop)
+    assert [e[0] for e in log].count("sleep") == 2
+    assert not [p for p in producer.produced if p["topic"] == "t.mma.dlq"]
+    assert len(archive.batches) == 1 and len(consumer.commits) == 1
+
+
+def test_oversized_event_and_dead_letter_are_bounded():
+    from broker.limits import DecodeLimits
+
+    limits = DecodeLimits(max_event_bytes=300, max_dlq_bytes=100)
+    stage, consumer, producer, archive, log = _stage(limits=limits)
+    data = IGWN_JSON.read_bytes()
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, data)])
+    assert archive.batches == []
+    (letter,) = producer.produced
+    h = dict(letter["headers"])
+    assert b"over the limit max_event_bytes = 300" in h["mma.dlq.reason"]
+    import hashlib
+
+    assert letter["value"] == data[:100] and h["mma.dlq.truncated"] == b"true"
+    assert h["mma.dlq.size"] == str(len(data)).encode() and h["mma.dlq.sha256"] == hashlib.sha256(data).hexdigest().encode()
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda a: a.__setitem__("superevent_id", "MS\ud800x"), b"not valid Unicode"),
+    (lambda a: a["event"].__setitem__("far", float("nan")), None),
+])
+def test_poison_values_in_a_real_alert_never_stop_the_batch(mutate, reason):
+    """A lone surrogate in an id is a dead letter with a reason that encodes; a NaN FAR
+    is stored as null with a note. The good messages around it are archived."""
+    alert = json.loads(IGWN_JSON.read_text())
+    mutate(alert)
+    bad = json.dumps(alert).encode()  # json escapes the surrogate as \ud800, as an attacker would send it
+    stage, consumer, producer, archive, log = _stage()
+    stage.process([FakeMessage("igwn.gwalert", 0, 0, GBM_VOEVENT.read_bytes()),
+                   FakeMessage("igwn.gwalert", 0, 1, bad, key="MS\ud800x".encode("utf-8", "surrogatepass")),
+                   FakeMessage("igwn.gwalert", 0, 2, IGWN_JSON.read_bytes())])
+    dlq = [p for p in producer.produced if p["topic"] == "t.mma.dlq"]
+    if reason is None:
+        assert not dlq
+        ev = [it.event for b in archive.batches for it in b if it.raw == bad][0]
+        assert ev.properties["far_hz"] is None and ev.properties["nonfinite_to_null"] == {"far_hz": "nan"}
+    else:
+        (letter,) = dlq
+        assert reason in dict(letter["headers"])["mma.dlq.reason"]
+        dict(letter["headers"])["mma.dlq.reason"].decode("utf-8")
+    assert len([p for p in producer.produced if p["topic"] == "t.mma.events"]) == (3 if reason is None else 2)
+    assert consumer.commits == [{("igwn.gwalert", 0): 3}]

@@ -1,0 +1,139 @@
+"""Dead letters: what a stage puts on ``mma.dlq`` for a message it cannot handle.
+
+A dead letter is the original message (key, value, headers) plus headers saying why
+and where it came from. It must always be producible, whatever the message held:
+
+* the reason is one line of valid UTF-8, at most :data:`MAX_REASON_CHARS`;
+* a value longer than ``max_dlq_bytes`` is cut to that length
+  (``mma.dlq.truncated = true``); ``mma.dlq.sha256`` and ``mma.dlq.size`` always
+  describe the whole original value, and when the stage has a raw store the whole value
+  is stored there first (``mma.dlq.raw.segment`` / ``mma.dlq.raw.offset`` locate it;
+  ``mma-broker dlq raw`` gets it back);
+* original headers are kept while they total at most :data:`MAX_HEADER_BYTES`
+  (otherwise dropped, ``mma.dlq.headers_dropped`` says how many bytes), and a key over
+  :data:`MAX_KEY_BYTES` is replaced by its sha256 (hex).
+
+Headers (all values UTF-8 text):
+
+==========================  ===================================================
+``mma.dlq.reason``          why, one line (a DecodeError's message, ...)
+``mma.dlq.stage``           the stage that refused it (``ingest.notices``, ...)
+``mma.dlq.topic``           topic, partition, offset and timestamp (ms) of the
+``mma.dlq.partition``       original message
+``mma.dlq.offset``
+``mma.dlq.timestamp_ms``
+``mma.dlq.sha256``          sha256 (hex) and length (bytes) of the original value
+``mma.dlq.size``
+``mma.dlq.truncated``       ``true`` when the value on the DLQ is a prefix
+``mma.dlq.raw.segment``     where the raw store holds the whole value (when stored)
+``mma.dlq.raw.offset``
+==========================  ===================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+MAX_REASON_CHARS = 1000
+"""Longest reason kept, characters."""
+MAX_HEADER_BYTES = 64 * 1024
+"""Original headers kept on a dead letter while their total is at most this, bytes."""
+MAX_KEY_BYTES = 4096
+"""A longer original key is replaced by its sha256."""
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` on one line, at most ``limit`` characters, always valid UTF-8.
+
+    Lone surrogates and other unencodable characters become ``\\udxxx`` escapes.
+    """
+    text = " ".join(str(text).split())
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record for ``mma.dlq``, ready for ``producer.produce(topic, **record.kwargs())``."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"key": self.key, "value": self.value, "headers": self.headers}
+
+    def size(self) -> int:
+        """Bytes of key, value and headers (what Kafka counts against its limits)."""
+        return (len(self.key or b"") + len(self.value or b"")
+                + sum(len(k) + len(v or b"") for k, v in self.headers))
+
+
+def dead_letter(msg: Any, reason: str, stage: str, *, max_bytes: int, raw_ref: Any = None) -> DeadLetter:
+    """Build the dead letter of ``msg`` (a confluent_kafka.Message or anything alike).
+
+    Parameters
+    ----------
+    msg : confluent_kafka.Message
+        The message refused.
+    reason : str
+        Why; made one line of valid UTF-8 here.
+    stage : str
+        Name of the refusing stage.
+    max_bytes : int
+        Longest value copied (``DecodeLimits.max_dlq_bytes``), bytes.
+    raw_ref : broker.archive.raw.RawRef, optional
+        Where the raw store keeps the whole value.
+
+    Returns
+    -------
+    DeadLetter
+    """
+    value = msg.value()
+    key = msg.key()
+    original = list(msg.headers() or [])
+    header_bytes = sum(len(k) + len(v or b"") for k, v in original)
+    headers: list[tuple[str, bytes | None]] = original if header_bytes <= MAX_HEADER_BYTES else []
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        key = hashlib.sha256(key).hexdigest().encode()
+    try:
+        _, ts = msg.timestamp()
+    except Exception:  # noqa: BLE001 - a fake or odd message without a timestamp
+        ts = -1
+
+    def h(name: str, text: object) -> None:
+        headers.append((name, str(text).encode("utf-8", "backslashreplace")))
+
+    h("mma.dlq.reason", one_line(reason))
+    h("mma.dlq.stage", stage)
+    h("mma.dlq.topic", msg.topic() or "")
+    h("mma.dlq.partition", msg.partition())
+    h("mma.dlq.offset", msg.offset())
+    h("mma.dlq.timestamp_ms", ts)
+    if header_bytes > MAX_HEADER_BYTES:
+        h("mma.dlq.headers_dropped", header_bytes)
+    if value is not None:
+        h("mma.dlq.sha256", hashlib.sha256(value).hexdigest())
+        h("mma.dlq.size", len(value))
+        if len(value) > max_bytes:
+            value = value[:max_bytes]
+            h("mma.dlq.truncated", "true")
+    if raw_ref is not None:
+        h("mma.dlq.raw.segment", raw_ref.segment if raw_ref.segment is not None else "")
+        h("mma.dlq.raw.offset", raw_ref.offset if raw_ref.offset is not None else "")
+    return DeadLetter(key=key, value=value, headers=headers)
+
+
+def minimal(letter: DeadLetter) -> DeadLetter:
+    """The same dead letter with no value and only the ``mma.dlq.*`` headers.
+
+    The last resort when Kafka refuses a dead letter as too large (a topic whose
+    ``max.message.bytes`` is below ``max_dlq_bytes``): the reason, origin and sha256
+    still reach the DLQ, and the value stays in the raw store.
+    """
+    headers = [(k, v) for k, v in letter.headers if k.startswith("mma.dlq.")]
+    if not any(k == "mma.dlq.truncated" for k, _ in headers):
+        headers.append(("mma.dlq.truncated", b"true"))
+    return DeadLetter(key=None, value=None, headers=headers)

@@ -1,0 +1,81 @@
+"""The follow-up trigger loop never stops on one message (in-memory consumer/producer).
+
+Real alerts (a Fermi GBM notice, an IGWN preliminary) are decoded by the production
+code, encoded for ``mma.events`` as the ingest stage does, and fed to
+:class:`followup.worker.TriggerStage` with a corrupt message and a rule set that
+raises between them.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaError
+
+from broker.config import Settings
+from broker.kafka import Backoff
+from broker.serde import EventCodec, Provenance
+from broker.sources import decode
+from followup.messages import FollowupRequest
+from followup.worker import FollowupStats, TriggerStage
+from tests.unit.test_ingest_stage import GBM_VOEVENT, IGWN_JSON, FakeConsumer, FakeMessage, FakeProducer
+
+PROV = Provenance(component="ingest", version="test", config_hash="cafe00cafe00")
+
+
+def _trigger(fail_with=None):
+    log: list = []
+    consumer, producer = FakeConsumer(log), FakeProducer(log, fail_with)
+    s = Settings()
+    stage = TriggerStage(consumer, producer, requests_topic="t.req", dlq_topic="t.dlq", rules=s.followup.rules,
+                         enabled_analyses=["spiacs"], params={"window_s": 300.0}, provenance=PROV,
+                         stats=FollowupStats(), backoff=Backoff("t", sleep=lambda s: log.append(("sleep", s))))
+    return stage, consumer, producer
+
+
+def _events_msgs():
+    codec = EventCodec()
+    gbm = decode(GBM_VOEVENT.read_bytes())[0]
+    return gbm, [
+        FakeMessage("t.mma.events", 0, 0, codec.encode(gbm, PROV)),
+        FakeMessage("t.mma.events", 0, 1, b"\xc3\x01garbage", key=b"x"),
+        FakeMessage("t.mma.events", 0, 2, codec.encode(decode(IGWN_JSON.read_bytes())[0], PROV)),
+        FakeMessage("t.mma.events", 0, 3, codec.encode(gbm, PROV)),
+    ]
+
+
+def test_corrupt_event_and_a_raising_handler_are_dead_lettered_the_rest_goes_on(monkeypatch):
+    gbm, msgs = _events_msgs()
+    stage, consumer, producer = _trigger()
+    import followup.worker as worker
+
+    real = worker.decide
+    calls = []
+
+    def flaky(event, rules, enabled):
+        calls.append(event.id)
+        if len(calls) == 2:  # the IGWN alert: a bug in a rule
+            raise ZeroDivisionError("rule bug")
+        return real(event, rules, enabled)
+
+    monkeypatch.setattr(worker, "decide", flaky)
+    stage.process(msgs)
+    dlq = [p for p in producer.produced if p["topic"] == "t.dlq"]
+    reqs = [p for p in producer.produced if p["topic"] == "t.req"]
+    reasons = sorted(dict(p["headers"])["mma.dlq.reason"].decode() for p in dlq)
+    assert len(dlq) == 2
+    assert reasons[0].startswith("follow-up trigger: ") and "ZeroDivisionError: rule bug" in reasons[1]
+    assert [dict(p["headers"])["mma.dlq.offset"] for p in dlq] == [b"1", b"2"]
+    assert len(reqs) == 2 and all(FollowupRequest.decode(p["value"]).event == gbm for p in reqs)
+    assert consumer.commits == [{("t.mma.events", 0): 4}]
+
+
+def test_request_refused_as_too_large_dead_letters_its_event():
+    def refuse_requests(rec):
+        return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if rec["topic"] == "t.req" else None
+
+    gbm, msgs = _events_msgs()
+    stage, consumer, producer = _trigger(refuse_requests)
+    stage.process(msgs[:1])
+    (dead,) = producer.produced
+    assert dead["topic"] == "t.dlq" and dead["value"] == msgs[0].value()
+    assert dict(dead["headers"])["mma.dlq.reason"].startswith(b"Kafka refused the record for t.req")
+    assert consumer.commits == [{("t.mma.events", 0): 1}]
