@@ -105,7 +105,9 @@ def _card_int(card: bytes, index: int) -> int:
         return int(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         keyword = bytes(card[:8]).decode("ascii", "replace").strip()
-        raise DecodeError(f"sky map: unreadable FITS (HDU {index}: {keyword} = {text[:20]!r} is not an integer)") from None
+        raise DecodeError(
+            f"sky map: unreadable FITS (HDU {index}: {keyword} = {text[:20]!r} is not an integer)"
+        ) from None
 
 
 class _Layout:
@@ -168,7 +170,8 @@ class _Layout:
             if size > self.limit:
                 raise over_limit("max_skymap_bytes", size, f"sky map HDU {self.index} declared data size in bytes")
             if complete and p + size > n:
-                what = "HEALPix table" if bytes(buf[self.pos : self.pos + 20]).rstrip().endswith(b"'BINTABLE'") else "FITS"
+                table = bytes(buf[self.pos : self.pos + 20]).rstrip().endswith(b"'BINTABLE'")
+                what = "HEALPix table" if table else "FITS"
                 raise DecodeError(f"sky map: unreadable {what} (HDU {self.index} declares {size:,} bytes of data, "
                                   f"{max(n - p, 0):,} present: truncated file)")
             self.pos = p + -(-size // _BLOCK) * _BLOCK
@@ -235,7 +238,9 @@ def _gunzip(data: bytes, limit: int) -> bytes:
                     raise DecodeError("sky map: corrupt gzip stream (truncated: it ends inside a member)")
             rest = inflater.unused_data.lstrip(b"\0")  # zero padding after a member is allowed
             if rest and rest[:2] != GZIP_MAGIC:
-                raise DecodeError(f"sky map: corrupt gzip stream ({len(rest):,} bytes of garbage after the last member)")
+                raise DecodeError(
+                    f"sky map: corrupt gzip stream ({len(rest):,} bytes of garbage after the last member)"
+                )
     except zlib.error as exc:
         raise DecodeError(f"sky map: corrupt gzip stream ({exc})") from None
     return bytes(out)
@@ -531,7 +536,8 @@ def summarize(sky: MultiOrderSkyMap, skymap_url: str | None = None) -> HealpixLo
     DecodeError
         When the total probability is not finite (densities too large to sum).
     """
-    total = float(np.sum(sky.probdensity * pixel_area_sr(sky.uniq)))
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        total = float(np.sum(sky.probdensity * pixel_area_sr(sky.uniq)))
     if not math.isfinite(total):
         raise DecodeError(f"sky map: total probability is {total} (densities too large to sum)")
     if abs(total - 1.0) > 1e-3:

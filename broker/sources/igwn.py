@@ -190,7 +190,8 @@ def _normalize(alert: dict, fmt: str) -> Event:
         raise DecodeError(f"igwn {sid}: 'alert_type' {raw_type!r} is not one of {', '.join(ALERT_TYPES)}")
     if "time_created" not in alert:
         raise DecodeError(f"igwn {sid}: 'time_created' missing")
-    created = _check_t0(_parse_time(alert["time_created"], f"igwn {sid}: 'time_created'"), f"igwn {sid}: 'time_created'")
+    what = f"igwn {sid}: 'time_created'"
+    created = _check_t0(_parse_time(alert["time_created"], what), what)
     urls = alert.get("urls") or {}
     if not isinstance(urls, dict):
         raise DecodeError(f"igwn {sid}: 'urls' must be an object, got {type(urls).__name__}")
