@@ -235,6 +235,7 @@ def _ingest_workers(s: Settings, until_caught_up: bool):
             provenance=provenance(s, "ingest"), batch_size=up.batch_size or s.ingest.batch_size,
             poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=f"ingest.{up.name}",
             admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
+            limits=s.limits,
         )
         for up in s.upstreams
     ]

@@ -71,7 +71,8 @@ class EventCodec:
             "alert_type": event.alert_type,
             "time": event.time,
             "localization": loc,
-            "properties_json": json.dumps(event.properties, separators=(",", ":"), default=str),
+            "properties_json": json.dumps(event.properties, separators=(",", ":"), default=str, ensure_ascii=False,
+                                          allow_nan=False),
             "format": event.format,
             "provenance": {
                 "component": provenance.component,
