@@ -25,6 +25,8 @@ from broker.errors import BrokerError, DecodeError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-messenger alert broker.")
 events_app = typer.Typer(no_args_is_help=True, help="Read the alert archive.")
 app.add_typer(events_app, name="events")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: the messages a stage refused, with reasons.")
+app.add_typer(dlq_app, name="dlq")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -391,6 +393,50 @@ def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(Fa
         "raw_sha256": rec.raw.sha256,
     }
     print(json.dumps(d, indent=2))
+
+
+# ---------------------------------------------------------------- dlq
+@dlq_app.command("raw")
+def dlq_raw(
+    offset: int = typer.Argument(..., help="Offset of the dead letter on mma.dlq (see `subscribe mma.dlq`)."),
+    partition: int = typer.Option(0, "--partition", "-p", help="Its partition."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Write the whole original bytes of one dead letter (the DLQ copy of a large one is cut).
+
+    The dead letter's headers give the sha256, size and raw-store location of the
+    original; the bytes are read from the raw store and checked against the sha256.
+    """
+    from confluent_kafka import TopicPartition
+
+    from broker.app import open_archive
+    from broker.archive.raw import RawRef
+    from broker.kafka import make_consumer
+
+    s = settings()
+    topic = s.topic(s.dlq_topic)
+    consumer = make_consumer(s, f"{s.group_id}.dlq-raw")
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        msg = consumer.poll(10)
+    finally:
+        consumer.close()
+    if msg is None or msg.error() or msg.offset() != offset:
+        raise BrokerError(f"no dead letter at {topic}[{partition}]@{offset}")
+    h = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
+    value = msg.value()
+    if h.get("mma.dlq.truncated") == "true" or value is None:
+        if not h.get("mma.dlq.sha256"):
+            raise BrokerError(f"{topic}[{partition}]@{offset} has no mma.dlq.sha256 header (written by an older broker)")
+        seg, off = h.get("mma.dlq.raw.segment") or None, h.get("mma.dlq.raw.offset")
+        ref = RawRef(sha256=h["mma.dlq.sha256"], length=int(h.get("mma.dlq.size", "0")), segment=seg,
+                     offset=int(off) if off else None)
+        value = open_archive(s, read_only=True).raw_by_ref(ref)
+    if output is None:
+        sys.stdout.buffer.write(value)
+    else:
+        output.write_bytes(value)
+        print(f"{output}: {len(value):,} bytes, sha256 {h.get('mma.dlq.sha256', '-')}", file=sys.stderr)
 
 
 def _mount_followup() -> None:

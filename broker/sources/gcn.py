@@ -460,7 +460,10 @@ def decode(obj: dict) -> Event:
     if isinstance(obj.get("id"), list) and len(obj["id"]) > 1:
         props["ids"] = [str(i) for i in obj["id"]]
     for key, (name, scale) in _PROPERTIES.items():
-        value = _num(obj.get(key), f"/{key}", where)
+        raw = obj.get(key)
+        value = _num(raw, f"/{key}", where)
+        if value is None and isinstance(raw, float) and not math.isfinite(raw):
+            value = raw  # NaN/±Infinity: the Event stores null and notes it (nonfinite_to_null)
         if value is not None and name not in props:
             props[name] = value * scale if scale else value
     for key in _PASSTHROUGH:
