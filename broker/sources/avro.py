@@ -792,15 +792,20 @@ def read_records(data: bytes, header: AvroHeader) -> list[Any]:
 
     Returns
     -------
-    list
+    list of dict
         The records, as fastavro decodes them.
 
     Raises
     ------
     DecodeError
-        If the container is truncated or corrupt, or over a limit (naming it).
+        If the writer schema's top level is not a record (alerts are records: an enum
+        or a string at the top would reach the normalizer as a str), the container is
+        truncated or corrupt, or it is over a limit (naming it).
     """
     parsed = header.parsed_schema
+    if not (isinstance(parsed, dict) and parsed.get("type") == "record"):
+        kind = parsed.get("type") if isinstance(parsed, dict) else ("union" if isinstance(parsed, list) else parsed)
+        raise DecodeError(f"Avro writer schema {header.schema_name or '(unnamed)'!r} is {str(kind)[:40]!r}, not a record")
     shape = header.shape or schema_shape(header.schema_json)
     shape.check()
     budget = ItemBudget()

@@ -117,7 +117,6 @@ class _Plan:
     full: dict[str, Any]  # parsed full writer schema
     optional: tuple[str, ...]  # members of _OPTIONAL_FLOAT_PROPS this schema has
     full_shape: avro.SchemaShape  # bounds of the full records (array items to budget)
-    prefix_shape: avro.SchemaShape | None  # bounds of the prefix (no arrays in real ZTF schemas)
 
 
 @lru_cache(maxsize=avro.SCHEMA_CACHE_SIZE)
@@ -134,13 +133,12 @@ def _plan(schema_json: bytes) -> _Plan:
     cand_names = {f["name"] for f in cand.get("fields", ())} if isinstance(cand, dict) else set()
     optional = tuple(n for n in _OPTIONAL_FLOAT_PROPS if n in cand_names)
 
-    full_shape = avro.shape_of(full)
-    full_shape.check()
+    full_shape = avro.schema_shape(schema_json)
     last = max(names.index(n) for n in NEEDED_FIELDS)
     heavy = [n for n in names[: last + 1] if n in HISTORY_FIELDS]
     if heavy:
         log.info("ZTF schema %s: %r precedes a needed field, decoding in full", schema.get("version", name), heavy[0])
-        return _Plan(None, None, None, full, optional, full_shape, None)
+        return _Plan(None, None, None, full, optional, full_shape)
     try:
         named: dict[str, Any] = {}
         prefix = fastavro.parse_schema(dict(schema, fields=fields[: last + 1]), named_schemas=named)
@@ -149,8 +147,8 @@ def _plan(schema_json: bytes) -> _Plan:
         skip = fastavro.parse_schema({"type": "record", "name": tail_name, "fields": []}, named_schemas={})
     except Exception as exc:  # an odd but valid layout: stay correct, decode in full
         log.info("ZTF schema %s: no prefix plan (%s), decoding in full", name, exc)
-        return _Plan(None, None, None, full, optional, full_shape, None)
-    return _Plan(prefix, tail, skip, full, optional, full_shape, avro.shape_of(prefix))
+        return _Plan(None, None, None, full, optional, full_shape)
+    return _Plan(prefix, tail, skip, full, optional, full_shape)
 
 
 def is_ztf_schema(header: AvroHeader) -> bool:
@@ -172,17 +170,18 @@ def is_ztf_schema(header: AvroHeader) -> bool:
 def _records(data: bytes, header: AvroHeader, full: bool) -> Any:
     """Yield the records of a container: prefix-only dicts, or full dicts if ``full``.
 
-    Every block is admitted to an :class:`~broker.sources.avro.ItemBudget` for the
-    part decoded (the prefix holds no array in any ZTF schema, so that costs one
-    comparison per block); the skipped tail builds nothing.
+    Every block is admitted to an :class:`~broker.sources.avro.ItemBudget` with the
+    full writer schema, skipped tail included: the items of a message count against
+    ``max_array_items`` whether or not this path builds them (fastavro still walks a
+    skipped array item by item). For real ZTF blocks the bytes bound settles it (a
+    history item takes ≥ 50 bytes), so that costs one division per block.
     """
     plan = _plan(header.schema_json)
     fast = plan.prefix is not None and not full
-    decoded, shape = (plan.prefix, plan.prefix_shape) if fast else (plan.full, plan.full_shape)
     budget = avro.ItemBudget()
     reader = fastavro.schemaless_reader
     for b, (count, block) in enumerate(avro.iter_blocks(data, header)):
-        budget.admit_block(block, count, b, decoded, shape)
+        budget.admit_block(block, count, b, plan.full, plan.full_shape)
         fo = io.BytesIO(block)
         for i in range(count):
             if i and not i & 255:
