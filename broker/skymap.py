@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ _BLOCK = 2880  # FITS block, bytes
 _CARD = 80  # FITS header card, bytes
 _MAX_HDUS = 64  # real sky maps have 2 (primary + HEALPix table)
 _GUNZIP_STEP = 8 * 1024 * 1024  # bytes inflated between limit and CPU checks
+_VLA_FORMAT = re.compile(r"^\s*\d*\s*[PQ]", re.IGNORECASE)
 _MAX_ORDER = 29  # deepest HEALPix order (nside 2**29), as in astropy-healpix / ligo.skymap
 
 
@@ -160,7 +162,7 @@ class _Layout:
                     if key == b"END":
                         ended = True
                         break
-                    if buf[c + 8 : c + 10] == b"= " and (key in (b"BITPIX", b"PCOUNT", b"GCOUNT")
+                    if buf[c + 8 : c + 10] == b"= " and (key in (b"BITPIX", b"PCOUNT", b"GCOUNT", b"TFIELDS")
                                                          or key.startswith(b"NAXIS")):
                         cards.setdefault(key, bytes(buf[c : c + _CARD]))
                 p += _BLOCK
@@ -195,6 +197,9 @@ class _Layout:
         gcount = _card_int(cards[b"GCOUNT"], index) if b"GCOUNT" in cards else 1
         if pcount < 0 or gcount < 0:
             raise DecodeError(f"sky map: unreadable FITS (HDU {index}: PCOUNT = {pcount}, GCOUNT = {gcount})")
+        tfields = _card_int(cards[b"TFIELDS"], index) if b"TFIELDS" in cards else 0
+        if not 0 <= tfields <= 999:  # the FITS standard's bound; astropy allocates per field first
+            raise DecodeError(f"sky map: unreadable FITS (HDU {index}: TFIELDS = {tfields}, not in 0 .. 999)")
         if index == 0 and len(axes) > 1 and axes[0] == 0:
             axes = axes[1:]  # random groups: NAXIS1 = 0
         return abs(bitpix) // 8 * gcount * (pcount + math.prod(axes)) if axes else 0
@@ -273,6 +278,13 @@ def _healpix_table(hdul: fits.HDUList) -> fits.BinTableHDU:
         if str(hdu.header.get("PIXTYPE", "HEALPIX")).strip().upper() == "HEALPIX" and (
             "UNIQ" in names or "PROBDENSITY" in names or names & set(_PROB_COLUMNS)
         ):
+            # Variable-length arrays (TFORM P/Q): no sky map uses them, and astropy reads
+            # them row by row in Python from descriptors in the data (minutes for a
+            # large table, beyond any CPU check).
+            for name, form in zip(hdu.columns.names, hdu.columns.formats):
+                if _VLA_FORMAT.match(str(form)):
+                    raise DecodeError(f"sky map: column {str(name)[:20]!r} is a variable-length array "
+                                      f"(TFORM {str(form)[:20]!r}), not supported in a HEALPix table")
             return hdu
     raise DecodeError("sky map: no HEALPix binary table with a UNIQ, PROBDENSITY or PROB column")
 
@@ -408,7 +420,8 @@ def read_skymap(fits_bytes: bytes) -> MultiOrderSkyMap:
         level = int(nside).bit_length() - 1
         uniq = level_ipix_to_uniq(level, ipix).astype(np.int64)
         pixarea_sr = 4.0 * math.pi / (12 * nside * nside)
-        probdensity = values if prob_name == "PROBDENSITY" else values / pixarea_sr
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN densities are refused below
+            probdensity = values if prob_name == "PROBDENSITY" else values / pixarea_sr
         check_cpu("sky map flat to NUNIQ")
         distance = {c: arrays[c] for c in layers}
         order = np.argsort(uniq, kind="stable")
