@@ -80,10 +80,14 @@ HOSTILE_TOKENS: tuple[str, ...] = (
 #: FITS header keywords set to hostile values by the sky-map mutations.
 FITS_KEYWORDS = ("NAXIS1", "NAXIS2", "NAXIS", "BITPIX", "PCOUNT", "GCOUNT", "TFIELDS", "TFORM1", "TFORM2",
                  "TTYPE1", "TTYPE2", "ORDERING", "NSIDE", "COORDSYS", "INDXSCHM", "PIXTYPE", "XTENSION",
-                 "DISTMEAN", "ZIMAGE", "END")
+                 "DISTMEAN", "ZIMAGE", "END", "TDIM1", "TDIM2", "THEAP", "TSCAL1", "TZERO1", "TNULL1", "PIXEL")
 FITS_VALUES = ("-1", "0", "1", "3", "2147483647", "99999999999999999999", "1e400", "NaN", "'QQQ'", "'1024E'",
                "'PK()'", "'NESTED'", "'RING'", "'NUNIQ'", "'G'", "'UNIQ'", "'PROB'", "'x'", "T", "F", "", "'IMAGE'",
-               "'BINTABLE'", "16384", "536870912", "1073741824")
+               "'BINTABLE'", "16384", "536870912", "1073741824", "'99999999K'", "'2147483647D'", "'1QD(99999999)'",
+               "'(100000,100000)'", "'(5,8)'", "'(2)'", "1E300", "-32768", "'A'", "'8A'", "'X'", "'1PJ(2)'")
+#: Cards overwritten (in this order of preference) to add a keyword the map does not have.
+SPARE_CARDS = ("VCSVERS", "ORIGIN", "CREATOR", "MJD-OBS", "DATE-OBS", "INSTRUME", "REFERENC", "OBJECT", "DATE",
+               "RUNTIME", "HISTORY", "COMMENT")
 
 
 # ---------------------------------------------------------------- the real alerts
@@ -263,7 +267,12 @@ def _byte_mutation(rng: random.Random, raw: bytes, notes: list[str]) -> bytes:
 
 # ---------------------------------------------------------------- FITS sky-map mutations
 def _set_card(fits: bytearray, keyword: str, value: str, start: int) -> bool:
+    """Set (or add, over a spare card) header card ``keyword`` of the HDU starting at ``start``."""
     i = fits.find(keyword.ljust(8).encode()[:8], start)
+    for spare in SPARE_CARDS:
+        if i >= 0 and i % 80 == 0:
+            break
+        i = fits.find(spare.ljust(8).encode()[:8], start)
     if i < 0 or i % 80:
         return False
     card = (keyword.ljust(8)[:8] + ("= " + value.rjust(20) if keyword != "END" else value)).encode("ascii")
