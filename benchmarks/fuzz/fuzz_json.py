@@ -482,7 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--decoder", choices=["gcn-json", "igwn-json"], action="append",
                         help="only this decoder (repeatable); default both")
+    parser.add_argument("--max-memory-gb", type=float, default=8.0,
+                        help="address-space cap (RLIMIT_AS): a runaway allocation is a MemoryError, "
+                             "reported as an exception, not the machine's OOM killer (default 8)")
     args = parser.parse_args(argv)
+    cap = int(args.max_memory_gb * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
     decoders = args.decoder or ["gcn-json", "igwn-json"]
     console = Console(width=170)
     import logging

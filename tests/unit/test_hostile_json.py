@@ -319,6 +319,13 @@ CASES = [
     Case("igwn-skymap-naxis2-not-int",
          lambda: _skymap(_load(IGWN_INITIAL), ("event", "skymap"), _set_card(_igwn_fits(), "NAXIS2", "'x'")),
          r"sky map: unreadable FITS \(HDU 1: NAXIS2 = b\"'x'\" is not an integer\)$"),
+    Case("igwn-skymap-tfields-huge",  # astropy allocated per declared field: MemoryError / OOM kill
+         lambda: _skymap(_load(IGWN_INITIAL), ("event", "skymap"),
+                         _set_card(_igwn_fits(), "TFIELDS", "99999999999999999999")),
+         r"sky map: unreadable FITS \(HDU 1: TFIELDS = 99999999999999999999, not in 0 \.\. 999\)$"),
+    Case("igwn-skymap-variable-length-array",  # astropy reads those row by row in Python
+         lambda: _skymap(_load(IGWN_INITIAL), ("event", "skymap"), _set_card(_igwn_fits(), "TFORM2", "'PK()'")),
+         r"sky map: column 'PROBDENSITY' is a variable-length array \(TFORM 'PK\(\)'\), not supported"),
     Case("igwn-skymap-uniq-order-30",
          lambda: _skymap(_load(IGWN_INITIAL), ("event", "skymap"), _set_table_value(_igwn_fits(), "UNIQ", 0, 2**62)),
          r"sky map: invalid NUNIQ index 4611686018427387904 \(must be in 4 \.\. 16 \* 4\*\*29 - 1\)$"),
