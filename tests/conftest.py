@@ -56,6 +56,26 @@ def pg_url():
 
 
 @pytest.fixture()
+def fresh_db(pg_url):
+    """URL of a new, empty database on the session's PostgreSQL, dropped afterwards:
+    for tests that count archive rows exactly (the session database holds the same real
+    alerts, archived by other tests, and archive ids are deterministic)."""
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture()
 def broker_env(tmp_path, kafka_bootstrap, pg_url) -> dict[str, str]:
     """Environment for running ``mma-broker`` as a subprocess in isolation: its own
     topic prefix, consumer group and state folder, the session's PostgreSQL."""

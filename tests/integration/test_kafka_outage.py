@@ -68,14 +68,15 @@ def _rows(pg_url: str, prefix: str) -> int:
     return int(n or 0)
 
 
-def test_outage_longer_than_the_delivery_timeout_pauses_and_resumes(broker_env, kafka_bootstrap, pg_url,
+def test_outage_longer_than_the_delivery_timeout_pauses_and_resumes(broker_env, kafka_bootstrap, fresh_db,
                                                                      output_kafka, tmp_path):
     from broker.serde import EventCodec
     from broker.sources import decode
 
     kenv, pid_file = output_kafka
     prefix = broker_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
-    env = dict(broker_env)
+    pg_url = fresh_db
+    env = dict(broker_env, MMA_BROKER_ARCHIVE__DATABASE_URL=fresh_db)
     env["MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{PORT}"
     env["MMA_BROKER_KAFKA__CONFIG"] = json.dumps({"message.timeout.ms": 3000})
     env["MMA_BROKER_UPSTREAMS"] = json.dumps([

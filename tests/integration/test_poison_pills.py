@@ -148,12 +148,14 @@ def _produce(bootstrap: str, prefix: str, items: list[tuple[str, bytes]]) -> Non
     assert p.flush(60) == 0
 
 
-def test_hostile_messages_never_stop_the_broker(broker_env, kafka_bootstrap, pg_url):
+def test_hostile_messages_never_stop_the_broker(broker_env, kafka_bootstrap, fresh_db):
     from broker.archive import Archive
     from broker.archive.raw import RawRef, SegmentFileStore
     from broker.serde import EventCodec
     from broker.sources import decode
 
+    pg_url = fresh_db
+    broker_env = dict(broker_env, MMA_BROKER_ARCHIVE__DATABASE_URL=fresh_db)
     prefix = broker_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     good = [(t, p.read_bytes()) for t, p in GOOD]
     items: list[tuple[str, bytes]] = []
@@ -202,6 +204,9 @@ def test_hostile_messages_never_stop_the_broker(broker_env, kafka_bootstrap, pg_
     ids = [r.event.id for r in rows]
     assert len(ids) == len(set(ids))
     assert expected_good <= set(ids)
+    assert set(ids) == expected_good | {ev.id for n in nulled for ev in decode(HOSTILE[n][1])} | (
+        {ev.id for ev in decode(HOSTILE["voevent_nested"][1])}
+        if hashlib.sha256(HOSTILE["voevent_nested"][1]).hexdigest() not in by_sha else set())
     for name, prop in nulled.items():
         (ev,) = decode(HOSTILE[name][1])
         row = archive.get(ev.id)
