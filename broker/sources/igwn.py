@@ -160,11 +160,12 @@ def _external_coinc(ext: Any, sid: str) -> dict[str, Any] | None:
         "ivorn": ext.get("ivorn"),
         "observatory": ext.get("observatory"),
         "search": ext.get("search"),
-        "time_difference_s": _float_or_none(ext.get("time_difference"), "external_coinc.time_difference"),
+        "time_difference_s": _float_or_none(ext.get("time_difference"), f"igwn {sid}: 'external_coinc.time_difference'"),
         "time_coincidence_far_hz": _float_or_none(
-            ext.get("time_coincidence_far"), "external_coinc.time_coincidence_far"),
+            ext.get("time_coincidence_far"), f"igwn {sid}: 'external_coinc.time_coincidence_far'"),
         "time_sky_position_coincidence_far_hz": _float_or_none(
-            ext.get("time_sky_position_coincidence_far"), "external_coinc.time_sky_position_coincidence_far"),
+            ext.get("time_sky_position_coincidence_far"),
+            f"igwn {sid}: 'external_coinc.time_sky_position_coincidence_far'"),
     }
     combined = _summarize(ext.get("combined_skymap"), "external_coinc.combined_skymap", sid)
     if combined is not None:
