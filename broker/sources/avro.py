@@ -77,6 +77,10 @@ XZ_MEMLIMIT = 128 * 1024 * 1024
 #: Largest zstandard window accepted (zstd's own default cap, 2**27).
 ZSTD_MAX_WINDOW = 1 << 27
 
+#: Most entries in a container's metadata map (writers put 2 or 3: avro.schema,
+#: avro.codec, sometimes one of their own). 16 MiB of empty entries took 4 s to parse.
+MAX_METADATA_ENTRIES = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class AvroHeader:
@@ -259,6 +263,7 @@ def read_header(data: bytes) -> AvroHeader:
         raise DecodeError(f"not an Avro container: starts with {data[:4]!r}, expected {MAGIC!r}")
     pos = 4
     metadata: dict[str, bytes] = {}
+    entries = 0
     while True:
         count, pos = _read_long(data, pos)
         if count == 0:
@@ -266,6 +271,11 @@ def read_header(data: bytes) -> AvroHeader:
         if count < 0:  # a negative count is followed by the block's size in bytes
             count = -count
             _, pos = _read_long(data, pos)
+        entries += count
+        if entries > MAX_METADATA_ENTRIES:
+            raise DecodeError(
+                f"corrupt Avro header: {entries:,} metadata entries, over MAX_METADATA_ENTRIES = {MAX_METADATA_ENTRIES:,}"
+            )
         for _ in range(count):
             key, pos = _read_bytes(data, pos, "metadata key")
             value, pos = _read_bytes(data, pos, "metadata value")
@@ -465,10 +475,20 @@ def schema_shape(schema_json: bytes) -> SchemaShape:
 class _Cursor:
     """Skips Avro-encoded values in a block without building them."""
 
-    __slots__ = ("buf", "pos", "end", "where")
+    __slots__ = ("buf", "pos", "end", "where", "work", "next_check")
+
+    CPU_CHECK_EVERY = 4096  # values skipped between CPU-budget checks
 
     def __init__(self, buf: bytes, where: str) -> None:
         self.buf, self.pos, self.end, self.where = buf, 0, len(buf), where
+        self.work, self.next_check = 0, self.CPU_CHECK_EVERY
+
+    def tick(self, n: int) -> None:
+        """Count ``n`` values about to be skipped; check the CPU budget now and then."""
+        self.work += n
+        if self.work >= self.next_check:
+            check_cpu(f"counting the items of Avro {self.where}")
+            self.next_check = self.work + self.CPU_CHECK_EVERY
 
     def long(self) -> int:
         buf, pos, shift, acc = self.buf, self.pos, 0, 0
@@ -517,7 +537,9 @@ def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget) -> No
         return
     t = s["type"]
     if t in ("record", "error"):
-        for f in s["fields"]:
+        fields = s["fields"]
+        cur.tick(len(fields))
+        for f in fields:
             _skip(cur, f["type"], named, budget)
     elif t == "enum":
         cur.long()
@@ -533,6 +555,7 @@ def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget) -> No
                 n = -n
                 cur.long()
             budget.charge(n, f"{t} items")
+            cur.tick(n)
             for _ in range(n):
                 if t == "map":
                     cur.skip(cur.long())
@@ -821,6 +844,5 @@ def read_records(data: bytes, header: AvroHeader) -> list[Any]:
                 raise DecodeError(
                     f"corrupt Avro record {i} of block {index} ({type(exc).__name__}: {_one_line(exc)})"
                 ) from None
-            if not i & 1023:
-                check_cpu(f"decoding Avro block {index}")
+            check_cpu(f"decoding Avro block {index}")  # per record: alerts are few and large
     return records

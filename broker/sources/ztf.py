@@ -184,7 +184,7 @@ def _records(data: bytes, header: AvroHeader, full: bool) -> Any:
         budget.admit_block(block, count, b, plan.full, plan.full_shape)
         fo = io.BytesIO(block)
         for i in range(count):
-            if i and not i & 255:
+            if i and not i & 15:
                 check_cpu(f"ZTF Avro block {b}, record {i}")
             try:
                 if fast:

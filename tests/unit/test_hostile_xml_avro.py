@@ -406,11 +406,26 @@ AVRO_CASES = [
     ("ztf-jd-minus-inf", lambda: _ztf_value("jd", float("-inf")), r"candidate\.jd = -inf is not finite", None),
     ("ztf-ra-as-string", lambda: _retype(ZTF, "ra", "string", "12.5"), r"candidate\.ra is str, not a number", None),
     ("ztf-candidate-null", lambda: _retype_candidate_null(), r"unusable candidate: it is NoneType", None),
+    ("ztf-1001-metadata-entries", lambda: _write(*_read(ZTF), metadata={f"k{i}": "" for i in range(1001)}),
+     r"corrupt Avro header: 1,00\d metadata entries, over MAX_METADATA_ENTRIES = 1,000", None),
+    ("igwn-1500-records-of-3000-fields-cpu", lambda: _wide_records(), r"max_decode_cpu_s = 0\.05 s of CPU",
+     DecodeLimits(max_decode_cpu_s=0.05)),
     ("igwn-alert-named-enum", lambda: _write({"type": "enum", "name": _read(IGWN_RETRACTION)[0]["name"], "symbols": ["A"]}, ["A"]),
      r"Avro writer schema 'igwn\.alerts\.v1_0\.Alert' is 'enum', not a record", None),
     ("ztf-alert-named-fixed", lambda: _write({"type": "fixed", "name": "ztf.alert", "size": 3}, [b"abc"]),
      r"ZTF alert schema 'ztf\.alert' is not an Avro record", None),
 ]
+
+
+def _wide_records() -> bytes:
+    """1,500 copies of the real IGWN retraction with 3,000 more int fields and an array:
+    4.7 MB whose items are counted exactly (1 byte per item could mean 4.7M), then
+    decoded; both are cut by the CPU budget (set low here)."""
+    fields = [{"name": f"f{i}", "type": "int"} for i in range(3000)]
+    schema, (rec,) = _with_field(IGWN_RETRACTION, {"name": "b", "type": {"type": "array", "items": "boolean"}}, [])
+    schema["fields"][-1:-1] = fields
+    rec.update({f["name"]: 1 for f in fields})
+    return _write(schema, [rec] * 1500, sync_interval=1 << 30)
 
 
 def _retype_candidate_null() -> bytes:
