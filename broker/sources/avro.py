@@ -709,12 +709,24 @@ def _snappy(block: bytes, out: _Output) -> None:
 
 
 def _zstd(block: bytes, out: _Output) -> None:
+    # compression.zstd (Python 3.14) or its backport, which fastavro itself uses, has
+    # bz2's max_length API; else the 'zstandard' package, read through a stream reader
+    # (its one-shot decompress() allocates whatever content size a frame header declares)
+    try:
+        from compression import zstd as _std  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from backports import zstd as _std  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            _std = None
+    if _std is not None:
+        options = {_std.DecompressionParameter.window_log_max: ZSTD_MAX_WINDOW.bit_length() - 1}
+        _unstream(lambda: _std.ZstdDecompressor(options=options), block, out, "zstandard", lenient_tail=False)
+        return
     try:
         import zstandard
     except ImportError:
-        raise DecodeError("Avro codec 'zstandard' needs the 'zstandard' package") from None
-    # stream_reader, not decompress(): a frame header may declare any content size,
-    # and decompress() would allocate it up front.
+        raise DecodeError("Avro codec 'zstandard' needs the 'backports.zstd' or 'zstandard' package") from None
     dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     with dctx.stream_reader(io.BytesIO(block)) as reader:
         while True:
