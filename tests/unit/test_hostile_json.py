@@ -225,7 +225,7 @@ CASES = [
          DecodeLimits(max_decode_cpu_s=0.05)),
     # 2. huge numbers
     Case("gcn-5000-digit-int", lambda: _set(_load(GUANO), ("ra",), "1" * 5000),
-         r"^invalid JSON: an integer at char \d+ has 5,000 digits, longer than the 4300 digits Python converts$"),
+         r"^invalid JSON: an integer at byte \d+ has 5,000 digits, longer than the 4300 digits Python converts$"),
     Case("igwn-5000-digit-int", lambda: _set(_load(IGWN_INITIAL), ("event", "far"), "9" * 5000), r"5,000 digits"),
     Case("gcn-400-digit-ra", lambda: _set(_load(GUANO), ("ra",), "1" * 400),
          r"^GCN notice swift/bat/Guano: integer of 400 digits is too large for a float \(at /ra\)$"),
@@ -264,7 +264,12 @@ CASES = [
     Case("gcn-lone-surrogate-id", lambda: _set(_load(GUANO), ("id",), '["\\ud800"]'),
          r"^invalid value: id: id is not valid Unicode \(lone surrogate at index \d+\); upstream_id"),
     Case("gcn-lone-surrogate-in-bytes", lambda: _value(_load(GUANO), ("id",), ["x"]).replace(b'"x"', b'"\xed\xa0\x80"'),
-         r"^invalid JSON: not UTF-8 \(invalid continuation byte at byte \d+\)$"),
+         r"^invalid value: id: id is not valid Unicode \(lone surrogate at index \d+\)"),
+    Case("gcn-utf-16-deep-nesting",  # the pre-scan reads UTF-8 only (a UTF-16 \" would fool it)
+         lambda: _set(_load(GUANO), ("x",), _DEEP).decode().encode("utf-16-le"),
+         r"^invalid JSON: utf-16-le, not UTF-8 \(RFC 8259 section 8\.1\)$"),
+    Case("gcn-not-utf-8", lambda: _value(_load(GUANO), ("id",), ["x"]).replace(b'"x"', b'"\xff"'),
+         r"^invalid JSON: not utf-8 \(invalid start byte at byte \d+\)$"),
     Case("igwn-lone-surrogate-superevent", lambda: _set(_load(IGWN_INITIAL), ("superevent_id",), '"S\\udfff"'),
          r"^igwn gwalert: 'superevent_id' is not valid Unicode \(lone surrogate at index 1\)$"),
     Case("gcn-mission-not-a-string", lambda: _value(_load(AGILE), ("mission",), [1, 2]),
@@ -328,7 +333,7 @@ CASES = [
          r"sky map: unreadable FITS \(HDU 1: TFIELDS = 99999999999999999999, not in 0 \.\. 999\)$"),
     Case("igwn-skymap-variable-length-array",  # astropy reads those row by row in Python
          lambda: _skymap(_load(IGWN_INITIAL), ("event", "skymap"), _set_card(_igwn_fits(), "TFORM2", "'PK()'")),
-         r"sky map: column 'PROBDENSITY' is a variable-length array \(TFORM 'PK\(\)'\), not supported"),
+         r"sky map: HDU 1 TFORM2 = 'PK\(\)' is a variable-length array column, not supported$"),
     Case("igwn-skymap-uniq-order-30",
          lambda: _skymap(_load(IGWN_INITIAL), ("event", "skymap"), _set_table_value(_igwn_fits(), "UNIQ", 0, 2**62)),
          r"sky map: invalid NUNIQ index 4611686018427387904 \(must be in 4 \.\. 16 \* 4\*\*29 - 1\)$"),
@@ -394,9 +399,12 @@ def test_gcn_sky_map_over_the_cpu_budget_ends_the_decode(monkeypatch):
         decode(data, limits=DecodeLimits(max_decode_cpu_s=0.05))
 
 
-def test_json_depth_prescan_ignores_brackets_in_strings_and_escapes():
+@pytest.mark.parametrize("few_strings", [0, 20_000], ids=["full-scan", "between-strings"])
+def test_json_depth_prescan_ignores_brackets_in_strings_and_escapes(few_strings, monkeypatch):
+    import broker.sources
     from broker.sources import _json_shape
 
+    monkeypatch.setattr(broker.sources, "_FEW_STRINGS", few_strings)
     obj = _load(GUANO)
     obj["follow_up_event"] = 'x\\"[[[{{{' * 100 + '\\'  # escaped quotes and a trailing backslash
     data = json.dumps(obj).encode()
