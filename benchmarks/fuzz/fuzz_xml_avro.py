@@ -464,6 +464,105 @@ class AvroMutator:
             return self.raw[i], f"value.unwritable.{type(exc).__name__}"
 
 
+# --------------------------------------------------------------------------- known cases
+
+
+def _nested_wherewhen(levels: int = 250, copies: int = 7) -> bytes:
+    """Real Swift VOEvent, no Position2D, 250 WhereWhen nested with copies of its content."""
+    root = etree.fromstring((DATA / "voevent" / "gwcelery" / "swift_grb_gcn.xml").read_bytes())
+    ww = next(root.iter("{*}WhereWhen"))
+    for pos in list(ww.iter("{*}Position2D")):
+        pos.getparent().remove(pos)
+    content, node = list(ww), ww
+    for k in range(levels - 1):
+        node = etree.SubElement(node, ww.tag)
+        if k < levels - 10:  # libxml2's depth cap is 256
+            for c in content * copies:
+                node.append(copy.deepcopy(c))
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def known_cases() -> list[tuple[str, Callable[[], bytes], Any]]:
+    """(name, builder, limits) of the hostile messages found earlier, from real alerts."""
+    from broker.limits import DecodeLimits
+
+    swift = (DATA / "voevent" / "gwcelery" / "swift_grb_gcn.xml").read_text()
+    body = swift.split("?>", 1)[1]
+    laughs = "".join(f'<!ENTITY l{i + 1} "' + f"&l{i};" * 10 + '">' for i in range(9))
+    ztf_path = DATA / "ztf" / "kowalski" / "20231012" / "2475433850015010009.avro"
+    igwn_path = DATA / "igwn" / "userguide" / "MS181101ab-preliminary.avro"
+    ztf_schema, (ztf_rec,) = _avro_records(ztf_path)
+    igwn_schema, (igwn_rec,) = _avro_records(DATA / "igwn" / "userguide" / "MS181101ab-retraction.avro")
+
+    def bomb(schema: dict, rec: dict, codec: str) -> bytes:
+        rec = copy.deepcopy(rec)
+        holder = rec["cutoutScience"] if "cutoutScience" in rec else rec["event"]
+        holder["stampData" if "stampData" in holder else "skymap"] = BOMB_MARKER
+        return bomb_container(schema, rec, codec, 70 << 20)
+
+    def with_field(schema: dict, rec: dict, field: dict, value: Any) -> tuple[dict, dict]:
+        schema, rec = copy.deepcopy(schema), copy.deepcopy(rec)
+        schema["fields"].append(field)
+        rec[field["name"]] = value
+        return schema, rec
+
+    def null_array_2_40() -> bytes:
+        schema, rec = with_field(ztf_schema, ztf_rec, {"name": "bomb", "type": {"type": "array", "items": "null"}}, [None])
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), rec)
+        block = buf.getvalue()[:-2] + _zigzag(2**40) + b"\0"
+        header = write_avro(schema, [])
+        return header + _zigzag(1) + _zigzag(len(block)) + block + header[-16:]
+
+    def bool_array() -> bytes:
+        schema, rec = with_field(igwn_schema, igwn_rec, {"name": "bomb", "type": {"type": "array", "items": "boolean"}},
+                                 [True] * 1_500_000)
+        return write_avro(schema, [rec], codec="deflate")
+
+    igwn_prelim_schema, (igwn_prelim,) = _avro_records(igwn_path)
+    return [
+        ("VOEvent: 250 nested WhereWhen, 0.85 MB", _nested_wherewhen, None),
+        ("  same, max_xml_depth=1000 (decoded)", _nested_wherewhen, DecodeLimits(max_xml_depth=1000)),
+        ("VOEvent: 120,000 extra elements", lambda: re.sub("(<Description>)", r"\1" + "<x/>" * 120_000, swift,
+                                                           count=1).encode(), None),
+        ("VOEvent: billion laughs", lambda: (f'<!DOCTYPE voe:VOEvent [<!ENTITY l0 "lol">{laughs}]>'
+                                             + body.replace("<Description>", "<Description>&l9;", 1)).encode(), None),
+        *[(f"ZTF: {codec} block of 70 MB", (lambda c=codec: bomb(ztf_schema, ztf_rec, c)), None)
+          for codec in ("deflate", "bzip2", "xz")],
+        ("IGWN: xz block of 70 MB", lambda: bomb(igwn_prelim_schema, igwn_prelim, "xz"), None),
+        ("ZTF: array<null> of 2^40 items", null_array_2_40, None),
+        ("IGWN: array<boolean> of 1.5M items", bool_array, None),
+        ("ZTF: 1001 metadata entries", lambda: _metadata_bomb(ztf_schema, ztf_rec), None),
+    ]
+
+
+def _metadata_bomb(schema: dict, rec: dict) -> bytes:
+    out = io.BytesIO()
+    fastavro.writer(out, schema, [rec], metadata={f"k{i}": "" for i in range(1001)})
+    return out.getvalue()
+
+
+def time_known_cases(console: Console) -> None:
+    """Decode each known hostile case (warm) and print its outcome and time."""
+    from broker.sources import decode
+
+    table = Table(title="known hostile cases (real alerts mutated), broker.sources.decode, default limits unless noted")
+    for col in ("case", "bytes", "outcome", "CPU ms", "wall ms"):
+        table.add_column(col, justify="left" if col in ("case", "outcome") else "right")
+    decode((DATA / "voevent" / "gwcelery" / "swift_grb_gcn.xml").read_bytes())  # warm the imports
+    decode((DATA / "igwn" / "userguide" / "MS181101ab-retraction.avro").read_bytes())
+    for name, build, limits in known_cases():
+        data = build()
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            outcome = f"{len(decode(data, limits))} event(s)"
+        except DecodeError as exc:
+            outcome = "DecodeError: " + str(exc)
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        table.add_row(name, f"{len(data):,}", outcome[:170], f"{cpu * 1e3:.1f}", f"{wall * 1e3:.1f}")
+    console.print(table)
+
+
 # --------------------------------------------------------------------------- run
 
 _PREFIX = re.compile(r"^(?:VOEvent \S*?(?: ISOTime| Who/Date)?|ZTF alert '.*?'|ZTF alert|igwn \S*?|igwn):(?=\s)\s*")
@@ -567,9 +666,12 @@ def main() -> int:
     parser.add_argument("--save-dir", default="/tmp/fuzz_xml_avro_failures",
                         help="where messages that raise other exceptions (or are slow) are saved")
     parser.add_argument("--slow-ms", type=float, default=1000.0, help="save messages slower than this too (default 1000)")
+    parser.add_argument("--no-known", action="store_true", help="skip timing the known hostile cases")
     args = parser.parse_args()
     names = args.only or ["voevent", "ztf", "igwn"]
     console = Console(width=None if sys.stdout.isatty() else 120)
+    if not args.no_known:
+        time_known_cases(console)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     results: dict[str, dict] = {}
