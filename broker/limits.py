@@ -21,8 +21,11 @@ max_decompressed_bytes     64 MiB      Avro blocks after decompression, per mess
 max_skymap_bytes           256 MiB     a FITS sky map after gunzip (O4 multi-order maps:
                                        a few MB; flat NSIDE 1024, 4 columns: 400 MB is
                                        over and refused)
-max_array_items            1,000,000   items of one Avro array/map, summed per message
-                                       (ZTF prv_candidates: ≤ ~2,000)
+max_array_items            1,000,000   Avro records and array/map items, summed per
+                                       message (ZTF prv_candidates: ≤ ~2,000)
+max_json_items             100,000     JSON array items and object members, summed per
+                                       message (real notices: < 1,000); schema validation
+                                       of 100,000 undeclared keys takes ~0.4 s
 max_decode_cpu_s           2.0         CPU time of one decode (sky map + validation of
                                        an O4 alert: ~0.1 s)
 max_event_bytes            1 MiB       one normalized Event as published on mma.events
@@ -67,7 +70,9 @@ class DecodeLimits(BaseModel):
     max_skymap_bytes: int = Field(256 * MiB, gt=0)
     """Largest FITS sky map after decompression, bytes."""
     max_array_items: int = Field(1_000_000, gt=0)
-    """Most items in the Avro arrays and maps of one message, summed."""
+    """Most Avro records and array/map items in one message, summed."""
+    max_json_items: int = Field(100_000, gt=0)
+    """Most JSON array items and object members in one message, summed."""
     max_decode_cpu_s: float = Field(2.0, gt=0)
     """Most CPU time (this thread's) one message may take to decode, s."""
     max_event_bytes: int = Field(1 * MiB, gt=0)

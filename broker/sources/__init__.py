@@ -118,7 +118,7 @@ def _load_json(data: bytes) -> dict:
     """Parse a JSON alert within the limits: UTF-8, nesting, size of numbers.
 
     The nesting depth (``max_json_depth``) and the number of array items and object
-    members (``max_array_items``) are measured on the bytes before parsing
+    members (``max_json_items``) are measured on the bytes before parsing
     (:func:`_json_shape`), so that neither the parser's recursion nor the schema
     validator's work can grow without bound.
 
@@ -143,8 +143,8 @@ def _load_json(data: bytes) -> dict:
     depth, items = _json_shape(data)
     if depth > limits.max_json_depth:
         raise over_limit("max_json_depth", depth, "JSON nesting depth (arrays and objects)")
-    if items > limits.max_array_items:
-        raise over_limit("max_array_items", items, "JSON array items and object members")
+    if items > limits.max_json_items:
+        raise over_limit("max_json_items", items, "JSON array items and object members")
     try:
         obj = json.loads(data)  # bytes: decoded with "surrogatepass" (Event refuses surrogates)
     except UnicodeDecodeError as exc:
