@@ -17,7 +17,9 @@ max_message_bytes          16 MiB      one upstream message (IGWN alert with sky
 max_json_depth             64          JSON nesting (GCN/IGWN notices: < 10)
 max_xml_depth              64          XML nesting (GCN Classic VOEvents: < 10)
 max_xml_elements           100,000     XML elements (VOEvents: < 500)
-max_decompressed_bytes     64 MiB      Avro blocks after decompression, per message
+max_decompressed_bytes     32 MiB      Avro blocks after decompression, per message
+                                       (IGWN Avro alert: ~2 MB; bzip2 reaches 32 MiB
+                                       of hostile data in ~0.8 s of CPU)
 max_skymap_bytes           256 MiB     a FITS sky map after gunzip (O4 multi-order maps:
                                        a few MB; flat NSIDE 1024, 4 columns: 400 MB is
                                        over and refused)
@@ -65,7 +67,7 @@ class DecodeLimits(BaseModel):
     """Deepest XML element nesting."""
     max_xml_elements: int = Field(100_000, gt=0)
     """Most XML elements in one document."""
-    max_decompressed_bytes: int = Field(64 * MiB, gt=0)
+    max_decompressed_bytes: int = Field(32 * MiB, gt=0)
     """Most bytes all Avro blocks of one message may decompress to."""
     max_skymap_bytes: int = Field(256 * MiB, gt=0)
     """Largest FITS sky map after decompression, bytes."""

@@ -293,6 +293,8 @@ def decode_avro(data: bytes, header: Any) -> list[Event]:
         raise DecodeError(f"igwn: Avro schema {getattr(header, 'schema_name', None)!r} is not igwn.alerts.Alert")
     try:
         records = avro.read_records(data, header)  # bounded decompression and item counts
+    except DecodeError as exc:  # a limit or a truncation, already named
+        raise DecodeError(f"igwn: {exc}") from None
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise DecodeError(f"igwn: corrupt Avro container ({type(exc).__name__}: {_one_line(exc)})") from None
     if not records:

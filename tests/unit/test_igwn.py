@@ -291,7 +291,7 @@ def test_unparseable_event_time_names_it():
 def test_truncated_avro_container():
     data = (DATA / f"{UG}/MS181101ab-preliminary.avro").read_bytes()
     header = avro.read_header(data)
-    _one_line_error(igwn.decode_avro, data[: len(data) // 2], header, match="corrupt Avro container")
+    _one_line_error(igwn.decode_avro, data[: len(data) // 2], header, match="truncated Avro container")
 
 
 @pytest.mark.parametrize(
