@@ -21,6 +21,7 @@ from rich.table import Table
 
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, DecodeError
+from broker.text import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-messenger alert broker.")
 events_app = typer.Typer(no_args_is_help=True, help="Read the alert archive.")
@@ -81,11 +82,12 @@ def inspect(
     def report(path: Path, reason: str) -> None:
         nonlocal failed
         failed += 1
-        err.print(f"{display_path(path)}: {reason}", markup=False)
+        err.print(printable(f"{display_path(path)}: {reason}"), markup=False)
 
+    limits = settings().limits
     for path in expand_paths(paths, on_error=report):
         try:
-            events = decode(read_alert_file(path))
+            events = decode(read_alert_file(path), limits)
             lines = [ev.to_json() if as_json else _describe(ev, display_path(path)) for ev in events]
         except Exception as exc:  # noqa: BLE001 - one file must not stop the others
             report(path, failure_reason(exc))
@@ -109,7 +111,7 @@ def _describe(ev, path: Path | str | None = None) -> str:
         where = f"90% area {loc.area_90:.1f} deg² (max at {loc.ra_max:.2f}°, {loc.dec_max:+.2f}°)"
     head = f"{path}: " if path else ""
     inst = f"/{ev.instrument}" if ev.instrument else ""
-    return f"{head}{ev.id}  {ev.mission}{inst} {ev.alert_type} T0={ev.time}  {where}"
+    return printable(f"{head}{ev.id}  {ev.mission}{inst} {ev.alert_type} T0={ev.time}  {where}")
 
 
 # ---------------------------------------------------------------- replay
@@ -131,7 +133,7 @@ def replay(
 
     def report(path: Path, reason: str) -> None:
         failed.append(path)
-        err.print(f"{display_path(path)}: {reason}", markup=False)
+        err.print(printable(f"{display_path(path)}: {reason}"), markup=False)
 
     files = list(expand_paths(paths or [], on_error=report))
     if manifest:
@@ -319,8 +321,8 @@ def subscribe(
             except DecodeError:
                 rec = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                        "headers": headers, "bytes": len(value)}
-                print(json.dumps(rec) if as_json else f"{msg.topic()}[{msg.partition()}]@{msg.offset()} "
-                      f"{len(value)} B reason={headers.get('mma.dlq.reason', '-')}")
+                print(json.dumps(rec) if as_json else printable(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} "
+                      f"{len(value)} B reason={headers.get('mma.dlq.reason', '-')}"))
             else:
                 print(ev.to_json() if as_json else _describe(ev))
             sys.stdout.flush()

@@ -148,11 +148,15 @@ class ArchiveSettings(_Section):
             from sqlalchemy.engine import make_url
 
             try:
-                make_url(v.get_secret_value())
+                url = make_url(v.get_secret_value())
             except Exception:  # noqa: BLE001 - the message could hold the URL
                 raise ValueError(
                     "not a valid SQLAlchemy URL (form: postgresql+psycopg://<user>:<password>@<host>:<port>/<database>)"
                 ) from None
+            if "@" in (url.host or "") or "@" in str(url.query.get("host", "")):
+                # an unescaped '@' in the password: part of it would be taken for the
+                # host name and shown in every connection error
+                raise ValueError("the host part holds an '@': percent-encode an '@' in the user or password as %40")
         return v
     raw_store: Literal["file", "postgres"] = "file"
     """Raw upstream bytes: append-only segment files under ``<home>/raw`` (fast; needs a

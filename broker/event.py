@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
@@ -204,8 +205,11 @@ def format_time(t: datetime) -> str:
 
 
 MAX_ID_CHARS = 1024
-"""Longest id, mission, instrument, upstream_id or alert_type accepted, characters
-(they are Kafka keys, headers and indexed columns)."""
+"""Longest id, mission, instrument, upstream_id or alert_type accepted, in characters
+and in UTF-8 bytes (they are Kafka keys, headers and indexed columns)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters (newline, ESC, ...): never in an id, which is printed
+on terminals, put in headers and used as a key."""
 
 
 class Event(BaseModel):
@@ -272,7 +276,14 @@ class Event(BaseModel):
             raise ValueError(f"{info.field_name} is empty")
         if len(v) > MAX_ID_CHARS:
             raise ValueError(f"{info.field_name} is {len(v):,} characters long, over {MAX_ID_CHARS}")
-        return check_text(v, info.field_name)
+        check_text(v, info.field_name)
+        if not v.isascii() and len(v.encode("utf-8")) > MAX_ID_CHARS:
+            raise ValueError(f"{info.field_name} is {len(v.encode('utf-8')):,} bytes long in UTF-8, over "
+                             f"{MAX_ID_CHARS} (PostgreSQL indexes at most 2,704 bytes per entry)")
+        bad = _CONTROL.search(v)
+        if bad:
+            raise ValueError(f"{info.field_name} holds the control character {bad.group()!r} at index {bad.start()}")
+        return v
 
     @field_validator("properties")
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 from collections import Counter
@@ -14,8 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from confluent_kafka import KafkaException
+
 from broker.errors import BrokerError
 from broker.kafka import DeliveryTracker, flush_or_raise
+from broker.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ OnError = Callable[[Path, str], None]
 def display_path(path: Path | str) -> str:
     """``path`` as text that can always be printed: bytes of a file name that are not
     UTF-8 (kept by Python as surrogate escapes) are shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -202,6 +206,24 @@ def route(data: bytes, topic: str | None) -> str:
     return upstream_topic(data)
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+"""A legal Kafka topic name (Kafka's ``Topic.validate``)."""
+
+
+def check_topic_name(name: str) -> str:
+    """``name`` if Kafka accepts it as a topic name.
+
+    Raises
+    ------
+    BrokerError
+        Naming the topic (derived from a file's content, e.g. a GCN ``$schema`` path).
+    """
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise BrokerError(f"the topic derived from its content, {name[:300]!r}, is not a valid Kafka topic name "
+                          "(letters, digits, '.', '_', '-'; at most 249 characters)")
+    return name
+
+
 def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: str | None = None,
                  rate: float | None = None, progress=None, create_topics=None,
                  on_error: OnError | None = None) -> ReplayResult:
@@ -247,7 +269,7 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
     routed: list[tuple[Path, str | None]] = []
     for path in files:
         try:
-            routed.append((path, topic_prefix + route(read_alert_file(path), topic)))
+            routed.append((path, check_topic_name(topic_prefix + route(read_alert_file(path), topic))))
         except Exception as exc:  # noqa: BLE001 - one file (or a routing bug) must not stop the replay
             failed(path, exc)
             routed.append((path, None))
@@ -262,8 +284,12 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
             except Exception as exc:  # noqa: BLE001 - changed since it was routed
                 failed(path, exc)
             else:
-                producer.produce(name, value=data, headers=[("mma.replay.file", os.fsencode(path.name))],
-                                 on_delivery=tracker.callback)
+                try:
+                    producer.produce(name, value=data, headers=[("mma.replay.file", os.fsencode(path.name))],
+                                     on_delivery=tracker.callback)
+                except (BufferError, KafkaException) as exc:  # e.g. larger than message.max.bytes
+                    failed(path, exc)
+                    continue
                 producer.poll(0)
                 result.sent += 1
                 result.per_topic[name] += 1

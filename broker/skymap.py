@@ -547,12 +547,20 @@ def summarize(sky: MultiOrderSkyMap, skymap_url: str | None = None) -> HealpixLo
     Raises
     ------
     DecodeError
-        When the total probability is not finite (densities too large to sum).
+        When the total probability is not finite (densities too large to sum) or is
+        zero, or when the pixels cover more than the whole sky (overlapping NUNIQ).
     """
     with np.errstate(over="ignore", invalid="ignore"):  # checked just below
         total = float(np.sum(sky.probdensity * pixel_area_sr(sky.uniq)))
     if not math.isfinite(total):
         raise DecodeError(f"sky map: total probability is {total} (densities too large to sum)")
+    if not total > 0:
+        raise DecodeError("sky map: total probability is 0 (every pixel has zero density): no localization")
+    with np.errstate(over="ignore"):
+        sky_area = float(np.sum(pixel_area_sr(sky.uniq))) * (180.0 / math.pi) ** 2
+    if sky_area > FULL_SKY_DEG2 * (1 + 1e-9):
+        raise DecodeError(f"sky map: its pixels cover {sky_area:,.1f} deg², more than the whole sky "
+                          f"({FULL_SKY_DEG2:,.1f} deg²): they overlap")
     if abs(total - 1.0) > 1e-3:
         log.warning("sky map %s: total probability %.6g, not 1; areas are computed as is",
                     sky.meta.get("OBJECT", "?"), total)

@@ -27,8 +27,32 @@ def is_transient(exc: BaseException) -> bool:
     ``DBAPIError.connection_invalidated`` covers a connection that died mid-query.
     """
     if isinstance(exc, sa_exc.OperationalError):
-        return True
+        return is_outage_sqlstate(sqlstate(exc))
     return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+"""SQLSTATE classes that mean "the database is away or busy", worth waiting out:
+connection exception, transaction rollback (serialization, deadlock), insufficient
+resources (disk full, out of memory, too many connections), operator intervention
+(shutdown, "cannot connect now"), system error (I/O). Every other class (54 "program
+limit exceeded", 22 "data exception", ...) is about the statement or the data:
+retrying cannot cure it."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE of a driver error (psycopg, or wrapped by SQLAlchemy)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None)
+
+
+def is_outage_sqlstate(code: str | None) -> bool:
+    """True for an error with no SQLSTATE (the client lost the server) or of an outage class.
+
+    PostgreSQL reports an index row too large (``54000``, e.g. an Event id of 4 kB of
+    UTF-8) as an ``OperationalError``; it must not be waited out forever.
+    """
+    return code is None or code[:2] in OUTAGE_SQLSTATE_CLASSES
 
 
 def describe(exc: BaseException, secret: str | None = None) -> str:

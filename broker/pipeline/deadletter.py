@@ -36,6 +36,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from broker.text import one_line as _one_line
+
 MAX_REASON_CHARS = 1000
 """Longest reason kept, characters."""
 MAX_HEADER_BYTES = 64 * 1024
@@ -45,13 +47,9 @@ MAX_KEY_BYTES = 4096
 
 
 def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """``text`` on one line, at most ``limit`` characters, always valid UTF-8.
-
-    Lone surrogates and other unencodable characters become ``\\udxxx`` escapes.
-    """
-    text = " ".join(str(text).split())
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` on one line, at most ``limit`` characters, printable valid UTF-8
+    (control characters and lone surrogates escaped, :func:`broker.text.one_line`)."""
+    return _one_line(text, limit)
 
 
 @dataclass(frozen=True, slots=True)

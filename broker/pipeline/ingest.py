@@ -74,9 +74,14 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     import sqlalchemy.exc as sa_exc
 
     from broker.archive.raw import RawStoreError
+    from broker.archive.retry import is_outage_sqlstate, sqlstate
 
-    return isinstance(exc, (OSError, RawStoreError, sa_exc.OperationalError, sa_exc.InterfaceError,
-                            psycopg.OperationalError, psycopg.InterfaceError))
+    if isinstance(exc, (OSError, RawStoreError)):
+        return True
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError,
+                        psycopg.InterfaceError)):
+        return is_outage_sqlstate(sqlstate(exc))
+    return False
 
 
 def decode_message(data: bytes | None, decode: Callable[[bytes], list[Event]]) -> list[Event]:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 
-from broker.errors import DecodeError
 from pydantic import ValidationError
 
+from broker.errors import DecodeError
 from broker.event import Event, validation_reason
 from broker.limits import DecodeLimits, decode_scope, over_limit
+from broker.text import one_line as _one_line
 
 AVRO_MAGIC = b"Obj\x01"
 
@@ -203,10 +204,8 @@ def decode(data: bytes, limits: DecodeLimits | None = None) -> list[Event]:
 
 
 def one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line, at most ``limit`` characters, safe to encode as UTF-8."""
-    text = " ".join(text.split())
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """``text`` on one line, at most ``limit`` characters, printable (:func:`broker.text.one_line`)."""
+    return _one_line(text, limit)
 
 
 def decode_unguarded(data: bytes) -> list[Event]:

@@ -1,0 +1,28 @@
+"""Text that is safe to print, log and put in a Kafka header, whatever an alert held."""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters: ESC starts terminal escape sequences, newlines split
+log and CLI lines."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters as ``\\xNN`` and lone surrogates as ``\\udNNN``.
+
+    Examples
+    --------
+    >>> printable("a\\x1b[2Jb")
+    'a\\\\x1b[2Jb'
+    """
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def one_line(text: object, limit: int = 1000) -> str:
+    """``str(text)`` on one line (runs of whitespace → one space), printable, at most
+    ``limit`` characters (an ellipsis marks a cut)."""
+    text = printable(" ".join(str(text).split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
