@@ -265,8 +265,8 @@ def _print_summary(workers, archive) -> None:
         t.add_row(src, mission, kind, str(n))
     out.print(t)
     if dlq:
-        d = Table(title="dead letters (mma.dlq) by reason")
-        d.add_column("reason")
+        d = Table(title="dead letters (mma.dlq) by kind of reason (header mma.dlq.kind)")
+        d.add_column("kind")
         d.add_column("messages", justify="right")
         for reason, n in dlq.most_common():
             d.add_row(reason, str(n))

@@ -17,6 +17,9 @@ Headers (all values UTF-8 text):
 
 ==========================  ===================================================
 ``mma.dlq.reason``          why, one line (a DecodeError's message, ...)
+``mma.dlq.kind``            the reason's kind, for counting and filtering
+                            (:func:`reason_kind`: ``over max_json_depth``,
+                            ``schema violation``, ``value out of range``, ...)
 ``mma.dlq.stage``           the stage that refused it (``ingest.notices``, ...)
 ``mma.dlq.topic``           topic, partition, offset and timestamp (ms) of the
 ``mma.dlq.partition``       original message
@@ -33,6 +36,7 @@ Headers (all values UTF-8 text):
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +54,44 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """``text`` on one line, at most ``limit`` characters, printable valid UTF-8
     (control characters and lone surrogates escaped, :func:`broker.text.one_line`)."""
     return _one_line(text, limit)
+
+
+_KINDS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"decode took more than (max_decode_cpu_s)"), "over {0}"),
+    (re.compile(r"over the limit (\w+)"), "over {0}"),
+    (re.compile(r"more than (max_\w+)"), "over {0}"),
+    (re.compile(r"bytes encoded, over the limit"), "event too large"),
+    (re.compile(r"^message has no value"), "no value (tombstone)"),
+    (re.compile(r"^decoder failed"), "decoder bug"),
+    (re.compile(r"^archive refused"), "archive refused"),
+    (re.compile(r"Kafka refused"), "Kafka refused"),
+    (re.compile(r"schema violation"), "schema violation"),
+    (re.compile(r"invalid JSON|JSON alert must be"), "invalid JSON"),
+    (re.compile(r"malformed XML|not well-formed"), "malformed XML"),
+    (re.compile(r"not valid Unicode|not UTF-8|lone surrogate"), "invalid Unicode"),
+    (re.compile(r"control character"), "control character"),
+    (re.compile(r"date-time|ISO 8601|ISOTime|is outside 1900|outside \d{4}\.\.\d{4}|\bjd\b"), "bad time"),
+    (re.compile(r"is outside \[|not a finite number|out of range"), "value out of range"),
+    (re.compile(r"truncated|corrupt|ends before"), "truncated or corrupt"),
+    (re.compile(r"unknown format|unsupported|is neither|not an? (IGWN|GCN|ZTF)"), "not a known alert format"),
+]
+
+
+def reason_kind(reason: str) -> str:
+    """A short kind for a dead letter's reason, to count and filter dead letters by.
+
+    Examples
+    --------
+    >>> reason_kind("JSON nesting depth (arrays and objects) is over the limit max_json_depth = 64 (got 65)")
+    'over max_json_depth'
+    >>> reason_kind("invalid value: dec = 200.0 deg is outside [-90, 90]")
+    'value out of range'
+    """
+    for pattern, kind in _KINDS:
+        m = pattern.search(reason)
+        if m:
+            return kind.format(*m.groups())
+    return "other"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +147,7 @@ def dead_letter(msg: Any, reason: str, stage: str, *, max_bytes: int, raw_ref: A
         headers.append((name, str(text).encode("utf-8", "backslashreplace")))
 
     h("mma.dlq.reason", one_line(reason))
+    h("mma.dlq.kind", reason_kind(reason))
     h("mma.dlq.stage", stage)
     h("mma.dlq.topic", msg.topic() or "")
     h("mma.dlq.partition", msg.partition())

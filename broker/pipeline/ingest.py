@@ -41,7 +41,7 @@ from broker.errors import DecodeError
 from broker.event import Event
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS, DecodeLimits
-from broker.pipeline.deadletter import dead_letter, minimal, one_line
+from broker.pipeline.deadletter import dead_letter, minimal, one_line, reason_kind
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ class IngestStage:
                 self.stats.by_kind[(it.event.source, it.event.mission, it.event.alert_type)] += 1
         self.stats.dead_letters += len(dead)
         for _, reason in dead:
-            self.stats.dlq_reasons[reason.split(":")[0][:80]] += 1
+            self.stats.dlq_reasons[reason_kind(reason)] += 1
 
     def _prepare(self, msg: Any) -> _Decoded:
         """Decode one message and encode its Events for ``mma.events``.
