@@ -32,11 +32,18 @@ each is bounded before it can cost memory or time (:mod:`broker.limits`):
   an array stand for any number of items (:class:`SchemaShape`);
 * blocks are decompressed by bounded decompressors, chunk by chunk, and the sum over
   the blocks of one message may not exceed ``max_decompressed_bytes``;
-* the records of a message and the items of its arrays and maps, summed, may not
-  exceed ``max_array_items``. Every item takes at least :attr:`SchemaShape.min_item`
-  bytes, so a block of ``n`` bytes holds at most ``n // min_item`` items; only when
-  that bound is over the limit are the block's items counted exactly, by a skip-only
-  walk that builds nothing (:class:`ItemBudget`).
+* the Python values a message decodes to may not exceed ``max_array_items``. They,
+  not the bytes, are what a message costs: fastavro builds a dict entry per record
+  field, an object per primitive and per array item, and a 1-byte array item that is
+  a record of 2,000 nulls is a 2,001-entry dict (40,000 such items took 5.6 s and
+  2 GB). The values are counted before fastavro builds any (:class:`ItemBudget`):
+  each record is charged :attr:`SchemaShape.values` (its fields, recursively, union
+  branches at their largest), and array items and map entries, which take at least
+  a known number of bytes each, are bounded by the block's size times the densest
+  values-per-byte of the schema (:attr:`SchemaShape.item_rate`); only when that
+  bound is over the limit is the block walked, skip only, each array's block count
+  times the values per item charged before its items are skipped. A block of more
+  than one record is refused when the records can take zero bytes (only nulls).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import bz2
 import io
 import json
 import lzma
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -310,9 +318,26 @@ def read_header(data: bytes) -> AvroHeader:
 _PRIMITIVE_BYTES = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8, "bytes": 1, "string": 1}
 
 
+def _denser(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Of two (values, bytes) rates, the one with more values per byte (None: no rate)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a[0] * b[1] >= b[0] * a[1] else b
+
+
 @dataclass(frozen=True, slots=True)
 class SchemaShape:
     """What a writer schema bounds about the data written with it.
+
+    Decoding builds Python values, and they, not the bytes on the wire, are what a
+    message costs in memory and CPU: fastavro makes one object per primitive, enum and
+    ``fixed``, a dict per record (an entry per field: a record of 2,000 nulls is a
+    2,000-entry dict built from zero bytes), a list per array and a dict per map (a
+    key string per entry). :attr:`values` counts those of one top-level value, leaving
+    out the items of its arrays and maps, which are counted per item
+    (:meth:`item_values`) once the block counts saying how many there are are read.
 
     Attributes
     ----------
@@ -321,9 +346,15 @@ class SchemaShape:
         compiled reader recurses once per level, in C, without a depth check).
     min_record : int
         Fewest bytes one value of the schema can be encoded in.
-    min_item : int or None
-        Fewest bytes one array item or map entry (key included) can be encoded in,
-        over every array and map the schema holds; None when it holds none.
+    values : int
+        Most Python values one value of the schema builds, its array items and map
+        entries left out (a union counts its largest branch).
+    item_rate : tuple of (int, int) or None
+        ``(values, bytes)`` of the array item or map entry that builds the most values
+        per byte of the wire: the values one item builds (as :attr:`values`; a map
+        entry's key included) and the fewest bytes it takes. A block of ``n`` bytes
+        holds items building at most ``n * values // bytes`` values. None when the
+        schema holds no array or map.
     problem : str or None
         Why the schema is refused whatever the limits: a recursive type, an array
         whose items can take zero bytes, an invalid ``fixed`` size.
@@ -331,8 +362,11 @@ class SchemaShape:
 
     depth: int
     min_record: int
-    min_item: int | None
+    values: int = 1
+    item_rate: tuple[int, int] | None = None
     problem: str | None = None
+    #: id(array or map node) -> (node, values per item): filled by the walk, looked up by :meth:`item_values`
+    _per_item: dict[int, tuple[Any, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def check(self) -> None:
         """Raise DecodeError if data of this schema could not be read within limits.
@@ -347,17 +381,22 @@ class SchemaShape:
         if self.depth > current_limits().max_json_depth:
             raise over_limit("max_json_depth", self.depth, "nesting of values of the Avro writer schema")
 
+    def item_values(self, node: dict[str, Any], named: dict[str, Any]) -> int:
+        """Python values one item of the array (entry of the map) schema ``node`` builds.
+
+        Items of their own arrays and maps left out, a map entry's key included.
+        """
+        hit = self._per_item.get(id(node))
+        if hit is None or hit[0] is not node:  # a node the shape walk did not see
+            walker = _ShapeWalker(named)
+            walker.walk(node)
+            hit = walker.per_item[id(node)]
+            self._per_item[id(node)] = hit
+        return hit[1]
+
 
 class _Refused(Exception):
     pass
-
-
-def _min_opt(a: int | None, b: int | None) -> int | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
 
 
 def _type_label(schema: Any) -> str:
@@ -369,18 +408,21 @@ def _type_label(schema: Any) -> str:
 
 
 class _ShapeWalker:
-    """Min encoded sizes and nesting of a fastavro-parsed schema (memoized per named type)."""
+    """Min encoded sizes, values built and nesting of a fastavro-parsed schema
+    (memoized per named type)."""
 
     def __init__(self, named: dict[str, Any]) -> None:
         self.named = named
-        self.memo: dict[str, tuple[int, int, int | None]] = {}
+        self.memo: dict[str, tuple[int, int, int, tuple[int, int] | None]] = {}
         self.active: set[str] = set()
+        self.per_item: dict[int, tuple[Any, int]] = {}
 
-    def walk(self, s: Any) -> tuple[int, int, int | None]:
-        """(fewest bytes, nesting depth, fewest bytes of an array item/map entry inside)."""
+    def walk(self, s: Any) -> tuple[int, int, int, tuple[int, int] | None]:
+        """(fewest bytes, nesting depth, most values built without array/map items,
+        densest (values, bytes) of an array item or map entry inside)."""
         if isinstance(s, str):
             if s in _PRIMITIVE_BYTES:
-                return _PRIMITIVE_BYTES[s], 0, None
+                return _PRIMITIVE_BYTES[s], 0, 1, None
             if s in self.memo:
                 return self.memo[s]
             if s in self.active:
@@ -393,10 +435,10 @@ class _ShapeWalker:
             if not s:
                 raise _Refused("empty union")
             parts = [self.walk(b) for b in s]
-            item = None
+            rate = None
             for p in parts:
-                item = _min_opt(item, p[2])
-            return 1 + min(p[0] for p in parts), 1 + max(p[1] for p in parts), item
+                rate = _denser(rate, p[3])
+            return 1 + min(p[0] for p in parts), 1 + max(p[1] for p in parts), max(p[2] for p in parts), rate
         if not isinstance(s, dict):
             raise _Refused(f"not a type: {str(s)[:80]!r}")
         t = s.get("type")
@@ -408,33 +450,35 @@ class _ShapeWalker:
                 raise _Refused(f"recursive type {name!r} contains itself")
         if t in ("record", "error"):
             self.active.add(name)
-            total, depth, item = 0, 0, None
+            total, depth, values, rate = 0, 0, 1, None  # the dict itself
             for f in s.get("fields") or ():
-                m, d, i = self.walk(f["type"])
-                total, depth, item = total + m, max(depth, d), _min_opt(item, i)
+                m, d, v, r = self.walk(f["type"])
+                total, depth, values, rate = total + m, max(depth, d), values + v, _denser(rate, r)
             self.active.discard(name)
-            self.memo[name] = (total, depth + 1, item)
+            self.memo[name] = (total, depth + 1, values, rate)
             return self.memo[name]
         if t == "enum":
-            self.memo[name] = (1, 0, None)
+            self.memo[name] = (1, 0, 1, None)
             return self.memo[name]
         if t == "fixed":
             size = s.get("size")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise _Refused(f"fixed {name!r} has size {size!r}")
-            self.memo[name] = (size, 0, None)
+            self.memo[name] = (size, 0, 1, None)
             return self.memo[name]
         if t == "array":
-            m, d, i = self.walk(s.get("items"))
+            m, d, v, r = self.walk(s.get("items"))
             if m == 0:
                 raise _Refused(
                     f"array items of type {_type_label(s.get('items'))!r} can take zero bytes, "
                     "so a few bytes could stand for any number of items"
                 )
-            return 1, d + 1, _min_opt(i, m)
+            self.per_item[id(s)] = (s, v)
+            return 1, d + 1, 1, _denser(r, (v, m))
         if t == "map":
-            m, d, i = self.walk(s.get("values"))
-            return 1, d + 1, _min_opt(i, 1 + m)
+            m, d, v, r = self.walk(s.get("values"))
+            self.per_item[id(s)] = (s, 1 + v)  # the key string and the value
+            return 1, d + 1, 1, _denser(r, (1 + v, 1 + m))
         return self.walk(t)  # {"type": "long", "logicalType": ...} or {"type": "<name>"}
 
 
@@ -456,15 +500,16 @@ def shape_of(parsed: Any, named: dict[str, Any] | None = None) -> SchemaShape:
     """
     if named is None:
         named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
+    walker = _ShapeWalker(named)
     try:
-        m, d, i = _ShapeWalker(named).walk(parsed)
+        m, d, v, r = walker.walk(parsed)
     except _Refused as exc:
-        return SchemaShape(0, 0, None, str(exc))
+        return SchemaShape(0, 0, problem=str(exc))
     except RecursionError:
-        return SchemaShape(0, 0, None, "types nest too deeply to analyse")
+        return SchemaShape(0, 0, problem="types nest too deeply to analyse")
     except (KeyError, TypeError, AttributeError) as exc:
-        return SchemaShape(0, 0, None, f"malformed schema ({type(exc).__name__}: {exc})")
-    return SchemaShape(d, m, i)
+        return SchemaShape(0, 0, problem=f"malformed schema ({type(exc).__name__}: {exc})")
+    return SchemaShape(d, m, v, r, _per_item=walker.per_item)
 
 
 def schema_shape(schema_json: bytes) -> SchemaShape:
@@ -510,9 +555,52 @@ class _Cursor:
             raise DecodeError(f"corrupt Avro {self.where}: a value of {n} bytes runs past the end of the block")
         self.pos += n
 
+    def skip_longs(self, n: int) -> None:
+        """Skip ``n`` varints, :data:`_VARINT_RUN` at a time in C, the rest one by one."""
+        match, buf, end = _VARINT_RUN.match, self.buf, self.end
+        while n >= _VARINT_RUN_LEN:
+            m = match(buf, self.pos, end)
+            if m is None:  # a varint of more than 10 bytes, or the end: let long() say which
+                break
+            self.pos = m.end()
+            n -= _VARINT_RUN_LEN
+        for _ in range(n):
+            self.long()
 
-def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget) -> None:
-    """Skip one value of schema ``s``, charging its array items and map entries."""
+
+#: Varints matched at once by :meth:`_Cursor.skip_longs` (each at most 10 bytes, as
+#: :meth:`_Cursor.long` allows).
+_VARINT_RUN_LEN = 256
+_VARINT_RUN = re.compile(rb"(?:[\x80-\xff]{0,9}[\x00-\x7f]){%d}" % _VARINT_RUN_LEN)
+
+#: Encoded size of the array item types skipped in one step (all items alike).
+_FIXED_ITEM_BYTES = {"boolean": 1, "float": 4, "double": 8}
+
+
+def _items_skip(sub: Any, named: dict[str, Any]) -> int | str | None:
+    """How a run of array items of type ``sub`` can be skipped at once: their size in
+    bytes if fixed, ``"varint"`` for int, long and enum items, None item by item."""
+    if isinstance(sub, str) and sub in named:
+        sub = named[sub]
+    if isinstance(sub, dict):
+        t = sub.get("type")
+        if t == "fixed":
+            return sub["size"]
+        if t == "enum":
+            return "varint"
+        sub = t if isinstance(t, str) and t in _PRIMITIVE_BYTES else None  # {"type": "long", "logicalType": ...}
+    if sub in ("int", "long"):
+        return "varint"
+    return _FIXED_ITEM_BYTES.get(sub) if isinstance(sub, str) else None
+
+
+def _many(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget, shape: SchemaShape) -> None:
+    """Skip one value of schema ``s``, charging the values its array items and map
+    entries build as each block count is read, before skipping them."""
     if isinstance(s, str):
         if s == "null":
             return
@@ -527,26 +615,28 @@ def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget) -> No
         elif s in ("bytes", "string"):
             cur.skip(cur.long())
         else:
-            _skip(cur, named[s], named, budget)
+            _skip(cur, named[s], named, budget, shape)
         return
     if isinstance(s, list):
         index = cur.long()
         if not 0 <= index < len(s):
             raise DecodeError(f"corrupt Avro {cur.where}: union branch {index} of {len(s)}")
-        _skip(cur, s[index], named, budget)
+        _skip(cur, s[index], named, budget, shape)
         return
     t = s["type"]
     if t in ("record", "error"):
         fields = s["fields"]
         cur.tick(len(fields))
         for f in fields:
-            _skip(cur, f["type"], named, budget)
+            _skip(cur, f["type"], named, budget, shape)
     elif t == "enum":
         cur.long()
     elif t == "fixed":
         cur.skip(s["size"])
     elif t in ("array", "map"):
         sub = s["items"] if t == "array" else s["values"]
+        per = shape.item_values(s, named)
+        run = _items_skip(sub, named) if t == "array" else None
         while True:
             n = cur.long()
             if n == 0:
@@ -554,20 +644,34 @@ def _skip(cur: _Cursor, s: Any, named: dict[str, Any], budget: ItemBudget) -> No
             if n < 0:  # a negative count is followed by the block's size in bytes
                 n = -n
                 cur.long()
-            budget.charge(n, f"{t} items")
+            values = n * per
+            if budget.used + values > budget.limit:
+                what = _many(n, "array item", "array items") if t == "array" else _many(n, "map entry", "map entries")
+                budget.charge(values, f"{what} of {_many(per, 'value', 'values')} each")
+            budget.used += values
             cur.tick(n)
+            if run == "varint":
+                cur.skip_longs(n)
+                continue
+            if run is not None:
+                cur.skip(n * run)
+                continue
             for _ in range(n):
                 if t == "map":
                     cur.skip(cur.long())
-                _skip(cur, sub, named, budget)
+                _skip(cur, sub, named, budget, shape)
     else:
-        _skip(cur, t, named, budget)
+        _skip(cur, t, named, budget, shape)
 
 
 class ItemBudget:
-    """Records, array items and map entries of one message, against ``max_array_items``.
+    """Python values one message decodes to, against ``max_array_items``.
 
-    Create one per message and :meth:`admit_block` every block before decoding it.
+    What a message costs is the values fastavro builds from it (:class:`SchemaShape`),
+    and a few bytes can stand for millions of them (a 1-byte array item that is a
+    record of 2,000 nulls), so they are counted from block counts and the schema
+    before fastavro builds anything. Create one per message and :meth:`admit_block`
+    every block before decoding it.
     """
 
     CPU_CHECK_EVERY = 65536
@@ -578,42 +682,56 @@ class ItemBudget:
         self._next_cpu_check = self.CPU_CHECK_EVERY
 
     def charge(self, n: int, what: str) -> None:
-        """Count ``n`` more items; DecodeError naming ``max_array_items`` when over."""
+        """Count ``n`` more values; DecodeError naming ``max_array_items`` when over."""
         self.used += n
         if self.used > self.limit:
-            raise over_limit("max_array_items", self.used, f"number of Avro records and array/map items in this message ({what})")
+            raise over_limit("max_array_items", self.used, f"number of Python values this Avro message decodes to ({what})")
         if self.used >= self._next_cpu_check:
             check_cpu(f"counting Avro {what}")
             self._next_cpu_check = self.used + self.CPU_CHECK_EVERY
 
     def admit_block(self, block: bytes, count: int, index: int, schema: Any, shape: SchemaShape) -> None:
-        """Charge a block's ``count`` records of ``schema`` and the items they hold.
+        """Charge the values a block's ``count`` records of ``schema`` decode to.
 
-        Every item takes at least ``shape.min_item`` bytes, so the block holds at most
-        ``len(block) // min_item`` of them; that bound is charged when it fits, else
-        the block is walked (skip only) and its items counted exactly.
+        The records are charged ``count * shape.values``. Their array items and map
+        entries take at least as many bytes as :attr:`SchemaShape.item_rate` says
+        for the values they build, so the block's ``len(block)`` bytes bound those
+        values; that bound is charged when it fits, else the block is walked (skip
+        only, building nothing) and each array's items charged as its block counts
+        are read, before they are skipped.
 
         Raises
         ------
         DecodeError
-            Naming ``max_array_items`` when over, or when the block is corrupt.
+            Naming ``max_array_items`` when over; when the block is corrupt; when it
+            holds more than one record of a schema whose records can take zero bytes.
         """
-        self.charge(count, f"records of block {index}")
+        if shape.min_record == 0 and count > 1:
+            raise DecodeError(
+                f"Avro block {index} refused: {count:,} records of a writer schema whose records can take zero bytes "
+                "(only nulls), so a few bytes could stand for any number of records"
+            )
+        values = count * shape.values
+        if self.used + values > self.limit:
+            what = f"{_many(count, 'record', 'records')} of block {index}"
+            self.charge(values, f"{what}, {_many(shape.values, 'value', 'values')} each")
+        self.used += values
         if shape.min_record > 0 and count > len(block) // shape.min_record:
             raise DecodeError(
                 f"corrupt Avro block {index}: {count:,} records of at least {shape.min_record} bytes each "
                 f"cannot fit in {len(block):,} bytes"
             )
-        if shape.min_item is None:
+        if shape.item_rate is None:
             return
-        bound = len(block) // shape.min_item
+        values, size = shape.item_rate
+        bound = len(block) * values // size
         if self.used + bound <= self.limit:
             self.used += bound
             return
         named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
         cur = _Cursor(block, f"block {index}")
         for _ in range(count):
-            _skip(cur, schema, named, self)
+            _skip(cur, schema, named, self, shape)
 
 
 class _Output:
@@ -816,7 +934,8 @@ def read_records(data: bytes, header: AvroHeader) -> list[Any]:
 
     What ``list(fastavro.reader(...))`` returns, but with the container read by
     :func:`iter_blocks` (bounded decompression) and every block admitted to an
-    :class:`ItemBudget` first (bounded records, array items and map entries).
+    :class:`ItemBudget` first (bounded Python values: records' fields, array items and
+    map entries, counted before fastavro builds them).
 
     Parameters
     ----------

@@ -33,11 +33,12 @@ Hostile input
 -------------
 The writer schema travels with every message, so a sender can type any field as it
 likes. Containers are read through :mod:`broker.sources.avro` (bounded decompression,
-refused recursive or zero-byte-item schemas, records and array items of a message
-bounded by ``max_array_items``), and normalization trusts no type: the candidate's
-``jd``, ``ra`` and ``dec`` must be finite numbers in range (``jd`` within 1900–2200,
-``dec`` within ±90°, ``ra`` within 0–360° with 360 taken as 0) or the alert is a
-DecodeError naming the field; a property of the wrong type, NaN or ±Inf becomes None.
+refused recursive or zero-byte-item schemas, the Python values a message decodes to
+(records' fields, array items) bounded by ``max_array_items``), and normalization
+trusts no type: the candidate's ``jd``, ``ra`` and ``dec`` must be finite numbers in
+range (``jd`` within 1900–2200, ``dec`` within ±90°, ``ra`` within 0–360° with 360
+taken as 0) or the alert is a DecodeError naming the field; a property of the wrong
+type, NaN or ±Inf becomes None.
 """
 
 from __future__ import annotations
@@ -171,10 +172,11 @@ def _records(data: bytes, header: AvroHeader, full: bool) -> Any:
     """Yield the records of a container: prefix-only dicts, or full dicts if ``full``.
 
     Every block is admitted to an :class:`~broker.sources.avro.ItemBudget` with the
-    full writer schema, skipped tail included: the items of a message count against
+    full writer schema, skipped tail included: the values of a message count against
     ``max_array_items`` whether or not this path builds them (fastavro still walks a
-    skipped array item by item). For real ZTF blocks the bytes bound settles it (a
-    history item takes ≥ 50 bytes), so that costs one division per block.
+    skipped array item by item, field by field). For real ZTF blocks the bytes bound
+    settles it (a history item takes about a byte per value it builds), so that costs
+    one multiplication per block.
     """
     plan = _plan(header.schema_json)
     fast = plan.prefix is not None and not full
