@@ -18,10 +18,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from broker.config import Settings, load_settings
 from broker.errors import BrokerError, DecodeError
-from broker.text import printable
+from broker.text import one_line, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-messenger alert broker.")
 events_app = typer.Typer(no_args_is_help=True, help="Read the alert archive.")
@@ -29,8 +30,10 @@ app.add_typer(events_app, name="events")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: the messages a stage refused, with reasons.")
 app.add_typer(dlq_app, name="dlq")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup and emoji codes off: what we print comes from alerts ("[/x]" in an id would
+# raise MarkupError, "[link=...]" would emit a terminal hyperlink, ":x:" an emoji)
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 class _State:
@@ -262,7 +265,7 @@ def _print_summary(workers, archive) -> None:
     for c in ("source", "mission", "alert type", "events"):
         t.add_column(c, justify="right" if c == "events" else "left")
     for (src, mission, kind), n in sorted(by_kind.items()):
-        t.add_row(src, mission, kind, str(n))
+        t.add_row(*(Text(printable(c)) for c in (src, mission, kind, str(n))))
     out.print(t)
     if dlq:
         d = Table(title="dead letters (mma.dlq) by kind of reason (header mma.dlq.kind)")
@@ -275,7 +278,7 @@ def _print_summary(workers, archive) -> None:
     for c in ("source", "mission", "alert type", "rows"):
         a.add_column(c, justify="right" if c == "rows" else "left")
     for src, mission, kind, n in archive.counts():
-        a.add_row(src, mission, kind, str(n))
+        a.add_row(*(Text(printable(c)) for c in (src, mission, kind, str(n))))
     out.print(a)
 
 
@@ -317,12 +320,19 @@ def subscribe(
             headers = {k: v.decode(errors="replace") for k, v in (msg.headers() or []) if v is not None}
             value = msg.value() or b""
             try:
+                if "mma.dlq.reason" in headers:  # a dead letter holds the refused original, not an Event
+                    raise DecodeError(headers["mma.dlq.reason"])
                 ev, prov = codec.decode(value)
-            except DecodeError:
+            except Exception as exc:  # noqa: BLE001 - one odd record must not end the reading
                 rec = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                        "headers": headers, "bytes": len(value)}
+                if "mma.dlq.reason" in headers:
+                    label = f"reason={headers['mma.dlq.reason']}"
+                else:
+                    rec["error"] = f"not a readable Event: {type(exc).__name__}: {one_line(str(exc), 300)}"
+                    label = rec["error"]
                 print(json.dumps(rec) if as_json else printable(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} "
-                      f"{len(value)} B reason={headers.get('mma.dlq.reason', '-')}"))
+                      f"{len(value)} B {label}"))
             else:
                 print(ev.to_json() if as_json else _describe(ev))
             sys.stdout.flush()
@@ -368,8 +378,9 @@ def events_list(
         loc = ev.localization
         where = "-" if loc is None else (
             f"{loc.ra:.3f} {loc.dec:+.3f}" if loc.type == "point" else f"{loc.area_90:.0f} deg² (90%)")
-        t.add_row(ev.time, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""), ev.alert_type,
-                  where, "yes" if r.retracted else "")
+        cells = (ev.time, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""), ev.alert_type,
+                 where, "yes" if r.retracted else "")
+        t.add_row(*(Text(printable(c)) for c in cells))
     out.print(t)
 
 
@@ -400,8 +411,9 @@ def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(Fa
 # ---------------------------------------------------------------- dlq
 @dlq_app.command("raw")
 def dlq_raw(
-    offset: int = typer.Argument(..., help="Offset of the dead letter on mma.dlq (see `subscribe mma.dlq`)."),
-    partition: int = typer.Option(0, "--partition", "-p", help="Its partition."),
+    offset: int = typer.Argument(..., min=0, max=2**63 - 1,
+                                 help="Offset of the dead letter on mma.dlq (see `subscribe mma.dlq`)."),
+    partition: int = typer.Option(0, "--partition", "-p", min=0, max=2**31 - 1, help="Its partition."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
 ) -> None:
     """Write the whole original bytes of one dead letter (the DLQ copy of a large one is cut).
@@ -419,6 +431,10 @@ def dlq_raw(
     topic = s.topic(s.dlq_topic)
     consumer = make_consumer(s, f"{s.group_id}.dlq-raw")
     try:
+        meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None or partition not in meta.partitions:
+            n = len(meta.partitions) if meta is not None and meta.error is None else 0
+            raise BrokerError(f"{topic} has no partition {partition} ({n} partition(s))")
         consumer.assign([TopicPartition(topic, partition, offset)])
         msg = consumer.poll(10)
     finally:

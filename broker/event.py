@@ -207,9 +207,10 @@ def format_time(t: datetime) -> str:
 MAX_ID_CHARS = 1024
 """Longest id, mission, instrument, upstream_id or alert_type accepted, in characters
 and in UTF-8 bytes (they are Kafka keys, headers and indexed columns)."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""C0 and C1 control characters (newline, ESC, ...): never in an id, which is printed
-on terminals, put in headers and used as a key."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""C0 and C1 control characters (newline, ESC, ...), line/paragraph separators and
+bidirectional controls (U+202E shows an id reversed: "Trojan Source"): never in an
+id, which is printed on terminals, put in headers and used as a key."""
 
 
 class Event(BaseModel):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""C0 and C1 control characters: ESC starts terminal escape sequences, newlines split
-log and CLI lines."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""C0 and C1 control characters (ESC starts terminal escape sequences, newlines split
+log and CLI lines), line/paragraph separators and bidirectional controls (which
+reorder what a terminal shows)."""
 
 
 def printable(text: str) -> str:
@@ -18,7 +19,12 @@ def printable(text: str) -> str:
     'a\\\\x1b[2Jb'
     """
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def one_line(text: object, limit: int = 1000) -> str:

@@ -56,7 +56,7 @@ repr of the sky map in every failing ``oneOf`` branch (``{"type": "null"}``);
 
 Hostile input: the work of one check grows with the alert, which
 :func:`broker.sources._load_json` already bounds (``max_json_depth``,
-``max_array_items``). Within that, validating a 1M-item array took 6 s and one of
+``max_json_items``, 100,000). Within that, validating a 1M-item array took 6 s and one of
 1M wrong-typed items 41 s (building a million errors), so the check stops at the CPU
 budget (``max_decode_cpu_s``, looked at every 4096 type checks and every error), keeps
 at most 100 errors, and the messages quoting a whole array or object (``type``,

@@ -129,8 +129,12 @@ class FollowupStore:
 
         self._retry(txn, f"marking {len(request_ids)} follow-up result(s) published")
 
-    def withdraw(self, source: str, upstream_id: str, by: str) -> list[str]:
-        """Mark every result of ``(source, upstream_id)`` withdrawn by retraction ``by``.
+    def withdraw(self, source: str, upstream_id: str, by: str, mission: str | None = None) -> list[str]:
+        """Mark every result of ``(source, mission, upstream_id)`` withdrawn by retraction ``by``.
+
+        ``mission`` (from the result document) keeps a retraction of one GCN mission
+        from withdrawing another mission's results for the same trigger number; None
+        matches any mission.
 
         Returns
         -------
@@ -144,7 +148,8 @@ class FollowupStore:
                 rows = conn.execute(
                     sa.update(t)
                     .where(t.c.source == source, t.c.upstream_id == upstream_id, t.c.kind == "result",
-                           t.c.withdrawn.is_(False))
+                           t.c.withdrawn.is_(False),
+                           *([t.c.document["mission"].astext == mission] if mission is not None else []))
                     .values(withdrawn=True, withdrawn_by=by, withdrawn_at=sa.func.now(),
                             document=t.c.document.op("||")(
                                 sa.func.jsonb_build_object("withdrawn", True, "withdrawn_by", by)))
@@ -154,11 +159,13 @@ class FollowupStore:
 
         return self._retry(txn, f"withdrawing follow-ups of {upstream_id}")
 
-    def withdrawal_for(self, source: str, upstream_id: str) -> str | None:
-        """Event id of a retraction already processed for ``(source, upstream_id)``, or None."""
+    def withdrawal_for(self, source: str, upstream_id: str, mission: str | None = None) -> str | None:
+        """Event id of a retraction already processed for ``(source, mission, upstream_id)``, or None."""
         t = self.table
         q = (sa.select(t.c.event_id).where(t.c.source == source, t.c.upstream_id == upstream_id,
-                                           t.c.kind == "withdrawal").limit(1))
+                                           t.c.kind == "withdrawal",
+                                           *([t.c.document["mission"].astext == mission] if mission else []))
+             .limit(1))
         with self.engine.connect() as conn:
             return conn.execute(q).scalar()
 

@@ -38,7 +38,7 @@ import confluent_kafka
 from broker.errors import BrokerError, DecodeError
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS
-from broker.pipeline.deadletter import dead_letter, minimal, one_line
+from broker.pipeline.deadletter import dead_letter, error_text, minimal, one_line
 from broker.pipeline.ingest import is_infrastructure_error
 from broker.serde import EventCodec, Provenance
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
@@ -131,7 +131,7 @@ class _KafkaLoop:
                                  msg.offset())
                 del self._outbox[mark:]
                 self.on_failed(msg)
-                self.dead_letter(msg, f"{self.name} failed: {type(exc).__name__}: {one_line(str(exc), 300)}")
+                self.dead_letter(msg, f"{self.name} failed: {one_line(error_text(exc), 300)}")
             finally:
                 self._current = None
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
@@ -325,7 +325,7 @@ class WorkerStage(_KafkaLoop):
 
     def _withdraw(self, request: FollowupRequest) -> dict[str, Any]:
         ev = request.event
-        withdrawn = self.store.withdraw(ev.source, ev.upstream_id, by=ev.id)
+        withdrawn = self.store.withdraw(ev.source, ev.upstream_id, by=ev.id, mission=ev.mission)
         doc = self._base(request, "withdrawal") | {
             "status": "withdrawn", "withdrawn_request_ids": withdrawn, "retracted_by": ev.id,
             "summary_text": (f"{ev.upstream_id} was retracted ({ev.id}); {len(withdrawn)} INTEGRAL follow-up "
@@ -340,7 +340,7 @@ class WorkerStage(_KafkaLoop):
             rec = self.archive.get(ev.id)
             if rec is not None and rec.retracted:
                 return rec.retracted_by
-        return self.store.withdrawal_for(ev.source, ev.upstream_id)
+        return self.store.withdrawal_for(ev.source, ev.upstream_id, ev.mission)
 
     def _analyze(self, request: FollowupRequest) -> tuple[dict[str, Any], bytes | None]:
         ev = request.event

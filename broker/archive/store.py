@@ -160,7 +160,7 @@ class Archive:
 
         In one transaction: raw bytes, then all rows with ``ON CONFLICT (id) DO
         NOTHING``, then retractions. A retraction (``event.is_retraction``) marks every
-        other archived revision of the same (source, upstream_id) ``retracted = true,
+        other archived revision of the same (source, mission, upstream_id) ``retracted = true,
         retracted_by = <retraction id>``; a revision archived *after* its retraction
         (out-of-order delivery) is marked at insertion. The first archived retraction
         is the one named in ``retracted_by``.
@@ -372,18 +372,22 @@ def _insert_rows(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[str]:
 
 _RETRACT_BY = sa.text(
     "UPDATE events SET retracted = true, retracted_by = :rid "
-    "WHERE source = :source AND upstream_id = :upstream_id "
+    "WHERE source = :source AND mission = :mission AND upstream_id = :upstream_id "
     "AND alert_type <> 'retraction' AND NOT retracted"
 )
+"""A retraction applies to its own (source, mission, upstream_id): GCN carries many
+missions under one source, and trigger numbers of different missions collide (an
+Einstein Probe retraction with id 745121685 must not retract Fermi GBM trigger
+745121685)."""
 
 _RETRACT_LATE = sa.text(
     "UPDATE events e SET retracted = true, retracted_by = ("
     "  SELECT r.id FROM events r WHERE r.alert_type = 'retraction'"
-    "  AND r.source = e.source AND r.upstream_id = e.upstream_id"
+    "  AND r.source = e.source AND r.mission = e.mission AND r.upstream_id = e.upstream_id"
     "  ORDER BY r.ingested_at, r.id LIMIT 1) "
     "WHERE e.id = ANY(:ids) AND e.alert_type <> 'retraction' AND NOT e.retracted "
     "AND EXISTS (SELECT 1 FROM events r WHERE r.alert_type = 'retraction'"
-    "  AND r.source = e.source AND r.upstream_id = e.upstream_id)"
+    "  AND r.source = e.source AND r.mission = e.mission AND r.upstream_id = e.upstream_id)"
 )
 
 
@@ -391,7 +395,8 @@ def _mark_retractions(conn: sa.Connection, retractions: list, inserted_ids: list
     """Apply retractions of this batch, then retract late arrivals; return rows marked."""
     n = 0
     for ev in retractions:
-        n += conn.execute(_RETRACT_BY, {"rid": ev.id, "source": ev.source, "upstream_id": ev.upstream_id}).rowcount
+        n += conn.execute(_RETRACT_BY, {"rid": ev.id, "source": ev.source, "mission": ev.mission,
+                                        "upstream_id": ev.upstream_id}).rowcount
     if inserted_ids:
         n += conn.execute(_RETRACT_LATE, {"ids": inserted_ids}).rowcount
     return n

@@ -50,6 +50,12 @@ MAX_KEY_BYTES = 4096
 """A longer original key is replaced by its sha256."""
 
 
+def error_text(exc: BaseException) -> str:
+    """``Type: first line of the message`` (SQLAlchemy appends the SQL on later lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """``text`` on one line, at most ``limit`` characters, printable valid UTF-8
     (control characters and lone surrogates escaped, :func:`broker.text.one_line`)."""
@@ -57,6 +63,8 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 
 _KINDS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^follow-up trigger: "), "unreadable mma.events record"),
+    (re.compile(r"^followup\.\w+ failed: (\w+)"), "follow-up error: {0}"),
     (re.compile(r"decode took more than (max_decode_cpu_s)"), "over {0}"),
     (re.compile(r"over the limit (\w+)"), "over {0}"),
     (re.compile(r"more than (max_\w+)"), "over {0}"),

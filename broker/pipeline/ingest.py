@@ -41,7 +41,7 @@ from broker.errors import DecodeError
 from broker.event import Event
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS, DecodeLimits
-from broker.pipeline.deadletter import dead_letter, minimal, one_line, reason_kind
+from broker.pipeline.deadletter import dead_letter, error_text, minimal, one_line, reason_kind
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class IngestStage:
                 raise
             if len(with_events) == 1:
                 d = with_events[0]
-                dead.append((d.msg, f"archive refused the message: {type(exc).__name__}: {one_line(str(exc), 300)}"))
+                dead.append((d.msg, f"archive refused the message: {one_line(error_text(exc), 300)}"))
                 return [g for g in good if g is not d]
             log.warning("%s: archive write of %d messages failed (%s: %s); isolating the message(s) responsible",
                         self.name, len(with_events), type(exc).__name__, one_line(str(exc), 200))

@@ -132,7 +132,6 @@ def _load_json(data: bytes) -> dict:
         surrogates, which ``json`` lets through from ``\\ud800`` escapes or encoded
         in the bytes, are refused by :class:`~broker.event.Event` where they land.)
     """
-    import re
     import sys
 
     from broker.limits import check_cpu, current_limits
@@ -154,8 +153,18 @@ def _load_json(data: bytes) -> dict:
         raise DecodeError(f"invalid JSON: {exc}") from None
     except ValueError:  # int() of more digits than sys.get_int_max_str_digits()
         most = sys.get_int_max_str_digits()
-        m = re.search(rb"[0-9]{%d,}" % (most + 1), data)
-        found = f" at byte {m.start()} has {m.end() - m.start():,} digits," if m else ""
+        # where: runs of digits found in one vectorized pass (a regex for runs longer
+        # than `most` backtracked: 16 MB of 4,300-digit runs took 41 s)
+        import numpy as np
+
+        digit = np.frombuffer(data, np.uint8) - np.uint8(48) < 10
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], digit, [False])).astype(np.int8)))
+        starts, ends = edges[0::2], edges[1::2]
+        long_runs = np.flatnonzero(ends - starts > most)
+        found = ""
+        if long_runs.size:
+            i = int(long_runs[0])
+            found = f" at byte {int(starts[i])} has {int(ends[i] - starts[i]):,} digits,"
         raise DecodeError(f"invalid JSON: an integer{found} longer than the {most} digits Python converts") from None
     check_cpu("JSON parse")
     if not isinstance(obj, dict):

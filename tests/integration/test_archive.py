@@ -283,3 +283,25 @@ def test_postgres_restart_during_writes(archive: Archive, pg, caplog) -> None:
     warnings = [r.getMessage() for r in caplog.records if r.name == "broker.archive.retry"]
     assert warnings and all("database unavailable" in w for w in warnings)
     assert archive.raw("ztf:restart:39:49") == b"39:49" * 50
+
+
+def test_retraction_of_one_gcn_mission_leaves_another_missions_trigger_alone(archive: Archive) -> None:
+    """GCN trigger numbers collide across missions (all are source "gcn"): a retraction
+    made from the real Einstein Probe example with Fermi GBM's trigger id must retract
+    neither the GBM notices of that trigger nor, arriving first, the late ones."""
+    from broker.sources import decode
+
+    gbm_dir = DATA / "gcn/gcn-schema/gcn/notices/fermi/gbm"
+    gbm = [ArchiveItem(ev, p.read_bytes(), None) for p in sorted(gbm_dir.glob("trigger.*.example.json"))
+           for ev in decode(p.read_bytes())]
+    trigger = {it.event.upstream_id for it in gbm}
+    assert len(trigger) == 1 and len(gbm) >= 5
+    ep = json.loads((DATA / "gcn/gcn-schema/gcn/notices/einstein_probe/wxt/alert.example.json").read_text())
+    ep.update(id=[next(iter(trigger))], alert_type="retraction")
+    raw = json.dumps(ep).encode()
+    (retraction,) = decode(raw)
+    assert retraction.is_retraction and retraction.upstream_id in trigger and retraction.mission != "Fermi"
+    archive.write_batch(gbm[:3])
+    assert archive.write_batch([ArchiveItem(retraction, raw, None)]).retracted == 0
+    assert archive.write_batch(gbm[3:]).retracted == 0
+    assert not any(a.retracted for a in archive.list(source="gcn") if a.event.mission == "Fermi")

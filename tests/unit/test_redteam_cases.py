@@ -185,3 +185,29 @@ def test_inspect_applies_the_configured_limits():
     proc = subprocess.run([sys.executable, "-m", "broker", "inspect", str(IGWN_INITIAL)], capture_output=True,
                           text=True, env=env, cwd=REPO_ROOT, timeout=120)
     assert proc.returncode == 1 and "max_json_depth = 2" in proc.stderr
+
+
+# ---------------------------------------------------------------- round 2
+def test_long_digit_runs_do_not_make_the_json_error_quadratic():
+    """Hundreds of 4,300-digit runs inside a string, then one 4,301-digit integer: the
+    regex that located the integer backtracked (1.7 MB: 4.8 s; 16 MB: 41 s)."""
+    obj = json.loads(GUANO.read_text())
+    obj["additional_info"] = " ".join(["7" * 4300] * 400)
+    data = (json.dumps(obj)[:-1] + ', "x": ' + "1" * 4301 + "}").encode()
+    cpu, exc = _cpu(lambda: decode_unguarded(data))
+    assert exc is not None and "has 4,301 digits" in str(exc)
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU"
+
+
+@pytest.mark.parametrize("char", ["\u202e", "\u2066", "\u2028", "\u2029", "\u200f"])
+def test_bidi_controls_and_line_separators_are_refused_in_ids(char):
+    """U+202E shows an id reversed on a terminal ('Trojan Source'); U+2028 breaks lines."""
+    with pytest.raises(DecodeError, match="control character"):
+        decode_unguarded(_gcn(id=[f"745121685{char}gpj.exe"]))
+
+
+def test_reason_kinds_of_follow_up_dead_letters():
+    from broker.pipeline.deadletter import reason_kind
+
+    assert reason_kind("follow-up trigger: not an mma.events v1 message") == "unreadable mma.events record"
+    assert reason_kind("followup.worker failed: DataError: unsupported Unicode escape") == "follow-up error: DataError"
