@@ -79,10 +79,12 @@ class _KafkaLoop:
 
     def __init__(self, consumer: confluent_kafka.Consumer, producer: confluent_kafka.Producer, *, dlq_topic: str,
                  stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5,
-                 max_dlq_bytes: int = DEFAULT_LIMITS.max_dlq_bytes, backoff: Backoff | None = None) -> None:
+                 max_dlq_bytes: int = DEFAULT_LIMITS.max_dlq_bytes, backoff: Backoff | None = None,
+                 store_raw: Callable[[list[bytes]], list[Any]] | None = None) -> None:
         self.consumer, self.producer, self.dlq_topic = consumer, producer, dlq_topic
         self.stats, self.batch_size, self.poll_timeout_s = stats, batch_size, poll_timeout_s
         self.max_dlq_bytes = max_dlq_bytes
+        self.store_raw = store_raw  # keeps a dead letter's whole value (Archive.store_raw), as ingest does
         self.backoff = backoff or Backoff(self.name)
         self.stop: threading.Event | None = None
         self._outbox: list[Outgoing] = []
@@ -101,7 +103,9 @@ class _KafkaLoop:
     def dead_letter(self, msg: confluent_kafka.Message, reason: str) -> None:
         logger.warning("%s: dead letter %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(), msg.offset(),
                        one_line(reason, 300))
-        letter = dead_letter(msg, reason, self.name, max_bytes=self.max_dlq_bytes)
+        value = msg.value()
+        ref = self.store_raw([value])[0] if self.store_raw is not None and value is not None else None
+        letter = dead_letter(msg, reason, self.name, max_bytes=self.max_dlq_bytes, raw_ref=ref)
         self._outbox.append(Outgoing(self.dlq_topic, tag=("dlq", letter), **letter.kwargs()))
         self.stats.dead_letters += 1
 
@@ -418,7 +422,8 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     archive = open_archive(s)
     ensure_topics(s, [events, requests, results, dlq])
     stats = FollowupStats()
-    loop = {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "max_dlq_bytes": s.limits.max_dlq_bytes}
+    loop = {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "max_dlq_bytes": s.limits.max_dlq_bytes,
+            "store_raw": archive.store_raw}
     trigger = TriggerStage(
         make_consumer(s, f"{s.group_id}.followup.trigger"), make_producer(s), requests_topic=requests,
         dlq_topic=dlq, rules=f.rules, enabled_analyses=f.analyses, params=request_params(s),

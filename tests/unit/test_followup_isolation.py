@@ -21,13 +21,14 @@ from tests.unit.test_ingest_stage import GBM_VOEVENT, IGWN_JSON, FakeConsumer, F
 PROV = Provenance(component="ingest", version="test", config_hash="cafe00cafe00")
 
 
-def _trigger(fail_with=None):
+def _trigger(fail_with=None, store_raw=None, max_dlq_bytes=1 << 20):
     log: list = []
     consumer, producer = FakeConsumer(log), FakeProducer(log, fail_with)
     s = Settings()
     stage = TriggerStage(consumer, producer, requests_topic="t.req", dlq_topic="t.dlq", rules=s.followup.rules,
                          enabled_analyses=["spiacs"], params={"window_s": 300.0}, provenance=PROV,
-                         stats=FollowupStats(), backoff=Backoff("t", sleep=lambda s: log.append(("sleep", s))))
+                         stats=FollowupStats(), backoff=Backoff("t", sleep=lambda s: log.append(("sleep", s))),
+                         store_raw=store_raw, max_dlq_bytes=max_dlq_bytes)
     return stage, consumer, producer
 
 
@@ -79,3 +80,22 @@ def test_request_refused_as_too_large_dead_letters_its_event():
     assert dead["topic"] == "t.dlq" and dead["value"] == msgs[0].value()
     assert dict(dead["headers"])["mma.dlq.reason"].startswith(b"Kafka refused the record for t.req")
     assert consumer.commits == [{("t.mma.events", 0): 1}]
+
+
+def test_dead_letter_of_the_trigger_keeps_its_whole_value_in_the_raw_store():
+    from broker.archive.raw import RawRef
+
+    kept: list[bytes] = []
+
+    def store_raw(blobs):
+        kept.extend(blobs)
+        return [RawRef(sha256="ab" * 32, length=len(b), segment="20261130/f.seg", offset=3) for b in blobs]
+
+    bad = b"\xc3\x01" + bytes(5000)
+    stage, consumer, producer = _trigger(store_raw=store_raw, max_dlq_bytes=100)
+    stage.process([FakeMessage("t.mma.events", 1, 9, bad)])
+    (dead,) = producer.produced
+    h = dict(dead["headers"])
+    assert kept == [bad] and dead["value"] == bad[:100] and h["mma.dlq.truncated"] == b"true"
+    assert h["mma.dlq.size"] == b"5002" and h["mma.dlq.raw.segment"] == b"20261130/f.seg"
+    assert h["mma.dlq.kind"] == b"unreadable mma.events record"
