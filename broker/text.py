@@ -29,6 +29,14 @@ def _escape(m: re.Match[str]) -> str:
 
 def one_line(text: object, limit: int = 1000) -> str:
     """``str(text)`` on one line (runs of whitespace → one space), printable, at most
-    ``limit`` characters (an ellipsis marks a cut)."""
+    ``limit`` characters.
+
+    A longer text keeps its first two thirds and its end, with an ellipsis between:
+    reasons name the place first and the problem last (``VOEvent <ivorn>: ... is over
+    the limit ...``), and a long quoted value in the middle must not hide either.
+    """
     text = printable(" ".join(str(text).split()))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return text[:head] + "…" + text[len(text) - (limit - head - 1):]

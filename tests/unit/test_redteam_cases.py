@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import os
 import subprocess
 import sys
@@ -211,3 +212,34 @@ def test_reason_kinds_of_follow_up_dead_letters():
 
     assert reason_kind("follow-up trigger: not an mma.events v1 message") == "unreadable mma.events record"
     assert reason_kind("followup.worker failed: DataError: unsupported Unicode escape") == "follow-up error: DataError"
+
+
+# ---------------------------------------------------------------- round 3: the reason itself
+def _reason(data: bytes) -> str:
+    with pytest.raises(DecodeError) as info:
+        decode_unguarded(data)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: json.dumps({"mission": "X\n\x1b[2J\u202e", "alert_type": "initial", "trigger_time": "nope"}).encode(),
+    lambda: GBM_VOEVENT.read_bytes().replace(b'ivorn="ivo://nasa.gsfc.gcn/',
+                                             b'ivorn="ivo://nasa.gsfc.gcn/&#10;&#13;&#x85;&#x202E;', 1),
+    lambda: json.dumps({**json.loads(IGWN_INITIAL.read_text()), "superevent_id": "MS1\x1b[2J\nX",
+                        "alert_type": "bogus"}).encode(),
+], ids=["gcn-mission", "voevent-ivorn", "igwn-superevent_id"])
+def test_a_reason_quoting_the_alert_is_one_printable_line(make):
+    """Decoders quote ids and names from the alert; the DecodeError escapes them."""
+    from broker.text import printable
+
+    reason = _reason(make())
+    assert "\n" not in reason and "\r" not in reason and printable(reason) == reason
+    assert "\\x1b" in reason or "\\u202e" in reason
+
+
+def test_a_reason_quoting_a_5_mb_value_is_cut_keeping_its_end():
+    data = re.sub(rb'name="Packet_Type"\s+value="[^"]*"', b'name="Packet_Type" value="' + b"x" * 5_000_000 + b'"',
+                  GBM_VOEVENT.read_bytes())
+    reason = _reason(data)
+    assert len(reason) <= DecodeError.MAX_REASON_CHARS and "…" in reason
+    assert reason.startswith("VOEvent ivo://nasa.gsfc.gcn/Fermi#GBM_Flt_Pos")
