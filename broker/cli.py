@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from enum import Enum
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -302,6 +303,16 @@ def subscribe(
     name = s.topic(topic)
     consumer = make_consumer(s, f"{s.group_id}.subscribe.{uuid.uuid4().hex[:8]}",
                              **{"auto.offset.reset": "earliest" if from_beginning else "latest"})
+    try:
+        known = consumer.list_topics(timeout=10).topics
+    except Exception as exc:  # noqa: BLE001 - KafkaException: one line, no traceback
+        consumer.close()
+        raise BrokerError(f"Kafka at {s.kafka.bootstrap_servers} did not answer: {exc}") from None
+    if name not in known:
+        consumer.close()
+        ours = sorted(t for t in known if t.startswith(s.topic("mma.")))
+        raise BrokerError(f"no topic {name!r} on {s.kafka.bootstrap_servers}"
+                          + (f" (the broker's topics: {', '.join(ours)})" if ours else " (has the broker run yet?)"))
     consumer.subscribe([name])
     codec = EventCodec()
     n = 0
@@ -343,6 +354,15 @@ def subscribe(
 
 
 # ---------------------------------------------------------------- events
+class SourceName(str, Enum):
+    """Values of ``Event.source``."""
+
+    igwn = "igwn"
+    gcn = "gcn"
+    ztf = "ztf"
+    lsst = "lsst"
+
+
 def _parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
@@ -355,15 +375,16 @@ def _parse_since(value: str | None) -> datetime | None:
 
 @events_app.command("list")
 def events_list(
-    source: Optional[str] = typer.Option(None, "--source", help="igwn, gcn, ztf, lsst."),
+    source: Optional[SourceName] = typer.Option(None, "--source", help="Only this source.", case_sensitive=False),
     since: Optional[str] = typer.Option(None, "--since", help="Only events with T0 at/after this ISO time."),
-    limit: int = typer.Option(50, "--limit"),
+    limit: int = typer.Option(50, "--limit", min=1, max=100_000, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines."),
 ) -> None:
     """List archived events, newest T0 first."""
     from broker.app import open_archive
 
-    rows = open_archive(settings(), read_only=True).list(source=source, since=_parse_since(since), limit=limit)
+    rows = open_archive(settings(), read_only=True).list(source=source.value if source else None,
+                                                        since=_parse_since(since), limit=limit)
     if as_json:
         for r in rows:
             d = r.event.to_json_dict()

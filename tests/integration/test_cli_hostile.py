@@ -59,3 +59,21 @@ def test_events_list_prints_hostile_ids_as_text(broker_env, fresh_db):
     assert "\x1b" not in proc.stdout and "❌" not in proc.stdout
     for it in items:
         assert it.event.id in proc.stdout
+
+
+def test_subscribe_to_a_topic_that_does_not_exist_fails_clearly(broker_env):
+    proc = run_cli(broker_env, "subscribe", "mma.evnets", "--timeout", "2", check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    prefix = broker_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
+    assert proc.stderr.startswith(f"mma-broker: no topic '{prefix}mma.evnets'")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--limit", "-5"], "--limit"),
+    (["--limit", "0"], "--limit"),
+    (["--source", "foo"], "'foo' is not one of 'igwn', 'gcn', 'ztf', 'lsst'"),
+])
+def test_events_list_refuses_bad_arguments_before_any_database_call(broker_env, args, message):
+    env = dict(broker_env, MMA_BROKER_ARCHIVE__DATABASE_URL="postgresql+psycopg://u:p@127.0.0.1:1/none")
+    proc = run_cli(env, "events", "list", *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "127.0.0.1" not in proc.stderr
