@@ -35,10 +35,10 @@ from typing import Any
 
 import confluent_kafka
 
-from broker.errors import BrokerError, DecodeError
+from broker.errors import DecodeError
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS
-from broker.pipeline.deadletter import dead_letter, error_text, minimal, one_line
+from broker.pipeline.deadletter import dead_letter, error_text, one_line, triage_refused
 from broker.pipeline.ingest import is_infrastructure_error
 from broker.serde import EventCodec, Provenance
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
@@ -144,18 +144,12 @@ class _KafkaLoop:
         outbox, self._outbox = self._outbox, []
         refused = publish(self.producer, outbox, name=self.name, stop=self.stop, backoff=self.backoff)
         while refused:
-            retry: list[Outgoing] = []
-            for rec, reason in refused:
-                if isinstance(rec.tag, tuple) and rec.tag[0] == "dlq":
-                    small = minimal(rec.tag[1])
-                    retry.append(Outgoing(self.dlq_topic, tag=("dlq-minimal", small), **small.kwargs()))
-                elif isinstance(rec.tag, tuple):
-                    raise BrokerError(f"{self.name}: {self.dlq_topic} refused even a value-less dead letter: {reason}")
-                elif rec.tag is not None:
-                    self.on_failed(rec.tag)
-                    self.dead_letter(rec.tag, reason)
-                    retry.append(self._outbox.pop())
-            refused = publish(self.producer, retry, name=self.name, stop=self.stop, backoff=self.backoff)
+            resend, origins = triage_refused(refused, self.dlq_topic, self.name)
+            for msg, reason in origins:
+                self.on_failed(msg)
+                self.dead_letter(msg, reason)
+            resend, self._outbox = resend + self._outbox, []
+            refused = publish(self.producer, resend, name=self.name, stop=self.stop, backoff=self.backoff)
         self.after_flush()
         commit_offsets(self.consumer, offsets, self.name, stop=self.stop, backoff=self.backoff)
 

@@ -38,9 +38,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.text import one_line as _one_line
+
+if TYPE_CHECKING:
+    from broker.kafka import Outgoing
 
 MAX_REASON_CHARS = 1000
 """Longest reason kept, characters."""
@@ -186,3 +189,43 @@ def minimal(letter: DeadLetter) -> DeadLetter:
     if not any(k == "mma.dlq.truncated" for k, _ in headers):
         headers.append(("mma.dlq.truncated", b"true"))
     return DeadLetter(key=None, value=None, headers=headers)
+
+
+def triage_refused(refused: list[tuple[Outgoing, str]], dlq_topic: str, stage: str,
+                   ) -> tuple[list[Outgoing], list[tuple[Any, str]]]:
+    """Sort the records Kafka refused for what they are (:func:`broker.kafka.publish`).
+
+    Parameters
+    ----------
+    refused : list of (Outgoing, str)
+        Records and reasons. A dead letter is tagged ``("dlq", DeadLetter)``; an
+        output record is tagged with the consumed message it came from.
+    dlq_topic, stage : str
+
+    Returns
+    -------
+    resend : list of Outgoing
+        The refused dead letters again, each without its value (:func:`minimal`).
+    origins : list of (message, reason)
+        The consumed messages whose outputs were refused: they become dead letters.
+
+    Raises
+    ------
+    BrokerError
+        When even a value-less dead letter was refused (the DLQ topic's
+        ``max.message.bytes`` is below a few kB: a configuration error).
+    """
+    from broker.errors import BrokerError
+    from broker.kafka import Outgoing
+
+    resend: list[Outgoing] = []
+    origins: list[tuple[Any, str]] = []
+    for rec, reason in refused:
+        if isinstance(rec.tag, tuple) and rec.tag[0] == "dlq":
+            small = minimal(rec.tag[1])
+            resend.append(Outgoing(dlq_topic, tag=("dlq-minimal", small), **small.kwargs()))
+        elif isinstance(rec.tag, tuple):
+            raise BrokerError(f"{stage}: {dlq_topic} refused even a value-less dead letter: {reason}")
+        elif rec.tag is not None:
+            origins.append((rec.tag, reason))
+    return resend, origins

@@ -41,7 +41,7 @@ from broker.errors import DecodeError
 from broker.event import Event
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS, DecodeLimits
-from broker.pipeline.deadletter import dead_letter, error_text, minimal, one_line, reason_kind
+from broker.pipeline.deadletter import dead_letter, error_text, one_line, reason_kind, triage_refused
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
 
 log = logging.getLogger(__name__)
@@ -304,27 +304,15 @@ class IngestStage:
 
     def _handle_refused(self, refused: list[tuple[Outgoing, str]], dead: list[tuple[Any, str]]) -> None:
         """Records Kafka will never take: an Event → its message to the DLQ; a dead letter → minimal."""
-        retry: list[Outgoing] = []
-        new_dead: list[tuple[Any, str]] = []
-        for rec, reason in refused:
-            if isinstance(rec.tag, tuple) and rec.tag[0] == "dlq":
-                small = minimal(rec.tag[1])
-                retry.append(Outgoing(self.dlq_topic, tag=("dlq-minimal", small), **small.kwargs()))
-            elif isinstance(rec.tag, tuple):
-                from broker.errors import BrokerError
-
-                raise BrokerError(f"{self.name}: {self.dlq_topic} refused even a value-less dead letter: {reason}")
-            else:
-                new_dead.append((rec.tag, f"archived, but {reason}"))
-        if new_dead:
+        while refused:
+            resend, origins = triage_refused(refused, self.dlq_topic, self.name)
+            new_dead = [(msg, f"archived, but {reason}") for msg, reason in origins]
             for msg, reason in new_dead:
                 log.warning("%s: dead letter %s[%s]@%s: %s", self.name, msg.topic(), msg.partition(), msg.offset(),
                             reason)
-            retry += self._dead_letters(new_dead)
             dead.extend(new_dead)
-        again = publish(self.producer, retry, name=self.name, stop=self.stop, backoff=self.backoff)
-        if again:
-            self._handle_refused(again, dead)
+            refused = publish(self.producer, resend + self._dead_letters(new_dead), name=self.name, stop=self.stop,
+                              backoff=self.backoff)
 
     def caught_up(self) -> bool:
         """True when every assigned partition has been consumed up to its high watermark."""
