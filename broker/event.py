@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from broker.text import CONTROL_CHARACTERS
 
 Source = Literal["igwn", "gcn", "ztf", "lsst"]
 Messenger = Literal["gw", "em", "neutrino"]
@@ -207,10 +208,9 @@ def format_time(t: datetime) -> str:
 MAX_ID_CHARS = 1024
 """Longest id, mission, instrument, upstream_id or alert_type accepted, in characters
 and in UTF-8 bytes (they are Kafka keys, headers and indexed columns)."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-"""C0 and C1 control characters (newline, ESC, ...), line/paragraph separators and
-bidirectional controls (U+202E shows an id reversed: "Trojan Source"): never in an
-id, which is printed on terminals, put in headers and used as a key."""
+# C0/C1 controls, line/paragraph separators and bidi controls (U+202E shows an id
+# reversed: "Trojan Source") are never in an id, which is printed on terminals, put
+# in headers and used as a key: the set broker.text escapes.
 
 
 class Event(BaseModel):
@@ -281,7 +281,7 @@ class Event(BaseModel):
         if not v.isascii() and len(v.encode("utf-8")) > MAX_ID_CHARS:
             raise ValueError(f"{info.field_name} is {len(v.encode('utf-8')):,} bytes long in UTF-8, over "
                              f"{MAX_ID_CHARS} (PostgreSQL indexes at most 2,704 bytes per entry)")
-        bad = _CONTROL.search(v)
+        bad = CONTROL_CHARACTERS.search(v)
         if bad:
             raise ValueError(f"{info.field_name} holds the control character {bad.group()!r} at index {bad.start()}")
         return v

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 """C0 and C1 control characters (ESC starts terminal escape sequences, newlines split
 log and CLI lines), line/paragraph separators and bidirectional controls (which
 reorder what a terminal shows)."""
@@ -19,7 +19,7 @@ def printable(text: str) -> str:
     'a\\\\x1b[2Jb'
     """
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return _CONTROL.sub(_escape, text)
+    return CONTROL_CHARACTERS.sub(_escape, text)
 
 
 def _escape(m: re.Match[str]) -> str:

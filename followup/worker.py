@@ -35,12 +35,13 @@ from typing import Any
 
 import confluent_kafka
 
+from broker.archive.retry import is_infrastructure_error
 from broker.errors import DecodeError
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS
-from broker.pipeline.deadletter import dead_letter, error_text, one_line, triage_refused
-from broker.pipeline.ingest import is_infrastructure_error
+from broker.pipeline.deadletter import dead_letter, error_text, triage_refused
 from broker.serde import EventCodec, Provenance
+from broker.text import one_line
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
 from followup.rules import decide
 from followup.service import FollowupParams, run_followup

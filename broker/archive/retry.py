@@ -121,3 +121,22 @@ def retry_transient(
             sleep(delay)
             delay = min(delay * 2, max_delay_s)
             attempt += 1
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the archive's storage is unavailable, not that a message is bad.
+
+    Such errors are waited out (the batch is retried) instead of bisected: a full disk
+    or a lost database connection must not send good alerts to the dead-letter topic.
+    """
+    import psycopg
+    import sqlalchemy.exc as sa_exc
+
+    from broker.archive.raw import RawStoreError
+
+    if isinstance(exc, (OSError, RawStoreError)):
+        return True
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError,
+                        psycopg.InterfaceError)):
+        return is_outage_sqlstate(sqlstate(exc))
+    return False

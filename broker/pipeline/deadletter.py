@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from broker.text import one_line as _one_line
+from broker.text import one_line
 
 if TYPE_CHECKING:
     from broker.kafka import Outgoing
@@ -57,12 +57,6 @@ def error_text(exc: BaseException) -> str:
     """``Type: first line of the message`` (SQLAlchemy appends the SQL on later lines)."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
-def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """``text`` on one line, at most ``limit`` characters, printable valid UTF-8
-    (control characters and lone surrogates escaped, :func:`broker.text.one_line`)."""
-    return _one_line(text, limit)
 
 
 _KINDS: list[tuple[re.Pattern[str], str]] = [

@@ -36,13 +36,15 @@ from typing import Any, Protocol
 
 import confluent_kafka
 
+from broker.archive.retry import is_infrastructure_error
 from broker.archive.rows import ArchiveItem, KafkaMeta
 from broker.errors import DecodeError
 from broker.event import Event
 from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
 from broker.limits import DEFAULT_LIMITS, DecodeLimits
-from broker.pipeline.deadletter import dead_letter, error_text, one_line, reason_kind, triage_refused
+from broker.pipeline.deadletter import dead_letter, error_text, reason_kind, triage_refused
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance
+from broker.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +64,6 @@ class IngestStats:
     by_kind: Counter = field(default_factory=Counter)
     """(source, mission, alert_type) → Events decoded."""
     dlq_reasons: Counter = field(default_factory=Counter)
-
-
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """True when ``exc`` says the archive's storage is unavailable, not that a message is bad.
-
-    Such errors are waited out (the batch is retried) instead of bisected: a full disk
-    or a lost database connection must not send good alerts to the dead-letter topic.
-    """
-    import psycopg
-    import sqlalchemy.exc as sa_exc
-
-    from broker.archive.raw import RawStoreError
-    from broker.archive.retry import is_outage_sqlstate, sqlstate
-
-    if isinstance(exc, (OSError, RawStoreError)):
-        return True
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, psycopg.OperationalError,
-                        psycopg.InterfaceError)):
-        return is_outage_sqlstate(sqlstate(exc))
-    return False
 
 
 def decode_message(data: bytes | None, decode: Callable[[bytes], list[Event]]) -> list[Event]:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from broker.errors import DecodeError
 from broker.event import Event, validation_reason
 from broker.limits import DecodeLimits, decode_scope, over_limit
-from broker.text import one_line as _one_line
+from broker.text import one_line
 
 AVRO_MAGIC = b"Obj\x01"
 
@@ -209,12 +209,7 @@ def decode(data: bytes, limits: DecodeLimits | None = None) -> list[Event]:
         except MemoryError:
             raise DecodeError("decoder failed: out of memory decoding this message (MemoryError)") from None
         except Exception as exc:  # a decoder bug must not stop the stream
-            raise DecodeError(f"decoder failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line, at most ``limit`` characters, printable (:func:`broker.text.one_line`)."""
-    return _one_line(text, limit)
+            raise DecodeError(f"decoder failed: {type(exc).__name__}: {one_line(str(exc), 300)}") from exc
 
 
 def decode_unguarded(data: bytes) -> list[Event]:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_replay import RecordingProducer
+
 import broker.replay as replay_mod
 from broker.config import REPO_ROOT, SettingsError, load_settings, scrub_secrets
 from broker.errors import BrokerError, DecodeError
@@ -421,33 +423,6 @@ def test_inspect_survives_a_very_deep_folder_tree(tmp_path):
         assert _text(proc.stdout).count(": gcn:") == 1
     finally:
         subprocess.run(["rm", "-rf", str(deep)], check=False)  # shutil.rmtree recurses too
-
-
-class RecordingProducer:
-    def __init__(self):
-        self.messages: list[tuple[str, bytes, list]] = []
-        self._callbacks = []
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None):
-        self.messages.append((topic, value, list(headers or [])))
-        self._callbacks.append((topic, on_delivery))
-
-    def poll(self, timeout=0):
-        return 0
-
-    def flush(self, timeout=None):
-        for topic, cb in self._callbacks:
-            cb(None, _Msg(topic))
-        self._callbacks = []
-        return 0
-
-
-class _Msg:
-    def __init__(self, topic):
-        self._topic = topic
-
-    def topic(self):
-        return self._topic
 
 
 def _raising(exc: BaseException, when: bytes):

@@ -87,7 +87,7 @@ def test_index_row_too_large_is_not_an_outage():
     import sqlalchemy.exc as sa_exc
 
     from broker.archive.retry import is_transient
-    from broker.pipeline.ingest import is_infrastructure_error
+    from broker.archive.retry import is_infrastructure_error
 
     err = psycopg.errors.ProgramLimitExceeded("index row size 4008 exceeds btree version 4 maximum 2704")
     assert isinstance(err, psycopg.OperationalError)
