@@ -12,14 +12,14 @@ The defaults fit every real alert stream we know with a wide margin:
 =========================  ==========  =================================================
 limit                      default     what it bounds (largest real value seen)
 =========================  ==========  =================================================
-max_message_bytes          16 MiB      one upstream message (IGWN alert with sky map,
-                                       ~1.5 MB; ZTF alert with cutouts, ~80 kB)
-max_json_depth             64          JSON nesting (GCN/IGWN notices: < 10)
-max_xml_depth              64          XML nesting (GCN Classic VOEvents: < 10)
-max_xml_elements           100,000     XML elements (VOEvents: < 500)
+max_message_bytes          16 MiB      one upstream message (bundled: IGWN JSON alert
+                                       with two sky maps 2.1 MB; ZTF alert 90 kB)
+max_json_depth             64          JSON nesting (bundled notices: at most 8)
+max_xml_depth              64          XML nesting (bundled VOEvents: at most 8)
+max_xml_elements           100,000     XML elements (bundled VOEvents: at most 123)
 max_decompressed_bytes     32 MiB      Avro blocks after decompression, per message
-                                       (IGWN Avro alert: ~2 MB; bzip2 reaches 32 MiB
-                                       of hostile data in ~0.8 s of CPU)
+                                       (bundled IGWN Avro alert: 0.8 MB; a 70 MB
+                                       bzip2 block is refused after ~80 ms of CPU)
 max_skymap_bytes           256 MiB     a FITS sky map after gunzip (O4 multi-order maps:
                                        a few MB; flat NSIDE 1024, 4 columns: 400 MB is
                                        over and refused)
@@ -27,14 +27,15 @@ max_array_items            1,000,000   Python values one Avro message decodes to
                                        records' fields (recursively), array items, map
                                        entries; counted before they are built (largest
                                        real alert: 4,520, a ZTF alert with 65
-                                       prv_candidates and 21 fp_hists; the worst shapes
-                                       of 1,000,000 values tried took < 0.8 s of CPU
-                                       and < 130 MB to count and decode)
+                                       prv_candidates and 21 fp_hists; the bombs in
+                                       tests/unit/test_hostile_xml_avro.py are refused
+                                       in < 1 s of CPU and < 300 MB, asserted)
 max_json_items             100,000     JSON array items and object members, summed per
-                                       message (real notices: < 1,000); schema validation
-                                       of 100,000 undeclared keys takes ~0.4 s
-max_decode_cpu_s           2.0         CPU time of one decode (sky map + validation of
-                                       an O4 alert: ~0.1 s)
+                                       message (bundled notices: at most 403); schema
+                                       validation of 99,000 undeclared keys took
+                                       0.46-0.88 s of CPU in two runs
+max_decode_cpu_s           2.0         CPU time of one decode (the bundled 2.1 MB IGWN
+                                       alert with sky maps: 12 ms)
 max_event_bytes            1 MiB       one normalized Event as published on mma.events
 max_dlq_bytes              1 MiB       the copy of a bad message kept on mma.dlq; larger
                                        ones are truncated, the whole is in the raw store

@@ -154,7 +154,7 @@ def _load_json(data: bytes) -> dict:
     except ValueError:  # int() of more digits than sys.get_int_max_str_digits()
         most = sys.get_int_max_str_digits()
         # where: runs of digits found in one vectorized pass (a regex for runs longer
-        # than `most` backtracked: 16 MB of 4,300-digit runs took 41 s)
+        # than `most` backtracked: a red-team pass measured 41 s for 16 MB of 4,300-digit runs)
         import numpy as np
 
         digit = np.frombuffer(data, np.uint8) - np.uint8(48) < 10

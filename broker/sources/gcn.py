@@ -67,7 +67,7 @@ _TIME_RE = re.compile(
 )
 """Matched with ``fullmatch`` on the stripped text: no two adjacent variable-length
 runs, so matching is linear (``\\s*(Z|...)?\\s*$`` backtracked quadratically: 100 kB of
-spaces took 21 s)."""
+spaces took 21 s in a red-team pass)."""
 _MAX_TIME_CHARS = 64
 """Longest date-time text parsed (a 32-digit fraction and an offset fit)."""
 _WHERE_CHARS = 80

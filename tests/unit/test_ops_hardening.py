@@ -27,12 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_replay import RecordingProducer
-
 import broker.replay as replay_mod
 from broker.config import REPO_ROOT, SettingsError, load_settings, scrub_secrets
 from broker.errors import BrokerError, DecodeError
 from broker.replay import display_path, expand_paths, read_manifest, replay_files
+from tests.unit.test_replay import RecordingProducer
 
 DATA = REPO_ROOT / "tests" / "data"
 GBM = DATA / "voevent" / "pygcn" / "gbm_flt_pos.xml"
