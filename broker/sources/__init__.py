@@ -216,23 +216,8 @@ def decode_unguarded(data: bytes) -> list[Event]:
     """:func:`decode` without the catch-all and the size check: decoders' own errors only.
 
     For the fuzz tests, which must see every exception that is not a DecodeError
-    (each one is a decoder bug even though :func:`decode` contains it).
-
-    Parameters
-    ----------
-    data : bytes
-        The message value exactly as upstream sent it.
-
-    Returns
-    -------
-    list of Event
-        One Event per alert held (Avro containers may hold several).
-
-    Raises
-    ------
-    DecodeError
-        With a one-line reason when the bytes are not a supported alert, or when a
-        JSON alert violates its upstream schema (naming the JSON path and schema).
+    (each one is a decoder bug even though :func:`decode` contains it). Parameters,
+    returns and the DecodeErrors raised are those of :func:`decode`.
     """
     try:
         return _dispatch(data)
