@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 from broker import __version__
 from broker.config import Settings
@@ -10,6 +12,47 @@ from broker.errors import BrokerError
 from broker.serde import Provenance
 
 log = logging.getLogger(__name__)
+
+class App:
+    """The broker built once from settings and passed down: to CLI commands (as the
+    click context's ``obj``) and to stage factories (:mod:`broker.pipeline.runner`).
+    No module holds settings in a global.
+
+    Parameters
+    ----------
+    settings : Settings, optional
+        Already built settings; else they are loaded on first use from ``config``
+        (:func:`broker.config.load_settings`), so ``--help`` never reads them.
+    config : Path, optional
+        TOML preset for the lazy load.
+    debug : bool
+        Show tracebacks (CLI ``--debug``).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, config: Path | None = None, debug: bool = False,
+                 loader: Callable[[Path | None], Settings] | None = None) -> None:
+        self._settings = settings
+        self.config = config
+        self.debug = debug
+        self._loader = loader
+
+    @property
+    def settings(self) -> Settings:
+        """The settings, loaded on first access.
+
+        Raises
+        ------
+        broker.config.SettingsError
+            One line per invalid setting (never its value).
+        """
+        if self._settings is None:
+            if self._loader is None:
+                from broker.config import load_settings
+
+                self._loader = load_settings
+            self._settings = self._loader(self.config)
+        return self._settings
+
 
 NOT_INITIALIZED = "archive not initialized: run `mma-broker run` once"
 """Error of a read command on an archive that was never migrated."""
