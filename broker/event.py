@@ -1,7 +1,7 @@
 """The normalized Event: one common shape for every upstream alert.
 
 The JSON form is the contract in DESIGN.md ("Normalized Event"); the Avro form used on
-the ``mma.events`` topic is ``schemas/mma/event.avsc`` (``properties`` travels there as
+the ``mma.events`` topic is ``broker/schemas/mma/event.avsc`` (``properties`` travels there as
 a JSON string, because its values differ per source).
 """
 

@@ -4,7 +4,8 @@
 encoding* (Avro 1.8+ specification, "Single object encoding": the two bytes
 ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema, then
 the Avro binary body). The fingerprint lets a reader pick the schema version without
-a schema registry; the schema is ``schemas/mma/event.avsc``.
+a schema registry; the schema is ``broker/schemas/mma/event.avsc``, package data read
+with :mod:`importlib.resources`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import io
 import json
 from dataclasses import dataclass
 from functools import cached_property
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from broker.config import REPO_ROOT
 from broker.errors import DecodeError
 from broker.event import Event
 
-EVENT_SCHEMA_PATH = REPO_ROOT / "schemas" / "mma" / "event.avsc"
+EVENT_SCHEMA_PATH: Traversable = files("broker") / "schemas" / "mma" / "event.avsc"
+"""The Avro schema of ``mma.events`` (package data)."""
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 EVENT_CONTENT_TYPE = "application/vnd.mma-broker.event+avro; version=1"
 
@@ -42,12 +45,12 @@ class EventCodec:
 
     Parameters
     ----------
-    schema_path : Path
-        The Avro schema (default ``schemas/mma/event.avsc``).
+    schema_path : Path or Traversable
+        The Avro schema (default :data:`EVENT_SCHEMA_PATH`, ``broker/schemas/mma/event.avsc``).
     """
 
-    def __init__(self, schema_path: Path = EVENT_SCHEMA_PATH) -> None:
-        self._schema = fastavro.parse_schema(json.loads(schema_path.read_text()))
+    def __init__(self, schema_path: Path | Traversable = EVENT_SCHEMA_PATH) -> None:
+        self._schema = fastavro.parse_schema(json.loads(schema_path.read_text(encoding="utf-8")))
 
     @cached_property
     def header(self) -> bytes:

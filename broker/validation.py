@@ -1,11 +1,12 @@
-"""Validate upstream JSON alerts against the upstream schemas kept in ``schemas/upstream/``.
+"""Validate upstream JSON alerts against the upstream schemas kept in ``broker/schemas/upstream/``
+(package data, read with :mod:`importlib.resources`).
 
 What is checked
 ---------------
 * GCN Kafka notices of the unified schema (nasa-gcn/gcn-schema, JSON Schema Draft
   2020-12, as every file declares in ``$schema``): the notice's own ``$schema`` URL names
   the schema. Its version segment (``main``, ``v4.0.0``, ...) may differ from our copy,
-  which is ``main`` at gcn-schema commit 2ca8bdf5 (see ``schemas/upstream/README.md``):
+  which is ``main`` at gcn-schema commit 2ca8bdf5 (see ``broker/schemas/upstream/README.md``):
   the notice is checked against our copy of the same path and the result says which
   version the notice asked for and which copy was used.
 * IGWN ``igwn.gwalert`` JSON alerts against ``igwn.alerts.Alert.schema.json``
@@ -74,6 +75,8 @@ import re
 import reprlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,14 +85,13 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from broker.config import REPO_ROOT
 from broker.errors import DecodeError
 from broker.limits import check_cpu
 
 logger = logging.getLogger(__name__)
 
 #: Where the upstream schemas live (byte-for-byte copies; origins in its README.md).
-UPSTREAM_SCHEMA_DIR = REPO_ROOT / "schemas" / "upstream"
+UPSTREAM_SCHEMA_DIR: Traversable = files("broker") / "schemas" / "upstream"
 #: ``$id`` prefix of our gcn-schema copy; a notice's path after the version maps onto it.
 GCN_SCHEMA_BASE = "https://gcn.nasa.gov/schema/main/"
 #: ``$id`` of ``igwn.alerts.Alert.schema.json``.
@@ -223,6 +225,24 @@ def _one_line(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _schema_files(folder: Path | Traversable) -> list[Traversable]:
+    """Every ``*.schema.json`` below ``folder``, at any depth, sorted by relative path.
+
+    Walks a :class:`~importlib.resources.abc.Traversable` (which has no ``rglob``), so
+    the schemas are found wherever the package is installed."""
+    out: list[tuple[str, Traversable]] = []
+    stack: list[tuple[str, Traversable]] = [("", folder)]
+    while stack:
+        prefix, here = stack.pop()
+        for child in here.iterdir():
+            rel = f"{prefix}{child.name}"
+            if child.is_dir():
+                stack.append((rel + "/", child))
+            elif child.name.endswith(".schema.json"):
+                out.append((rel, child))
+    return [child for _, child in sorted(out, key=lambda item: item[0])]
+
+
 class SchemaValidator:
     """Checks GCN unified-schema notices and IGWN gwalerts against local upstream schemas.
 
@@ -233,9 +253,10 @@ class SchemaValidator:
 
     Parameters
     ----------
-    schema_dir : Path
+    schema_dir : Path or Traversable
         Folder holding the upstream schemas; every ``*.schema.json`` below it, at any
-        depth, is registered under its ``$id``. Default ``schemas/upstream``.
+        depth, is registered under its ``$id``. Default :data:`UPSTREAM_SCHEMA_DIR`
+        (``broker/schemas/upstream``, package data).
     gcn_mode, igwn_mode : {"strict", "warn", "off"}
         What a violation does: raise :class:`~broker.errors.DecodeError`, log a warning
         and report it in the result, or skip the check.
@@ -251,7 +272,7 @@ class SchemaValidator:
 
     def __init__(
         self,
-        schema_dir: Path = UPSTREAM_SCHEMA_DIR,
+        schema_dir: Path | Traversable = UPSTREAM_SCHEMA_DIR,
         *,
         gcn_mode: Mode = "strict",
         igwn_mode: Mode = "strict",
@@ -263,14 +284,14 @@ class SchemaValidator:
         self.gcn_mode: Mode = gcn_mode
         self.igwn_mode: Mode = igwn_mode
         self.tolerate_undeclared = tolerate_undeclared
-        self.schema_dir = Path(schema_dir)
+        self.schema_dir = schema_dir
         self._registry, self._ids = self._load(self.schema_dir)
         self._compiled: dict[str, Any] = {}
 
     @staticmethod
-    def _load(schema_dir: Path) -> tuple[Registry, frozenset[str]]:
+    def _load(schema_dir: Path | Traversable) -> tuple[Registry, frozenset[str]]:
         resources: dict[str, Resource] = {}
-        for path in sorted(schema_dir.rglob("*.schema.json")):
+        for path in _schema_files(schema_dir):
             contents = json.loads(path.read_bytes())
             uri = contents.get("$id") if isinstance(contents, dict) else None
             if not uri:
@@ -285,7 +306,7 @@ class SchemaValidator:
                 contents = {k: v for k, v in contents.items() if k != "$schema"}
             resources[uri] = Resource.from_contents(contents, default_specification=DRAFT202012)
         if not resources:
-            raise ValueError(f"{schema_dir}: no *.schema.json files (schemas/upstream missing?)")
+            raise ValueError(f"{schema_dir}: no *.schema.json files (broker/schemas/upstream missing from the installation?)")
         logger.debug("loaded %d upstream JSON schemas from %s", len(resources), schema_dir)
         return Registry().with_resources(resources.items()).crawl(), frozenset(resources)
 

@@ -1,7 +1,8 @@
 """Messages of ``mma.followup.requests`` and ``mma.followup.results`` (JSON).
 
-Both topics carry UTF-8 JSON documents validated by JSON Schemas in ``schemas/mma/``
-(``followup_request.json``, ``followup_result.json``). JSON rather than Avro because
+Both topics carry UTF-8 JSON documents validated by JSON Schemas shipped in
+``followup/schemas/`` (``followup_request.json``, ``followup_result.json``; package data,
+:func:`json_schema` reads them with :mod:`importlib.resources`). JSON rather than Avro because
 the result is a nested, per-analysis document (limits per time scale, sky-map
 containment levels, "no data" reasons) that its readers — people, HERMES messages,
 circular drafts — consume as JSON, and that grows with new analyses; the topics carry
@@ -18,6 +19,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from importlib.resources import files
 from typing import Any, Literal, Mapping
 
 from broker.event import Event
@@ -27,8 +29,23 @@ from followup.cache import canonical_json
 REQUEST_SCHEMA = "mma.followup.request/1"
 RESULT_SCHEMA = "mma.followup.result/1"
 CONTENT_TYPE = "application/json"
+JSON_SCHEMAS = ("followup_request.json", "followup_result.json")
+"""The JSON Schemas of the two topics, package data in ``followup/schemas/``."""
 
 RequestKind = Literal["analyze", "withdraw"]
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """One of :data:`JSON_SCHEMAS` (Draft 2020-12), parsed.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not one of :data:`JSON_SCHEMAS`.
+    """
+    if name not in JSON_SCHEMAS:
+        raise ValueError(f"unknown follow-up schema {name!r}; choose one of {', '.join(JSON_SCHEMAS)}")
+    return json.loads((files("followup") / "schemas" / name).read_text(encoding="utf-8"))
 
 
 def utc_now() -> str:
@@ -87,7 +104,7 @@ class FollowupRequest:
         return request_id(self.kind, self.event.id, self.analyses, self.params)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON form (``schemas/mma/followup_request.json``)."""
+        """The JSON form (``followup/schemas/followup_request.json``)."""
         return {
             "schema": REQUEST_SCHEMA,
             "request_id": self.request_id,

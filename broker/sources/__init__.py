@@ -14,7 +14,7 @@ Every decoder takes the raw bytes exactly as upstream sent them and returns a li
 the Kafka topic a file would have had upstream, for ``mma-broker replay``.
 
 JSON alerts (IGWN gwalerts, GCN unified-schema notices) are checked against the upstream
-JSON schemas in ``schemas/upstream/`` before normalization (:mod:`broker.validation`);
+JSON schemas in ``broker/schemas/upstream/`` before normalization (:mod:`broker.validation`);
 Avro records are typed by their writer schema as fastavro reads them.
 """
 

@@ -27,7 +27,6 @@ pytestmark = pytest.mark.integration
 
 INTEGRAL_WAKEUP = ROOT / "tests/data/voevent/fink-mm/integral/voevent_number=18790.xml"
 GUANO = ROOT / "tests/data/gcn/gcn-schema/gcn/notices/swift/bat"
-SCHEMAS = ROOT / "schemas" / "mma"
 
 
 @pytest.fixture()
@@ -78,7 +77,9 @@ def _store(pg_url: str):
 def _validate(doc: dict, name: str) -> None:
     import jsonschema
 
-    jsonschema.validate(doc, json.loads((SCHEMAS / name).read_text()))
+    from followup.messages import json_schema
+
+    jsonschema.validate(doc, json_schema(name))
 
 
 def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootstrap, pg_url):

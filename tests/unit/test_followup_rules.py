@@ -9,7 +9,7 @@ import pytest
 
 from broker.config import FollowupRuleSettings, FollowupSettings
 from broker.sources import decode
-from followup.messages import FollowupRequest, request_id
+from followup.messages import FollowupRequest, json_schema, request_id
 from followup.rules import decide, is_significant, looks_like_grb
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -95,5 +95,5 @@ def test_request_matches_its_json_schema():
 
     ev = event_of("gcn/gcn-schema/gcn/notices/swift/bat/Guano.example.json")
     req = FollowupRequest("analyze", ev, ("spiacs",), {"window_s": 300.0, "max_sky_samples": 10}, "cli")
-    schema = json.loads((DATA.parent.parent / "schemas/mma/followup_request.json").read_text())
+    schema = json_schema("followup_request.json")
     jsonschema.validate(json.loads(req.encode()), schema)
