@@ -63,7 +63,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.archive.embedded import ensure_embedded_postgres, stop_embedded_postgres
-from broker.config import Settings
+from broker.config import Settings, settings_class
 from broker.kafka import DeliveryTracker, ensure_topics, flush_or_raise, make_consumer, make_producer
 from broker.sources import decode, upstream_topic
 
@@ -183,9 +183,9 @@ class Phase:
     """Extra librdkafka settings for the workers' ZTF consumer (``--ztf-config``)."""
 
     def settings(self) -> Settings:
-        return Settings(home=self.home, group_id=self.group,
-                        kafka={"topic_prefix": self.prefix, "bootstrap_servers": self.bootstrap},
-                        archive={"database_url": self.db_url})
+        return settings_class()(home=self.home, group_id=self.group,
+                                kafka={"topic_prefix": self.prefix, "bootstrap_servers": self.bootstrap},
+                                archive={"database_url": self.db_url})
 
     def env(self, batch_size: int, *, ztf_only: bool = False) -> dict[str, str]:
         """Environment of a worker subprocess. ``ztf_only``: the ZTF upstream alone (the
@@ -197,7 +197,7 @@ class Phase:
                    MMA_BROKER_KAFKA__TOPIC_PREFIX=self.prefix, MMA_BROKER_ARCHIVE__DATABASE_URL=self.db_url,
                    MMA_BROKER_INGEST__BATCH_SIZE=str(batch_size))
         if ztf_only:
-            ztf = next(up for up in Settings().upstreams if up.name == "ztf")
+            ztf = next(up for up in settings_class()().upstreams if up.name == "ztf")
             ztf.config.update(self.ztf_config or {})
             env["MMA_BROKER_UPSTREAMS"] = json.dumps([ztf.model_dump(mode="json", exclude_none=True)])
         return env
@@ -626,9 +626,9 @@ def main() -> None:
     run_id = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="mmae2e-", dir="/tmp"))
     rows = []
-    base_settings = Settings()
+    base_settings = settings_class()()
     bootstrap = args.bootstrap or base_settings.kafka.bootstrap_servers
-    base_settings = Settings(kafka={"bootstrap_servers": bootstrap})
+    base_settings = settings_class()(kafka={"bootstrap_servers": bootstrap})
     cpu_tables = []
     try:
         server_url = ensure_embedded_postgres(tmp / "pg")

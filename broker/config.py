@@ -10,15 +10,25 @@ run everything on one laptop: Kafka on 127.0.0.1:9092, embedded PostgreSQL under
 Secrets (GCN client secret, Hopskotch password, database URL with a password) are
 ``SecretStr``: they are never printed, logged or put in error messages. They come from
 the environment or from a file readable only by its owner (``secrets_file``).
+
+Plugins add their own sections: every entry point of the group
+``mma_broker.settings`` (:mod:`broker.plugins`) names a pydantic model, which becomes
+the field of that name in the root settings class that :func:`settings_class` builds
+(``followup = "followup.config:FollowupSettings"`` gives the ``[followup]`` table and
+the ``MMA_BROKER_FOLLOWUP__*`` variables). The core :class:`Settings` knows no plugin;
+build settings with :func:`load_settings` or ``settings_class()(...)``, never with
+``Settings(...)`` when a plugin's section matters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from broker import plugins
 from broker.errors import BrokerError
 from broker.limits import DecodeLimits
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,11 +82,16 @@ def _settings_error(exc: ValidationError) -> SettingsError:
     return SettingsError("\n".join(lines) or "invalid settings")
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """Base of a settings section: unknown keys are errors (a typo must not pass silently).
+
+    Plugins' sections (entry-point group ``mma_broker.settings``) derive from it too.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
 
-class KafkaSettings(_Section):
+class KafkaSettings(Section):
     """The Kafka cluster that carries our own topics (and, locally, the replayed upstream ones)."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -87,7 +105,7 @@ class KafkaSettings(_Section):
     """Prefix for every topic name we read or write (isolates tests and tenants)."""
 
 
-class UpstreamSettings(_Section):
+class UpstreamSettings(Section):
     """One upstream alert stream consumed by the ingest stage.
 
     ``kind`` picks the protocol module: ``kafka`` (any Kafka, e.g. the local one that
@@ -133,7 +151,7 @@ def _default_upstreams() -> list[UpstreamSettings]:
     ]
 
 
-class ArchiveSettings(_Section):
+class ArchiveSettings(Section):
     """Where the archive lives."""
 
     database_url: SecretStr | None = None
@@ -163,7 +181,7 @@ class ArchiveSettings(_Section):
     shared file system when workers run on several hosts) or a PostgreSQL table."""
 
 
-class IngestSettings(_Section):
+class IngestSettings(Section):
     """The ingest stage (decode → archive → publish)."""
 
     batch_size: int = 500
@@ -171,115 +189,33 @@ class IngestSettings(_Section):
     poll_timeout_s: float = 0.5
 
 
-class LightCurveSourceSettings(_Section):
-    """Where SPI-ACS light curves come from (``followup.datasources``)."""
+class MetricsSettings(Section):
+    """Prometheus metrics and health endpoints of a broker process (:mod:`broker.metrics`).
 
-    kind: Literal["local", "mmoda", "isdc"] = "local"
-    """``local``: OGIP FITS files in ``directory``; ``mmoda``: MMODA via oda-api
-    (``instrument='spi_acs'``, ``product='spi_acs_lc'``); ``isdc``: the ISDC SPI-ACS web
-    service. The embedded default is ``local`` on the bundled real light curve, so
-    the laptop demo reaches no network; ``deploy/presets/production.toml`` uses MMODA."""
-    directory: Path | None = REPO_ROOT / "tests" / "data" / "integral"
-    """Folder searched recursively for light-curve FITS files (``kind = "local"``)."""
-    url: str | None = None
-    """Service URL; None → the MMODA dispatcher or ISDC service URL of ``followup``."""
-    time_bin_s: float = 0.1
-    """Light-curve bin requested from MMODA, s."""
-
-
-class FollowupRuleSettings(_Section):
-    """One trigger rule: which Events start an INTEGRAL follow-up (``followup.rules``).
-
-    Every non-empty list must contain the Event's value (case-insensitive); an empty
-    list matches anything. Retractions match on ``source``/``missions`` alone.
-    """
-
-    name: str
-    """Label stamped on the requests the rule makes."""
-    source: Literal["igwn", "gcn", "ztf", "lsst"] | None = None
-    missions: list[str] = Field(default_factory=list)
-    instruments: list[str] = Field(default_factory=list)
-    alert_types: list[str] = Field(default_factory=list)
-    significant_only: bool = False
-    """Require ``properties.significant`` true; when upstream gives no flag, require
-    ``far_hz <= max_far_hz`` instead."""
-    max_far_hz: float | None = None
-    """False-alarm-rate ceiling, Hz (applies when the flag is absent, or alone)."""
-    grb_only: bool = False
-    """Skip notices that say they are not a GRB (``not_a_grb``, GBM ``most_likely``,
-    or a ``classification`` whose most probable class is not GRB)."""
-    exclude_tests: bool = True
-    """Skip test notices (``role = "test"``) and LVK mock superevents (ids ``M...``)."""
-    analyses: list[Literal["spiacs", "isgri"]] = Field(default_factory=lambda: ["spiacs", "isgri"])
-
-
-ONE_PER_MONTH_HZ = 1.0 / (30.0 * 86400.0)
-"""The LVK public-alert significance threshold for CBC searches, 1/month, Hz."""
-
-
-def _default_followup_rules() -> list[FollowupRuleSettings]:
-    r = FollowupRuleSettings
-    return [
-        r(name="igwn-significant", source="igwn", alert_types=["preliminary", "initial", "update"],
-          significant_only=True, max_far_hz=ONE_PER_MONTH_HZ),
-        r(name="fermi-gbm-grb", source="gcn", missions=["Fermi"], instruments=["GBM"],
-          alert_types=["flt_pos", "gnd_pos", "fin_pos", "initial", "update"], grb_only=True),
-        r(name="swift-bat-grb", source="gcn", missions=["Swift"], instruments=["BAT", "BAT-GUANO"],
-          alert_types=["grb_pos_ack", "initial", "update"], grb_only=True),
-        r(name="integral-grb", source="gcn", missions=["INTEGRAL"],
-          alert_types=["spiacs", "wakeup", "refined", "offline"], grb_only=True),
-        r(name="svom-grb", source="gcn", missions=["SVOM"], instruments=["ECLAIRs", "GRM"],
-          alert_types=["wakeup", "initial", "update"], grb_only=True),
-        r(name="burstcube-grb", source="gcn", missions=["BurstCube"], alert_types=["initial", "update"],
-          grb_only=True),
-    ]
-
-
-class FollowupSettings(_Section):
-    """The INTEGRAL follow-up stage (``followup.worker``): sources, cache, trigger rules.
-
-    Default rules: every significant IGWN alert (preliminary, initial, update: the
-    ``significant`` flag, or FAR <= 1/month when the flag is absent; early warnings are
-    skipped since the preliminary alert follows with the same T0, and T0 + 300 s of
-    data must exist first) and every GRB notice of Fermi GBM, Swift BAT (and
-    BAT-GUANO), INTEGRAL (SPI-ACS/IBAS, not "weak"), SVOM ECLAIRs/GRM and BurstCube.
-    Einstein Probe WXT (X-ray transients) is not a GRB notice and is not in the
-    defaults; add a rule to follow it up.
+    ``GET /metrics`` (Prometheus text format), ``GET /health`` (JSON; 200 or 503) and
+    ``GET /ready`` while ``mma-broker run`` runs. Every process needs its own port: a
+    port in use logs one warning and the broker runs on without the endpoints.
     """
 
     enabled: bool = True
-    lightcurves: LightCurveSourceSettings = Field(default_factory=LightCurveSourceSettings)
-    orbit_directory: Path | None = REPO_ROOT / "tests" / "data" / "integral"
-    """Folder of INTEGRAL ``INTL-ORBI-SCP`` orbit/attitude files (None: no attitude).
-    Default: the bundled real orbit file (revolution 789)."""
-    orbit_url_template: str | None = None
-    """HTTP service returning an orbit file for ``{utc}`` (used when no directory)."""
-    mmoda_url: str | None = None
-    """MMODA dispatcher for ISGRI products; None → oda-api's default dispatcher."""
-    mmoda_token: SecretStr | None = None
-    """MMODA token (environment or secrets_file), never logged."""
-    cache: Literal["directory", "database"] = "directory"
-    """Provenance cache backend: files under ``cache_directory`` or the archive's
-    ``followup_cache`` table."""
-    cache_directory: Path | None = None
-    """None → ``<home>/followup-cache``."""
-    output_directory: Path | None = None
-    """Where light-curve PNGs are written; None → ``<home>/followup``."""
-    analyses: list[Literal["spiacs", "isgri"]] = Field(default_factory=lambda: ["spiacs", "isgri"])
-    """Analyses allowed in this deployment (a rule's list is intersected with it)."""
-    window_s: float = 300.0
-    """Half-width of the light-curve search window around T0, s."""
-    max_sky_samples: int = 1000
-    """Top-probability sky-map pixels used as source directions."""
-    retry_attempts: int = 3
-    """Attempts per data-service request (exponential backoff in between)."""
-    rules: list[FollowupRuleSettings] = Field(default_factory=_default_followup_rules)
-    batch_size: int = 50
-    poll_timeout_s: float = 0.5
+    """Serve the endpoints."""
+    host: str = "127.0.0.1"
+    """Address to listen on; ``0.0.0.0`` (or ``::``) lets a Prometheus on another host scrape."""
+    port: int = Field(default=9108, ge=0, le=65535)
+    """TCP port; 0 picks a free one (the log says which)."""
+    max_poll_age_s: float = Field(default=300.0, gt=0)
+    """``/health`` calls a stage unhealthy when its poll loop has not polled for longer
+    than this, s. The default equals librdkafka's ``max.poll.interval.ms`` (300 s), after
+    which Kafka takes the consumer's partitions away anyway."""
 
 
 class Settings(BaseSettings):
-    """Root settings of one mma-broker process."""
+    """Root settings of one mma-broker process: the core's sections.
+
+    The class the broker builds adds one field per settings plugin
+    (:func:`settings_class`); a section model may name the ``secrets_file`` keys that
+    fill its fields in a class variable ``secrets_file_keys`` (key → field).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="MMA_BROKER_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -293,17 +229,16 @@ class Settings(BaseSettings):
     upstreams: list[UpstreamSettings] = Field(default_factory=_default_upstreams)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
-    followup: FollowupSettings = Field(default_factory=FollowupSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     limits: DecodeLimits = Field(default_factory=DecodeLimits)
     """Bounds on the work one message may cause (:mod:`broker.limits`)."""
     events_topic: str = "mma.events"
     dlq_topic: str = "mma.dlq"
-    followup_requests_topic: str = "mma.followup.requests"
-    followup_results_topic: str = "mma.followup.results"
     secrets_file: Path | None = None
     """TOML file (mode 0600) with secrets as top-level keys: ``database_url = "..."``,
     ``<upstream name>_client_secret = "..."`` (e.g. ``gcn_client_secret``) and
-    ``kafka_sasl_password = "..."`` (``sasl.password`` of ``[kafka] config``)."""
+    ``kafka_sasl_password = "..."`` (``sasl.password`` of ``[kafka] config``), plus the
+    keys plugins' sections declare (``mmoda_token`` of ``[followup]``)."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -359,6 +294,44 @@ class Settings(BaseSettings):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+@lru_cache(maxsize=None)
+def settings_class() -> type[Settings]:
+    """The root settings class: :class:`Settings` plus one field per settings plugin.
+
+    Each entry point ``NAME = "module:Model"`` of the group ``mma_broker.settings``
+    becomes the field ``NAME: Model`` with ``Model()`` as default, so its TOML table
+    ``[NAME]``, its variables ``MMA_BROKER_NAME__*``, the one-line errors and
+    :meth:`Settings.config_hash` work as for the core's sections. Built once per
+    process (pydantic's ``create_model``; the plugins' metadata is read once).
+
+    A plugin whose model fails to load, or whose name is a core field, does not stop
+    the broker: a warning names it (:class:`broker.plugins.PluginError`) and its
+    section is kept as an unchecked table, so a preset that configures it still loads
+    and the commands that do not need it still work.
+    """
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name in plugins.available(plugins.SETTINGS):
+        try:
+            if name in Settings.model_fields:
+                raise plugins.PluginError(f"plugin {name!r} ({plugins.SETTINGS}) has the name of a core setting")
+            model = plugins.load(plugins.SETTINGS, name)
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise plugins.PluginError(f"plugin {name!r} ({plugins.SETTINGS}) is not a pydantic model")
+        except plugins.PluginError as exc:
+            log.warning("%s; its [%s] settings are not checked", exc, name)
+            if name not in Settings.model_fields:
+                fields[name] = (dict[str, Any], Field(default_factory=dict))
+            continue
+        fields[name] = (model, Field(default_factory=model))
+    if not fields:
+        return Settings
+    return create_model("Settings", __base__=Settings, __module__=__name__,
+                        __doc__=f"{Settings.__doc__.strip()}\n\n    Plugin sections: {', '.join(fields)}.",
+                        **fields)
+
+
 def read_secrets_file(path: Path) -> dict[str, str]:
     """Read a TOML secrets file, refusing one that others can read.
 
@@ -387,6 +360,8 @@ def read_secrets_file(path: Path) -> dict[str, str]:
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings once, for the CLI (file → env → overrides), applying secrets_file.
 
+    The class is :func:`settings_class`: the core's sections and the plugins'.
+
     Parameters
     ----------
     config_file : Path, optional
@@ -399,8 +374,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     An upstream's client secret comes from ``MMA_BROKER_<NAME>_CLIENT_SECRET`` (e.g.
     ``MMA_BROKER_GCN_CLIENT_SECRET`` for the upstream named ``gcn``) or from the
     0600 ``secrets_file`` key ``<name>_client_secret``; never from the TOML preset.
+    A plugin's section names its own ``secrets_file`` keys (``secrets_file_keys``,
+    e.g. ``mmoda_token`` for ``followup.mmoda_token``); the environment
+    (``MMA_BROKER_FOLLOWUP__MMODA_TOKEN``) wins over the file.
     """
-    cls = Settings
+    cls = settings_class()
     env_config = os.environ.get("MMA_BROKER_CONFIG")
     if config_file is None and env_config and not Path(env_config).is_file():
         raise BrokerError(f"config file {env_config} (MMA_BROKER_CONFIG) not found")
@@ -408,8 +386,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not Path(config_file).is_file():
             raise BrokerError(f"config file {config_file} not found")
 
-        class _FromFile(Settings):
-            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": Path(config_file)})
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(**{**cls.model_config, "toml_file": Path(config_file)})
 
         cls = _FromFile
     settings = cls(**overrides)
@@ -427,4 +405,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 up.client_secret = SecretStr(secrets[key])
         if "kafka_sasl_password" in secrets:
             settings.kafka.config.setdefault("sasl.password", secrets["kafka_sasl_password"])
+        for name in type(settings).model_fields.keys() - Settings.model_fields.keys():
+            section = getattr(settings, name)
+            for key, field in getattr(type(section), "secrets_file_keys", {}).items():
+                if key in secrets and getattr(section, field, None) is None:
+                    setattr(section, field, SecretStr(secrets[key]))
     return settings

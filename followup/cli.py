@@ -174,7 +174,7 @@ def run(
         from broker.kafka import DeliveryTracker, ensure_topics, flush_or_raise, make_producer
         from followup.worker import publish_request
 
-        topic = s.topic(s.followup_requests_topic)
+        topic = s.topic(s.followup.requests_topic)
         ensure_topics(s, [topic])
         request = FollowupRequest(kind="analyze", event=event, analyses=analyses, params=request_params(s),
                                   requested_by="cli", provenance=provenance(s, "followup.cli"))

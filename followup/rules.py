@@ -1,7 +1,7 @@
 """Trigger rules: which Events start an INTEGRAL follow-up, and with which analyses.
 
 Pure functions of an :class:`broker.event.Event` and the rules of
-:class:`broker.config.FollowupSettings` (``FollowupRuleSettings``: data, not code,
+:class:`followup.config.FollowupSettings` (``FollowupRuleSettings``: data, not code,
 so a deployment changes them in its TOML preset). The first matching rule wins.
 
 * An ordinary revision matches a rule when every non-empty list of the rule (source,
@@ -113,7 +113,7 @@ def match_rule(event: Event, rule: Any) -> str | None:
     Parameters
     ----------
     event : broker.event.Event
-    rule : broker.config.FollowupRuleSettings
+    rule : followup.config.FollowupRuleSettings
     """
     if rule.source is not None and event.source != rule.source:
         return f"source {event.source} is not {rule.source}"
@@ -145,7 +145,7 @@ def decide(event: Event, rules: Sequence[Any], enabled_analyses: Iterable[str] =
     Parameters
     ----------
     event : broker.event.Event
-    rules : sequence of broker.config.FollowupRuleSettings
+    rules : sequence of followup.config.FollowupRuleSettings
         Tried in order; the first match decides.
     enabled_analyses : iterable of str
         Analyses this deployment runs; a rule's list is intersected with it.

@@ -412,8 +412,8 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     from followup.store import FollowupStore
 
     s, f = settings, settings.followup
-    events, requests, results, dlq = (s.topic(s.events_topic), s.topic(s.followup_requests_topic),
-                                      s.topic(s.followup_results_topic), s.topic(s.dlq_topic))
+    events, requests, results, dlq = (s.topic(s.events_topic), s.topic(f.requests_topic),
+                                      s.topic(f.results_topic), s.topic(s.dlq_topic))
     archive = open_archive(s)
     ensure_topics(s, [events, requests, results, dlq])
     stats = FollowupStats()

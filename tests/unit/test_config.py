@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from broker.config import REPO_ROOT, Settings, load_settings, read_secrets_file
+from broker import plugins
+from broker.config import REPO_ROOT, Settings, SettingsError, load_settings, read_secrets_file, settings_class
 from broker.errors import BrokerError
 
 PRESETS = REPO_ROOT / "deploy" / "presets"
@@ -43,7 +44,7 @@ def _secret_file(tmp_path: Path, text: str, mode: int) -> Path:
 
 # ---------------------------------------------------------------- defaults and environment
 def test_defaults_run_on_one_machine():
-    s = Settings()
+    s = settings_class()()
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert s.kafka.topic_prefix == ""
     assert s.home == (REPO_ROOT / ".mma-broker").resolve()
@@ -59,7 +60,7 @@ def test_environment_nested_with_double_underscore(monkeypatch, tmp_path):
     monkeypatch.setenv("MMA_BROKER_INGEST__BATCH_SIZE", "17")
     monkeypatch.setenv("MMA_BROKER_HOME", str(tmp_path / "h"))
     monkeypatch.setenv("MMA_BROKER_UPSTREAMS", json.dumps([{"name": "only", "topics": ["igwn.gwalert"]}]))
-    s = Settings()
+    s = settings_class()()
     assert s.kafka.bootstrap_servers == "kafka-a:9093,kafka-b:9093"
     assert s.kafka.topic_prefix == "t1."
     assert s.group_id == "g-env"
@@ -70,14 +71,14 @@ def test_environment_nested_with_double_underscore(monkeypatch, tmp_path):
 
 def test_home_is_made_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert Settings(home=Path("rel/state")).home == tmp_path.resolve() / "rel" / "state"
+    assert settings_class()(home=Path("rel/state")).home == tmp_path.resolve() / "rel" / "state"
 
 
 def test_unknown_keys_are_rejected():
     with pytest.raises(BrokerError, match=r"^invalid setting kafka\.bootstrap_server: Extra inputs"):
-        Settings(kafka={"bootstrap_server": "typo:9092"})
+        settings_class()(kafka={"bootstrap_server": "typo:9092"})
     with pytest.raises(BrokerError, match=r"^invalid setting no_such_setting: "):
-        Settings(no_such_setting=1)
+        settings_class()(no_such_setting=1)
 
 
 # ---------------------------------------------------------------- presets
@@ -86,8 +87,8 @@ def test_local_preset_is_the_embedded_defaults():
     s = load_settings(LOCAL)
     raw = _toml(LOCAL)
     assert s.kafka.bootstrap_servers == raw["kafka"]["bootstrap_servers"]
-    assert [u.model_dump() for u in s.upstreams] == [u.model_dump() for u in Settings().upstreams]
-    assert s.config_hash() == Settings().config_hash()
+    assert [u.model_dump() for u in s.upstreams] == [u.model_dump() for u in settings_class()().upstreams]
+    assert s.config_hash() == settings_class()().config_hash()
 
 
 def test_production_preset_values():
@@ -110,7 +111,7 @@ def test_production_preset_values():
 
 def test_config_file_via_environment_variable(monkeypatch):
     monkeypatch.setenv("MMA_BROKER_CONFIG", str(PRODUCTION))
-    assert Settings().archive.raw_store == "postgres"
+    assert settings_class()().archive.raw_store == "postgres"
 
 
 def test_environment_wins_over_preset_and_overrides_win_over_environment(monkeypatch):
@@ -221,7 +222,70 @@ def test_config_hash_follows_non_secret_settings():
 
 
 def test_topic_prefix():
-    assert Settings().topic("mma.events") == "mma.events"
-    s = Settings(kafka={"topic_prefix": "tabc."})
+    assert settings_class()().topic("mma.events") == "mma.events"
+    s = settings_class()(kafka={"topic_prefix": "tabc."})
     assert s.topic("mma.events") == "tabc.mma.events"
     assert s.topic(s.dlq_topic) == "tabc.mma.dlq"
+
+
+# ---------------------------------------------------------------- sections from plugins
+def test_followup_section_comes_from_its_entry_point():
+    from followup.config import FollowupSettings
+
+    assert "followup" in plugins.available(plugins.SETTINGS)
+    assert "followup" not in Settings.model_fields  # the core knows no plugin
+    cls = settings_class()
+    assert cls is settings_class() and issubclass(cls, Settings)  # built once
+    s = cls()
+    assert isinstance(s.followup, FollowupSettings)
+    assert (s.followup.requests_topic, s.followup.results_topic) == ("mma.followup.requests", "mma.followup.results")
+
+
+def test_followup_section_from_toml_and_environment(tmp_path, monkeypatch):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[followup]\nwindow_s = 120.0\nrequests_topic = "x.requests"\n'
+                      '[followup.lightcurves]\nkind = "isdc"\n')
+    monkeypatch.setenv("MMA_BROKER_FOLLOWUP__BATCH_SIZE", "7")
+    s = load_settings(preset)
+    assert (s.followup.window_s, s.followup.requests_topic, s.followup.batch_size) == (120.0, "x.requests", 7)
+    assert s.followup.lightcurves.kind == "isdc"
+    assert s.config_hash() != load_settings().config_hash()
+
+
+def test_followup_error_is_one_line_without_the_value(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('[followup]\nwindow_s = "zz-not-a-number-zz"\nno_such_key = 1\n')
+    with pytest.raises(SettingsError) as info:
+        load_settings(preset)
+    lines = str(info.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == ["invalid setting followup.no_such_key",
+                                                            "invalid setting followup.window_s"]
+    assert "zz-not-a-number-zz" not in str(info.value)
+
+
+def test_mmoda_token_from_secrets_file_and_environment(tmp_path, monkeypatch):
+    path = _secret_file(tmp_path, 'mmoda_token = "zz-file-token-zz"\n', 0o600)
+    s = load_settings(secrets_file=path)
+    assert s.followup.mmoda_token.get_secret_value() == "zz-file-token-zz"
+    assert "zz-file-token-zz" not in s.model_dump_json() and "zz-file-token-zz" not in repr(s)
+    monkeypatch.setenv("MMA_BROKER_FOLLOWUP__MMODA_TOKEN", "zz-env-token-zz")
+    assert load_settings(secrets_file=path).followup.mmoda_token.get_secret_value() == "zz-env-token-zz"
+
+
+def test_broken_settings_plugin_is_named_and_does_not_stop_the_rest(monkeypatch, caplog):
+    from importlib.metadata import EntryPoint
+
+    broken = EntryPoint("broken", "no_such_module_zz:Model", plugins.SETTINGS)
+    clash = EntryPoint("kafka", "followup.config:FollowupSettings", plugins.SETTINGS)
+    real = plugins.available(plugins.SETTINGS)
+    monkeypatch.setattr(plugins, "available", lambda group: {**real, "broken": broken, "kafka": clash}
+                        if group == plugins.SETTINGS else {})
+    settings_class.cache_clear()
+    try:
+        s = settings_class()(broken={"anything": 1})
+        assert s.broken == {"anything": 1} and s.followup.window_s == 300.0
+        assert s.kafka.bootstrap_servers == "127.0.0.1:9092"  # the core field wins over the clash
+        text = caplog.text
+        assert "'broken'" in text and "no_such_module_zz" in text and "'kafka'" in text
+    finally:
+        settings_class.cache_clear()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError
 
-from broker.config import Settings
 from broker.kafka import Backoff
 from broker.serde import EventCodec, Provenance
 from broker.sources import decode
+from followup.config import FollowupSettings
 from followup.messages import FollowupRequest
 from followup.worker import FollowupStats, TriggerStage
 from tests.unit.test_ingest_stage import GBM_VOEVENT, IGWN_JSON, FakeConsumer, FakeMessage, FakeProducer
@@ -24,8 +24,8 @@ PROV = Provenance(component="ingest", version="test", config_hash="cafe00cafe00"
 def _trigger(fail_with=None, store_raw=None, max_dlq_bytes=1 << 20):
     log: list = []
     consumer, producer = FakeConsumer(log), FakeProducer(log, fail_with)
-    s = Settings()
-    stage = TriggerStage(consumer, producer, requests_topic="t.req", dlq_topic="t.dlq", rules=s.followup.rules,
+    stage = TriggerStage(consumer, producer, requests_topic="t.req", dlq_topic="t.dlq",
+                         rules=FollowupSettings().rules,
                          enabled_analyses=["spiacs"], params={"window_s": 300.0}, provenance=PROV,
                          stats=FollowupStats(), backoff=Backoff("t", sleep=lambda s: log.append(("sleep", s))),
                          store_raw=store_raw, max_dlq_bytes=max_dlq_bytes)

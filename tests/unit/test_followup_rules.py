@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import FollowupRuleSettings, FollowupSettings
+from followup.config import FollowupRuleSettings, FollowupSettings
 from broker.sources import decode
 from followup.messages import FollowupRequest, json_schema, request_id
 from followup.rules import decide, is_significant, looks_like_grb
