@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from followup.bundled import bundled_data_dir
 from followup.lightcurve import read_ogip_lightcurve
 from followup.spiacs import SkyDirection, run_spiacs_analysis
 
-LC_PATH = Path(__file__).resolve().parents[1] / "tests" / "data" / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_PATH = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 T0 = "2023-03-07T15:44:06.67Z"
 
 

@@ -21,6 +21,6 @@ Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL (.mma-b
   $VENV/bin/mma-broker subscribe mma.events --timeout 5
   $VENV/bin/mma-broker subscribe mma.dlq --timeout 5
   $VENV/bin/mma-broker followup results
-  $VENV/bin/mma-broker followup excess tests/data/integral/spiacs_lc_GRB230307A.fits --t0 2023-03-07T15:44:06.67 --plot lc.png
+  $VENV/bin/mma-broker followup excess followup/data/spiacs_lc_GRB230307A.fits --t0 2023-03-07T15:44:06.67 --plot lc.png
 Stop everything with: deploy/stop.sh
 MSG

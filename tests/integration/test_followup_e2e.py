@@ -21,6 +21,8 @@ import uuid
 import pytest
 from lxml import etree
 
+from followup.bundled import bundled_data_dir
+
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.integration
@@ -32,7 +34,7 @@ GUANO = ROOT / "tests/data/gcn/gcn-schema/gcn/notices/swift/bat"
 @pytest.fixture()
 def followup_env(broker_env) -> dict[str, str]:
     """broker_env plus a local light-curve/orbit source and an MMODA URL nobody listens on."""
-    data = str(ROOT / "tests" / "data" / "integral")
+    data = str(bundled_data_dir())
     return dict(
         broker_env,
         MMA_BROKER_FOLLOWUP__LIGHTCURVES__KIND="local",

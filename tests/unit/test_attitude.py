@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +22,10 @@ from followup.attitude import (
     to_spacecraft_frame,
 )
 from followup.availability import NoData
+from followup.bundled import bundled_data_dir
 from followup.datasources import RetryPolicy
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "integral"
+DATA = bundled_data_dir()
 ORBIT = DATA / "sc_orbit_param.fits.gz"
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -11,9 +9,10 @@ from astropy.time import Time
 
 from followup.attitude import OrbitTable
 from followup.availability import BeltModel, NoData, check_integral_coverage, find_gaps, lightcurve_coverage
+from followup.bundled import bundled_data_dir
 from followup.lightcurve import read_ogip_lightcurve
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "integral"
+DATA = bundled_data_dir()
 LC_FILE = DATA / "spiacs_lc_GRB230307A.fits"
 T0 = "2023-03-07T15:44:06.650"
 

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from astropy.time import Time
 
+from followup.bundled import bundled_data_dir
 from followup.cache import (
     DirectoryCache,
     SqlCache,
@@ -21,7 +22,7 @@ from followup.cache import (
     lineage_key,
 )
 
-LC_FILE = Path(__file__).resolve().parents[1] / "data" / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_FILE = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 
 
 def test_lineage_key_is_sha256_of_the_documented_canonical_json():

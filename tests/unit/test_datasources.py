@@ -6,7 +6,6 @@ import logging
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -15,10 +14,11 @@ from astropy.io import fits
 from astropy.time import Time
 
 from followup.availability import NoData, RetryPolicy
+from followup.bundled import bundled_data_dir
 from followup.datasources import IsdcSpiAcsSource, LocalFitsSource, MmodaSource, parse_ipnlc
 from followup.lightcurve import LightCurve
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "integral"
+DATA = bundled_data_dir()
 LC_FILE = DATA / "spiacs_lc_GRB230307A.fits"
 T0 = "2023-03-07T15:44:06.650"  # Fermi-GBM trigger time of GRB 230307A
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01)

@@ -4,16 +4,16 @@ the right time, background-only stretches give no detection, limits scale as exp
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
+from followup.bundled import bundled_data_dir
 from followup.excess import ExcessSearchError, ExcessSearchParams, search_excess
 from followup.lightcurve import read_ogip_lightcurve
 
-LC_PATH = Path(__file__).resolve().parents[1] / "data" / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_PATH = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 GBM_T0 = datetime(2023, 3, 7, 15, 44, 6, 670000)  # Fermi GBM trigger time, UTC
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from followup.bundled import bundled_data_dir
 from followup.cli import app
 
-LC_PATH = Path(__file__).resolve().parents[1] / "data" / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_PATH = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 CSV_PATH = LC_PATH.parent / "all_acs_ibas_triggers.csv"
 T0 = "2023-03-07T15:44:06.67Z"
 

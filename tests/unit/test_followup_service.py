@@ -22,6 +22,7 @@ from broker.event import Event
 from broker.sources import decode
 from followup.attitude import LocalOrbitFiles
 from followup.availability import RetryPolicy
+from followup.bundled import bundled_data_dir
 from followup.cache import DirectoryCache
 from followup.datasources import LocalFitsSource, MmodaSource
 from followup.eventdata import skymap_from_raw
@@ -29,7 +30,7 @@ from followup.isgri import IsgriClient
 from followup.service import FollowupSources, run_followup, sky_directions
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-INTEGRAL = DATA / "integral"
+INTEGRAL = bundled_data_dir()
 LC = INTEGRAL / "spiacs_lc_GRB230307A.fits"
 ORBIT = INTEGRAL / "sc_orbit_param.fits.gz"
 GRB230307A_T0 = Time("2023-03-07T15:44:06.67", scale="utc")  # GCN trigger time of GRB 230307A

@@ -12,6 +12,7 @@ from astropy.time import Time
 from broker.skymap import read_multiorder
 from followup.attitude import Pointing, pointing_at
 from followup.availability import NoData, RetryPolicy
+from followup.bundled import bundled_data_dir
 from followup.cache import DirectoryCache, lineage_key
 from followup.datasources import MmodaSource
 from followup.isgri import IsgriClient, isgri_followup, isgri_request
@@ -21,7 +22,7 @@ from followup.visibility import ibis_visibility
 ROOT = Path(__file__).resolve().parents[1] / "data"
 # No real ISGRI light curve is bundled; the MMODA SPI-ACS product stands in as "an OGIP
 # light curve returned by the dispatcher" to exercise the same conversion path.
-LC_FILE = ROOT / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_FILE = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 T0 = "2023-03-07T15:44:06.650"
 
 
@@ -89,7 +90,7 @@ def _visible_pointing(real: Pointing, ra: float, dec: float) -> Pointing:
 
 
 def test_followup_requests_nothing_when_not_visible():
-    real = pointing_at("2009-04-01T02:30:00", ROOT / "integral" / "sc_orbit_param.fits.gz")
+    real = pointing_at("2009-04-01T02:30:00", bundled_data_dir() / "sc_orbit_param.fits.gz")
     uniq, dens, _ = read_multiorder((ROOT / "igwn" / "userguide" / "bayestar.multiorder.fits").read_bytes())
     vis = ibis_visibility(real, (uniq, dens))
     client, fake = _client()
@@ -100,7 +101,7 @@ def test_followup_requests_nothing_when_not_visible():
 
 
 def test_followup_requests_all_products_when_visible_and_caches_them(tmp_path):
-    real = pointing_at("2009-04-01T02:30:00", ROOT / "integral" / "sc_orbit_param.fits.gz")
+    real = pointing_at("2009-04-01T02:30:00", bundled_data_dir() / "sc_orbit_param.fits.gz")
     uniq, dens, _ = read_multiorder((ROOT / "igwn" / "userguide" / "bayestar.multiorder.fits").read_bytes())
     vis = ibis_visibility(_visible_pointing(real, 194.3, -17.86), (uniq, dens))
     client, fake = _client()

@@ -4,16 +4,16 @@ astropy.io.fits directly, a hand-made TT->UTC conversion and astro-gdt-integral.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.time import Time
 
+from followup.bundled import bundled_data_dir
 from followup.lightcurve import LightCurve, LightCurveError, read_ogip_lightcurve
 
-LC_PATH = Path(__file__).resolve().parents[1] / "data" / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_PATH = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 GBM_T0 = "2023-03-07T15:44:06.67Z"
 
 

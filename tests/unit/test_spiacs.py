@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from followup.bundled import bundled_data_dir
 from followup.lightcurve import read_ogip_lightcurve
 from followup.plot import plot_lightcurve
 from followup.report import spiacs_summary_text
 from followup.response import LONG_GRB_SPECTRUM, SHORT_GRB_SPECTRUM, energy_fluence_kev
 from followup.spiacs import SkyDirection, _containment, run_spiacs_analysis
 
-LC_PATH = Path(__file__).resolve().parents[1] / "data" / "integral" / "spiacs_lc_GRB230307A.fits"
+LC_PATH = bundled_data_dir() / "spiacs_lc_GRB230307A.fits"
 T0 = "2023-03-07T15:44:06.67Z"
 MAP = [SkyDirection(20.0, 0.0, 0.2), SkyDirection(90.0, 30.0, 0.5), SkyDirection(140.0, 200.0, 0.3)]
 

@@ -13,10 +13,11 @@ import astropy.units as u
 from broker.event import PointLocalization
 from broker.skymap import read_multiorder
 from followup.attitude import Pointing, pointing_at
+from followup.bundled import bundled_data_dir
 from followup.visibility import ibis_visibility, not_visible
 
 ROOT = Path(__file__).resolve().parents[1] / "data"
-ORBIT = ROOT / "integral" / "sc_orbit_param.fits.gz"
+ORBIT = bundled_data_dir() / "sc_orbit_param.fits.gz"
 SKYMAP = ROOT / "igwn" / "userguide" / "bayestar.multiorder.fits"
 T_REV789 = "2009-04-01T02:30:00"  # inside the orbit file's science window 078900560010
 
