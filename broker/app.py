@@ -146,7 +146,12 @@ def open_archive(settings: Settings, *, migrate: bool = True, read_only: bool = 
 
 
 def check_schema(archive, url: str) -> None:
-    """Raise a one-line BrokerError unless the archive's schema is at the latest revision."""
+    """Raise a one-line BrokerError unless the archive's schema is at the latest revisions.
+
+    "Latest" are the heads of the combined script directory: the core's revisions and
+    every migrations plugin's (:func:`broker.archive.store.version_locations`); the
+    archive's ``alembic_version`` rows must be exactly those heads.
+    """
     import sqlalchemy as sa
     from alembic.script import ScriptDirectory
 
@@ -158,16 +163,16 @@ def check_schema(archive, url: str) -> None:
         with archive.engine.connect() as conn:
             if conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:
                 raise BrokerError(NOT_INITIALIZED)
-            current = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            current = set(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
     except sa.exc.DBAPIError as exc:
         reason = describe(exc, archive.engine.url.password)
         raise BrokerError(f"cannot reach the archive database at {where}: {reason}") from None
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if current is None:
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    if not current:
         raise BrokerError(NOT_INITIALIZED)
-    if current != head:
-        raise BrokerError(f"archive schema is at revision {current}, this mma-broker needs {head}: "
-                          "run `mma-broker run` once to upgrade it")
+    if current != heads:
+        raise BrokerError(f"archive schema is at revision {', '.join(sorted(current))}, this mma-broker needs "
+                          f"{', '.join(sorted(heads))}: run `mma-broker run` once to upgrade it")
 
 
 def provenance(settings: Settings, component: str) -> Provenance:

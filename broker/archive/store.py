@@ -65,20 +65,60 @@ class WriteResult:
     retracted: int
 
 
+def version_locations() -> list[str]:
+    """Folders of the archive's Alembic revisions: the core's, then every plugin's.
+
+    A plugin registers, under the entry-point group ``mma_broker.migrations``
+    (:mod:`broker.plugins`), the package whose folder holds its ``versions/``
+    (``followup = "followup.migrations"``): its tables are the plugin's, the core
+    never imports it. Plugin revisions build on core revisions (``down_revision``).
+
+    Raises
+    ------
+    broker.plugins.PluginError
+        A registered plugin fails to import or has no ``versions/`` folder: migrating
+        without its revisions would leave its tables out, so this is not skipped.
+    """
+    from importlib.resources import files
+    from types import ModuleType
+
+    from broker import plugins
+
+    locations = [str(files("broker.archive") / "migrations" / "versions")]
+    for name in plugins.available(plugins.MIGRATIONS):
+        package = plugins.load(plugins.MIGRATIONS, name)
+        folder = files(package) / "versions" if isinstance(package, ModuleType) else None
+        if folder is None or not folder.is_dir():
+            raise plugins.PluginError(f"plugin {name!r} ({plugins.MIGRATIONS}) must name a package whose folder "
+                                      "holds versions/ (Alembic revisions)")
+        locations.append(str(folder))
+    return locations
+
+
 def alembic_config(url: str | None = None):
     """An Alembic Config for the archive's migrations, built in code (no alembic.ini).
+
+    The environment (``env.py``) is the core's; the revisions come from
+    :func:`version_locations` (the core's and every migrations plugin's), so the heads
+    of this script directory are what a fully migrated archive holds.
 
     Parameters
     ----------
     url : str or None
         SQLAlchemy URL, used when no connection is passed in ``attributes``.
     """
+    import os
     from importlib.resources import files
 
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(files("broker.archive") / "migrations"))
+    # split version_locations on os.pathsep (path_separator: alembic >= 1.16; the
+    # older name for alembic 1.12-1.15, which newer releases read only when the first is unset)
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(p.replace("%", "%%") for p in version_locations()))
     if url is not None:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
@@ -131,7 +171,8 @@ class Archive:
 
     # ------------------------------------------------------------------ schema
     def migrate(self) -> None:
-        """Upgrade the schema to the latest Alembic revision (``upgrade head``).
+        """Upgrade the schema to the latest Alembic revisions (``upgrade heads``: the core's
+        and every migrations plugin's, :func:`version_locations`).
 
         Safe to call from several processes at once: the upgrade runs under a
         session-level ``pg_advisory_lock``, so the second caller waits and then
@@ -147,7 +188,8 @@ class Archive:
                     cfg = alembic_config()
                     cfg.attributes["connection"] = conn
                     with conn.begin():
-                        command.upgrade(cfg, "head")
+                        # "heads": every branch, should a plugin's revisions ever fork from the core's
+                        command.upgrade(cfg, "heads")
                 finally:
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
                     conn.commit()

@@ -117,7 +117,63 @@ def test_schema_matches_models(pg) -> None:
     assert diff == []
     from alembic.script import ScriptDirectory
 
-    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert [version] == ScriptDirectory.from_config(alembic_config()).get_heads()
+
+
+@pytest.fixture
+def empty_database(pg):
+    """A new, empty database on the module's server (dropped afterwards)."""
+    import uuid
+
+    url, _ = pg
+    name = f"mma_empty_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrating_an_empty_database_creates_the_followup_tables(empty_database) -> None:
+    """The follow-up's revision lives in its own version location (entry point
+    ``mma_broker.migrations``); one ``migrate()`` applies the core's and the plugin's."""
+    from broker.app import check_schema
+
+    with Archive(empty_database, PostgresRawStore()) as arch:
+        arch.migrate()
+        check_schema(arch, empty_database)  # at the heads of the combined script directory
+    assert {"events", "raw_messages", "followup_results", "followup_cache", "alembic_version"} <= _tables(
+        empty_database)
+
+
+def test_archive_at_the_core_revision_upgrades_to_the_followup_one(empty_database) -> None:
+    """An archive migrated before the follow-up revision moved (at 0001) upgrades, and
+    read commands say so until it has."""
+    from alembic import command
+
+    from broker.app import check_schema
+    from broker.errors import BrokerError
+
+    command.upgrade(alembic_config(empty_database), "0001")
+    assert "followup_results" not in _tables(empty_database)
+    with Archive(empty_database, PostgresRawStore()) as arch:
+        with pytest.raises(BrokerError, match=r"at revision 0001, this mma-broker needs 0002"):
+            check_schema(arch, empty_database)
+        arch.migrate()
+        check_schema(arch, empty_database)
+    assert {"followup_results", "followup_cache"} <= _tables(empty_database)
 
 
 def test_concurrent_migrate(pg) -> None:

@@ -8,6 +8,9 @@ are rows too (``kind = 'withdrawal'``) and mark the earlier results ``withdrawn`
 ``followup_cache``: the lineage-keyed cache of ``followup.cache.SqlCache`` (same
 columns as ``followup.cache.cache_table``).
 
+Lives in the follow-up's own version location (:mod:`followup.migrations`); it keeps
+the id and parent it had in the core's folder, so existing archives upgrade as before.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2025-01-02

@@ -1,0 +1,34 @@
+"""The archive's Alembic revisions: the core's folder plus every migrations plugin's.
+
+The database side (an empty database gets the follow-up tables; an archive at the
+core revision upgrades) is in tests/integration/test_archive.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+
+from broker import plugins
+from broker.archive.store import alembic_config, version_locations
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_followup_revisions_are_a_registered_version_location():
+    assert plugins.available(plugins.MIGRATIONS)["followup"].value == "followup.migrations"
+    locations = [Path(p).resolve() for p in version_locations()]
+    assert locations[0] == ROOT / "broker" / "archive" / "migrations" / "versions"
+    assert ROOT / "followup" / "migrations" / "versions" in locations
+
+
+def test_revision_graph_has_one_head_and_keeps_the_followup_ids():
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == ["0002"]
+    revisions = {r.revision: r for r in script.walk_revisions()}
+    assert set(revisions) == {"0001", "0002"}
+    # the ids and parent of the time when 0002 lived in the core's folder
+    assert revisions["0002"].down_revision == "0001"
+    assert Path(revisions["0002"].path).resolve().parent == ROOT / "followup" / "migrations" / "versions"
+    assert Path(revisions["0001"].path).resolve().parent == ROOT / "broker" / "archive" / "migrations" / "versions"
