@@ -42,7 +42,19 @@ from broker.limits import DecodeLimits
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def default_home() -> Path:
+    """The default state directory, a per-user data folder (XDG Base Directory
+    specification): ``$XDG_DATA_HOME/mma-broker``, else ``~/.local/share/mma-broker``.
+    A relative ``XDG_DATA_HOME`` is ignored, as the specification says.
+
+    Never inside the installation (site-packages may be read-only and is shared by every
+    user of the venv). The repository's scripts (``deploy/``) set
+    ``MMA_BROKER_HOME=<repository>/.mma-broker`` so the demo stays in the clone.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "mma-broker"
 
 
 class SettingsError(BrokerError):
@@ -221,8 +233,10 @@ class Settings(BaseSettings):
         env_prefix="MMA_BROKER_", env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    home: Path = REPO_ROOT / ".mma-broker"
-    """State directory: embedded PostgreSQL, raw store, local Kafka data."""
+    home: Path = Field(default_factory=default_home)
+    """State directory: embedded PostgreSQL, raw store, follow-up cache and plots (and the
+    local Kafka of ``deploy/kafka/kafka.sh``, which reads ``MMA_BROKER_HOME`` too).
+    Default :func:`default_home` (``~/.local/share/mma-broker``)."""
     group_id: str = "mma-broker"
     """Prefix of every consumer group of this broker."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

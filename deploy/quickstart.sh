@@ -7,6 +7,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=$("$ROOT/deploy/setup.sh")
 export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
+# The demo's state (Kafka, PostgreSQL, raw store) stays in the clone; an installed
+# mma-broker defaults to ~/.local/share/mma-broker instead.
+export MMA_BROKER_HOME="$ROOT/.mma-broker"
 export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}}
 
 "$ROOT/deploy/kafka/kafka.sh" start
@@ -16,7 +19,8 @@ echo "quickstart: running the broker until every replayed alert is consumed" >&2
 mma-broker run --until-caught-up
 cat >&2 <<MSG
 
-Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL (.mma-broker/postgres) keep running. Try:
+Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL ($MMA_BROKER_HOME/postgres) keep running. Try:
+  export MMA_BROKER_HOME=$MMA_BROKER_HOME     # the demo's state; without it mma-broker uses ~/.local/share/mma-broker
   $VENV/bin/mma-broker events list --source igwn
   $VENV/bin/mma-broker subscribe mma.events --timeout 5
   $VENV/bin/mma-broker subscribe mma.dlq --timeout 5

@@ -8,6 +8,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=$("$ROOT/deploy/setup.sh")
 export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
+export MMA_BROKER_HOME="$ROOT/.mma-broker"   # Kafka's state; the tests give each run its own home
 export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}}
 
 started=0

@@ -21,7 +21,7 @@ from lxml import etree
 from typer.testing import CliRunner
 
 from broker.cli import app
-from broker.config import REPO_ROOT
+from tests.conftest import ROOT as REPO_ROOT
 
 DATA = REPO_ROOT / "tests" / "data"
 ZTF_MULTI = DATA / "ztf" / "fink-client" / "avro_multi_alerts_other.avro"

@@ -14,10 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from broker import plugins
-from broker.config import REPO_ROOT, Settings, SettingsError, load_settings, read_secrets_file, settings_class
+from broker.config import Settings, SettingsError, default_home, load_settings, read_secrets_file, settings_class
 from broker.errors import BrokerError
 
-PRESETS = REPO_ROOT / "deploy" / "presets"
+PRESETS = Path(__file__).resolve().parents[2] / "deploy" / "presets"
 LOCAL = PRESETS / "local.toml"
 PRODUCTION = PRESETS / "production.toml"
 
@@ -43,11 +43,12 @@ def _secret_file(tmp_path: Path, text: str, mode: int) -> Path:
 
 
 # ---------------------------------------------------------------- defaults and environment
-def test_defaults_run_on_one_machine():
+def test_defaults_run_on_one_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     s = settings_class()()
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert s.kafka.topic_prefix == ""
-    assert s.home == (REPO_ROOT / ".mma-broker").resolve()
+    assert s.home == (tmp_path / "xdg" / "mma-broker").resolve()
     assert s.archive.database_url is None
     assert [(u.name, u.kind) for u in s.upstreams] == [("notices", "kafka"), ("ztf", "kafka")]
     assert (s.events_topic, s.dlq_topic) == ("mma.events", "mma.dlq")
@@ -67,6 +68,19 @@ def test_environment_nested_with_double_underscore(monkeypatch, tmp_path):
     assert s.ingest.batch_size == 17
     assert s.home == (tmp_path / "h").resolve()
     assert [(u.name, u.kind, u.topics) for u in s.upstreams] == [("only", "kafka", ["igwn.gwalert"])]
+
+
+@pytest.mark.parametrize("xdg", [None, "", "relative/data"])
+def test_default_home_is_the_user_data_folder(monkeypatch, tmp_path, xdg):
+    """Never inside the installation: ``~/.local/share/mma-broker`` when XDG_DATA_HOME is
+    unset, empty or relative (the XDG Base Directory specification ignores those)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    assert default_home() == tmp_path / ".local" / "share" / "mma-broker"
+    assert settings_class()().home == (tmp_path / ".local" / "share" / "mma-broker").resolve()
 
 
 def test_home_is_made_absolute(monkeypatch, tmp_path):

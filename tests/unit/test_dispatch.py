@@ -9,7 +9,7 @@ import fastavro
 import pytest
 from lxml import etree
 
-from broker.config import REPO_ROOT
+from tests.conftest import ROOT as REPO_ROOT
 from broker.errors import DecodeError
 from broker.sources import decode, sniff_format, upstream_topic
 

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from lxml import etree
 
-from broker.config import REPO_ROOT
+from tests.conftest import ROOT as REPO_ROOT
 from broker.errors import BrokerError, DecodeError
 from broker.kafka import Backoff
 from broker.limits import DEFAULT_LIMITS

@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 
 import broker.replay as replay_mod
-from broker.config import REPO_ROOT, SettingsError, load_settings, scrub_secrets
+from broker.config import SettingsError, load_settings, scrub_secrets
 from broker.errors import BrokerError, DecodeError
 from broker.replay import display_path, expand_paths, read_manifest, replay_files
+from tests.conftest import ROOT as REPO_ROOT
 from tests.unit.test_replay import RecordingProducer
 
 DATA = REPO_ROOT / "tests" / "data"

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from broker.config import REPO_ROOT
+from tests.conftest import ROOT as REPO_ROOT
 from broker.errors import BrokerError, DecodeError
 from broker.sources import decode, decode_unguarded
 

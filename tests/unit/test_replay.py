@@ -17,7 +17,7 @@ from astropy.time import Time
 from lxml import etree
 
 import broker.replay as replay_mod
-from broker.config import REPO_ROOT
+from tests.conftest import ROOT as REPO_ROOT
 from broker.errors import BrokerError
 from broker.replay import ALERT_SUFFIXES, expand_paths, read_manifest, replay_files
 from broker.sources import upstream_topic

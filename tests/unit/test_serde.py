@@ -17,7 +17,7 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from broker.config import REPO_ROOT
+from tests.conftest import ROOT as REPO_ROOT
 from broker.errors import DecodeError
 from broker.serde import EVENT_SCHEMA_PATH, EventCodec, Provenance
 from broker.sources import decode
