@@ -125,12 +125,13 @@ def replay(
     rate: Optional[float] = typer.Option(None, "--rate", help="Messages per second (default: as fast as possible)."),
     topic: Optional[str] = typer.Option(None, "--topic", help="Force this topic instead of the upstream one."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="File listing alert paths/globs."),
+    demo: bool = typer.Option(False, "--demo", help="Also the real alerts shipped with the package (broker/data/demo)."),
 ) -> None:
     """Publish alert files byte for byte to the local Kafka under their upstream topic names."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from broker.kafka import ensure_topics, make_producer
-    from broker.replay import display_path, expand_paths, read_manifest, replay_files
+    from broker.replay import demo_files, display_path, expand_paths, read_manifest, replay_files
 
     s = settings()
     failed: list[Path] = []
@@ -142,10 +143,12 @@ def replay(
     files = list(expand_paths(paths or [], on_error=report))
     if manifest:
         files += read_manifest(manifest)
+    if demo:
+        files += demo_files()
     if not files:
         if failed:
             raise typer.Exit(1)
-        raise BrokerError("nothing to replay: give files, folders or --manifest")
+        raise BrokerError("nothing to replay: give files, folders, --manifest or --demo")
     producer = make_producer(s)
     with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                   disable=not err.is_terminal) as bar:

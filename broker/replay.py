@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path, PurePath
 
 from confluent_kafka import KafkaException
@@ -136,6 +137,21 @@ def expand_paths(paths: Iterable[Path], on_error: OnError | None = None) -> Iter
             yield from _walk(p, report)
         else:
             yield p
+
+
+def demo_dir() -> Path:
+    """The real demo alerts shipped in the package (``broker/data/demo``; origins,
+    licenses and checksums in its ``README.md``), for ``mma-broker replay --demo``.
+
+    A real directory: setuptools installs package data as plain files (a zipped
+    installation is not supported)."""
+    return Path(str(files("broker") / "data" / "demo"))
+
+
+def demo_files() -> list[Path]:
+    """Every alert file of :func:`demo_dir`, sorted (a superevent's preliminary alert
+    comes before its retraction)."""
+    return list(expand_paths([demo_dir()]))
 
 
 def _manifest_root(path: Path) -> Path:
