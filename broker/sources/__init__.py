@@ -1,6 +1,8 @@
 """Upstream alert formats: sniff the wire format, decode, normalize to Events.
 
-One module per upstream protocol:
+One module per upstream protocol, each registered as an alert decoder plugin
+(:class:`~broker.sources.decoder.AlertDecoder`, entry-point group
+``mma_broker.sources``; a package of its own can add formats the same way):
 
 * :mod:`broker.sources.igwn`    — IGWN ``igwn.gwalert`` JSON and Avro (LVK alerts)
 * :mod:`broker.sources.gcn`     — GCN Kafka JSON notices of the unified schema
@@ -21,13 +23,18 @@ Avro records are typed by their writer schema as fastavro reads them.
 from __future__ import annotations
 
 import json
+import logging
+from functools import lru_cache
 
 from pydantic import ValidationError
 
 from broker.errors import DecodeError
 from broker.event import Event, validation_reason
 from broker.limits import DecodeLimits, decode_scope, over_limit
+from broker.sources.decoder import AlertDecoder
 from broker.text import one_line
+
+log = logging.getLogger(__name__)
 
 AVRO_MAGIC = b"Obj\x01"
 
@@ -226,29 +233,9 @@ def decode_unguarded(data: bytes) -> list[Event]:
 
 
 def _dispatch(data: bytes) -> list[Event]:
-    from broker.sources import avro, gcn, igwn, voevent, ztf
-    from broker.validation import default_validator
-
     fmt = sniff_format(data)
-    if fmt == "avro":
-        header = avro.read_header(data)
-        if ztf.is_ztf_schema(header):
-            return ztf.decode(data, header)
-        if igwn.is_igwn_schema(header):
-            return igwn.decode_avro(data, header)
-        raise DecodeError(f"unsupported Avro schema {header.schema_name!r}")
-    if fmt == "voevent":
-        return voevent.decode(data)
-    obj = _load_json(data)
-    if igwn.is_igwn_alert(obj):
-        default_validator().validate_igwn(obj)
-        return [igwn.decode_json(obj)]
-    if gcn.is_gcn_notice(obj):
-        default_validator().validate_gcn(obj)
-        return [gcn.decode(obj)]
-    raise DecodeError(
-        "JSON is neither an IGWN gwalert (no 'superevent_id') nor a GCN unified-schema notice (no '$schema')"
-    )
+    decoder, parsed = _choose(fmt, data)
+    return decoder.decode(data, parsed)
 
 
 def upstream_topic(data: bytes) -> str:
@@ -263,21 +250,57 @@ def upstream_topic(data: bytes) -> str:
     DecodeError
         When the format is not recognized.
     """
-    from broker.sources import avro, gcn, igwn, voevent, ztf
-
     fmt = sniff_format(data)
+    decoder, parsed = _choose(fmt, data)
+    return decoder.upstream_topic(data, parsed)
+
+
+def _choose(fmt: str, data: bytes) -> tuple[AlertDecoder, object]:
+    """The first decoder of ``fmt`` (by priority) that accepts the message, and the
+    parsed form it gets: the Avro header, the JSON object, or the raw VOEvent bytes."""
     if fmt == "avro":
-        header = avro.read_header(data)
-        if ztf.is_ztf_schema(header):
-            return ztf.upstream_topic(data, header)
-        if igwn.is_igwn_schema(header):
-            return igwn.TOPIC
-        raise DecodeError(f"unsupported Avro schema {header.schema_name!r}")
-    if fmt == "voevent":
-        return voevent.upstream_topic(data)
-    obj = _load_json(data)
-    if igwn.is_igwn_alert(obj):
-        return igwn.TOPIC
-    if gcn.is_gcn_notice(obj):
-        return gcn.upstream_topic(obj)
-    raise DecodeError("JSON is neither an IGWN gwalert nor a GCN unified-schema notice")
+        from broker.sources import avro
+
+        parsed: object = avro.read_header(data)
+    elif fmt == "json":
+        parsed = _load_json(data)
+    else:
+        parsed = data
+    candidates = decoders().get(fmt, ())
+    for decoder in candidates:
+        if decoder.accepts(parsed):
+            return decoder, parsed
+    if fmt == "avro":
+        raise DecodeError(f"unsupported Avro schema {parsed.schema_name!r}")  # type: ignore[attr-defined]
+    if not candidates:
+        raise DecodeError(f"no decoder for {_FORMAT_NAMES[fmt]} is installed")
+    raise DecodeError(f"{_FORMAT_NAMES[fmt]} is neither {' nor '.join(d.describes for d in candidates)}")
+
+
+_FORMAT_NAMES = {"avro": "Avro", "voevent": "VOEvent XML", "json": "JSON"}
+
+
+@lru_cache(maxsize=1)
+def decoders() -> dict[str, tuple[AlertDecoder, ...]]:
+    """The registered alert decoders (entry-point group ``mma_broker.sources``) by wire
+    format, each tuple in the order they are tried (``priority``, then name).
+
+    Loaded once per process, on the first message. A plugin that fails to load, or
+    that is not an :class:`~broker.sources.decoder.AlertDecoder`, is left out with one
+    warning naming it: the other formats go on (its messages then end as dead letters
+    saying no decoder took them).
+    """
+    from broker import plugins
+
+    found: dict[str, list[tuple[int, str, AlertDecoder]]] = {}
+    for name in plugins.available(plugins.SOURCES):
+        try:
+            decoder = plugins.load(plugins.SOURCES, name)
+            if not isinstance(decoder, AlertDecoder) or decoder.format not in _FORMAT_NAMES:
+                raise plugins.PluginError(f"plugin {name!r} ({plugins.SOURCES}) is not an AlertDecoder of a known "
+                                          f"format ({', '.join(_FORMAT_NAMES)})")
+        except plugins.PluginError as exc:
+            log.warning("%s; left out of decoding", exc)
+            continue
+        found.setdefault(decoder.format, []).append((decoder.priority, name, decoder))
+    return {fmt: tuple(d for _, _, d in sorted(entries, key=lambda e: e[:2])) for fmt, entries in found.items()}

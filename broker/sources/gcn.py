@@ -57,6 +57,8 @@ from broker.errors import DecodeError
 from broker.event import (EARLIEST_TIME, LATEST_TIME, Event, HealpixLocalization, PointLocalization, format_time,
                           validation_reason)
 from broker.limits import check_cpu, current_limits, over_limit
+from broker.sources.decoder import AlertDecoder
+from broker.validation import default_validator
 
 logger = logging.getLogger(__name__)
 
@@ -524,3 +526,16 @@ def decode(obj: dict) -> Event:
         properties=props,
         format="json",
     )
+
+
+def _decode_message(data: bytes, obj: dict) -> list[Event]:
+    """A unified-schema notice: checked against its GCN JSON schema, then normalized."""
+    default_validator().validate_gcn(obj)
+    return [decode(obj)]
+
+
+DECODER = AlertDecoder(name="gcn", format="json", accepts=is_gcn_notice, decode=_decode_message,
+                       upstream_topic=lambda data, obj: upstream_topic(obj), priority=20,
+                       describes="a GCN unified-schema notice (no '$schema')")
+"""GCN Kafka JSON notices (entry point ``gcn`` of ``mma_broker.sources``); after IGWN
+JSON, as the dispatcher always tried them."""

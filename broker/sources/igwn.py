@@ -36,6 +36,8 @@ from broker.errors import DecodeError
 from broker.event import EARLIEST_TIME, LATEST_TIME, MAX_ID_CHARS, Event, HealpixLocalization, check_text, format_time
 from broker.limits import check_cpu, current_limits, over_limit
 from broker.skymap import summarize_multiorder
+from broker.sources.decoder import AlertDecoder
+from broker.validation import default_validator
 
 log = logging.getLogger(__name__)
 
@@ -470,3 +472,20 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
         )
     except ValidationError as exc:
         raise DecodeError(f"VOEvent {ivorn}: {validation_reason(exc)}") from None
+
+
+def _decode_json_message(data: bytes, obj: dict) -> list[Event]:
+    """A gwalert JSON message: checked against the upstream JSON schema, then normalized."""
+    default_validator().validate_igwn(obj)
+    return [decode_json(obj)]
+
+
+JSON_DECODER = AlertDecoder(name="igwn.json", format="json", accepts=is_igwn_alert, decode=_decode_json_message,
+                            upstream_topic=lambda data, obj: TOPIC, priority=10,
+                            describes="an IGWN gwalert (no 'superevent_id')")
+"""IGWN gwalerts as JSON (entry point ``igwn.json`` of ``mma_broker.sources``)."""
+
+AVRO_DECODER = AlertDecoder(name="igwn.avro", format="avro", accepts=is_igwn_schema, decode=decode_avro,
+                            upstream_topic=lambda data, header: TOPIC, priority=20,
+                            describes="an IGWN gwalert (schema 'igwn.alerts.Alert')")
+"""IGWN gwalerts as Avro (entry point ``igwn.avro``); after ZTF, as the dispatcher always tried them."""

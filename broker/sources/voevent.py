@@ -51,6 +51,7 @@ from broker.event import MAX_ID_CHARS, Event, PointLocalization, format_time, va
 from broker.limits import check_cpu, current_limits, over_limit
 from broker.sources.gcn import parse_utc
 from broker.sources.gcn_packets import CONTAINMENT, GBM_SOURCE_CLASSES, PACKET_TYPES, PacketType
+from broker.sources.decoder import AlertDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -432,3 +433,10 @@ def decode(data: bytes) -> list[Event]:
         ]
     except ValidationError as exc:
         raise DecodeError(f"VOEvent {ivorn}: {validation_reason(exc)}") from None
+
+
+DECODER = AlertDecoder(name="voevent", format="voevent", accepts=lambda data: True,
+                       decode=lambda data, parsed: decode(data), upstream_topic=lambda data, parsed: upstream_topic(data),
+                       priority=10, describes="a GCN Classic VOEvent")
+"""GCN Classic VOEvent XML (entry point ``voevent`` of ``mma_broker.sources``): takes
+every XML message (LVC VOEvents go on to :mod:`broker.sources.igwn`)."""

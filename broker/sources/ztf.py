@@ -59,6 +59,7 @@ from broker.event import Event, PointLocalization, format_time
 from broker.limits import check_cpu
 from broker.sources import avro
 from broker.sources.avro import AvroHeader
+from broker.sources.decoder import AlertDecoder
 
 log = logging.getLogger(__name__)
 
@@ -442,3 +443,8 @@ def upstream_topic(data: bytes, header: AvroHeader) -> str:
         day = _EPOCH + timedelta(seconds=jd_to_unix(jd))
         return f"ztf_{day:%Y%m%d}_programid{_int(c.get('programid'))}"
     raise DecodeError("Avro container holds no alert")
+
+
+DECODER = AlertDecoder(name="ztf", format="avro", accepts=is_ztf_schema, decode=decode, upstream_topic=upstream_topic,
+                       priority=10, describes="a ZTF alert packet (schema 'ztf.alert')")
+"""The ZTF decoder plugin (entry point ``ztf`` of ``mma_broker.sources``)."""
