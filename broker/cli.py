@@ -78,6 +78,7 @@ def inspect(
 
     A file that fails gives one line on stderr (file: reason) and the others go on;
     the exit code is then 1."""
+    from broker.records import describe_event
     from broker.replay import display_path, expand_paths, failure_reason, read_alert_file
     from broker.sources import decode
 
@@ -92,7 +93,7 @@ def inspect(
     for path in expand_paths(paths, on_error=report):
         try:
             events = decode(read_alert_file(path), limits)
-            lines = [ev.to_json() if as_json else _describe(ev, display_path(path)) for ev in events]
+            lines = [ev.to_json() if as_json else describe_event(ev, display_path(path)) for ev in events]
         except Exception as exc:  # noqa: BLE001 - one file must not stop the others
             report(path, failure_reason(exc))
             continue
@@ -102,20 +103,6 @@ def inspect(
             else:
                 out.print(line, markup=False)
     raise typer.Exit(1 if failed else 0)
-
-
-def _describe(ev, path: Path | str | None = None) -> str:
-    loc = ev.localization
-    if loc is None:
-        where = "no localization"
-    elif loc.type == "point":
-        r = f" ±{loc.error_radius:.4g}°" if loc.error_radius is not None else ""
-        where = f"RA {loc.ra:.4f}° Dec {loc.dec:+.4f}°{r}"
-    else:
-        where = f"90% area {loc.area_90:.1f} deg² (max at {loc.ra_max:.2f}°, {loc.dec_max:+.2f}°)"
-    head = f"{path}: " if path else ""
-    inst = f"/{ev.instrument}" if ev.instrument else ""
-    return printable(f"{head}{ev.id}  {ev.mission}{inst} {ev.alert_type} T0={ev.time}  {where}")
 
 
 # ---------------------------------------------------------------- replay
@@ -287,73 +274,99 @@ def _print_summary(workers, archive) -> None:
 
 
 # ---------------------------------------------------------------- subscribe
+_TOPIC_NAME = "^[A-Za-z0-9._-]{1,249}$"
+
+
+def _check_topic_name(name: str) -> str:
+    import re
+
+    if not re.fullmatch(_TOPIC_NAME, name):
+        raise typer.BadParameter(f"'{printable(name)}': a Kafka topic name has 1 to 249 letters, digits, "
+                                 "'.', '_' or '-'", param_hint="'TOPIC'")
+    return name
+
+
+def _check_group(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        ok = 0 < len(name.encode("utf-8")) <= 255 and printable(name) == name and name.strip() == name
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise typer.BadParameter(f"'{printable(name)}': 1 to 255 bytes of printable UTF-8 without surrounding "
+                                 "spaces", param_hint="'--group'")
+    return name
+
+
+def _check_seconds(value: float | None, option: str) -> float | None:
+    import math
+
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value!r}: expected a finite number of seconds >= 0", param_hint=f"'{option}'")
+    return value
+
+
 @app.command()
 def subscribe(
-    topic: str = typer.Argument(..., help="Topic to read, e.g. mma.events, mma.dlq."),
-    from_beginning: bool = typer.Option(True, "--from-beginning/--from-now"),
-    max_messages: Optional[int] = typer.Option(None, "--max", help="Stop after this many messages."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many idle seconds."),
-    as_json: bool = typer.Option(False, "--json", help="JSON Lines."),
+    topics: list[str] = typer.Argument(..., metavar="TOPIC", help="Topics to read: mma.events, mma.followup.requests, "
+                                                 "mma.followup.results, mma.dlq (the configured topic prefix is "
+                                                 "added)."),
+    group: Optional[str] = typer.Option(None, "--group", help="A named consumer group that commits what was read, "
+                                        "so the next run continues after it. Default: a throw-away group that "
+                                        "never commits."),
+    from_beginning: bool = typer.Option(True, "--from-beginning/--from-now",
+                                        help="Without --since: start at the oldest record, or read only new ones "
+                                             "(with --group: only for a group that never committed)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Start at the first record written at/after this "
+                                        "ISO 8601 time, e.g. 2026-11-30T06:00Z (naive: UTC)."),
+    max_messages: Optional[int] = typer.Option(None, "--max", min=0, max=2**63 - 1,
+                                               help="Stop after this many records (0: only show the lag)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds without a "
+                                            "record (default: read until Ctrl-C)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines: one object per record, with its topic, "
+                                 "partition, offset and headers."),
 ) -> None:
-    """Read a topic as a user would (mma.events decoded to Events; mma.dlq with reasons)."""
-    import time
-    import uuid
+    """Read the broker's topics as a user would, decoded: Events on mma.events, JSON
+    documents on the follow-up topics, dead letters with their reasons on mma.dlq.
 
-    from broker.kafka import make_consumer
-    from broker.serde import EventCodec
+    Reads committed transactions only (isolation.level=read_committed). At the end,
+    stderr says how many records were read and how many remain behind the end of
+    each topic (with --group: the group's lag).
+    """
+    from broker.client import Subscription, parse_time
+    from broker.records import to_json_line
 
+    for name in topics:
+        _check_topic_name(name)
+    _check_group(group)
+    _check_seconds(timeout, "--timeout")
+    start = parse_time(since, "--since") if since is not None else None
     s = settings()
-    name = s.topic(topic)
-    consumer = make_consumer(s, f"{s.group_id}.subscribe.{uuid.uuid4().hex[:8]}",
-                             **{"auto.offset.reset": "earliest" if from_beginning else "latest"})
-    try:
-        known = consumer.list_topics(timeout=10).topics
-    except Exception as exc:  # noqa: BLE001 - KafkaException: one line, no traceback
-        consumer.close()
-        raise BrokerError(f"Kafka at {s.kafka.bootstrap_servers} did not answer: {exc}") from None
-    if name not in known:
-        consumer.close()
-        ours = sorted(t for t in known if t.startswith(s.topic("mma.")))
-        raise BrokerError(f"no topic {name!r} on {s.kafka.bootstrap_servers}"
-                          + (f" (the broker's topics: {', '.join(ours)})" if ours else " (has the broker run yet?)"))
-    consumer.subscribe([name])
-    codec = EventCodec()
-    n = 0
-    last = time.monotonic()
-    try:
-        while max_messages is None or n < max_messages:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if timeout is not None and time.monotonic() - last > timeout:
-                    break
-                continue
-            if msg.error():
-                continue
-            last = time.monotonic()
-            n += 1
-            headers = {k: v.decode(errors="replace") for k, v in (msg.headers() or []) if v is not None}
-            value = msg.value() or b""
-            try:
-                if "mma.dlq.reason" in headers:  # a dead letter holds the refused original, not an Event
-                    raise DecodeError(headers["mma.dlq.reason"])
-                ev, prov = codec.decode(value)
-            except Exception as exc:  # noqa: BLE001 - one odd record must not end the reading
-                rec = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-                       "headers": headers, "bytes": len(value)}
-                if "mma.dlq.reason" in headers:
-                    label = f"reason={headers['mma.dlq.reason']}"
-                else:
-                    rec["error"] = f"not a readable Event: {type(exc).__name__}: {one_line(str(exc), 300)}"
-                    label = rec["error"]
-                print(json.dumps(rec) if as_json else printable(f"{msg.topic()}[{msg.partition()}]@{msg.offset()} "
-                      f"{len(value)} B {label}"))
-            else:
-                print(ev.to_json() if as_json else _describe(ev))
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.close()
+    from broker.kafka import client_config
+
+    names = [s.topic(name) for name in topics]
+    read: dict[str, int] = {name: 0 for name in names}
+    sub = Subscription(names, client_config(s), group_id=group, since=start, from_beginning=from_beginning,
+                       timeout_s=timeout, max_records=max_messages)
+    with sub:
+        try:
+            for rec in sub:
+                read[rec.topic] = read.get(rec.topic, 0) + 1
+                print(to_json_line(rec) if as_json else rec.describe(), flush=True)
+        except KeyboardInterrupt:
+            pass
+        except BrokenPipeError:  # `| head`: stop reading, say nothing on the closed pipe
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sub.commit()
+        lags = sub.lag()
+    for lag in lags:
+        whose = f"group {lag.group}: " if lag.group else ""
+        never = f", {lag.uncommitted} never committed" if lag.uncommitted else ""
+        err.print(printable(f"{lag.topic}: read {read.get(lag.topic, 0)} record(s); {whose}{lag.behind} behind the "
+                            f"end on {lag.partitions} partition(s){never}"), markup=False)
 
 
 # ---------------------------------------------------------------- events

@@ -33,10 +33,13 @@ def test_subscribe_reads_past_records_that_are_not_events(broker_env, kafka_boot
     proc = run_cli(broker_env, "subscribe", "mma.events", "--json", "--timeout", "4")
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == len(records)
+    assert [d["type"] for d in lines] == ["event", "unreadable", "unreadable", "unreadable", "event"]
     assert [("error" in d) for d in lines] == [False, True, True, True, False]
-    assert lines[0]["id"] == lines[4]["id"]
-    text = run_cli(broker_env, "subscribe", "mma.events", "--timeout", "4").stdout
-    assert text.count("not a readable Event") == 3
+    assert lines[0]["event"]["id"] == lines[4]["event"]["id"]
+    text = run_cli(broker_env, "subscribe", "mma.events", "--timeout", "4").stdout.splitlines()
+    assert len(text) == len(records)
+    assert "not a readable Event" in text[1] and "not readable: starts with b'not avro at '" in text[2]
+    assert "no value" in text[3] and text[0] == text[4]
 
 
 def test_events_list_prints_hostile_ids_as_text(broker_env, fresh_db):
