@@ -54,6 +54,35 @@ class App:
         return self._settings
 
 
+def current_app() -> App:
+    """The :class:`App` of the running CLI command: the click context's ``obj``.
+
+    ``mma-broker``'s callback puts the App there (``main()`` creates it), so every
+    command, a CLI plugin's too (``mma_broker.cli``), reaches the same settings without
+    importing :mod:`broker.cli`. A command run outside ``mma-broker`` (a plugin's own
+    Typer invoked alone, as tests do) gets a default App on the root context.
+
+    Raises
+    ------
+    RuntimeError
+        Called outside any click command.
+    """
+    ctx = _click_context()
+    if ctx is None:
+        raise RuntimeError("current_app() is only available inside an mma-broker command")
+    return ctx.find_object(App) or ctx.find_root().ensure_object(App)
+
+
+def _click_context():
+    """The current click context, or None. Typer (>= 0.2x) runs commands on its own
+    copy of click, so its copy is asked first; older typers use click itself."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # a typer that uses the click package
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
 NOT_INITIALIZED = "archive not initialized: run `mma-broker run` once"
 """Error of a read command on an archive that was never migrated."""
 

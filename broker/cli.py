@@ -2,6 +2,12 @@
 
 Errors print one line on stderr and exit 1; ``--debug`` shows the traceback
 (the hop-client convention).
+
+No module state: :func:`main` creates the :class:`broker.app.App` of the invocation
+and passes it as the click context's ``obj``; commands reach it through
+:func:`settings` (or :func:`broker.app.current_app`). Sub-commands of plugins (entry
+points ``mma_broker.cli``, e.g. ``mma-broker followup``) are mounted by :func:`main`;
+the core never imports them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from broker.config import Settings, load_settings
+from broker.app import App, current_app
+from broker.config import Settings
 from broker.errors import BrokerError, DecodeError
 from broker.text import one_line, printable
 
@@ -37,29 +44,24 @@ out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
-class _State:
-    settings: Settings | None = None
-    config: Path | None = None
-    debug: bool = False
-
-
-state = _State()
-
-
 def settings() -> Settings:
-    if state.settings is None:
-        state.settings = load_settings(state.config)
-    return state.settings
+    """The settings of this invocation: ``click.get_current_context().find_object(App).settings``,
+    loaded on first use (``--config``, environment, secrets; :func:`broker.config.load_settings`)."""
+    return current_app().settings
 
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings (see deploy/presets/)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level."),
     debug: bool = typer.Option(False, "--debug", help="Full tracebacks and DEBUG logs."),
 ) -> None:
-    state.config = config
-    state.debug = debug
+    application = ctx.find_object(App)
+    if application is None:  # invoked without main(), e.g. typer's CliRunner
+        application = ctx.obj = App()
+    application.config = config
+    application.debug = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from broker.kafka import LIBRDKAFKA_LOGGER
@@ -494,12 +496,31 @@ def dlq_raw(
         print(f"{output}: {len(value):,} bytes, sha256 {h.get('mma.dlq.sha256', '-')}", file=sys.stderr)
 
 
-def _mount_followup() -> None:
-    # followup ships in the same distribution: an ImportError here is a real bug and
-    # must surface, not silently drop the `followup` commands
-    from followup.cli import app as followup_app
+def _mount_plugins() -> None:
+    """Mount every CLI plugin (entry-point group ``mma_broker.cli``) as ``mma-broker NAME``.
 
-    app.add_typer(followup_app, name="followup")
+    A plugin that fails to load (or is no ``typer.Typer``, or takes the name of a
+    core command) costs one line on stderr naming it and why; the other commands
+    still work. Loading imports only the plugin's CLI module, which must stay cheap
+    (``followup.cli`` imports typer alone; its commands import the rest).
+    """
+    from broker import plugins
+
+    groups = {g.name: g.typer_instance for g in app.registered_groups}
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    for name in plugins.available(plugins.CLI):
+        try:
+            sub = plugins.load(plugins.CLI, name)
+            if groups.get(name) is sub:  # main() ran before in this process
+                continue
+            if not isinstance(sub, typer.Typer):
+                raise plugins.PluginError(f"plugin {name!r} ({plugins.CLI}) is not a typer.Typer")
+            if name in groups or name in commands:
+                raise plugins.PluginError(f"plugin {name!r} ({plugins.CLI}) has the name of a core command")
+        except plugins.PluginError as exc:
+            err.print(f"mma-broker: {one_line(str(exc), 300)}", markup=False)
+            continue
+        app.add_typer(sub, name=name)
 
 
 def main() -> None:
@@ -513,9 +534,10 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    _mount_followup()
+    _mount_plugins()
+    application = App()
     try:
-        code = app(standalone_mode=False)
+        code = app(obj=application, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -527,7 +549,7 @@ def main() -> None:
         if isinstance(exc, click.ClickException) or (hasattr(exc, "show") and hasattr(exc, "exit_code")):
             exc.show()
             sys.exit(exc.exit_code)
-        if state.debug:
+        if application.debug:
             raise
         msg = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
         for line in msg.splitlines() or [""]:  # a SettingsError has one line per problem

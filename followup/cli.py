@@ -1,6 +1,13 @@
 """``mma-broker followup`` commands.
 
-The main CLI mounts this app with ``app.add_typer(followup.cli.app, name="followup")``.
+A CLI plugin: ``pyproject.toml`` registers :data:`app` under the entry-point group
+``mma_broker.cli`` as ``followup``, and ``mma-broker``'s ``main()`` mounts it as
+``mma-broker followup``. Commands get the invocation's settings from the
+:class:`broker.app.App` in the click context (:func:`broker.app.current_app`), never
+from :mod:`broker.cli`.
+
+Start-up: mounting imports this module on every ``mma-broker`` command, so it imports
+typer and the standard library only; each command imports what it needs when it runs.
 ``followup run EVENT_ID`` publishes a follow-up request for an archived event (or,
 with ``--local``, runs it here and prints the summary); ``followup worker`` runs the
 follow-up stage (:func:`followup.worker.run_followup_stage`); ``followup results``
@@ -139,10 +146,11 @@ def excess(
 
 
 def _settings():
-    """The CLI's settings, built once by the main ``mma-broker`` app (``--config`` etc.)."""
-    from broker.cli import settings
+    """The invocation's settings: those of the App in the click context (``mma-broker
+    --config`` etc.), loaded on first use."""
+    from broker.app import current_app  # at call time: module-level imports stay typer + stdlib
 
-    return settings()
+    return current_app().settings
 
 
 @app.command("run")
