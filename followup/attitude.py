@@ -35,7 +35,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from followup.availability import NoData, TimeLike, as_time, iso_utc
+from followup.availability import NoData, OrbitState, RetryPolicy, TimeLike, as_time, http_get_bytes, iso_utc
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +120,6 @@ def spacecraft_components(pointing: Pointing, ra, dec) -> tuple[np.ndarray, np.n
 
 
 # ----------------------------------------------------------------------------- orbit table
-
-
-@dataclass(frozen=True)
-class OrbitState:
-    """Orbit parameters interpolated at one time (see :meth:`OrbitTable.state_at`)."""
-
-    time: str
-    revol: int
-    revol_phase: float
-    distance_km: float
 
 
 ObtToUtc = Callable[[np.ndarray], Time]
@@ -372,15 +362,11 @@ class HttpOrbitSource:
     """
 
     def __init__(self, url_template: str, retry=None, timeout_s: float = 30.0) -> None:
-        from followup.availability import RetryPolicy
-
         self.url_template = url_template
         self.retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
 
     def orbit_at(self, t0: TimeLike) -> OrbitTable | NoData:
-        from followup.availability import http_get_bytes
-
         t = as_time(t0)
         url = self.url_template.format(utc=t.utc.isot)
         body = http_get_bytes(url, None, self.retry, self.timeout_s, what="orbit service")

@@ -24,16 +24,13 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, Union
+from typing import Any, Callable, Literal, Protocol, TypeVar, Union
 
 import httpx
 
 import astropy.units as u
 import numpy as np
 from astropy.time import Time
-
-if TYPE_CHECKING:
-    from followup.attitude import OrbitTable
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +115,25 @@ def iso_utc(t: Time) -> str:
 
 
 @dataclass(frozen=True)
+class OrbitState:
+    """INTEGRAL's orbit at one time: what the perigee check reads (an orbit table, e.g.
+    :meth:`followup.attitude.OrbitTable.state_at`, interpolates it)."""
+
+    time: str
+    revol: int
+    revol_phase: float
+    distance_km: float
+
+
+class OrbitStates(Protocol):
+    """Anything that gives the orbit state at a time (:class:`followup.attitude.OrbitTable`)."""
+
+    def state_at(self, t0: TimeLike) -> OrbitState | None:
+        """The orbit at ``t0``, or None when ``t0`` is outside the samples."""
+        ...
+
+
+@dataclass(frozen=True)
 class BeltModel:
     """When INTEGRAL is too close to Earth to take science data.
 
@@ -139,7 +155,7 @@ class BeltModel:
 
 
 def check_integral_coverage(
-    t0: TimeLike, orbit: OrbitTable | None = None, belts: BeltModel | None = None
+    t0: TimeLike, orbit: OrbitStates | None = None, belts: BeltModel | None = None
 ) -> NoData | None:
     """Say whether INTEGRAL could have data at T0.
 
@@ -147,8 +163,8 @@ def check_integral_coverage(
     ----------
     t0 : Time, datetime, str or float
         Event time (UTC).
-    orbit : followup.attitude.OrbitTable, optional
-        Orbit samples (``INTL-ORBI-SCP``). When they cover T0, the altitude and
+    orbit : OrbitStates, optional
+        Orbit samples (``INTL-ORBI-SCP``, :class:`followup.attitude.OrbitTable`). When they cover T0, the altitude and
         revolution phase at T0 are checked against ``belts``; when they do not, or
         when no orbit is given, only the mission span is checked.
     belts : BeltModel, optional

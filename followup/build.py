@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import Settings
+from broker.errors import BrokerError
+from followup.attitude import HttpOrbitSource, LocalOrbitFiles
+from followup.availability import RetryPolicy
+from followup.cache import DirectoryCache, SqlCache
+from followup.datasources import (
+    DEFAULT_ISDC_SPIACS_URL, DEFAULT_MMODA_URL, IsdcSpiAcsSource, LocalFitsSource, MmodaSource,
+)
+from followup.isgri import IsgriClient
 from followup.service import FollowupParams, FollowupSources
 
 logger = logging.getLogger(__name__)
@@ -18,14 +26,10 @@ logger = logging.getLogger(__name__)
 
 def retry_policy(settings: Settings) -> Any:
     """Backoff for data services (``followup.retry_attempts`` attempts)."""
-    from followup.availability import RetryPolicy
-
     return RetryPolicy(attempts=max(1, settings.followup.retry_attempts))
 
 
 def _mmoda(settings: Settings) -> Any:
-    from followup.datasources import DEFAULT_MMODA_URL, MmodaSource
-
     f = settings.followup
     token = f.mmoda_token.get_secret_value() if f.mmoda_token is not None else None
     url = f.mmoda_url or (f.lightcurves.url if f.lightcurves.kind == "mmoda" and f.lightcurves.url else None)
@@ -41,9 +45,6 @@ def build_lightcurve_source(settings: Settings) -> Any:
     broker.errors.BrokerError
         ``kind = "local"`` without a directory.
     """
-    from broker.errors import BrokerError
-    from followup.datasources import DEFAULT_ISDC_SPIACS_URL, IsdcSpiAcsSource, LocalFitsSource, MmodaSource
-
     lc = settings.followup.lightcurves
     if lc.kind == "local":
         if lc.directory is None:
@@ -59,9 +60,6 @@ def build_lightcurve_source(settings: Settings) -> Any:
 
 def build_sources(settings: Settings) -> FollowupSources:
     """Light curves, attitude (orbit files or an orbit service) and the ISGRI client."""
-    from followup.attitude import HttpOrbitSource, LocalOrbitFiles
-    from followup.isgri import IsgriClient
-
     f = settings.followup
     attitude = None
     if f.orbit_directory is not None:
@@ -75,8 +73,6 @@ def build_sources(settings: Settings) -> FollowupSources:
 def build_cache(settings: Settings, engine: Any = None) -> Any:
     """The provenance cache: a directory (default ``<home>/followup-cache``) or the
     archive's ``followup_cache`` table (``engine`` required, schema migrated)."""
-    from followup.cache import DirectoryCache, SqlCache
-
     f = settings.followup
     if f.cache == "database":
         if engine is None:

@@ -127,6 +127,24 @@ def lineage_key(step: str, inputs: Mapping[str, Any], params: Mapping[str, Any],
     return _sha256(canonical_json(document).encode())
 
 
+def source_identity(source: Any) -> dict[str, Any]:
+    """What distinguishes a data source in cache keys (kind, URL or folder listing).
+
+    A local folder is identified by its file names, sizes and modification times, so
+    adding a light curve or orbit file invalidates cached "no data" answers.
+    """
+    ident: dict[str, Any] = {"kind": type(source).__name__}
+    for attr in ("url", "url_template", "time_bin_s"):
+        if hasattr(source, attr):
+            ident[attr] = getattr(source, attr)
+    directory = getattr(source, "directory", None)
+    if directory is not None:
+        files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
+        ident["directory"] = str(directory)
+        ident["files"] = [[str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return ident
+
+
 def code_version(fn: Callable[..., Any]) -> str:
     """Package version + 12-hex digest of the source module of ``fn``."""
     try:
@@ -354,8 +372,8 @@ def cache_table(metadata: Any) -> Any:
 
     Columns: ``key`` (sha256, primary key), ``step``, ``code_version``, ``created_at``,
     ``hit_count``, ``lineage`` (JSON), ``value`` (JSON), ``products`` (JSON: name →
-    base64 bytes). The Alembic migration in ``broker/archive/migrations`` should
-    create the same table.
+    base64 bytes). The follow-up's Alembic revision (``followup/migrations``)
+    creates the same table.
     """
     import sqlalchemy as sa
 

@@ -17,6 +17,7 @@ exception. Tokens never appear in logs or reasons.
 from __future__ import annotations
 
 import abc
+import io
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from followup.availability import (
     redact,
     with_retries,
 )
+from followup.lightcurve import LightCurveError, read_ogip_lightcurve
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +54,12 @@ DEFAULT_MMODA_URL = "https://www.astro.unige.ch/mmoda/dispatch-data"
 DEFAULT_ISDC_SPIACS_URL = "https://www.isdc.unige.ch/~savchenk/spiacs-online/spiacs.pl"
 
 def read_lightcurve(fits_bytes: bytes, t0: TimeLike) -> Any:
-    """``followup.lightcurve.read_ogip_lightcurve`` (imported lazily) relative to ``t0``."""
-    from followup.lightcurve import read_ogip_lightcurve
-
+    """:func:`followup.lightcurve.read_ogip_lightcurve` relative to ``t0``."""
     return read_ogip_lightcurve(fits_bytes, t0=as_time(t0))
 
 
 def checked_lightcurve(fits_bytes: bytes, t0: TimeLike, window_s: float) -> Any:
     """Read a light curve; NoData(kind="data_gap") if it has no data at T0 (or unreadable)."""
-    from followup.lightcurve import LightCurveError
-
     try:
         lc = read_lightcurve(fits_bytes, t0)
     except LightCurveError as exc:
@@ -113,8 +111,6 @@ IJD_MJDREF = 51544.0
 
 def fits_bytes_of(hdul: fits.HDUList) -> bytes:
     """Serialize an HDUList to bytes."""
-    import io
-
     buffer = io.BytesIO()
     hdul.writeto(buffer)
     return buffer.getvalue()
@@ -194,8 +190,6 @@ class LocalFitsSource(LightCurveSource):
         return [p for p in sorted(self.directory.rglob("*")) if p.is_file() and p.name.lower().endswith(suffixes)]
 
     def fetch_fits(self, t0: TimeLike, window_s: float, instrument: str = "spi_acs") -> bytes | NoData:
-        from followup.lightcurve import LightCurveError
-
         labels = _INSTRUMENT_ALIASES.get(instrument, (instrument.upper(),))
         best: tuple[float, bytes] | None = None
         for path in self._candidates():
@@ -310,7 +304,7 @@ class MmodaSource(LightCurveSource):
     def dispatcher(self) -> Any:
         """The DispatcherAPI (built on first use; building it contacts no server)."""
         if self._dispatcher is None:
-            from oda_api.api import DispatcherAPI
+            from oda_api.api import DispatcherAPI  # heavy (requests, ...): only a deployment using MMODA pays it
 
             self._dispatcher = DispatcherAPI(url=self.url, wait=True)
         return self._dispatcher

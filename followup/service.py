@@ -19,6 +19,7 @@ tries the service again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -27,12 +28,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from broker.event import Event
+from followup import steps
 from followup.availability import check_integral_coverage
 from followup.cache import (
     LineageRecord, ProvenanceCache, StepOutput, canonical_json, code_version, input_key, lineage_key,
 )
 from followup.messages import utc_now
-from followup.spiacs import SkyDirection
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class FollowupParams:
 
 @dataclass
 class FollowupSources:
-    """Where data come from (built from settings by :func:`followup.worker.build_sources`).
+    """Where data come from (built from settings by :func:`followup.build.build_sources`).
 
     Attributes
     ----------
@@ -117,33 +118,11 @@ class FollowupResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form without the PNG bytes (their sha256 and size instead)."""
-        import hashlib
-
         plot = None if self.plot_png is None else {
             "sha256": hashlib.sha256(self.plot_png).hexdigest(), "bytes": len(self.plot_png)}
         return {"event_id": self.event_id, "upstream_id": self.upstream_id, "t0": self.t0_utc,
                 "status": self.status, "analyses": self.analyses, "summary_text": self.summary_text,
                 "plot": plot, "lineage": [asdict(r) for r in self.lineage]}
-
-
-def source_identity(source: Any) -> dict[str, Any]:
-    """What distinguishes a data source in cache keys (kind, URL or folder listing).
-
-    A local folder is identified by its file names, sizes and modification times, so
-    adding a light curve or orbit file invalidates cached "no data" answers.
-    """
-    from pathlib import Path
-
-    ident: dict[str, Any] = {"kind": type(source).__name__}
-    for attr in ("url", "url_template", "time_bin_s"):
-        if hasattr(source, attr):
-            ident[attr] = getattr(source, attr)
-    directory = getattr(source, "directory", None)
-    if directory is not None:
-        files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
-        ident["directory"] = str(directory)
-        ident["files"] = [[str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    return ident
 
 
 class _Steps:
@@ -177,49 +156,6 @@ def _no_data_dicts(value: Any) -> bool:
     return isinstance(value, dict) and value.get("no_data") is True
 
 
-def sky_directions(pointing: Any, localization: Any, skymap: tuple[np.ndarray, np.ndarray] | None,
-                   max_samples: int) -> tuple[list[SkyDirection], dict[str, Any]]:
-    """Source directions in the spacecraft frame with probabilities.
-
-    Parameters
-    ----------
-    pointing : followup.attitude.Pointing
-    localization : PointLocalization, HealpixLocalization or None
-    skymap : (uniq, probdensity) or None
-        The full multi-order map; its ``max_samples`` most probable pixels (probability
-        = density × area) become the samples.
-    max_samples : int
-
-    Returns
-    -------
-    directions : list of SkyDirection
-    info : dict
-        ``method`` and, for maps, ``n_pixels`` and ``covered_probability``.
-    """
-    from broker.skymap import pixel_area_sr
-    from followup.attitude import to_spacecraft_frame
-
-    if skymap is not None:
-        import astropy_healpix as ah
-
-        uniq, density = skymap
-        prob = density * pixel_area_sr(uniq)
-        top = np.argsort(prob)[::-1][:max_samples]
-        level, ipix = ah.uniq_to_level_ipix(uniq[top])
-        lon, lat = ah.healpix_to_lonlat(ipix, 2 ** np.asarray(level), order="nested")
-        theta, phi = to_spacecraft_frame(pointing, lon.to_value("deg"), lat.to_value("deg"))
-        dirs = [SkyDirection(float(t), float(p), float(w)) for t, p, w in zip(theta, phi, prob[top])]
-        return dirs, {"method": "skymap", "n_pixels": int(top.size),
-                      "covered_probability": float(prob[top].sum() / prob.sum())}
-    if localization is None:
-        return [], {"method": "none"}
-    ra, dec = (localization.ra, localization.dec) if localization.type == "point" else (
-        localization.ra_max, localization.dec_max)
-    theta, phi = to_spacecraft_frame(pointing, ra, dec)
-    method = "point" if localization.type == "point" else "skymap-maximum (map not available)"
-    return [SkyDirection(float(theta[()]), float(phi[()]), 1.0)], {"method": method}
-
-
 def run_followup(event: Event, analyses: Sequence[str], sources: FollowupSources, cache: ProvenanceCache,
                  params: FollowupParams = FollowupParams(),
                  skymap: tuple[np.ndarray, np.ndarray] | None = None) -> FollowupResult:
@@ -247,8 +183,6 @@ def run_followup(event: Event, analyses: Sequence[str], sources: FollowupSources
     ValueError
         Unknown analysis name.
     """
-    from followup import steps
-
     unknown = set(analyses) - set(ANALYSES)
     if unknown:
         raise ValueError(f"unknown follow-up analysis {sorted(unknown)}; known: {', '.join(ANALYSES)}")

@@ -1,6 +1,7 @@
 """The cached steps of :func:`followup.service.run_followup` and its text summary.
 
-Each function takes the step runner (``service._Steps``), runs one lineage-keyed
+Each function takes the step runner (``service._Steps``, passed in: this module never
+imports :mod:`followup.service`, which imports it), runs one lineage-keyed
 step and returns plain JSON values (the form stored in the cache), so a cache hit and
 a fresh computation give the same thing. "No data" values are ``NoData.to_dict()``.
 """
@@ -13,9 +14,22 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
+import astropy_healpix as ah
+import numpy as np
+
 from broker.event import Event
+from broker.skymap import pixel_area_sr
+from followup.attitude import Pointing, to_spacecraft_frame
 from followup.availability import NoData
-from followup.cache import StepOutput, code_version
+from followup.cache import StepOutput, code_version, source_identity
+from followup.datasources import checked_lightcurve, fits_bytes_of
+from followup.excess import ExcessSearchError, ExcessSearchParams
+from followup.isgri import ISGRI_PRODUCTS, isgri_followup
+from followup.lightcurve import LightCurve, read_ogip_lightcurve
+from followup.plot import plot_lightcurve
+from followup.report import spiacs_summary_text
+from followup.spiacs import SkyDirection, SpiAcsParams, run_spiacs_analysis
+from followup.visibility import IbisVisibility, ibis_visibility, not_visible
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +44,6 @@ def _transient(value: Any) -> bool:
 
 def pointing(run: Any, attitude: Any, t0: str) -> Any:
     """INTEGRAL attitude at T0: a :class:`followup.attitude.Pointing`, or a no-data dict."""
-    from followup.attitude import Pointing
-    from followup.service import source_identity
-
     if attitude is None:
         return NoData("no INTEGRAL orbit/attitude source is configured", "data_gap").to_dict()
 
@@ -45,9 +56,45 @@ def pointing(run: Any, attitude: Any, t0: str) -> Any:
     return value if _no_data(value) else Pointing(**value)
 
 
-def _plot_png(lc: Any, result: Any) -> bytes:
-    from followup.plot import plot_lightcurve
+def sky_directions(pointing: Any, localization: Any, skymap: tuple[np.ndarray, np.ndarray] | None,
+                   max_samples: int) -> tuple[list[SkyDirection], dict[str, Any]]:
+    """Source directions in the spacecraft frame with probabilities.
 
+    Parameters
+    ----------
+    pointing : followup.attitude.Pointing
+    localization : PointLocalization, HealpixLocalization or None
+    skymap : (uniq, probdensity) or None
+        The full multi-order map; its ``max_samples`` most probable pixels (probability
+        = density × area) become the samples.
+    max_samples : int
+
+    Returns
+    -------
+    directions : list of SkyDirection
+    info : dict
+        ``method`` and, for maps, ``n_pixels`` and ``covered_probability``.
+    """
+    if skymap is not None:
+        uniq, density = skymap
+        prob = density * pixel_area_sr(uniq)
+        top = np.argsort(prob)[::-1][:max_samples]
+        level, ipix = ah.uniq_to_level_ipix(uniq[top])
+        lon, lat = ah.healpix_to_lonlat(ipix, 2 ** np.asarray(level), order="nested")
+        theta, phi = to_spacecraft_frame(pointing, lon.to_value("deg"), lat.to_value("deg"))
+        dirs = [SkyDirection(float(t), float(p), float(w)) for t, p, w in zip(theta, phi, prob[top])]
+        return dirs, {"method": "skymap", "n_pixels": int(top.size),
+                      "covered_probability": float(prob[top].sum() / prob.sum())}
+    if localization is None:
+        return [], {"method": "none"}
+    ra, dec = (localization.ra, localization.dec) if localization.type == "point" else (
+        localization.ra_max, localization.dec_max)
+    theta, phi = to_spacecraft_frame(pointing, ra, dec)
+    method = "point" if localization.type == "point" else "skymap-maximum (map not available)"
+    return [SkyDirection(float(theta[()]), float(phi[()]), 1.0)], {"method": method}
+
+
+def _plot_png(lc: Any, result: Any) -> bytes:
     with tempfile.TemporaryDirectory(prefix="mma-plot-") as tmp:
         path = os.path.join(tmp, "lightcurve.png")
         plot_lightcurve(lc, result, path)
@@ -65,14 +112,6 @@ def event_name(event: Event) -> str:
 
 def spiacs(run: Any, source: Any, event: Event, attitude: Any, skymap: Any, params: Any) -> tuple[Any, bytes | None]:
     """Light curve fetch, then the SPI-ACS analysis with plot and text; (value, PNG or None)."""
-    from followup.datasources import checked_lightcurve
-    from followup.excess import ExcessSearchError, ExcessSearchParams
-    from followup.lightcurve import read_ogip_lightcurve
-    from followup.plot import plot_lightcurve
-    from followup.report import spiacs_summary_text
-    from followup.service import sky_directions, source_identity
-    from followup.spiacs import SpiAcsParams, run_spiacs_analysis
-
     t0, window_s = event.time, params.window_s
 
     def fetch() -> StepOutput:
@@ -125,9 +164,6 @@ def _position(localization: Any) -> tuple[float, float]:
 
 
 def _isgri_value(found: dict[str, Any], t0: str) -> StepOutput:
-    from followup.lightcurve import LightCurve
-    from followup.spiacs import run_spiacs_analysis
-
     value: dict[str, Any] = {}
     products: dict[str, bytes] = {}
     for name, item in found.items():
@@ -143,8 +179,6 @@ def _isgri_value(found: dict[str, Any], t0: str) -> StepOutput:
             for prod in names:
                 hdul = getattr(getattr(item, prod, None), "to_fits_hdu_list", None)
                 if hdul is not None:
-                    from followup.datasources import fits_bytes_of
-
                     products[f"{name}.{prod}.fits"] = fits_bytes_of(hdul())
     reasons = {v.get("reason") for v in value.values() if _no_data(v)}
     if len(reasons) == 1 and all(_no_data(v) for v in value.values()):
@@ -155,10 +189,6 @@ def _isgri_value(found: dict[str, Any], t0: str) -> StepOutput:
 def ibis_isgri(run: Any, client: Any, event: Event, attitude: Any, localization: Any, skymap: Any,
                params: Any) -> tuple[Any, Any]:
     """IBIS visibility at T0, then ISGRI products when visible; (visibility, isgri) values."""
-    from followup.isgri import ISGRI_PRODUCTS, isgri_followup
-    from followup.service import source_identity
-    from followup.visibility import IbisVisibility, ibis_visibility, not_visible
-
     if _no_data(attitude):
         return attitude, attitude
     if localization is None:

@@ -27,7 +27,8 @@ from followup.cache import DirectoryCache
 from followup.datasources import LocalFitsSource, MmodaSource
 from followup.eventdata import skymap_from_raw
 from followup.isgri import IsgriClient
-from followup.service import FollowupSources, run_followup, sky_directions
+from followup.service import FollowupSources, run_followup
+from followup.steps import sky_directions
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 INTEGRAL = bundled_data_dir()
