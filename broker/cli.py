@@ -29,7 +29,7 @@ from rich.text import Text
 
 from broker.app import App, current_app
 from broker.config import Settings
-from broker.errors import BrokerError, DecodeError
+from broker.errors import BrokerError, cli_error_lines
 from broker.text import one_line, printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-messenger alert broker.")
@@ -89,7 +89,7 @@ def inspect(
     def report(path: Path, reason: str) -> None:
         nonlocal failed
         failed += 1
-        err.print(printable(f"{display_path(path)}: {reason}"), markup=False)
+        _error(f"{display_path(path)}: {reason}")
 
     limits = settings().limits
     for path in expand_paths(paths, on_error=report):
@@ -127,7 +127,7 @@ def replay(
 
     def report(path: Path, reason: str) -> None:
         failed.append(path)
-        err.print(printable(f"{display_path(path)}: {reason}"), markup=False)
+        _error(f"{display_path(path)}: {reason}")
 
     files = list(expand_paths(paths or [], on_error=report))
     if manifest:
@@ -385,10 +385,19 @@ def _parse_since(value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise BrokerError(f"--since {value!r}: expected an ISO 8601 date/time, e.g. 2023-03-07 or 2023-03-07T15:44Z") from None
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (ValueError, TypeError):
+        raise BrokerError(f"--since {one_line(repr(value), 80)}: expected an ISO 8601 date/time, e.g. 2023-03-07 or "
+                          "2023-03-07T15:44Z") from None
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _where(loc) -> str:
+    if loc is None:
+        return "-"
+    if loc.type == "point":
+        return f"{loc.ra:.2f} {loc.dec:+.2f}"
+    return f"{loc.area_90:,.0f} deg²"
 
 
 @events_app.command("list")
@@ -397,37 +406,51 @@ def events_list(
     since: Optional[str] = typer.Option(None, "--since", help="Only events with T0 at/after this ISO time."),
     limit: int = typer.Option(50, "--limit", min=1, max=100_000, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines."),
+    wide: bool = typer.Option(False, "--wide", help="Whole ids and times, however wide the table gets."),
 ) -> None:
-    """List archived events, newest T0 first."""
-    from broker.app import open_archive
+    """List archived events, newest T0 first.
 
+    The table fits the terminal (COLUMNS): long ids are cut in the middle, keeping
+    their head and tail; --wide shows everything. "where" is RA Dec (deg) of a point
+    localization or the 90% area of a sky map.
+    """
+    from broker.app import open_archive
+    from broker.tables import Column, render
+
+    since_t = _parse_since(since)  # every argument is checked before the database is asked
     rows = open_archive(settings(), read_only=True).list(source=source.value if source else None,
-                                                        since=_parse_since(since), limit=limit)
+                                                        since=since_t, limit=limit)
     if as_json:
         for r in rows:
             d = r.event.to_json_dict()
             d["retracted"] = r.retracted
             print(json.dumps(d))
         return
-    t = Table(title=f"{len(rows)} event(s)")
-    for c in ("T0", "id", "mission", "type", "localization", "retracted"):
-        t.add_column(c, overflow="fold")
+    more = " (--limit reached: there may be more)" if len(rows) == limit else ""
+    out.print(f"{len(rows)} event(s), newest T0 first{more}; R: retracted", markup=False)
+    if not rows:
+        return
+    columns = [Column("T0"), Column("id", cut="middle"), Column("mission", cut="end"), Column("type", cut="end"),
+               Column("where", right=True), Column("R")]
+    cells = []
     for r in rows:
         ev = r.event
-        loc = ev.localization
-        where = "-" if loc is None else (
-            f"{loc.ra:.3f} {loc.dec:+.3f}" if loc.type == "point" else f"{loc.area_90:.0f} deg² (90%)")
-        cells = (ev.time, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""), ev.alert_type,
-                 where, "yes" if r.retracted else "")
-        t.add_row(*(Text(printable(c)) for c in cells))
-    out.print(t)
+        t0 = ev.time if wide else ev.time[:16].replace("T", " ")
+        cells.append([printable(c) for c in (t0, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""),
+                                             ev.alert_type, _where(ev.localization), "R" if r.retracted else "")])
+    order = [(2, 12), (3, 12), (1, 20), (2, 7), (3, 8), (1, 12)]  # mission, type, then the id gives way
+    out.print(render(columns, cells, wide=wide, order=order), markup=False, crop=False, overflow="ignore")
 
 
 @events_app.command("show")
 def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(False, "--raw", help="Write the original upstream bytes to stdout.")) -> None:
     """Show one archived event (normalized JSON plus archive metadata)."""
     from broker.app import open_archive
+    from broker.event import MAX_ID_CHARS
 
+    if not 0 < len(event_id) <= MAX_ID_CHARS or printable(event_id) != event_id:
+        raise typer.BadParameter(f"expected an Event id of 1 to {MAX_ID_CHARS} printable characters "
+                                 "(see `mma-broker events list --wide`)", param_hint="'EVENT_ID'")
     archive = open_archive(settings(), read_only=True)
     rec = archive.get(event_id)
     if rec is None:
@@ -496,6 +519,28 @@ def dlq_raw(
         print(f"{output}: {len(value):,} bytes, sha256 {h.get('mma.dlq.sha256', '-')}", file=sys.stderr)
 
 
+def _error(message: str) -> None:
+    """Print one error line on stderr: ``mma-broker: error: <message on one line>``."""
+    for line in cli_error_lines(BrokerError(" ".join(message.split()))):
+        err.print(line, markup=False)
+
+
+def _show_click_error(exc) -> int:
+    """Print a click/typer error as ``mma-broker: error: <one line>`` on stderr, after
+    the usage and help hint lines of a usage error; return its exit code."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # its message is the help page
+        exc.show()
+        return exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        err.print(ctx.get_usage(), markup=False)
+        names = ctx.command.get_help_option_names(ctx) if ctx.command.get_help_option(ctx) is not None else ()
+        if names:
+            err.print(f"Try '{ctx.command_path} {max(names, key=len)}' for help.", markup=False)
+    _error(exc.format_message())
+    return exc.exit_code
+
+
 def _mount_plugins() -> None:
     """Mount every CLI plugin (entry-point group ``mma_broker.cli``) as ``mma-broker NAME``.
 
@@ -547,12 +592,10 @@ def main() -> None:
 
         # typer may ship its own copy of click: recognise its exceptions by shape
         if isinstance(exc, click.ClickException) or (hasattr(exc, "show") and hasattr(exc, "exit_code")):
-            exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(_show_click_error(exc))
         if application.debug:
             raise
-        msg = str(exc) if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
-        for line in msg.splitlines() or [""]:  # a SettingsError has one line per problem
-            err.print(f"mma-broker: {line}", markup=False)
+        for line in cli_error_lines(exc):  # a SettingsError has one line per problem
+            err.print(line, markup=False)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -109,7 +109,7 @@ def excess(
     phi_deg: float = typer.Option(0.0, "--phi-deg", help="Source azimuth around the pointing axis, deg."),
 ) -> None:
     """Search a light curve for an excess around T0 and give 3-sigma upper limits."""
-    from broker.errors import BrokerError
+    from broker.errors import BrokerError, cli_error_lines
     from followup.excess import ExcessSearchParams
     from followup.lightcurve import read_ogip_lightcurve, to_utc_time
     from followup.report import spiacs_summary_text
@@ -118,7 +118,7 @@ def excess(
     try:
         t0_time = to_utc_time(t0)
     except ValueError:
-        typer.echo(f"error: --t0 {t0!r}: not an ISO 8601 UTC time such as 2023-03-07T15:44:06.67Z", err=True)
+        typer.echo(cli_error_lines(f"--t0 {t0!r}: not an ISO 8601 UTC time such as 2023-03-07T15:44:06.67Z")[0], err=True)
         raise typer.Exit(1) from None
     directions = None if theta_deg is None else [SkyDirection(theta_deg, phi_deg, 1.0)]
     params = SpiAcsParams(search=ExcessSearchParams(search_half_window_s=window))
@@ -129,7 +129,7 @@ def excess(
         message = " ".join(str(exc).split())
         if str(lightcurve) not in message:
             message = f"{lightcurve}: {message}"
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(cli_error_lines(message)[0], err=True)
         raise typer.Exit(1)
     if plot is not None:
         from followup.plot import plot_lightcurve
@@ -137,7 +137,7 @@ def excess(
         try:
             plot_lightcurve(lc, result, plot)
         except OSError as exc:
-            typer.echo(f"error: {plot}: cannot write plot ({exc})", err=True)
+            typer.echo(cli_error_lines(f"{plot}: cannot write plot ({exc})")[0], err=True)
             raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(summary_json(result, str(lightcurve))))
@@ -241,18 +241,44 @@ def worker(
 @app.command("results")
 def results(
     upstream_id: Optional[str] = typer.Option(None, "--upstream-id", help="Only this trigger/superevent id."),
-    limit: int = typer.Option(20, "--limit"),
+    limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="At most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines of the stored documents."),
+    wide: bool = typer.Option(False, "--wide", help="Whole ids, however wide the table gets."),
 ) -> None:
-    """List stored follow-up results, newest first."""
+    """List stored follow-up results, newest first: "showing N of M" (M: all stored,
+    or all of --upstream-id), then one row each; long ids are cut in the middle to
+    fit the terminal (COLUMNS) unless --wide."""
+    if upstream_id is not None and not (0 < len(upstream_id) <= 256 and upstream_id.isprintable()
+                                        and upstream_id.encode("utf-8", "surrogatepass").decode("utf-8", "ignore")
+                                        == upstream_id):
+        raise typer.BadParameter("expected 1 to 256 printable characters, e.g. S230518h or 745121685",
+                                 param_hint="'--upstream-id'")
     from broker.app import open_archive
+    from broker.tables import Column, render
+    from broker.text import printable
     from followup.store import FollowupStore
 
-    archive = open_archive(_settings(), read_only=True)
-    rows = FollowupStore(archive.engine).list(upstream_id=upstream_id, limit=limit)
-    for row in rows:
-        if as_json:
+    store = FollowupStore(open_archive(_settings(), read_only=True).engine)
+    rows = store.list(upstream_id=upstream_id, limit=limit)
+    if as_json:
+        for row in rows:
             typer.echo(json.dumps(row.document | {"withdrawn": row.withdrawn, "withdrawn_by": row.withdrawn_by}))
-        else:
-            flag = f" withdrawn by {row.withdrawn_by}" if row.withdrawn else ""
-            typer.echo(f"{row.request_id}  {row.kind:<10} {row.status:<9} {row.event_id}{flag}")
+        return
+    total = store.count(upstream_id=upstream_id)
+    which = f" of {printable(upstream_id)}" if upstream_id is not None else ""
+    more = f" (--limit {limit})" if len(rows) < total else ""
+    typer.echo(f"showing {len(rows)} of {total} follow-up result(s){which}, newest first{more}")
+    if not rows:
+        return
+    columns = [Column("created"), Column("request", cut="middle"), Column("kind"), Column("status"),
+               Column("event", cut="middle")]
+    if wide:  # the retraction that withdrew a result (its status says "withdrawn" anyway)
+        columns.append(Column("withdrawn by"))
+    cells = []
+    for row in rows:
+        created = str(row.document.get("created_at") or "")
+        line = [created if wide else created[:16].replace("T", " "), row.request_id, row.kind, row.status,
+                row.event_id] + ([row.withdrawn_by or ""] if wide else [])
+        cells.append([printable(c) for c in line])
+    order = [(4, 40), (1, 17), (4, 20), (1, 12)]  # the event id keeps the most
+    typer.echo(render(columns, cells, wide=wide, order=order))

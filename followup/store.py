@@ -178,12 +178,14 @@ class FollowupStore:
         with self.engine.connect() as conn:
             return [_stored(r) for r in conn.execute(q).mappings()]
 
-    def count(self, event_id: str | None = None) -> int:
-        """Number of rows (of one event id)."""
+    def count(self, event_id: str | None = None, upstream_id: str | None = None) -> int:
+        """Number of rows (of one event id, of one upstream id)."""
         t = self.table
         q = sa.select(sa.func.count()).select_from(t)
         if event_id is not None:
             q = q.where(t.c.event_id == event_id)
+        if upstream_id is not None:
+            q = q.where(t.c.upstream_id == upstream_id)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 

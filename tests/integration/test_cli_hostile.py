@@ -68,7 +68,7 @@ def test_subscribe_to_a_topic_that_does_not_exist_fails_clearly(broker_env):
     proc = run_cli(broker_env, "subscribe", "mma.evnets", "--timeout", "2", check=False)
     assert proc.returncode == 1 and proc.stdout == ""
     prefix = broker_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
-    assert proc.stderr.startswith(f"mma-broker: no topic '{prefix}mma.evnets'")
+    assert proc.stderr.startswith(f"mma-broker: error: no topic '{prefix}mma.evnets'")
 
 
 @pytest.mark.parametrize("args, message", [

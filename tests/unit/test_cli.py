@@ -103,8 +103,8 @@ def test_inspect_json_prints_one_object_per_alert(mixed_run):
 def test_inspect_bad_files_give_one_line_each_on_stderr(mixed_run):
     err_lines = [ln for ln in mixed_run.stderr.splitlines() if ln.strip()]
     assert len(err_lines) == 2, mixed_run.stderr
-    assert err_lines[0].startswith(f"{BAD}: ") and "unknown format" in err_lines[0]
-    assert err_lines[1].startswith(f"{MISSING}: ")
+    assert err_lines[0].startswith(f"mma-broker: error: {BAD}: ") and "unknown format" in err_lines[0]
+    assert err_lines[1].startswith(f"mma-broker: error: {MISSING}: ")
     assert "Traceback" not in mixed_run.stderr
 
 
@@ -126,6 +126,66 @@ def test_usage_error_is_exit_2_with_usage():
     proc = _cli("inspect")
     assert proc.returncode == 2, proc.stderr
     assert "Usage" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- one error format
+@pytest.mark.parametrize("args, says", [
+    (["inspect"], "Missing argument"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["--bogus"], "No such option: --bogus"),
+    (["events", "list", "--limit", "abc"], "'--limit'"),
+    (["subscribe", "mma.events", "--timeout", "nan"], "'--timeout': nan: expected a finite number"),
+    (["subscribe", "mma.events", "--timeout", "1e999"], "'--timeout'"),
+    (["subscribe", "bad topic"], "a Kafka topic name"),
+    (["subscribe", "mma.events", "--max", "-3"], "'--max'"),
+    (["subscribe", "mma.events", "--group", "\x1b]0;x\x07"], "'--group'"),
+    (["subscribe", "mma.events", "--group", "\udcff"], "'--group'"),
+    (["dlq", "raw", "--", "-1"], "'offset'"),
+    (["dlq", "raw", "1", "--partition", "99999999999999"], "'--partition'"),
+    (["events", "list", "--limit", "1000000000000000000000"], "'--limit'"),
+])
+def test_usage_errors_keep_the_hint_and_print_one_error_line(args, says):
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("Usage: ") and lines[1].startswith("Try '") and lines[1].endswith(" --help' for help.")
+    assert len(lines) == 3 and lines[2].startswith("mma-broker: error: ") and says in lines[2], proc.stderr
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["events", "list", "--since", "yesterday"], "--since 'yesterday': expected an ISO 8601"),
+    (["events", "list", "--since", "\udcff"], "--since"),
+    (["subscribe", "mma.events", "--since", "2023-02-30"], "--since '2023-02-30': expected an ISO 8601"),
+    (["subscribe", "mma.events", "--since", "1969-07-20T20:17Z"], "before 1970"),
+    (["followup", "results", "--limit", "0"], "'--limit'"),
+    (["events", "show", ""], "'EVENT_ID'"),
+    (["events", "show", "x" * 100_000], "'EVENT_ID'"),
+    (["events", "show", "igwn:\udcff"], "'EVENT_ID'"),
+    (["followup", "results", "--upstream-id", ""], "--upstream-id"),
+])
+def test_bad_values_are_refused_before_any_server_is_asked(args, says):
+    """Nothing listens at 127.0.0.1:1: an error naming Kafka or the database would
+    mean the value was not checked first."""
+    env = dict(_env(), MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:1",
+               MMA_BROKER_ARCHIVE__DATABASE_URL="postgresql+psycopg://u:p@127.0.0.1:1/none")
+    proc = subprocess.run([sys.executable, "-m", "broker", *args], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode in (1, 2), proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith("mma-broker: error: ") and says in last, proc.stderr
+    assert "127.0.0.1" not in proc.stderr and "did not answer" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_error_lines_are_one_printable_line_each():
+    from broker.errors import cli_error_lines
+
+    assert cli_error_lines(KeyError("candidate\nsecond line")) == ["mma-broker: error: KeyError: 'candidate\\nsecond line'"]
+    assert cli_error_lines(ValueError("a\x1b[2Jb")) == ["mma-broker: error: ValueError: a\\x1b[2Jb"]
+    from broker.config import SettingsError
+
+    assert cli_error_lines(SettingsError("invalid setting a: x\ninvalid setting b: y")) == [
+        "mma-broker: error: invalid setting a: x", "mma-broker: error: invalid setting b: y"]
 
 
 def test_inspect_human_output_one_line_per_alert():

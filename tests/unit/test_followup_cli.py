@@ -58,4 +58,4 @@ def test_errors_are_one_line_and_exit_1(args, named):
     result = _run(*args)
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0] and lines[0].startswith("error: ")
+    assert len(lines) == 1 and named in lines[0] and lines[0].startswith("mma-broker: error: ")

@@ -106,8 +106,8 @@ def test_settings_error_names_the_setting_and_never_the_value(tmp_path, env, tom
     assert SECRET not in err and SECRET not in _text(proc.stdout)
     assert "input_value" not in err and "Traceback" not in err and "8734" not in err
     lines = err.splitlines()
-    assert lines and all(line.startswith("mma-broker: invalid setting ") for line in lines), err
-    assert any(line.startswith(f"mma-broker: invalid setting {loc}: ") for line in lines), err
+    assert lines and all(line.startswith("mma-broker: error: invalid setting ") for line in lines), err
+    assert any(line.startswith(f"mma-broker: error: invalid setting {loc}: ") for line in lines), err
 
 
 @pytest.mark.parametrize("env,toml,loc", [c[1:] for c in SETTINGS_CASES], ids=[c[0] for c in SETTINGS_CASES])
@@ -215,7 +215,7 @@ def test_read_command_fails_fast_on_a_closed_port(command, tmp_path):
     err = _text(proc.stderr)
     assert proc.returncode == 1, err
     assert elapsed < 10, f"took {elapsed:.1f} s"
-    assert err.startswith(f"mma-broker: cannot reach the archive database at 127.0.0.1:{port}/archive: "), err
+    assert err.startswith(f"mma-broker: error: cannot reach the archive database at 127.0.0.1:{port}/archive: "), err
     assert "refused" in err.lower()
     assert len(err.strip().splitlines()) == 1, err
     assert SECRET not in err and "Traceback" not in err and "retry" not in err
@@ -236,7 +236,7 @@ def test_read_command_times_out_on_a_silent_server(tmp_path):
     err = _text(proc.stderr)
     assert proc.returncode == 1, err
     assert elapsed < 15, f"took {elapsed:.1f} s"
-    assert err.startswith(f"mma-broker: cannot reach the archive database at 127.0.0.1:{port}/archive: "), err
+    assert err.startswith(f"mma-broker: error: cannot reach the archive database at 127.0.0.1:{port}/archive: "), err
     assert "timeout" in err.lower() and SECRET not in err
 
 
@@ -244,7 +244,7 @@ def test_read_command_on_a_fresh_home_does_not_create_the_database(tmp_path):
     home = tmp_path / "home"
     proc = _cli("events", "list", env=_env(MMA_BROKER_HOME=str(home)), timeout=60)
     assert proc.returncode == 1
-    assert _text(proc.stderr) == "mma-broker: archive not initialized: run `mma-broker run` once\n"
+    assert _text(proc.stderr) == "mma-broker: error: archive not initialized: run `mma-broker run` once\n"
     assert not (home / "postgres").exists()
 
 
@@ -299,7 +299,7 @@ def test_manifest_absolute_path_is_a_one_line_cli_error(repo):
     proc = _cli("replay", "--manifest", manifest, env=_env(MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{_free_port()}"))
     err = _text(proc.stderr)
     assert proc.returncode == 1
-    assert err == f"mma-broker: {manifest}:1: '/etc/passwd' is an absolute path; give paths relative to {repo}\n"
+    assert err == f"mma-broker: error: {manifest}:1: '/etc/passwd' is an absolute path; give paths relative to {repo}\n"
 
 
 def test_manifest_inside_entries_still_work(repo):
@@ -391,8 +391,8 @@ def test_inspect_reports_each_failure_on_one_line_and_goes_on(alert_files):
     err_lines = err.splitlines()
     assert len(err_lines) == len(FAILURES), err
     for line, key in zip(err_lines, FAILURES):
-        assert line.startswith(f"{alert_files[key]}: "), (key, line)
-        assert re.search(FAILURES[key], line[len(str(alert_files[key])) + 2:]), (key, line)
+        assert line.startswith(f"mma-broker: error: {alert_files[key]}: "), (key, line)
+        assert re.search(FAILURES[key], line[len(f"mma-broker: error: {alert_files[key]}: "):]), (key, line)
     out_lines = out.splitlines()
     assert len(out_lines) == 3, out  # the two good files and the one with a non-UTF-8 name
     assert out_lines[0].startswith(f"{alert_files['good_first']}: gcn:")
@@ -405,7 +405,7 @@ def test_inspect_walks_folders_and_reports_broken_links(alert_files):
     err = _text(proc.stderr)
     assert proc.returncode == 1
     # in the folder walk: FIFOs and sub-folders are not alert files; broken links are reported
-    assert f"{alert_files['broken_link']}: broken symbolic link" in err.splitlines()
+    assert f"mma-broker: error: {alert_files['broken_link']}: broken symbolic link" in err.splitlines()
     assert len(_text(proc.stdout).splitlines()) == 3  # a-good.xml, bad-name.xml, z-good.json
 
 
@@ -507,7 +507,8 @@ def test_replay_cli_without_any_readable_file_needs_no_kafka(alert_files):
     err = _text(proc.stderr)
     assert proc.returncode == 1
     assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith(str(alert_files["good_first"].parent))]
+    prefix = "mma-broker: error: "
+    lines = [ln[len(prefix):] for ln in err.splitlines() if ln.startswith(prefix + str(alert_files["good_first"].parent))]
     assert [ln.split(": ", 1)[0] for ln in lines] == [str(alert_files[k]) for k in keys]
     assert "replayed 0 file(s)" in err
 
@@ -668,7 +669,7 @@ def test_read_command_on_an_empty_embedded_database_does_not_migrate(short_tmp):
                                             MMA_BROKER_HOME=str(short_tmp / "home")), timeout=60)
     err = _text(proc.stderr)
     assert proc.returncode == 1
-    assert err == "mma-broker: archive not initialized: run `mma-broker run` once\n"
+    assert err == "mma-broker: error: archive not initialized: run `mma-broker run` once\n"
     password = url.split(":", 2)[2].split("@")[0]
     with psycopg.connect(host=str(short_tmp / "pg"), user="postgres", password=password, dbname="mma_broker") as c:
         assert c.execute("SELECT to_regclass('alembic_version')").fetchone()[0] is None
