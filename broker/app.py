@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import __version__
-from broker.config import Settings
 from broker.errors import BrokerError
-from broker.serde import Provenance
+
+if TYPE_CHECKING:  # the CLI imports this module at start-up: pydantic-settings and fastavro load on use
+    from broker.config import Settings
+    from broker.serde import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -206,4 +209,6 @@ def check_schema(archive, url: str) -> None:
 
 def provenance(settings: Settings, component: str) -> Provenance:
     """Provenance stamp for outputs of ``component``."""
+    from broker.serde import Provenance
+
     return Provenance(component=component, version=__version__, config_hash=settings.config_hash())

@@ -20,17 +20,21 @@ import threading
 from enum import Enum
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from broker.app import App, current_app
-from broker.config import Settings
 from broker.errors import BrokerError, cli_error_lines
 from broker.text import one_line, printable
+
+if TYPE_CHECKING:
+    from broker.config import Settings
+
+# Start-up (``--help``, ``inspect FILE``): this module imports typer, the standard
+# library and broker.app/errors/text only. Kafka, SQLAlchemy, rich, numpy, astropy,
+# pydantic-settings and fastavro load inside the commands that use them
+# (benchmarks/bench_cli_startup.py measures it).
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Multi-messenger alert broker.")
 events_app = typer.Typer(no_args_is_help=True, help="Read the alert archive.")
@@ -38,10 +42,31 @@ app.add_typer(events_app, name="events")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: the messages a stage refused, with reasons.")
 app.add_typer(dlq_app, name="dlq")
 
+
+class _LazyConsole:
+    """A rich ``Console`` built on first use (rich costs start-up time that most
+    commands do not need); ``.real`` is the Console itself."""
+
+    def __init__(self, **options: object) -> None:
+        self._options = options
+        self._console = None
+
+    @property
+    def real(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
 # markup and emoji codes off: what we print comes from alerts ("[/x]" in an id would
 # raise MarkupError, "[link=...]" would emit a terminal hyperlink, ":x:" an emoji)
-out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = _LazyConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _LazyConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 def settings() -> Settings:
@@ -64,9 +89,8 @@ def _main(
     application.debug = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from broker.kafka import LIBRDKAFKA_LOGGER
-
-    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(level if (verbose or debug) else logging.ERROR)
+    # broker.kafka.LIBRDKAFKA_LOGGER, spelled out: importing broker.kafka loads confluent-kafka
+    logging.getLogger("broker.librdkafka").setLevel(level if (verbose or debug) else logging.ERROR)
 
 
 # ---------------------------------------------------------------- inspect
@@ -99,11 +123,8 @@ def inspect(
         except Exception as exc:  # noqa: BLE001 - one file must not stop the others
             report(path, failure_reason(exc))
             continue
-        for line in lines:
-            if as_json:
-                print(line)
-            else:
-                out.print(line, markup=False)
+        for line in lines:  # printable already (describe_event) or JSON
+            print(line)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -139,12 +160,14 @@ def replay(
             raise typer.Exit(1)
         raise BrokerError("nothing to replay: give files, folders, --manifest or --demo")
     producer = make_producer(s)
-    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+    with Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err.real,
                   disable=not err.is_terminal) as bar:
         task = bar.add_task("replay", total=len(files))
         result = replay_files(files, producer, topic_prefix=s.kafka.topic_prefix, topic=topic, rate=rate,
                               progress=lambda n: bar.update(task, completed=n),
                               create_topics=lambda names: ensure_topics(s, sorted(names)), on_error=report)
+    from rich.table import Table
+
     table = Table(title=f"replayed {result.sent} file(s) to {s.kafka.bootstrap_servers}")
     table.add_column("topic")
     table.add_column("messages", justify="right")
@@ -244,6 +267,9 @@ def _ingest_workers(s: Settings, until_caught_up: bool):
 
 def _print_summary(workers, archive) -> None:
     from collections import Counter
+
+    from rich.table import Table
+    from rich.text import Text
 
     by_kind: Counter = Counter()
     dlq = Counter()
@@ -367,8 +393,8 @@ def subscribe(
     for lag in lags:
         whose = f"group {lag.group}: " if lag.group else ""
         never = f", {lag.uncommitted} never committed" if lag.uncommitted else ""
-        err.print(printable(f"{lag.topic}: read {read.get(lag.topic, 0)} record(s); {whose}{lag.behind} behind the "
-                            f"end on {lag.partitions} partition(s){never}"), markup=False)
+        print(printable(f"{lag.topic}: read {read.get(lag.topic, 0)} record(s); {whose}{lag.behind} behind the "
+                        f"end on {lag.partitions} partition(s){never}"), file=sys.stderr)
 
 
 # ---------------------------------------------------------------- events
@@ -427,7 +453,7 @@ def events_list(
             print(json.dumps(d))
         return
     more = " (--limit reached: there may be more)" if len(rows) == limit else ""
-    out.print(f"{len(rows)} event(s), newest T0 first{more}; R: retracted", markup=False)
+    print(f"{len(rows)} event(s), newest T0 first{more}; R: retracted")
     if not rows:
         return
     columns = [Column("T0"), Column("id", cut="middle"), Column("mission", cut="end"), Column("type", cut="end"),
@@ -439,7 +465,7 @@ def events_list(
         cells.append([printable(c) for c in (t0, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""),
                                              ev.alert_type, _where(ev.localization), "R" if r.retracted else "")])
     order = [(2, 12), (3, 12), (1, 20), (2, 7), (3, 8), (1, 12)]  # mission, type, then the id gives way
-    out.print(render(columns, cells, wide=wide, order=order), markup=False, crop=False, overflow="ignore")
+    print(render(columns, cells, wide=wide, order=order))
 
 
 @events_app.command("show")
@@ -522,7 +548,7 @@ def dlq_raw(
 def _error(message: str) -> None:
     """Print one error line on stderr: ``mma-broker: error: <message on one line>``."""
     for line in cli_error_lines(BrokerError(" ".join(message.split()))):
-        err.print(line, markup=False)
+        print(line, file=sys.stderr, flush=True)
 
 
 def _show_click_error(exc) -> int:
@@ -533,10 +559,10 @@ def _show_click_error(exc) -> int:
         return exc.exit_code
     ctx = getattr(exc, "ctx", None)
     if ctx is not None:
-        err.print(ctx.get_usage(), markup=False)
+        print(ctx.get_usage(), file=sys.stderr)
         names = ctx.command.get_help_option_names(ctx) if ctx.command.get_help_option(ctx) is not None else ()
         if names:
-            err.print(f"Try '{ctx.command_path} {max(names, key=len)}' for help.", markup=False)
+            print(f"Try '{ctx.command_path} {max(names, key=len)}' for help.", file=sys.stderr)
     _error(exc.format_message())
     return exc.exit_code
 
@@ -563,7 +589,7 @@ def _mount_plugins() -> None:
             if name in groups or name in commands:
                 raise plugins.PluginError(f"plugin {name!r} ({plugins.CLI}) has the name of a core command")
         except plugins.PluginError as exc:
-            err.print(f"mma-broker: {one_line(str(exc), 300)}", markup=False)
+            _error(one_line(str(exc), 300))
             continue
         app.add_typer(sub, name=name)
 
@@ -596,6 +622,6 @@ def main() -> None:
         if application.debug:
             raise
         for line in cli_error_lines(exc):  # a SettingsError has one line per problem
-            err.print(line, markup=False)
+            print(line, file=sys.stderr)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

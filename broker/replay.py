@@ -16,10 +16,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path, PurePath
 
-from confluent_kafka import KafkaException
-
 from broker.errors import BrokerError
-from broker.kafka import DeliveryTracker, flush_or_raise
 from broker.text import printable
 
 log = logging.getLogger(__name__)
@@ -274,6 +271,10 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
         one-line reason (any exception of one file is caught: the others still go).
     """
     result = ReplayResult()
+    from confluent_kafka import KafkaException  # here: inspect uses this module without Kafka
+
+    from broker.kafka import DeliveryTracker, flush_or_raise
+
     tracker = DeliveryTracker()
 
     def failed(path: Path, exc: BaseException) -> None:

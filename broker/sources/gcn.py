@@ -58,7 +58,6 @@ from broker.event import (EARLIEST_TIME, LATEST_TIME, Event, HealpixLocalization
                           validation_reason)
 from broker.limits import check_cpu, current_limits, over_limit
 from broker.sources.decoder import AlertDecoder
-from broker.validation import default_validator
 
 logger = logging.getLogger(__name__)
 
@@ -530,6 +529,8 @@ def decode(obj: dict) -> Event:
 
 def _decode_message(data: bytes, obj: dict) -> list[Event]:
     """A unified-schema notice: checked against its GCN JSON schema, then normalized."""
+    from broker.validation import default_validator  # jsonschema: only for JSON notices
+
     default_validator().validate_gcn(obj)
     return [decode(obj)]
 

@@ -35,9 +35,7 @@ from typing import Any
 from broker.errors import DecodeError
 from broker.event import EARLIEST_TIME, LATEST_TIME, MAX_ID_CHARS, Event, HealpixLocalization, check_text, format_time
 from broker.limits import check_cpu, current_limits, over_limit
-from broker.skymap import summarize_multiorder
 from broker.sources.decoder import AlertDecoder
-from broker.validation import default_validator
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +119,8 @@ def _summarize(blob: Any, what: str, sid: str) -> HealpixLocalization | None:
             raise DecodeError(f"igwn {sid}: {what} is not valid base64 ({_one_line(exc)})") from None
     if not isinstance(blob, (bytes, bytearray)):
         raise DecodeError(f"igwn {sid}: {what} must be base64 text or bytes, got {type(blob).__name__}")
+    from broker.skymap import summarize_multiorder  # numpy, astropy: only for alerts with a sky map
+
     try:
         return summarize_multiorder(bytes(blob))
     except DecodeError as exc:
@@ -461,6 +461,8 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
     localization = None
     if skymap_fits is not None:
         try:
+            from broker.skymap import summarize_multiorder
+
             localization = summarize_multiorder(skymap_fits, skymap_url=skymap_url)
         except DecodeError as exc:
             raise DecodeError(f"VOEvent {ivorn}: local sky map: {_one_line(exc)}") from None
@@ -476,6 +478,8 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
 
 def _decode_json_message(data: bytes, obj: dict) -> list[Event]:
     """A gwalert JSON message: checked against the upstream JSON schema, then normalized."""
+    from broker.validation import default_validator  # jsonschema: only for JSON alerts
+
     default_validator().validate_igwn(obj)
     return [decode_json(obj)]
 
