@@ -121,3 +121,19 @@ class EventCodec:
             format=rec["format"],
         )
         return event, prov
+
+
+SCHEMA_HEADER = "mma.schema"
+"""Header naming the Avro schema of a record: ``<full name>; crc64-avro=<hex>``."""
+
+
+def schema_header(codec: EventCodec) -> tuple[str, bytes]:
+    """The ``mma.schema`` header of records ``codec`` writes.
+
+    Says where a reader finds the schema without a registry: the schema's full name
+    (``org.mma_broker.v1.Event``, shipped in the package as ``mma/event.avsc``) and the
+    CRC-64-AVRO fingerprint that the single-object header of the value also carries
+    (hex, as in the value's bytes 2..9).
+    """
+    name = codec._schema.get("name", "Event") if isinstance(codec._schema, dict) else "Event"
+    return (SCHEMA_HEADER, f"{name}; crc64-avro={codec.header[2:].hex()}".encode())

@@ -25,7 +25,7 @@ processors in Python; binary COPY sends typed values with no SQL to parse.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from broker.archive.models import events
 from broker.archive.raw import RawRef, RawStore
 from broker.archive.retry import retry_transient
-from broker.archive.rows import ArchivedEvent, ArchiveItem, archived_from_row, event_rows, parse_time
+from broker.archive.rows import ArchivedEvent, ArchiveItem, KafkaMeta, archived_from_row, event_rows, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,19 @@ class WriteResult:
         Distinct Event ids of the batch that were already archived (redelivery).
     retracted : int
         Rows newly marked retracted by this batch (in either direction).
+    owners : dict of str to KafkaMeta or None
+        For every Event id of the batch, the message its archived row came from: the
+        first item of this batch with that id when the row is new, else the origin
+        stored with the row. An item whose own origin differs is a *duplicate* (the
+        same alert sent again by upstream): the ingest stage does not publish it
+        again, while a redelivery of the very message that wrote the row (after a
+        crash) is published again.
     """
 
     inserted: int
     already_present: int
     retracted: int
+    owners: dict = field(default_factory=dict, compare=False)
 
 
 def version_locations() -> list[str]:
@@ -246,8 +254,15 @@ class Archive:
                 conn.execute(sa.text(f"SELECT {lock}(:k)"), {"k": RETRACTION_LOCK_KEY})
                 batch_rows = rows if rows is not None else event_rows(batch, store.put_many(blobs, conn))
                 inserted_ids = _insert_rows(conn, batch_rows)
+                owners = {it.event.id: it.kafka for it in batch}
+                present = [i for i in owners if i not in set(inserted_ids)]
+                if present:
+                    for rid, topic, part, off in conn.execute(
+                            sa.text("SELECT id, kafka_topic, kafka_partition, kafka_offset FROM events "
+                                    "WHERE id = ANY(:ids)"), {"ids": present}):
+                        owners[rid] = KafkaMeta(topic, part, off) if topic is not None else None
                 n_retracted = _mark_retractions(conn, retractions, inserted_ids)
-            return WriteResult(len(inserted_ids), len(batch) - len(inserted_ids), n_retracted)
+            return WriteResult(len(inserted_ids), len(batch) - len(inserted_ids), n_retracted, owners)
 
         result = retry_transient(
             txn,

@@ -1,0 +1,710 @@
+"""The stage runner: one consume → handle → durable write → produce → commit loop for every stage.
+
+A stage (ingest, the follow-up trigger and worker; enrichment, filters and publishing
+next) only says what to do with one message; :class:`StageRunner` owns the rest:
+
+1. **consume** a batch (``batch_size`` messages or whatever arrived within
+   ``poll_timeout_s``);
+2. **handle** each message (:meth:`Stage.handle` → a :class:`Handled`: the records
+   to produce and what to write durably). Whatever a message holds, a failure is
+   that message's: it becomes a dead letter (a :class:`~broker.errors.DecodeError`
+   with its own reason, any other exception as ``<stage> failed: <Type>: <message>``)
+   and the batch goes on. Only an *infrastructure* error (database or disk away,
+   :func:`~broker.archive.retry.is_infrastructure_error`) stops the batch: it is
+   handled again once storage is back, never dead-lettered;
+3. **durable write** of the whole batch in one call (:meth:`Stage.write`, e.g. one
+   archive transaction). A write that fails for a data reason is bisected until the
+   message(s) responsible are found; they become dead letters, the others are
+   written. The stage may drop the outputs of a message whose result was already
+   written from *another* input message (an alert upstream sent twice): that is how
+   a topic stays free of duplicates when upstream is not;
+4. **produce** the outputs and the dead letters (``mma.dlq``, one set of headers:
+   :mod:`broker.pipeline.deadletter`) and **commit** the consumed offsets — with
+   ``transactional=True`` (the default of every stage the CLI builds) in one Kafka
+   transaction (KIP-98/KIP-447: ``send_offsets_to_transaction`` with the consumer's
+   group metadata), so readers with ``isolation.level=read_committed`` (librdkafka's
+   and hop-client's default) see each output exactly once even after ``kill -9`` at
+   any moment; otherwise the offsets are committed after Kafka acknowledged every
+   record (at least once);
+5. :meth:`Stage.committed` (statistics, "published" marks).
+
+Every record produced carries hop-client's headers (``_id``: 16 random bytes,
+``_sender``, ``_format``: ``json`` for JSON records, ``blob`` otherwise), so
+``hop subscribe`` reads our topics.
+
+While Kafka is away (produce, flush, transaction, commit) the batch waits and is sent
+again (capped exponential backoff, a warning per attempt); a record Kafka refuses for
+what it is (too large) dead-letters the message it came from and the transaction is
+made again without that message's outputs. SIGTERM (``stop``) ends the loop after the
+current batch; during a wait for Kafka it aborts the open transaction and nothing is
+committed, so the batch is consumed again by whoever owns the partition next.
+
+Slow handlers
+-------------
+With ``handler_threads > 0`` a batch is handled and written on a worker thread while
+the poll thread keeps the consumer alive: it pauses every assigned partition and goes
+on calling ``poll()`` (which serves heartbeats, rebalances and
+``max.poll.interval.ms``) until the batch is done, then resumes them. Inside a batch,
+messages with different keys are handled in parallel on ``handler_threads`` threads,
+messages with the same key (one superevent or trigger) in their order. So a follow-up
+that waits minutes for MMODA neither gets the worker thrown out of its group nor holds
+up the other events of its batch. A message a rebalance hands in while the partitions
+are paused is kept and handled in the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import confluent_kafka
+
+from broker.archive.retry import is_infrastructure_error
+from broker.errors import BrokerError, DecodeError
+from broker.kafka import (
+    PERMANENT_DELIVERY_ERRORS,
+    Backoff,
+    Outgoing,
+    StageStopped,
+    caught_up,
+    commit_offsets,
+    publish,
+)
+from broker.limits import DEFAULT_LIMITS, DecodeLimits
+from broker.pipeline.deadletter import dead_letter, error_text, minimal, reason_kind, triage_refused
+from broker.text import one_line
+
+log = logging.getLogger(__name__)
+
+HOP_SENDER = b"mma-broker"
+"""``_sender`` header of every record we produce (hop-client puts the user name there)."""
+
+
+@dataclass
+class Handled:
+    """What a stage made of one consumed message.
+
+    Attributes
+    ----------
+    msg : confluent_kafka.Message
+    outputs : list of Outgoing
+        Records to produce; their ``tag`` is set to ``msg`` by the runner. A stage's
+        :meth:`Stage.write` may empty it (a duplicate of something already published).
+    write : object
+        What :meth:`Stage.write` takes for this message (None: nothing to write).
+    info : object
+        The stage's own note on the message (e.g. the Events, for statistics).
+    """
+
+    msg: Any
+    outputs: list[Outgoing] = field(default_factory=list)
+    write: Any = None
+    info: Any = None
+
+
+class Stage(Protocol):
+    """What a stage provides to :class:`StageRunner` (see :class:`BaseStage`)."""
+
+    name: str
+
+    def handle(self, msg: Any) -> Handled:
+        """One message → :class:`Handled`. Raise :class:`DecodeError` (reason) to dead-letter it."""
+
+    def write(self, batch: list[Handled]) -> None:
+        """Write the batch durably (idempotently: a batch may be written again)."""
+
+    def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
+        """The batch's outputs and offsets are committed."""
+
+
+class BaseStage:
+    """Defaults for :class:`Stage`: nothing to write, nothing to do after the commit."""
+
+    name = "stage"
+    write_refused = "durable write refused the message"
+    """Prefix of the reason when :meth:`write` fails for one message alone."""
+    write_done = "written"
+    """How a dead letter's reason says the message was written before Kafka refused
+    its output (``"<write_done>, but Kafka refused ..."``)."""
+
+    def handle(self, msg: Any) -> Handled:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def write(self, batch: list[Handled]) -> None:
+        """No durable state."""
+
+    def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
+        """Nothing to do."""
+
+
+@dataclass
+class RunnerStats:
+    """Running totals of one runner (summary table and metrics)."""
+
+    messages: int = 0
+    outputs: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    dlq_reasons: Counter = field(default_factory=Counter)
+
+
+class _NoMetrics:
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *a, **k: None
+
+
+def hop_format(headers: Sequence[tuple[str, Any]]) -> bytes:
+    """hop-client's ``_format`` for a record with these headers: ``json`` for a JSON
+    content type (``application/json``, ``...+json``), else ``blob``."""
+    for k, v in headers:
+        if k == "content-type" and v:
+            ct = v.decode() if isinstance(v, bytes) else str(v)
+            base = ct.split(";", 1)[0].strip().lower()
+            if base == "application/json" or base.endswith("+json"):
+                return b"json"
+    return b"blob"
+
+
+def with_hop_headers(headers: list[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """``headers`` plus hop-client's ``_id``, ``_sender`` and ``_format`` (kept if present)."""
+    headers = list(headers or [])
+    have = {k for k, _ in headers}
+    if "_id" not in have:
+        headers.append(("_id", uuid.uuid4().bytes))
+    if "_sender" not in have:
+        headers.append(("_sender", HOP_SENDER))
+    if "_format" not in have:
+        headers.append(("_format", hop_format(headers)))
+    return headers
+
+
+# errors of send_offsets_to_transaction/commit that mean "this consumer lost the
+# partitions in a rebalance": the batch is dropped, the new owner consumes it again
+_FENCED = {
+    confluent_kafka.KafkaError.ILLEGAL_GENERATION,
+    confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID,
+    confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS,
+    confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
+    confluent_kafka.KafkaError._ASSIGNMENT_LOST,
+}
+
+
+class _PartitionsLost(Exception):
+    """The transaction was fenced because the partitions moved to another consumer."""
+
+
+class StageRunner:
+    """Run one :class:`Stage` on a Kafka consumer (see the module docstring).
+
+    Parameters
+    ----------
+    stage : Stage
+    consumer : confluent_kafka.Consumer
+        Subscribed to the stage's input topics, ``enable.auto.commit=False``.
+    producer : confluent_kafka.Producer
+        With ``transactional=True``, a producer with a ``transactional.id`` unique to
+        this runner (:func:`broker.kafka.make_producer`).
+    dlq_topic : str
+    batch_size : int
+        Messages per batch (and per durable write and transaction).
+    poll_timeout_s : float
+        Longest wait for a batch to fill, s.
+    limits : DecodeLimits
+        ``max_dlq_bytes`` bounds the dead letters.
+    store_raw : callable, optional
+        ``list[bytes] -> list[RawRef]``: keeps a dead letter's whole value
+        (:meth:`broker.archive.Archive.store_raw`).
+    transactional : bool
+        Produce and commit each batch in one Kafka transaction.
+    producer_factory : callable, optional
+        Makes a new producer after a fatal producer error (transactional mode).
+    handler_threads : int
+        0: handle on the poll thread; N > 0: off it, N messages at once (see
+        "Slow handlers" in the module docstring).
+    admin, subscription
+        For :meth:`caught_up` (:func:`broker.kafka.caught_up`).
+    metrics : broker.metrics.StageMetrics, optional
+    backoff : Backoff, optional
+        Pace of the waits for Kafka and storage (tests pass a fast one).
+    txn_timeout_s : float
+        Timeout of each transactional call; a call that times out is retried.
+    """
+
+    def __init__(self, stage: Stage, consumer: Any, producer: Any, *, dlq_topic: str, batch_size: int = 500,
+                 poll_timeout_s: float = 0.5, limits: DecodeLimits = DEFAULT_LIMITS,
+                 store_raw: Callable[[list[bytes]], list[Any]] | None = None, transactional: bool = False,
+                 producer_factory: Callable[[], Any] | None = None, handler_threads: int = 0,
+                 admin: Any = None, subscription: Sequence[str] | None = None, metrics: Any = None,
+                 backoff: Backoff | None = None, txn_timeout_s: float = 30.0) -> None:
+        self.stage = stage
+        self.name = stage.name
+        self.consumer = consumer
+        self.producer = producer
+        self.dlq_topic = dlq_topic
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.limits = limits
+        self.store_raw = store_raw
+        self.transactional = transactional
+        self.producer_factory = producer_factory
+        self.handler_threads = handler_threads
+        self.admin = admin
+        self.subscription = list(subscription) if subscription is not None else None
+        self.metrics = metrics if metrics is not None else _NoMetrics()
+        self.backoff = backoff or Backoff(self.name)
+        self.txn_timeout_s = txn_timeout_s
+        self.stats = RunnerStats()
+        self.stop: threading.Event | None = None
+        self._txn_ready = False
+        self._pool: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, msgs: Sequence[Any]) -> None:
+        """Handle, write, produce and commit one batch (see the module docstring).
+
+        Raises
+        ------
+        StageStopped
+            When ``stop`` is set while Kafka is away (nothing committed).
+        Exception
+            An infrastructure error of :meth:`Stage.handle`/:meth:`Stage.write`
+            (:func:`is_infrastructure_error`): :meth:`run` waits and processes the
+            batch again.
+        """
+        started = time.monotonic()
+        offsets: dict[tuple[str, int], int] = {}
+        valid = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", self.name, err)
+                continue
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            valid.append(msg)
+        if not offsets:
+            return
+        dead: list[tuple[Any, str]] = []
+        good = self._handle_all(valid, dead)
+        good = self._write(good, dead)
+        for msg, reason in dead:
+            self._log_dead(msg, reason)
+        if self.transactional:
+            lost = self._deliver_transaction(good, dead, offsets)
+            if lost:
+                return
+        else:
+            self._deliver_then_commit(good, dead, offsets)
+        self.stage.committed(good, dead)
+        self._count(valid, good, dead, time.monotonic() - started)
+
+    def _count(self, valid: list[Any], good: list[Handled], dead: list[tuple[Any, str]], seconds: float) -> None:
+        st = self.stats
+        st.batches += 1
+        st.messages += len(valid)
+        st.dead_letters += len(dead)
+        by_topic = Counter(m.topic() for m in valid)
+        for topic, n in by_topic.items():
+            self.metrics.consumed(topic, n)
+        out = Counter(rec.topic for h in good for rec in h.outputs)
+        st.outputs += sum(out.values())
+        for topic, n in out.items():
+            self.metrics.produced(topic, n)
+        for _, reason in dead:
+            kind = reason_kind(reason)
+            st.dlq_reasons[kind] += 1
+            self.metrics.dead_lettered(kind)
+        if dead:
+            self.metrics.produced(self.dlq_topic, len(dead))
+        self.metrics.batch(seconds, len(valid))
+
+    def _handle_one(self, msg: Any) -> Handled | tuple[Any, str]:
+        try:
+            h = self.stage.handle(msg)
+        except StageStopped:
+            raise
+        except DecodeError as exc:
+            return (msg, str(exc))
+        except RecursionError:
+            return (msg, f"{self.name} failed: input nested too deeply (RecursionError)")
+        except Exception as exc:  # noqa: BLE001 - one message must not stop the stage
+            if is_infrastructure_error(exc):
+                raise
+            log.exception("%s: handling %s[%s]@%s failed", self.name, msg.topic(), msg.partition(), msg.offset())
+            return (msg, f"{self.name} failed: {one_line(error_text(exc), 300)}")
+        for rec in h.outputs:
+            rec.tag = msg
+        return h
+
+    def _handle_all(self, msgs: list[Any], dead: list[tuple[Any, str]]) -> list[Handled]:
+        if self.handler_threads <= 0 or len(msgs) == 1:
+            results = [self._handle_one(m) for m in msgs]
+        else:
+            # same key (one superevent or trigger) in order, different keys in parallel
+            groups: OrderedDict[Any, list[int]] = OrderedDict()
+            for i, m in enumerate(msgs):
+                groups.setdefault((m.topic(), m.partition(), m.key()), []).append(i)
+            results: list[Any] = [None] * len(msgs)
+
+            def run_group(idx: list[int]) -> None:
+                for i in idx:
+                    results[i] = self._handle_one(msgs[i])
+
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.handler_threads, thread_name_prefix=f"{self.name}.handler")
+            futures = [self._pool.submit(run_group, idx) for idx in groups.values()]
+            errors = [f.exception() for f in futures]
+            for e in errors:
+                if e is not None:
+                    raise e
+        good = []
+        for r in results:
+            if isinstance(r, Handled):
+                good.append(r)
+            else:
+                dead.append(r)
+        return good
+
+    def _write(self, good: list[Handled], dead: list[tuple[Any, str]]) -> list[Handled]:
+        """Write ``good`` durably; a failing write is bisected to the messages responsible."""
+        todo = [h for h in good if h.write is not None]
+        if not todo:
+            return good
+        refused = self._write_bisect(todo, dead)
+        return [h for h in good if id(h) not in refused]
+
+    def _write_bisect(self, todo: list[Handled], dead: list[tuple[Any, str]]) -> set[int]:
+        try:
+            self.stage.write(todo)
+            return set()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if is_infrastructure_error(exc):
+                raise
+            if len(todo) == 1:
+                prefix = getattr(self.stage, "write_refused", BaseStage.write_refused)
+                dead.append((todo[0].msg, f"{prefix}: {one_line(error_text(exc), 300)}"))
+                return {id(todo[0])}
+            log.warning("%s: durable write of %d messages failed (%s); isolating the message(s) responsible",
+                        self.name, len(todo), one_line(error_text(exc), 200))
+        mid = len(todo) // 2
+        return self._write_bisect(todo[:mid], dead) | self._write_bisect(todo[mid:], dead)
+
+    # ------------------------------------------------------------------ dead letters
+    def _log_dead(self, msg: Any, reason: str) -> None:
+        log.warning("%s: dead letter %s[%s]@%s: %s", self.name, msg.topic(), msg.partition(), msg.offset(),
+                    one_line(reason, 300))
+
+    def _dead_letters(self, dead: list[tuple[Any, str]]) -> list[Outgoing]:
+        if not dead:
+            return []
+        blobs = [msg.value() for msg, _ in dead]
+        refs: list[Any] = [None] * len(dead)
+        if self.store_raw is not None and any(b is not None for b in blobs):
+            stored = iter(self.store_raw([b for b in blobs if b is not None]))
+            refs = [next(stored) if b is not None else None for b in blobs]
+        out = []
+        for (msg, reason), ref in zip(dead, refs):
+            letter = dead_letter(msg, reason, self.name, max_bytes=self.limits.max_dlq_bytes, raw_ref=ref)
+            out.append(Outgoing(self.dlq_topic, tag=("dlq", letter), **letter.kwargs()))
+        return out
+
+    def _records(self, good: list[Handled], dead: list[tuple[Any, str]]) -> list[Outgoing]:
+        records = [rec for h in good for rec in h.outputs] + self._dead_letters(dead)
+        for rec in records:
+            rec.headers = with_hop_headers(rec.headers)
+        return records
+
+    # ------------------------------------------------------------------ at least once
+    def _deliver_then_commit(self, good: list[Handled], dead: list[tuple[Any, str]],
+                             offsets: dict[tuple[str, int], int]) -> None:
+        refused = publish(self.producer, self._records(good, dead), name=self.name, stop=self.stop,
+                          backoff=self.backoff)
+        while refused:
+            resend, origins = triage_refused(refused, self.dlq_topic, self.name)
+            new_dead = self._refused_origins(origins, good, dead)
+            extra = self._dead_letters(new_dead)
+            for rec in resend + extra:
+                rec.headers = with_hop_headers(rec.headers)
+            refused = publish(self.producer, resend + extra, name=self.name, stop=self.stop, backoff=self.backoff)
+        commit_offsets(self.consumer, offsets, self.name, stop=self.stop, backoff=self.backoff)
+
+    def _refused_origins(self, origins: list[tuple[Any, str]], good: list[Handled],
+                         dead: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+        """Messages whose output Kafka refused → dead letters; they leave ``good``."""
+        new_dead = []
+        for msg, reason in origins:
+            if any(m is msg for m, _ in dead) or any(m is msg for m, _ in new_dead):
+                continue
+            done = getattr(self.stage, "write_done", BaseStage.write_done)
+            prefix = f"{done}, but " if any(h.msg is msg and h.write is not None for h in good) else ""
+            new_dead.append((msg, f"{prefix}{reason}"))
+        lost = {id(m) for m, _ in new_dead}
+        good[:] = [h for h in good if id(h.msg) not in lost]
+        for msg, reason in new_dead:
+            self._log_dead(msg, reason)
+        dead.extend(new_dead)
+        return new_dead
+
+    # ------------------------------------------------------------------ exactly once
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """A transactional call, repeated while it fails with a retriable error."""
+        while True:
+            try:
+                return fn()
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and not err.fatal() and not err.txn_requires_abort():
+                    self.backoff.wait(f"{what} failed ({err.str()}), trying again", self.stop)
+                    continue
+                raise
+
+    def _init_transactions(self) -> None:
+        if self._txn_ready:
+            return
+        self._call("init_transactions", lambda: self.producer.init_transactions(self.txn_timeout_s))
+        self._txn_ready = True
+
+    def _new_producer(self, why: str) -> None:
+        if self.producer_factory is None:
+            raise BrokerError(f"{self.name}: producer failed fatally ({why}) and there is no factory to replace it")
+        log.warning("%s: producer failed fatally (%s); making a new one", self.name, why)
+        self.producer = self.producer_factory()
+        self._txn_ready = False
+
+    def _abort(self) -> None:
+        try:
+            self.producer.abort_transaction(self.txn_timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal():
+                self._new_producer(err.str())
+            else:
+                log.warning("%s: abort_transaction: %s", self.name, err.str())
+
+    def _deliver_transaction(self, good: list[Handled], dead: list[tuple[Any, str]],
+                             offsets: dict[tuple[str, int], int]) -> bool:
+        """Produce the batch's records and commit its offsets in one transaction.
+
+        Returns True when the partitions were lost in a rebalance (nothing committed;
+        their new owner consumes the batch again).
+        """
+        tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        records = self._records(good, dead)
+        while True:
+            try:
+                self._init_transactions()
+                self.producer.begin_transaction()
+                in_txn = True
+                failed: list[tuple[Outgoing, str, bool]] = []
+                self._produce_all(records, failed)
+                self._flush()
+                if failed:
+                    self._abort()
+                    in_txn = False
+                    permanent = [(rec, reason) for rec, reason, perm in failed if perm]
+                    if permanent:
+                        records = self._replace_refused(records, permanent, good, dead)
+                    else:
+                        self.backoff.wait(f"{len(failed)} record(s) not delivered ({failed[0][1]}); "
+                                          "making the transaction again", self.stop)
+                    continue
+                self._call("send_offsets_to_transaction", lambda: self.producer.send_offsets_to_transaction(
+                    tps, self.consumer.consumer_group_metadata(), self.txn_timeout_s))
+                self._call("commit_transaction", lambda: self.producer.commit_transaction(self.txn_timeout_s))
+                in_txn = False
+                self.backoff.reset()
+                return False
+            except StageStopped:
+                if in_txn:
+                    self._abort()
+                raise
+            except confluent_kafka.KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    self._new_producer(err.str())
+                    continue
+                if in_txn:
+                    self._abort()
+                if err.code() in _FENCED:
+                    log.warning("%s: partitions moved in a rebalance (%s); the batch was not committed and "
+                                "will be consumed again by their new owner", self.name, err.str())
+                    return True
+                self.backoff.wait(f"transaction failed ({err.str()}); making it again", self.stop)
+
+    def _produce_all(self, records: list[Outgoing], failed: list[tuple[Outgoing, str, bool]]) -> None:
+        for rec in records:
+            def on_delivery(err: Any, _msg: Any, rec: Outgoing = rec) -> None:
+                if err is not None:
+                    failed.append((rec, f"Kafka refused the record for {rec.topic}: {err.str()}",
+                                   err.code() in PERMANENT_DELIVERY_ERRORS))
+            while True:
+                try:
+                    self.producer.produce(rec.topic, key=rec.key, value=rec.value, headers=rec.headers,
+                                          on_delivery=on_delivery)
+                    self.producer.poll(0)
+                    break
+                except BufferError:
+                    self.producer.poll(1.0)
+                    if self.stop is not None and self.stop.is_set():
+                        raise StageStopped(f"{self.name}: stopped while the producer queue was full") from None
+                except confluent_kafka.KafkaException as exc:
+                    err = exc.args[0]
+                    if err.code() in PERMANENT_DELIVERY_ERRORS:
+                        failed.append((rec, f"Kafka refused the record for {rec.topic}: {err.str()}", True))
+                        break
+                    raise
+
+    def _flush(self, flush_s: float = 10.0) -> None:
+        start = time.monotonic()
+        while (remaining := self.producer.flush(flush_s)) > 0:
+            if self.stop is not None and self.stop.is_set():
+                raise StageStopped(f"{self.name}: stopped with {remaining} message(s) unacknowledged")
+            log.warning("%s: waiting for Kafka: %d message(s) unacknowledged for %.0f s", self.name, remaining,
+                        time.monotonic() - start)
+
+    def _replace_refused(self, records: list[Outgoing], refused: list[tuple[Outgoing, str]],
+                         good: list[Handled], dead: list[tuple[Any, str]]) -> list[Outgoing]:
+        """The next transaction's records: a refused dead letter goes without its value;
+        a message with a refused output goes to the DLQ without any of its outputs."""
+        gone = {id(rec) for rec, _ in refused}
+        kept = [rec for rec in records if id(rec) not in gone]
+        extra: list[Outgoing] = []
+        origins = []
+        for rec, reason in refused:
+            if isinstance(rec.tag, tuple) and rec.tag[0] == "dlq":
+                small = minimal(rec.tag[1])
+                extra.append(Outgoing(self.dlq_topic, tag=("dlq-minimal", small), **small.kwargs()))
+            elif isinstance(rec.tag, tuple):
+                raise BrokerError(f"{self.name}: {self.dlq_topic} refused even a value-less dead letter: {reason}")
+            elif rec.tag is not None:
+                origins.append((rec.tag, reason))
+        new_dead = self._refused_origins(origins, good, dead)
+        lost = {id(m) for m, _ in new_dead}
+        kept = [rec for rec in kept if rec.tag is None or isinstance(rec.tag, tuple) or id(rec.tag) not in lost]
+        extra += self._dead_letters(new_dead)
+        for rec in extra:
+            rec.headers = with_hop_headers(rec.headers)
+        return kept + extra
+
+    # ------------------------------------------------------------------ the loop
+    def caught_up(self) -> bool:
+        """True when the group has consumed every input partition to its end."""
+        return caught_up(self.consumer, self.admin, self.subscription)
+
+    def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
+            upstream_done: Callable[[], bool] = lambda: True,
+            on_batch: Callable[[RunnerStats], None] | None = None) -> RunnerStats:
+        """Consume until ``stop`` is set (SIGTERM), or until caught up and idle.
+
+        Parameters
+        ----------
+        stop : threading.Event
+            Set it to stop after the current batch.
+        until_caught_up : bool
+            Also stop once every input partition is consumed, nothing arrived for
+            ``idle_s`` seconds and ``upstream_done()`` (a stage fed by another one
+            waits for it).
+        on_batch : callable, optional
+            Called with the statistics after each batch.
+        """
+        self.stop = stop
+        self.metrics.state("running")
+        last = time.monotonic()
+        carry: list[Any] = []
+        try:
+            while not stop.is_set():
+                if carry:
+                    msgs = carry + self.consumer.consume(num_messages=max(1, self.batch_size - len(carry)), timeout=0)
+                    carry = []
+                else:
+                    msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+                self.metrics.polled()
+                if msgs:
+                    if self.handler_threads > 0:
+                        carry = self._process_off_thread(msgs, stop)
+                    else:
+                        self._process_until_done(msgs, stop)
+                    del msgs
+                    last = time.monotonic()
+                    self.metrics.lag(self.consumer)
+                    if on_batch:
+                        on_batch(self.stats)
+                elif (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
+                      and self.caught_up()):
+                    break
+            self.metrics.state("stopped")
+        except StageStopped as exc:
+            log.info("%s", exc)
+            self.metrics.state("stopped")
+        except BaseException as exc:
+            self.metrics.state("failed", error=one_line(error_text(exc), 300))
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            self.consumer.close()
+        return self.stats
+
+    def _process_off_thread(self, msgs: list[Any], stop: threading.Event) -> list[Any]:
+        """Process ``msgs`` on a worker thread; keep polling (partitions paused) meanwhile.
+
+        Returns the messages a rebalance handed in meanwhile (handled next).
+        """
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._process_until_done(msgs, stop)
+            except BaseException as exc:  # re-raised on the poll thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(assigned)
+        thread = threading.Thread(target=work, name=f"{self.name}.batch", daemon=True)
+        thread.start()
+        carry: list[Any] = []
+        try:
+            while not done.wait(0):
+                msg = self.consumer.poll(min(self.poll_timeout_s, 0.5))
+                self.metrics.polled()
+                if msg is not None:  # a partition assigned in a rebalance while we were paused
+                    carry.append(msg)
+                    self.consumer.pause([confluent_kafka.TopicPartition(msg.topic(), msg.partition())])
+        finally:
+            thread.join()
+            now = self.consumer.assignment()
+            if now:
+                self.consumer.resume(now)
+        if failure:
+            raise failure[0]
+        return carry
+
+    def _process_until_done(self, msgs: Sequence[Any], stop: threading.Event) -> None:
+        """:meth:`process`, done again while the stage's storage is unavailable."""
+        while True:
+            try:
+                self.process(msgs)
+                self.backoff.reset()
+                self.metrics.state("running")
+                return
+            except Exception as exc:
+                if not is_infrastructure_error(exc):
+                    raise
+                self.metrics.state("waiting", error=one_line(error_text(exc), 300))
+                on_retry = getattr(self.stage, "on_retry", None)
+                if on_retry is not None:
+                    on_retry()
+                self.backoff.wait(f"storage unavailable ({type(exc).__name__}: {one_line(str(exc), 200)}); "
+                                  "the batch will be processed again", stop)
