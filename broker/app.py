@@ -38,6 +38,16 @@ class App:
         self.config = config
         self.debug = debug
         self._loader = loader
+        self._metrics = None
+
+    @property
+    def metrics(self):
+        """This process's :class:`broker.metrics.Metrics` (its own registry), made on first use."""
+        if self._metrics is None:
+            from broker.metrics import Metrics
+
+            self._metrics = Metrics()
+        return self._metrics
 
     @property
     def settings(self) -> Settings:

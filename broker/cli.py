@@ -180,125 +180,73 @@ def replay(
 # ---------------------------------------------------------------- run
 @app.command()
 def run(
-    stage: str = typer.Option("all", "--stage", help="ingest, followup, or all."),
+    stage: list[str] = typer.Option(["all"], "--stage",
+                                    help="A registered stage (see `mma-broker stages list`); repeat for several. "
+                                         "Default: all."),
     until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all input partitions are consumed."),
-    idle: float = typer.Option(3.0, "--idle", help="With --until-caught-up: seconds without messages before stopping."),
+    idle: float = typer.Option(3.0, "--idle", min=0.0, max=3600.0,
+                               help="With --until-caught-up: seconds without messages before stopping."),
 ) -> None:
-    """Run the broker: ingest (upstreams → decode → archive → mma.events) and the
-    INTEGRAL follow-up stage (mma.events → rules → requests → results)."""
-    if stage not in ("ingest", "followup", "all"):
-        raise BrokerError(f"unknown stage {stage!r}; choose ingest, followup or all")
-    s = settings()
+    """Run the broker's stages: by default every registered one — ingest (upstreams →
+    decode → archive → mma.events) and the INTEGRAL follow-up (mma.events → rules →
+    requests → results)."""
+    from broker import stages as registry
+
+    known = registry.registered()
+    names = ["all"] if "all" in stage else list(dict.fromkeys(stage))
+    unknown = [n for n in names if n != "all" and n not in known]
+    if unknown:
+        raise BrokerError(f"unknown stage {unknown[0]!r}; registered: {', '.join(known) or 'none'} (or all)")
+    app_ = current_app()
+    s = app_.settings
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    errors: list[BaseException] = []
-
-    def guarded(fn):
-        def _run() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # surfaced below; stops the other threads
-                errors.append(exc)
-                stop.set()
-        return _run
-
-    threads: list[threading.Thread] = []
-    workers, archive = [], None
-    if stage in ("ingest", "all"):
-        workers, archive = _ingest_workers(s, until_caught_up)
-        threads += [threading.Thread(target=guarded(lambda w=w: w.run(stop, until_caught_up=until_caught_up, idle_s=idle)),
-                                     name=w.name) for w in workers]
-    followup_stats: list = []
-
-    def _followup() -> None:
-        from followup.worker import run_followup_stage
-
-        followup_stats.append(run_followup_stage(s, stop, until_caught_up=until_caught_up, idle_s=idle))
-
-    run_followup = stage in ("followup", "all") and s.followup.enabled
-    if run_followup and not until_caught_up:
-        threads.append(threading.Thread(target=guarded(_followup), name="followup"))
-    for t in threads:
-        t.start()
-    _join(threads)
-    # with --until-caught-up the follow-up stage starts once ingest has published
-    # everything, or it could look caught up before the first event arrives
-    if run_followup and until_caught_up and not errors and not stop.is_set():
-        t = threading.Thread(target=guarded(_followup), name="followup")
-        t.start()
-        _join([t])
-    if errors:
-        raise errors[0]
-    if workers:
-        _print_summary(workers, archive)
-    if followup_stats:
-        out.print(followup_stats[0].summary(), markup=False)
+    specs = registry.build(app_, names, until_caught_up=until_caught_up)
+    registry.check_unique(specs)
+    server = app_.metrics.serve_settings(s.metrics) if not until_caught_up else None
+    if server is not None:
+        err.print(f"metrics and health: {server.url}/metrics {server.url}/health", markup=False)
+    try:
+        registry.run(specs, stop, until_caught_up=until_caught_up, idle_s=idle)
+        for spec in specs:
+            for item in (spec.summary() if spec.summary else []):
+                out.print(item, markup=False) if isinstance(item, str) else out.print(item)
+    finally:
+        registry.close(specs)
+        if server is not None:
+            server.close()
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.2)
+stages_app = typer.Typer(no_args_is_help=True, help="The registered stages (entry points mma_broker.stages).")
+app.add_typer(stages_app, name="stages")
 
 
-def _ingest_workers(s: Settings, until_caught_up: bool):
-    from broker.app import open_archive, provenance
-    from broker.kafka import ensure_topics, make_producer
-    from broker.pipeline.ingest import IngestStage
-    from broker.upstreams import make_admin, make_upstream_consumer, upstream_topics
+@stages_app.command("list")
+def stages_list(as_json: bool = typer.Option(False, "--json", help="JSON Lines.")) -> None:
+    """List the registered stages: name, where it comes from, and what it reads and writes.
 
-    archive = open_archive(s)
-    ensure_topics(s, [s.topic(s.events_topic), s.topic(s.dlq_topic)])
-    producer = make_producer(s)
-    workers = [
-        IngestStage(
-            make_upstream_consumer(s, up), producer, archive,
-            events_topic=s.topic(s.events_topic), dlq_topic=s.topic(s.dlq_topic),
-            provenance=provenance(s, "ingest"), batch_size=up.batch_size or s.ingest.batch_size,
-            poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=f"ingest.{up.name}",
-            admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
-            limits=s.limits,
-        )
-        for up in s.upstreams
-    ]
-    return workers, archive
+    Reading the registry imports no stage; the topics shown are those of the
+    configured settings."""
+    from broker import stages as registry
 
-
-def _print_summary(workers, archive) -> None:
-    from collections import Counter
-
+    rows = []
+    for name, ep in registry.registered().items():
+        dist = getattr(ep, "dist", None)
+        rows.append({"stage": name, "factory": ep.value,
+                     "distribution": f"{dist.name} {dist.version}" if dist is not None else None})
+    if as_json:
+        for r in rows:
+            print(json.dumps(r))
+        return
     from rich.table import Table
-    from rich.text import Text
 
-    by_kind: Counter = Counter()
-    dlq = Counter()
-    msgs = evs = dead = 0
-    for w in workers:
-        by_kind.update(w.stats.by_kind)
-        dlq.update(w.stats.dlq_reasons)
-        msgs += w.stats.messages
-        evs += w.stats.events
-        dead += w.stats.dead_letters
-    t = Table(title=f"this run: {msgs} message(s) → {evs} event(s), {dead} dead letter(s)")
-    for c in ("source", "mission", "alert type", "events"):
-        t.add_column(c, justify="right" if c == "events" else "left")
-    for (src, mission, kind), n in sorted(by_kind.items()):
-        t.add_row(*(Text(printable(c)) for c in (src, mission, kind, str(n))))
+    t = Table(title=f"{len(rows)} registered stage(s); run one with `mma-broker run --stage NAME`")
+    for c in ("stage", "factory", "distribution"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(printable(str(r[c] or "-")) for c in ("stage", "factory", "distribution")))
     out.print(t)
-    if dlq:
-        d = Table(title="dead letters (mma.dlq) by kind of reason (header mma.dlq.kind)")
-        d.add_column("kind")
-        d.add_column("messages", justify="right")
-        for reason, n in dlq.most_common():
-            d.add_row(reason, str(n))
-        out.print(d)
-    a = Table(title=f"archive: {archive.total()} event(s) in total")
-    for c in ("source", "mission", "alert type", "rows"):
-        a.add_column(c, justify="right" if c == "rows" else "left")
-    for src, mission, kind, n in archive.counts():
-        a.add_row(*(Text(printable(c)) for c in (src, mission, kind, str(n))))
-    out.print(a)
 
 
 # ---------------------------------------------------------------- subscribe

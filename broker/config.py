@@ -115,6 +115,13 @@ class KafkaSettings(Section):
     ``kafka_sasl_password``. Keys containing "password"/"secret" stay out of config_hash."""
     topic_prefix: str = ""
     """Prefix for every topic name we read or write (isolates tests and tenants)."""
+    transactions: bool = True
+    """Produce each stage batch and commit its offsets in one Kafka transaction, so
+    ``read_committed`` readers see every output exactly once (needs a Kafka with the
+    transaction coordinator: any Kafka >= 2.5). False: at least once."""
+    instance_id: str | None = None
+    """Names this process in transactional ids (default: the host name). Give each
+    process on one host its own when several run the same stage there."""
 
 
 class UpstreamSettings(Section):

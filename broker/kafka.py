@@ -59,6 +59,29 @@ def make_producer(settings: Settings, **overrides: Any) -> confluent_kafka.Produ
     return confluent_kafka.Producer(cfg)
 
 
+def transactional_id(settings: Settings, stage: str) -> str:
+    """The ``transactional.id`` of one stage loop: ``<group_id>.<stage>.<instance>``.
+
+    Stable across restarts of the same loop on the same host (``[kafka] instance_id``,
+    default the host name — a pod name on Kubernetes), so a restarted loop fences its
+    crashed predecessor and aborts its open transaction at once; different on every
+    host, so two replicas never fence each other.
+    """
+    import socket
+
+    instance = settings.kafka.instance_id or socket.gethostname()
+    return f"{settings.group_id}.{stage}.{instance}"
+
+
+def stage_producer(settings: Settings, stage: str) -> confluent_kafka.Producer:
+    """The producer of one stage loop: transactional (exactly once) unless
+    ``[kafka] transactions = false`` (at least once)."""
+    if not settings.kafka.transactions:
+        return make_producer(settings)
+    return make_producer(settings, **{"transactional.id": transactional_id(settings, stage),
+                                      "transaction.timeout.ms": 60_000})
+
+
 def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> confluent_kafka.Consumer:
     """A consumer of our cluster with manual commits (offsets follow durable output)."""
     cfg = client_config(
@@ -71,6 +94,8 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> conflu
             "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
             "topic.metadata.refresh.interval.ms": 5000,
             "partition.assignment.strategy": "cooperative-sticky",
+            # never see records of aborted or open transactions (also librdkafka's default)
+            "isolation.level": "read_committed",
         },
     )
     cfg.update(overrides)

@@ -129,6 +129,10 @@ class FollowupSettings(Section):
     rules: list[FollowupRuleSettings] = Field(default_factory=_default_followup_rules)
     batch_size: int = 50
     poll_timeout_s: float = 0.5
+    workers: int = Field(4, ge=1, le=64)
+    """Requests of one batch analysed at once, off the poll thread (revisions of one
+    alert in order, different alerts in parallel): an analysis waiting minutes for
+    MMODA holds up neither the consumer nor the other alerts."""
     requests_topic: str = "mma.followup.requests"
     """Topic of follow-up requests (trigger rules and ``followup run`` → workers)."""
     results_topic: str = "mma.followup.results"

@@ -17,17 +17,25 @@ Two consumer groups, each scalable by adding processes:
   upstream id withdrawn and publishes one withdrawal message; a request whose event is
   already retracted is recorded as withdrawn without running.
 
-Like the ingest stage, no single message can stop either loop: a message that does
-not decode, or whose handling raises, goes to ``mma.dlq`` with its reason
-(:mod:`broker.pipeline.deadletter`) and the batch goes on; while Kafka is away the
-loop waits and resumes (:func:`broker.kafka.publish`, :func:`broker.kafka.commit_offsets`).
+Both run on the stage runner (:mod:`broker.pipeline.runner`), like the ingest
+stage: no single message can stop either loop (a message that does not decode, or
+whose handling raises, goes to ``mma.dlq`` with its reason and the batch goes on);
+while Kafka or the database is away the loop waits and resumes; each batch's
+outputs and offsets are committed in one Kafka transaction, so each request appears
+once on ``mma.followup.requests`` and each result once on ``mma.followup.results``
+(a crash after the transaction commits but before the result is marked published,
+followed by the *same* request sent again by hand, would publish it a second time).
+The worker handles its batches off the poll thread, up to ``followup.workers``
+requests at once (different alerts in parallel, revisions of one alert in order), so
+an analysis that waits minutes for MMODA neither stalls the consumer past
+``max.poll.interval.ms`` nor holds up other alerts of its batch.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +43,11 @@ from typing import Any
 
 import confluent_kafka
 
-from broker.archive.retry import is_infrastructure_error
 from broker.errors import DecodeError
-from broker.kafka import Backoff, Outgoing, StageStopped, caught_up, commit_offsets, publish
+from broker.kafka import Outgoing
 from broker.limits import DEFAULT_LIMITS
-from broker.pipeline.deadletter import dead_letter, error_text, triage_refused
+from broker.pipeline.runner import BaseStage, Handled, StageRunner
 from broker.serde import EventCodec, Provenance
-from broker.text import one_line
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
 from followup.rules import decide
 from followup.service import FollowupParams, run_followup
@@ -69,171 +75,61 @@ class FollowupStats:
                 f"{self.dead_letters} dead letter(s)")
 
 
-class _KafkaLoop:
-    """Consume → process → commit loop shared by the trigger and the worker."""
-
-    name = "followup"
-    admin = None
-    """AdminClient for fast end-offset reads in :meth:`caught_up` (set with --until-caught-up)."""
-    subscription: list[str] | None = None
-    """The topics this loop reads (for :meth:`caught_up`)."""
-
-    def __init__(self, consumer: confluent_kafka.Consumer, producer: confluent_kafka.Producer, *, dlq_topic: str,
-                 stats: FollowupStats, batch_size: int = 50, poll_timeout_s: float = 0.5,
-                 max_dlq_bytes: int = DEFAULT_LIMITS.max_dlq_bytes, backoff: Backoff | None = None,
-                 store_raw: Callable[[list[bytes]], list[Any]] | None = None) -> None:
-        self.consumer, self.producer, self.dlq_topic = consumer, producer, dlq_topic
-        self.stats, self.batch_size, self.poll_timeout_s = stats, batch_size, poll_timeout_s
-        self.max_dlq_bytes = max_dlq_bytes
-        self.store_raw = store_raw  # keeps a dead letter's whole value (Archive.store_raw), as ingest does
-        self.backoff = backoff or Backoff(self.name)
-        self.stop: threading.Event | None = None
-        self._outbox: list[Outgoing] = []
-        self._current: Any = None
-
-    def handle(self, msg: confluent_kafka.Message) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        """Queue one output record of the message being handled (sent by :meth:`process`)."""
-        self._outbox.append(Outgoing(topic, key, value, headers, tag=self._current))
-
-    def after_flush(self) -> None:
-        """Called once the batch's output is acknowledged, before the commit."""
-
-    def dead_letter(self, msg: confluent_kafka.Message, reason: str) -> None:
-        logger.warning("%s: dead letter %s[%d]@%d: %s", self.name, msg.topic(), msg.partition(), msg.offset(),
-                       one_line(reason, 300))
-        value = msg.value()
-        ref = self.store_raw([value])[0] if self.store_raw is not None and value is not None else None
-        letter = dead_letter(msg, reason, self.name, max_bytes=self.max_dlq_bytes, raw_ref=ref)
-        self._outbox.append(Outgoing(self.dlq_topic, tag=("dlq", letter), **letter.kwargs()))
-        self.stats.dead_letters += 1
-
-    def process(self, msgs: Sequence[confluent_kafka.Message]) -> None:
-        """Handle a batch, wait for Kafka's acknowledgements, then commit offsets.
-
-        A message whose handling raises is dead-lettered (its queued outputs dropped);
-        an output Kafka refuses for its size dead-letters its message.
-        """
-        offsets: dict[tuple[str, int], int] = {}
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
-                    logger.warning("%s: consumer error: %s", self.name, err)
-                continue
-            mark = len(self._outbox)
-            self._current = msg
-            try:
-                self.handle(msg)
-            except StageStopped:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one message must not stop the stage
-                if is_infrastructure_error(exc):
-                    raise
-                logger.exception("%s: handling %s[%d]@%d failed", self.name, msg.topic(), msg.partition(),
-                                 msg.offset())
-                del self._outbox[mark:]
-                self.on_failed(msg)
-                self.dead_letter(msg, f"{self.name} failed: {one_line(error_text(exc), 300)}")
-            finally:
-                self._current = None
-            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-        if not offsets:
-            return
-        outbox, self._outbox = self._outbox, []
-        refused = publish(self.producer, outbox, name=self.name, stop=self.stop, backoff=self.backoff)
-        while refused:
-            resend, origins = triage_refused(refused, self.dlq_topic, self.name)
-            for msg, reason in origins:
-                self.on_failed(msg)
-                self.dead_letter(msg, reason)
-            resend, self._outbox = resend + self._outbox, []
-            refused = publish(self.producer, resend, name=self.name, stop=self.stop, backoff=self.backoff)
-        self.after_flush()
-        commit_offsets(self.consumer, offsets, self.name, stop=self.stop, backoff=self.backoff)
-
-    def on_failed(self, msg: confluent_kafka.Message) -> None:
-        """Forget what :meth:`handle` queued for ``msg`` (its outputs are not sent)."""
-
-    def _process_until_done(self, msgs: Sequence[confluent_kafka.Message], stop: threading.Event) -> None:
-        """:meth:`process`, retried from scratch while the database or disk is unavailable."""
-        while True:
-            try:
-                self.process(msgs)
-                self.backoff.reset()
-                return
-            except Exception as exc:
-                if not is_infrastructure_error(exc):
-                    raise
-                self._outbox = []
-                self.on_failed_batch()
-                self.backoff.wait(f"storage unavailable ({type(exc).__name__}: {one_line(str(exc), 200)}); "
-                                  "the batch will be handled again", stop)
-
-    def on_failed_batch(self) -> None:
-        """Forget everything queued for the batch being retried."""
-
-    def caught_up(self) -> bool:
-        """True when every assigned partition is consumed up to its high watermark."""
-        return caught_up(self.consumer, self.admin, self.subscription)
-
-    def run(self, stop: threading.Event, *, until_caught_up: bool = False, idle_s: float = 3.0,
-            upstream_done: Callable[[], bool] = lambda: True) -> None:
-        """Loop until ``stop`` is set, or (``until_caught_up``) until idle, caught up and
-        ``upstream_done()`` (the worker waits for the trigger to finish first)."""
-        self.stop = stop
-        last = time.monotonic()
-        try:
-            while not stop.is_set():
-                msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
-                if msgs:
-                    self._process_until_done(msgs, stop)
-                    last = time.monotonic()
-                elif (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
-                      and self.caught_up()):
-                    break
-        except StageStopped as exc:
-            logger.info("%s", exc)
-        finally:
-            self.consumer.close()
-
-
-class TriggerStage(_KafkaLoop):
+class TriggerHandler(BaseStage):
     """Rules on ``mma.events`` → requests on ``mma.followup.requests`` (see module docstring)."""
 
     name = "followup.trigger"
 
-    def __init__(self, consumer, producer, *, requests_topic: str, dlq_topic: str, rules: Sequence[Any],
-                 enabled_analyses: Sequence[str], params: dict[str, Any], provenance: Provenance,
-                 stats: FollowupStats, codec: EventCodec | None = None, **loop: Any) -> None:
-        super().__init__(consumer, producer, dlq_topic=dlq_topic, stats=stats, **loop)
+    def __init__(self, *, requests_topic: str, rules: Sequence[Any], enabled_analyses: Sequence[str],
+                 params: dict[str, Any], provenance: Provenance, stats: FollowupStats,
+                 codec: EventCodec | None = None) -> None:
         self.requests_topic, self.rules, self.enabled = requests_topic, rules, tuple(enabled_analyses)
-        self.params, self.provenance, self.codec = params, provenance, codec or EventCodec()
+        self.params, self.provenance, self.codec, self.stats = params, provenance, codec or EventCodec(), stats
 
-    def handle(self, msg: confluent_kafka.Message) -> None:
+    def handle(self, msg: confluent_kafka.Message) -> Handled:
         try:
             event, _ = self.codec.decode(msg.value() or b"")
         except (DecodeError, ValueError) as exc:
-            self.dead_letter(msg, f"follow-up trigger: {exc}")
-            return
-        self.stats.events += 1
+            raise DecodeError(f"follow-up trigger: {exc}") from None
         decision = decide(event, self.rules, self.enabled)
         if decision.action == "skip":
             logger.debug("%s: no follow-up for %s (%s)", self.name, event.id, decision.reason)
-            return
+            return Handled(msg, info=None)
         kind = "withdraw" if decision.action == "withdraw" else "analyze"
         request = FollowupRequest(kind=kind, event=event, analyses=decision.analyses,
                                   params=self.params if kind == "analyze" else {},
                                   requested_by=f"rule:{decision.rule}", provenance=self.provenance)
         key, value, headers = request_record(request)
-        self.send(self.requests_topic, key, value, headers)
-        if kind == "withdraw":
-            self.stats.withdraw_requests += 1
-        else:
-            self.stats.requests += 1
         logger.info("%s: %s request %s for %s (%s)", self.name, kind, request.request_id, event.id, decision.reason)
+        return Handled(msg, [Outgoing(self.requests_topic, key, value, headers)], info=kind)
+
+    def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
+        self.stats.events += len(batch)
+        self.stats.requests += sum(1 for h in batch if h.info == "analyze")
+        self.stats.withdraw_requests += sum(1 for h in batch if h.info == "withdraw")
+        self.stats.dead_letters += len(dead)
+
+
+def _loop_kwargs(loop: dict[str, Any]) -> dict[str, Any]:
+    """StageRunner keywords from the follow-up loops' historical ones."""
+    loop = dict(loop)
+    if "max_dlq_bytes" in loop:
+        from broker.limits import DecodeLimits
+
+        loop["limits"] = DecodeLimits(max_dlq_bytes=loop.pop("max_dlq_bytes"))
+    return loop
+
+
+class TriggerStage(StageRunner):
+    """A :class:`TriggerHandler` on a :class:`~broker.pipeline.runner.StageRunner`."""
+
+    def __init__(self, consumer: Any, producer: Any, *, requests_topic: str, dlq_topic: str, rules: Sequence[Any],
+                 enabled_analyses: Sequence[str], params: dict[str, Any], provenance: Provenance,
+                 stats: FollowupStats, codec: EventCodec | None = None, **loop: Any) -> None:
+        handler = TriggerHandler(requests_topic=requests_topic, rules=rules, enabled_analyses=enabled_analyses,
+                                 params=params, provenance=provenance, stats=stats, codec=codec)
+        super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
+        self.stats_ = stats
 
 
 def request_record(request: FollowupRequest) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -249,8 +145,8 @@ def publish_request(producer: confluent_kafka.Producer, topic: str, request: Fol
     producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
 
 
-class WorkerStage(_KafkaLoop):
-    """Requests → analysis → archive → ``mma.followup.results`` (see module docstring).
+class WorkerHandler(BaseStage):
+    """Requests → analysis → ``followup_results`` → ``mma.followup.results`` (see module docstring).
 
     Parameters
     ----------
@@ -266,53 +162,66 @@ class WorkerStage(_KafkaLoop):
 
     name = "followup.worker"
 
-    def __init__(self, consumer, producer, *, store: Any, archive: Any, sources: Any, cache: Any,
-                 results_topic: str, dlq_topic: str, provenance: Provenance, stats: FollowupStats,
-                 output_dir: Path | None = None, **loop: Any) -> None:
-        super().__init__(consumer, producer, dlq_topic=dlq_topic, stats=stats, **loop)
+    def __init__(self, *, store: Any, archive: Any, sources: Any, cache: Any, results_topic: str,
+                 provenance: Provenance, stats: FollowupStats, output_dir: Path | None = None) -> None:
         self.store, self.archive, self.sources, self.cache = store, archive, sources, cache
-        self.results_topic, self.provenance, self.output_dir = results_topic, provenance, output_dir
-        self._published: list[str] = []
+        self.results_topic, self.provenance, self.output_dir, self.stats = results_topic, provenance, output_dir, stats
+        self._lock = threading.Lock()
+        self._in_batch: set[str] = set()
 
-    def handle(self, msg: confluent_kafka.Message) -> None:
+    def handle(self, msg: confluent_kafka.Message) -> Handled:
         try:
             request = FollowupRequest.decode(msg.value() or b"")
         except ValueError as exc:
-            self.dead_letter(msg, str(exc))
-            return
-        self.execute(request)
+            raise DecodeError(str(exc)) from None
+        return Handled(msg, *self.execute(request))
 
-    def execute(self, request: FollowupRequest) -> dict[str, Any] | None:
-        """Run (or recognise as done) one request; returns the document published, if any."""
+    def execute(self, request: FollowupRequest) -> tuple[list[Outgoing], Any, Any]:
+        """Run (or recognise as done) one request: (records to publish, None, note).
+
+        The result is stored before it is published; a request already stored and
+        published (or met earlier in this batch) is skipped.
+        """
         rid = request.request_id
+        with self._lock:
+            if rid in self._in_batch:
+                return [], None, ("duplicate", rid)
+            self._in_batch.add(rid)
         stored = self.store.get(rid)
         if stored is not None and stored.published:
-            self.stats.duplicates_skipped += 1
             logger.info("%s: request %s already done (%s); skipped", self.name, rid, stored.status)
-            return None
+            return [], None, ("duplicate", rid)
         if stored is not None:
-            document = stored.document
+            document, note = stored.document, "republished"
         elif request.kind == "withdraw":
-            document = self._withdraw(request)
+            document, note = self._withdraw(request), "withdrawal"
         else:
             document, png = self._analyze(request)
             self.store.insert(document, png)
-            self.stats.results += 1
-        self.send(self.results_topic, request.event.upstream_id.encode(), result_message(document),
-                  [("content-type", CONTENT_TYPE.encode()), ("mma.followup.request_id", rid.encode()),
-                   ("mma.followup.kind", document["kind"].encode())])
-        self._published.append((self._current, rid))
-        return document
+            note = "result"
+        rec = Outgoing(self.results_topic, request.event.upstream_id.encode(), result_message(document),
+                       [("content-type", CONTENT_TYPE.encode()), ("mma.followup.request_id", rid.encode()),
+                        ("mma.followup.kind", document["kind"].encode())])
+        return [rec], None, (note, rid)
 
-    def after_flush(self) -> None:
-        self.store.mark_published([rid for _, rid in self._published])
-        self._published = []
+    def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
+        done = [h.info[1] for h in batch if h.info and h.info[0] != "duplicate"]
+        self.store.mark_published(done)
+        for h in batch:
+            note = h.info[0] if h.info else None
+            if note == "result":
+                self.stats.results += 1
+            elif note == "withdrawal":
+                self.stats.withdrawals += 1
+            elif note == "duplicate":
+                self.stats.duplicates_skipped += 1
+        self.stats.dead_letters += len(dead)
+        self.on_retry()
 
-    def on_failed(self, msg: confluent_kafka.Message) -> None:
-        self._published = [(m, rid) for m, rid in self._published if m is not msg]
-
-    def on_failed_batch(self) -> None:
-        self._published = []
+    def on_retry(self) -> None:
+        """Forget the request ids met in the batch (it is over, or will be handled again)."""
+        with self._lock:
+            self._in_batch.clear()
 
     def _base(self, request: FollowupRequest, kind: str) -> dict[str, Any]:
         ev = request.event
@@ -330,7 +239,6 @@ class WorkerStage(_KafkaLoop):
             "summary_text": (f"{ev.upstream_id} was retracted ({ev.id}); {len(withdrawn)} INTEGRAL follow-up "
                              f"result(s) withdrawn.\n")}
         self.store.insert(doc)
-        self.stats.withdrawals += 1
         return doc
 
     def _retracted_by(self, request: FollowupRequest) -> str | None:
@@ -383,6 +291,77 @@ class WorkerStage(_KafkaLoop):
         return skymap_from_raw(event, raw)
 
 
+
+class WorkerStage(StageRunner):
+    """A :class:`WorkerHandler` on a :class:`~broker.pipeline.runner.StageRunner`."""
+
+    def __init__(self, consumer: Any, producer: Any, *, store: Any, archive: Any, sources: Any, cache: Any,
+                 results_topic: str, dlq_topic: str, provenance: Provenance, stats: FollowupStats,
+                 output_dir: Path | None = None, **loop: Any) -> None:
+        handler = WorkerHandler(store=store, archive=archive, sources=sources, cache=cache,
+                                results_topic=results_topic, provenance=provenance, stats=stats,
+                                output_dir=output_dir)
+        super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
+
+    def execute(self, request: FollowupRequest) -> tuple[list[Outgoing], Any, Any]:
+        return self.stage.execute(request)
+
+
+def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
+    """The follow-up's loops, trigger and worker (``mma_broker.stages`` entry ``followup``).
+
+    Empty when ``[followup] enabled = false``.
+    """
+    from broker.app import open_archive, provenance
+    from broker.kafka import client_config, ensure_topics, make_consumer, stage_producer
+    from broker.stages import StageSpec
+    from followup.build import build_cache, build_sources, output_directory, request_params
+    from followup.store import FollowupStore
+
+    s = app.settings
+    f = s.followup
+    if not f.enabled:
+        return []
+    events, requests, results, dlq = (s.topic(s.events_topic), s.topic(f.requests_topic),
+                                      s.topic(f.results_topic), s.topic(s.dlq_topic))
+    archive = open_archive(s)
+    ensure_topics(s, [events, requests, results, dlq])
+    stats = FollowupStats()
+    admin = None
+    if until_caught_up:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(client_config(s))
+
+    def loop(name: str, topic: str) -> dict[str, Any]:
+        consumer = make_consumer(s, f"{s.group_id}.{name}")
+        consumer.subscribe([topic])
+        return {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "limits": s.limits,
+                "store_raw": archive.store_raw, "transactional": s.kafka.transactions,
+                "producer_factory": functools.partial(stage_producer, s, name), "admin": admin,
+                "subscription": [topic], "metrics": app.metrics.stage(name), "consumer": consumer,
+                "producer": stage_producer(s, name)}
+
+    t = loop("followup.trigger", events)
+    trigger = TriggerStage(t.pop("consumer"), t.pop("producer"), requests_topic=requests, dlq_topic=dlq,
+                           rules=f.rules, enabled_analyses=f.analyses, params=request_params(s),
+                           provenance=provenance(s, "followup.trigger"), stats=stats, **t)
+    w = loop("followup.worker", requests)
+    worker = WorkerStage(w.pop("consumer"), w.pop("producer"), store=FollowupStore(archive.engine), archive=archive,
+                         sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
+                         dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
+                         output_dir=output_directory(s), handler_threads=f.workers, **w)
+    return [StageSpec("followup.trigger", trigger, inputs=[events], outputs=[requests], after=[
+                n for n in _feeders(s)]),
+            StageSpec("followup.worker", worker, inputs=[requests], outputs=[results], after=["followup.trigger"],
+                      summary=lambda: [stats.summary()], close=archive.close)]
+
+
+def _feeders(settings: Any) -> list[str]:
+    """The loops that write ``mma.events`` in this process (the ingest loops)."""
+    return [f"ingest.{up.name}" for up in settings.upstreams]
+
+
 def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bool = False,
                        idle_s: float = 3.0) -> FollowupStats:
     """Run the trigger and the worker (one thread each) until ``stop`` or caught up.
@@ -400,65 +379,16 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     Returns
     -------
     FollowupStats
-
-    Raises
-    ------
-    Exception
-        The first error of either thread (the other is stopped).
     """
-    from broker.app import open_archive, provenance
-    from broker.kafka import ensure_topics, make_consumer, make_producer
-    from followup.build import build_cache, build_sources, output_directory, request_params
-    from followup.store import FollowupStore
+    from broker import stages as stage_runner
+    from broker.app import App
 
-    s, f = settings, settings.followup
-    events, requests, results, dlq = (s.topic(s.events_topic), s.topic(f.requests_topic),
-                                      s.topic(f.results_topic), s.topic(s.dlq_topic))
-    archive = open_archive(s)
-    ensure_topics(s, [events, requests, results, dlq])
-    stats = FollowupStats()
-    loop = {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "max_dlq_bytes": s.limits.max_dlq_bytes,
-            "store_raw": archive.store_raw}
-    trigger = TriggerStage(
-        make_consumer(s, f"{s.group_id}.followup.trigger"), make_producer(s), requests_topic=requests,
-        dlq_topic=dlq, rules=f.rules, enabled_analyses=f.analyses, params=request_params(s),
-        provenance=provenance(s, "followup.trigger"), stats=stats, **loop)
-    worker = WorkerStage(
-        make_consumer(s, f"{s.group_id}.followup.worker"), make_producer(s), store=FollowupStore(archive.engine),
-        archive=archive, sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
-        dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
-        output_dir=output_directory(s), **loop)
-    if until_caught_up:
-        from confluent_kafka.admin import AdminClient
-
-        from broker.kafka import client_config
-
-        trigger.admin = worker.admin = AdminClient(client_config(s))
-    trigger.subscription, worker.subscription = [events], [requests]
-    trigger.consumer.subscribe([events])
-    worker.consumer.subscribe([requests])
-    errors: list[BaseException] = []
-    trigger_done = threading.Event()
-
-    def _run(stage: _KafkaLoop, **kw: Any) -> None:
-        try:
-            stage.run(stop, until_caught_up=until_caught_up, idle_s=idle_s, **kw)
-        except BaseException as exc:  # surfaced below; stops the other thread
-            errors.append(exc)
-            stop.set()
-        finally:
-            if stage is trigger:
-                trigger_done.set()
-
-    threads = [threading.Thread(target=_run, args=(trigger,), name=trigger.name),
-               threading.Thread(target=_run, args=(worker,), kwargs={"upstream_done": trigger_done.is_set},
-                                name=worker.name)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.2)
-    archive.close()
-    if errors:
-        raise errors[0]
+    specs = stages(App(settings), until_caught_up=until_caught_up)
+    if not specs:
+        return FollowupStats()
+    stats = specs[0].runner.stats_
+    try:
+        stage_runner.run(specs, stop, until_caught_up=until_caught_up, idle_s=idle_s)
+    finally:
+        stage_runner.close(specs)
     return stats

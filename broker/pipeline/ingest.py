@@ -296,3 +296,74 @@ class IngestStage:
         self.runner.run(stop, until_caught_up=until_caught_up, idle_s=idle_s,
                         on_batch=(lambda _: on_batch(self.stats)) if on_batch else None)
         return self.stats
+
+
+def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
+    """The ingest stage's loops: one per configured upstream (``mma_broker.stages`` entry ``ingest``).
+
+    Each reads its upstream (:mod:`broker.upstreams`), archives, and writes
+    ``mma.events`` and ``mma.dlq`` with its own transactional producer.
+    """
+    from broker.app import open_archive, provenance
+    from broker.kafka import ensure_topics, stage_producer
+    from broker.stages import StageSpec
+    from broker.upstreams import make_admin, make_upstream_consumer, upstream_topics
+
+    s = app.settings
+    archive = open_archive(s)
+    events, dlq = s.topic(s.events_topic), s.topic(s.dlq_topic)
+    ensure_topics(s, [events, dlq])
+    specs, workers = [], []
+    for up in s.upstreams:
+        name = f"ingest.{up.name}"
+        stage = IngestStage(
+            make_upstream_consumer(s, up), stage_producer(s, name), archive,
+            events_topic=events, dlq_topic=dlq, provenance=provenance(s, "ingest"),
+            batch_size=up.batch_size or s.ingest.batch_size,
+            poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=name,
+            admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
+            limits=s.limits, transactional=s.kafka.transactions,
+            producer_factory=functools.partial(stage_producer, s, name), metrics=app.metrics.stage(name))
+        specs.append(StageSpec(name=name, runner=stage.runner, inputs=upstream_topics(s, up), outputs=[events]))
+        workers.append(stage)
+    specs[-1].close = archive.close
+    specs[-1].summary = lambda: summary_tables([w.stats for w in workers], archive)
+    return specs
+
+
+def summary_tables(stats: Sequence[IngestStats], archive: Any) -> list[Any]:
+    """Rich tables for the end of ``mma-broker run``: this run by kind, its dead
+    letters by kind of reason, and the archive's totals."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from broker.text import printable
+
+    by_kind: Counter = Counter()
+    dlq: Counter = Counter()
+    msgs = evs = dead = dups = 0
+    for st in stats:
+        by_kind.update(st.by_kind)
+        dlq.update(st.dlq_reasons)
+        msgs, evs, dead, dups = msgs + st.messages, evs + st.events, dead + st.dead_letters, dups + st.duplicates
+    dup = f", {dups} duplicate(s) of archived events not published again" if dups else ""
+    t = Table(title=f"this run: {msgs} message(s) → {evs} event(s) published, {dead} dead letter(s){dup}")
+    for c in ("source", "mission", "alert type", "events"):
+        t.add_column(c, justify="right" if c == "events" else "left")
+    for (src, mission, kind), n in sorted(by_kind.items()):
+        t.add_row(*(Text(printable(c)) for c in (src, mission, kind, str(n))))
+    out: list[Any] = [t]
+    if dlq:
+        d = Table(title="dead letters (mma.dlq) by kind of reason (header mma.dlq.kind)")
+        d.add_column("kind")
+        d.add_column("messages", justify="right")
+        for reason, n in dlq.most_common():
+            d.add_row(reason, str(n))
+        out.append(d)
+    a = Table(title=f"archive: {archive.total()} event(s) in total")
+    for c in ("source", "mission", "alert type", "rows"):
+        a.add_column(c, justify="right" if c == "rows" else "left")
+    for src, mission, kind, n in archive.counts():
+        a.add_row(*(Text(printable(c)) for c in (src, mission, kind, str(n))))
+    out.append(a)
+    return out

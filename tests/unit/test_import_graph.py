@@ -23,13 +23,9 @@ from tests.conftest import ROOT
 
 PLUGIN_PACKAGES = ("followup", "filters")
 
-PENDING_RUNNER_REWRITE = {
-    # `mma-broker run` still starts the follow-up stage by importing followup.worker;
-    # the stage runner (broker/pipeline/) replaces this with the `mma_broker.stages`
-    # entry point. Remove this entry together with that import.
-    ("broker/cli.py", "followup.worker"),
-}
-"""The only imports of a plugin package the core may still hold: (file, module)."""
+PENDING_RUNNER_REWRITE: set[tuple[str, str]] = set()
+"""The only imports of a plugin package the core may still hold: (file, module).
+Empty: `mma-broker run` finds the follow-up through the ``mma_broker.stages`` entry point."""
 
 
 def _modules(package: str) -> dict[str, Path]:
