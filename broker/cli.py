@@ -307,8 +307,9 @@ def subscribe(
     documents on the follow-up topics, dead letters with their reasons on mma.dlq.
 
     Reads committed transactions only (isolation.level=read_committed). At the end,
-    stderr says how many records were read and how many remain behind the end of
-    each topic (with --group: the group's lag).
+    stderr says how many records were read and how many offsets remain behind the
+    end of each topic (with --group: the group's lag; transaction markers take an
+    offset each, so a reader part way counts a few more offsets than records).
     """
     from broker.client import Subscription, parse_time
     from broker.records import to_json_line
@@ -323,6 +324,11 @@ def subscribe(
 
     names = [s.topic(name) for name in topics]
     read: dict[str, int] = {name: 0 for name in names}
+
+    def _stop(*_: object) -> None:  # SIGTERM ends the reading like Ctrl-C: commit, then the lag
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     sub = Subscription(names, client_config(s), group_id=group, since=start, from_beginning=from_beginning,
                        timeout_s=timeout, max_records=max_messages)
     with sub:
@@ -337,12 +343,17 @@ def subscribe(
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sub.commit()
-        lags = sub.lag()
+        try:
+            lags = sub.lag()
+        except BrokerError as exc:  # the records were read: say so, and why the lag is missing
+            for name in names:
+                print(printable(f"{name}: read {read.get(name, 0)} record(s); {one_line(exc, 300)}"), file=sys.stderr)
+            return
     for lag in lags:
         whose = f"group {lag.group}: " if lag.group else ""
         never = f", {lag.uncommitted} never committed" if lag.uncommitted else ""
-        print(printable(f"{lag.topic}: read {read.get(lag.topic, 0)} record(s); {whose}{lag.behind} behind the "
-                        f"end on {lag.partitions} partition(s){never}"), file=sys.stderr)
+        print(printable(f"{lag.topic}: read {read.get(lag.topic, 0)} record(s); {whose}{lag.behind} offset(s) "
+                        f"behind the end on {lag.partitions} partition(s){never}"), file=sys.stderr)
 
 
 # ---------------------------------------------------------------- events

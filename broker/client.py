@@ -302,11 +302,25 @@ class Subscription:
         partition. With a group: between the group's committed offsets and the end
         (commit first: :meth:`commit`). Offsets count transaction markers too; the
         position skips them, so a reader at the end is 0 behind.
+
+        Raises
+        ------
+        BrokerError
+            Kafka did not answer in time (e.g. the group is still rebalancing).
         """
         import confluent_kafka
 
         if self._consumer is None:
             return []
+        try:
+            return self._lag()
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0] if exc.args else exc
+            raise BrokerError(f"Kafka did not tell the lag: {err.str() if hasattr(err, 'str') else err}") from None
+
+    def _lag(self) -> list[TopicLag]:
+        import confluent_kafka
+
         consumer = self._consumer
         parts = [confluent_kafka.TopicPartition(t, p) for t, ps in self._partitions.items() for p in ps]
         if self.group_id is not None:
