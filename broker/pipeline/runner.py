@@ -41,12 +41,13 @@ committed, so the batch is consumed again by whoever owns the partition next.
 
 Slow handlers
 -------------
-With ``handler_threads > 0`` a batch is handled and written on a worker thread while
-the poll thread keeps the consumer alive: it pauses every assigned partition and goes
-on calling ``poll()`` (which serves heartbeats, rebalances and
-``max.poll.interval.ms``) until the batch is done, then resumes them. Inside a batch,
-messages with different keys are handled in parallel on ``handler_threads`` threads,
-messages with the same key (one superevent or trigger) in their order. So a follow-up
+With ``handler_threads > 0`` the messages of a batch are handled on a pool of
+``handler_threads`` threads while the poll thread keeps the consumer alive: it pauses
+every assigned partition and goes on calling ``poll()`` (which serves heartbeats,
+rebalances and ``max.poll.interval.ms``) until the handlers are done, then resumes
+them; the durable write, the transaction and the commit follow on the poll thread.
+Messages with different keys are handled in parallel, messages with the same key
+(one superevent or trigger) in their order. So a follow-up
 that waits minutes for MMODA neither gets the worker thrown out of its group nor holds
 up the other events of its batch. A message a rebalance hands in while the partitions
 are paused is kept and handled in the next batch.
@@ -264,6 +265,8 @@ class StageRunner:
         self.stop: threading.Event | None = None
         self._txn_ready = False
         self._pool: ThreadPoolExecutor | None = None
+        self._carry: list[Any] = []
+        self._committed: dict[tuple[str, int], int] = {}
 
     # ------------------------------------------------------------------ one batch
     def process(self, msgs: Sequence[Any]) -> None:
@@ -360,10 +363,10 @@ class StageRunner:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.handler_threads, thread_name_prefix=f"{self.name}.handler")
             futures = [self._pool.submit(run_group, idx) for idx in groups.values()]
-            errors = [f.exception() for f in futures]
-            for e in errors:
-                if e is not None:
-                    raise e
+            self._poll_while(futures)
+            for f in futures:
+                if f.exception() is not None:
+                    raise f.exception()
         good = []
         for r in results:
             if isinstance(r, Handled):
@@ -371,6 +374,34 @@ class StageRunner:
             else:
                 dead.append(r)
         return good
+
+    def _poll_while(self, futures: list[Any]) -> None:
+        """Keep the consumer alive (partitions paused) until ``futures`` are done.
+
+        ``poll()`` serves heartbeats, rebalances and ``max.poll.interval.ms``; a message
+        from a partition assigned meanwhile is kept for the next batch. Consumer calls
+        stay on this (the poll) thread: librdkafka's Python consumer blocks a second
+        thread's call while one is in ``poll()``.
+        """
+        pause = getattr(self.consumer, "pause", None)
+        assigned = self.consumer.assignment() if pause is not None else []
+        if assigned:
+            self.consumer.pause(assigned)
+        try:
+            while not all(f.done() for f in futures):
+                if pause is None:
+                    futures[0].result()
+                    continue
+                msg = self.consumer.poll(0.2)
+                self.metrics.polled()
+                if msg is not None:
+                    self._carry.append(msg)
+                    self.consumer.pause([confluent_kafka.TopicPartition(msg.topic(), msg.partition())])
+        finally:
+            if assigned or self._carry:
+                now = self.consumer.assignment()
+                if now:
+                    self.consumer.resume(now)
 
     def _write(self, good: list[Handled], dead: list[tuple[Any, str]]) -> list[Handled]:
         """Write ``good`` durably; a failing write is bisected to the messages responsible."""
@@ -627,18 +658,18 @@ class StageRunner:
                     msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
                 self.metrics.polled()
                 if msgs:
-                    if self.handler_threads > 0:
-                        carry = self._process_off_thread(msgs, stop)
-                    else:
-                        self._process_until_done(msgs, stop)
+                    self._process_until_done(msgs, stop)
+                    carry, self._carry = self._carry, []
                     del msgs
                     last = time.monotonic()
                     self.metrics.lag(self.consumer)
                     if on_batch:
                         on_batch(self.stats)
-                elif (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
-                      and self.caught_up()):
-                    break
+                else:
+                    self._commit_idle_positions()
+                    if (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
+                            and self.caught_up()):
+                        break
             self.metrics.state("stopped")
         except StageStopped as exc:
             log.info("%s", exc)
@@ -653,43 +684,34 @@ class StageRunner:
             self.consumer.close()
         return self.stats
 
-    def _process_off_thread(self, msgs: list[Any], stop: threading.Event) -> list[Any]:
-        """Process ``msgs`` on a worker thread; keep polling (partitions paused) meanwhile.
+    def _commit_idle_positions(self) -> None:
+        """When idle, commit positions that moved past transaction markers only.
 
-        Returns the messages a rebalance handed in meanwhile (handled next).
+        A transactional input topic ends each transaction with a control record: the
+        consumer's position moves past it, but the offsets committed with the batch
+        stop at the last data record, so the group would show a lag of one per
+        transaction for ever (and never look caught up). Nothing is pending when
+        ``consume()`` returned nothing, so committing the position loses nothing.
         """
-        done = threading.Event()
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                self._process_until_done(msgs, stop)
-            except BaseException as exc:  # re-raised on the poll thread
-                failure.append(exc)
-            finally:
-                done.set()
-
-        assigned = self.consumer.assignment()
-        if assigned:
-            self.consumer.pause(assigned)
-        thread = threading.Thread(target=work, name=f"{self.name}.batch", daemon=True)
-        thread.start()
-        carry: list[Any] = []
+        position = getattr(self.consumer, "position", None)
+        if position is None or self.stop is not None and self.stop.is_set():
+            return
         try:
-            while not done.wait(0):
-                msg = self.consumer.poll(min(self.poll_timeout_s, 0.5))
-                self.metrics.polled()
-                if msg is not None:  # a partition assigned in a rebalance while we were paused
-                    carry.append(msg)
-                    self.consumer.pause([confluent_kafka.TopicPartition(msg.topic(), msg.partition())])
-        finally:
-            thread.join()
-            now = self.consumer.assignment()
-            if now:
-                self.consumer.resume(now)
-        if failure:
-            raise failure[0]
-        return carry
+            assigned = self.consumer.assignment()
+            if not assigned:
+                return
+            moved = [tp for tp in position(assigned)
+                     if tp.offset >= 0 and self._committed.get((tp.topic, tp.partition), -1) < tp.offset]
+            if not moved:
+                return
+            committed = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.committed(moved, timeout=5)}
+            todo = {(tp.topic, tp.partition): tp.offset for tp in moved
+                    if committed.get((tp.topic, tp.partition), -1) < tp.offset}
+            if todo and commit_offsets(self.consumer, todo, self.name, stop=self.stop, backoff=self.backoff):
+                self._committed.update(todo)
+            self._committed.update({k: v for k, v in committed.items() if v >= 0})
+        except confluent_kafka.KafkaException as exc:
+            log.debug("%s: idle commit skipped: %s", self.name, exc)
 
     def _process_until_done(self, msgs: Sequence[Any], stop: threading.Event) -> None:
         """:meth:`process`, done again while the stage's storage is unavailable."""
