@@ -59,26 +59,73 @@ def make_producer(settings: Settings, **overrides: Any) -> confluent_kafka.Produ
     return confluent_kafka.Producer(cfg)
 
 
-def transactional_id(settings: Settings, stage: str) -> str:
-    """The ``transactional.id`` of one stage loop: ``<group_id>.<stage>.<instance>``.
+class InstanceSlot:
+    """This process's claim on one transactional-id slot of a stage loop (see :func:`claim_instance`)."""
 
-    Stable across restarts of the same loop on the same host (``[kafka] instance_id``,
-    default the host name — a pod name on Kubernetes), so a restarted loop fences its
-    crashed predecessor and aborts its open transaction at once; different on every
-    host, so two replicas never fence each other.
+    def __init__(self, ident: str, handle: Any = None) -> None:
+        self.id = ident
+        self._handle = handle
+
+    def release(self) -> None:
+        """Give the slot back (also done by the OS when the process dies)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def claim_instance(settings: Settings, stage: str, max_slots: int = 4096) -> InstanceSlot:
+    """Claim the lowest free instance slot of ``stage`` on this host.
+
+    The ``transactional.id`` of a loop must be unique among live producers (a second
+    producer with the same id fences the first) and should be the same after a
+    restart (a restarted loop then aborts its crashed predecessor's open transaction
+    at once, instead of ``read_committed`` readers waiting for the transaction
+    timeout). Slot *n* is an exclusive ``flock`` on ``<home>/txn/<stage>.<n>.lock``,
+    released by the OS when the process dies: the first process on a host gets
+    ``<hostname>.0`` after every restart, a second concurrent one ``<hostname>.1``.
+    ``[kafka] instance_id`` overrides it (then keep it unique yourself).
+
+    Raises
+    ------
+    BrokerError
+        When the lock folder cannot be written, or all ``max_slots`` are taken.
     """
+    import fcntl
     import socket
 
-    instance = settings.kafka.instance_id or socket.gethostname()
+    if settings.kafka.instance_id:
+        return InstanceSlot(settings.kafka.instance_id)
+    folder = settings.home / "txn"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname()
+        for n in range(max_slots):
+            fh = open(folder / f"{stage}.{n}.lock", "a+")  # noqa: SIM115 - held for the process's life
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            return InstanceSlot(f"{host}.{n}", fh)
+    except OSError as exc:
+        raise BrokerError(f"cannot claim a transactional id slot under {folder}: {exc.strerror}") from None
+    raise BrokerError(f"all {max_slots} transactional id slots of {stage} under {folder} are taken")
+
+
+def transactional_id(settings: Settings, stage: str, instance: str) -> str:
+    """The ``transactional.id`` of one stage loop: ``<group_id>.<stage>.<instance>``."""
     return f"{settings.group_id}.{stage}.{instance}"
 
 
-def stage_producer(settings: Settings, stage: str) -> confluent_kafka.Producer:
+def stage_producer(settings: Settings, stage: str, slot: InstanceSlot | None = None) -> confluent_kafka.Producer:
     """The producer of one stage loop: transactional (exactly once) unless
-    ``[kafka] transactions = false`` (at least once)."""
+    ``[kafka] transactions = false`` (at least once). ``slot`` (:func:`claim_instance`)
+    makes its transactional id."""
     if not settings.kafka.transactions:
         return make_producer(settings)
-    return make_producer(settings, **{"transactional.id": transactional_id(settings, stage),
+    if slot is None:
+        raise BrokerError(f"{stage}: a transactional producer needs an instance slot (claim_instance)")
+    return make_producer(settings, **{"transactional.id": transactional_id(settings, stage, slot.id),
                                       "transaction.timeout.ms": 60_000})
 
 

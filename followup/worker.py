@@ -313,7 +313,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     Empty when ``[followup] enabled = false``.
     """
     from broker.app import open_archive, provenance
-    from broker.kafka import client_config, ensure_topics, make_consumer, stage_producer
+    from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
     from broker.stages import StageSpec
     from followup.build import build_cache, build_sources, output_directory, request_params
     from followup.store import FollowupStore
@@ -333,14 +333,18 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
 
         admin = AdminClient(client_config(s))
 
+    slots = []
+
     def loop(name: str, topic: str) -> dict[str, Any]:
         consumer = make_consumer(s, f"{s.group_id}.{name}")
         consumer.subscribe([topic])
+        slot = claim_instance(s, name)
+        slots.append(slot)
         return {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "limits": s.limits,
                 "store_raw": archive.store_raw, "transactional": s.kafka.transactions,
-                "producer_factory": functools.partial(stage_producer, s, name), "admin": admin,
+                "producer_factory": functools.partial(stage_producer, s, name, slot), "admin": admin,
                 "subscription": [topic], "metrics": app.metrics.stage(name), "consumer": consumer,
-                "producer": stage_producer(s, name)}
+                "producer": stage_producer(s, name, slot)}
 
     t = loop("followup.trigger", events)
     trigger = TriggerStage(t.pop("consumer"), t.pop("producer"), requests_topic=requests, dlq_topic=dlq,
@@ -354,7 +358,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     return [StageSpec("followup.trigger", trigger, inputs=[events], outputs=[requests], after=[
                 n for n in _feeders(s)]),
             StageSpec("followup.worker", worker, inputs=[requests], outputs=[results], after=["followup.trigger"],
-                      summary=lambda: [stats.summary()], close=archive.close)]
+                      summary=lambda: [stats.summary()], close=lambda: (archive.close(), [x.release() for x in slots]))]
 
 
 def _feeders(settings: Any) -> list[str]:

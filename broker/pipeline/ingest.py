@@ -305,7 +305,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     ``mma.events`` and ``mma.dlq`` with its own transactional producer.
     """
     from broker.app import open_archive, provenance
-    from broker.kafka import ensure_topics, stage_producer
+    from broker.kafka import claim_instance, ensure_topics, stage_producer
     from broker.stages import StageSpec
     from broker.upstreams import make_admin, make_upstream_consumer, upstream_topics
 
@@ -313,20 +313,28 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     archive = open_archive(s)
     events, dlq = s.topic(s.events_topic), s.topic(s.dlq_topic)
     ensure_topics(s, [events, dlq])
-    specs, workers = [], []
+    specs, workers, slots = [], [], []
     for up in s.upstreams:
         name = f"ingest.{up.name}"
+        slot = claim_instance(s, name)
+        slots.append(slot)
         stage = IngestStage(
-            make_upstream_consumer(s, up), stage_producer(s, name), archive,
+            make_upstream_consumer(s, up), stage_producer(s, name, slot), archive,
             events_topic=events, dlq_topic=dlq, provenance=provenance(s, "ingest"),
             batch_size=up.batch_size or s.ingest.batch_size,
             poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=name,
             admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
             limits=s.limits, transactional=s.kafka.transactions,
-            producer_factory=functools.partial(stage_producer, s, name), metrics=app.metrics.stage(name))
+            producer_factory=functools.partial(stage_producer, s, name, slot), metrics=app.metrics.stage(name))
         specs.append(StageSpec(name=name, runner=stage.runner, inputs=upstream_topics(s, up), outputs=[events]))
         workers.append(stage)
-    specs[-1].close = archive.close
+
+    def close() -> None:
+        archive.close()
+        for sl in slots:
+            sl.release()
+
+    specs[-1].close = close
     specs[-1].summary = lambda: summary_tables([w.stats for w in workers], archive)
     return specs
 

@@ -556,6 +556,11 @@ class StageRunner:
                 if in_txn:
                     self._abort()
                 raise
+            except SystemError as exc:
+                # confluent-kafka's flush() of a producer that failed fatally (e.g.
+                # fenced) raises "returned NULL without setting an exception"
+                self._new_producer(f"{type(exc).__name__}: {one_line(str(exc), 200)}")
+                continue
             except confluent_kafka.KafkaException as exc:
                 err = exc.args[0]
                 if err.fatal():
