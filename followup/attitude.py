@@ -35,6 +35,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
+from followup.bundled import folder_label
 from followup.availability import NoData, OrbitState, RetryPolicy, TimeLike, as_time, http_get_bytes, iso_utc
 
 logger = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ class LocalOrbitFiles:
         for table in self._load():
             if table.covers(t0):
                 return table
-        return NoData(f"no orbit file in {self.directory} covers {iso_utc(as_time(t0))}", "data_gap")
+        return NoData(f"no orbit file in {folder_label(self.directory)} covers {iso_utc(as_time(t0))}", "data_gap")
 
     def pointing_at(self, t0: TimeLike) -> Pointing | NoData:
         table = self.orbit_at(t0)

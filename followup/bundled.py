@@ -26,3 +26,17 @@ def bundled_data_dir() -> Path:
     installation is not supported).
     """
     return Path(str(files("followup") / "data"))
+
+
+def folder_label(directory: Path) -> str:
+    """How a published message names a local data folder: never a path of this machine.
+
+    The bundled folder is "the bundled INTEGRAL files"; another folder goes by its
+    last component only (``the local folder 'spiacs'``).
+    """
+    try:
+        if Path(directory).resolve() == bundled_data_dir().resolve():
+            return "the bundled INTEGRAL files"
+    except OSError:
+        pass
+    return f"the local folder {Path(directory).name!r}"

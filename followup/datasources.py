@@ -31,6 +31,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
+from followup.bundled import folder_label
 from followup.availability import (
     NoData,
     TimeLike,
@@ -210,7 +211,7 @@ class LocalFitsSource(LightCurveSource):
             if best is None or covered > best[0]:
                 best = (covered, body)
         if best is None:
-            return NoData(f"no {instrument} light curve in {self.directory} covers {iso_utc(as_time(t0))}", "data_gap")
+            return NoData(f"no {instrument} light curve in {folder_label(self.directory)} covers {iso_utc(as_time(t0))}", "data_gap")
         return best[1]
 
 

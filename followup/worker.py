@@ -272,7 +272,8 @@ class WorkerHandler(BaseStage):
             path = self.output_dir / f"{request.request_id}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(result.plot_png)
-            doc["plot"] = (doc.get("plot") or {}) | {"path": str(path)}
+            # the file's name in the output directory: subscribers never see a path of this machine
+            doc["plot"] = (doc.get("plot") or {}) | {"file": path.name}
         return doc, result.plot_png
 
     def _skymap(self, event: Any) -> Any:
