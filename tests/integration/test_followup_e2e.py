@@ -84,21 +84,32 @@ def _validate(doc: dict, name: str) -> None:
     jsonschema.validate(doc, json_schema(name))
 
 
-def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootstrap, pg_url):
+def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootstrap, fresh_db):
+    pg_url = fresh_db  # an archive of its own: one that already holds the alert would not publish it at all
+    followup_env = dict(followup_env, MMA_BROKER_ARCHIVE__DATABASE_URL=fresh_db)
     root = etree.parse(str(INTEGRAL_WAKEUP)).getroot()
     event_id = f"gcn:{root.get('ivorn')}"
     iso = root.find(".//WhereWhen//ISOTime").text
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
 
-    for _ in range(2):
+    ingested = []
+    for _ in range(2):  # upstream sends the alert twice
         run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
-        run_cli(followup_env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "3")
-        proc = run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
+        ingested.append(run_cli(followup_env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "3"))
+        run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
+    assert "1 message(s) → 1 event(s) published" in ingested[0].stdout
+    assert "1 message(s) → 0 event(s) published" in ingested[1].stdout  # archived already: not published again
+    assert "1 duplicate(s) of archived events not published again" in ingested[1].stdout
+    assert len(read_all(kafka_bootstrap, f"{prefix}mma.events")) == 1
+
+    # the same request once more, by hand: the worker finds it done
+    run_cli(followup_env, "followup", "run", event_id)
+    proc = run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
     assert "1 duplicate(s) skipped" in proc.stdout
 
     requests = read_all(kafka_bootstrap, f"{prefix}mma.followup.requests")
-    assert len(requests) == 2  # the event was published twice by ingest ...
-    assert len({json.loads(m.value())["request_id"] for m in requests}) == 1  # ... as one request
+    assert len(requests) == 2  # one from the trigger rule, one by hand ...
+    assert len({json.loads(m.value())["request_id"] for m in requests}) == 1  # ... the same request
     for m in requests:
         _validate(json.loads(m.value()), "followup_request.json")
 
