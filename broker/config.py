@@ -136,6 +136,7 @@ class UpstreamSettings(Section):
     name: str
     """Label used in logs and metrics."""
     kind: Literal["kafka", "gcn", "hop", "ztf"] = "kafka"
+    """Protocol of the upstream: ``kafka``, ``gcn``, ``hop`` or ``ztf`` (see above)."""
     topics: list[str]
     """Topic names; an entry starting with ``^`` is a regular expression subscription."""
     bootstrap_servers: str | None = None
@@ -206,6 +207,7 @@ class IngestSettings(Section):
     batch_size: int = 500
     """Messages per consume() call and per archive transaction."""
     poll_timeout_s: float = 0.5
+    """Longest wait for a batch to fill, s; a batch is whatever arrived by then."""
 
 
 class MetricsSettings(Section):
@@ -254,7 +256,9 @@ class Settings(BaseSettings):
     limits: DecodeLimits = Field(default_factory=DecodeLimits)
     """Bounds on the work one message may cause (:mod:`broker.limits`)."""
     events_topic: str = "mma.events"
+    """Topic of the normalized Events (``[kafka] topic_prefix`` goes in front)."""
     dlq_topic: str = "mma.dlq"
+    """Dead-letter topic of every stage (``[kafka] topic_prefix`` goes in front)."""
     secrets_file: Path | None = None
     """TOML file (mode 0600) with secrets as top-level keys: ``database_url = "..."``,
     ``<upstream name>_client_secret = "..."`` (e.g. ``gcn_client_secret``) and

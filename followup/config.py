@@ -50,9 +50,13 @@ class FollowupRuleSettings(Section):
     name: str
     """Label stamped on the requests the rule makes."""
     source: Literal["igwn", "gcn", "ztf", "lsst"] | None = None
+    """The Event's ``source``; unset: any."""
     missions: list[str] = Field(default_factory=list)
+    """Missions to match (``Fermi``, ``Swift``, ...)."""
     instruments: list[str] = Field(default_factory=list)
+    """Instruments to match (``GBM``, ``BAT``, ...)."""
     alert_types: list[str] = Field(default_factory=list)
+    """Alert types to match (lower case: ``preliminary``, ``gnd_pos``, ...)."""
     significant_only: bool = False
     """Require ``properties.significant`` true; when upstream gives no flag, require
     ``far_hz <= max_far_hz`` instead."""
@@ -64,6 +68,7 @@ class FollowupRuleSettings(Section):
     exclude_tests: bool = True
     """Skip test notices (``role = "test"``) and LVK mock superevents (ids ``M...``)."""
     analyses: list[Literal["spiacs", "isgri"]] = Field(default_factory=lambda: ["spiacs", "isgri"])
+    """Analyses the rule requests (intersected with ``[followup] analyses``; empty: no request)."""
 
 
 ONE_PER_MONTH_HZ = 1.0 / (30.0 * 86400.0)
@@ -101,6 +106,7 @@ class FollowupSettings(Section):
     """
 
     enabled: bool = True
+    """Run the follow-up's loops; false: ``mma-broker run`` starts none."""
     lightcurves: LightCurveSourceSettings = Field(default_factory=LightCurveSourceSettings)
     orbit_directory: Path | None = Field(default_factory=bundled_data_dir)
     """Folder of INTEGRAL ``INTL-ORBI-SCP`` orbit/attitude files (None: no attitude).
@@ -128,7 +134,9 @@ class FollowupSettings(Section):
     """Attempts per data-service request (exponential backoff in between)."""
     rules: list[FollowupRuleSettings] = Field(default_factory=_default_followup_rules)
     batch_size: int = 50
+    """Messages per batch of the trigger and of the worker (and per Kafka transaction)."""
     poll_timeout_s: float = 0.5
+    """Longest wait for a batch to fill, s."""
     workers: int = Field(4, ge=1, le=64)
     """Requests of one batch analysed at once, off the poll thread (revisions of one
     alert in order, different alerts in parallel): an analysis waiting minutes for
