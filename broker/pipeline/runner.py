@@ -529,6 +529,7 @@ class StageRunner:
         tps = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         records = self._records(good, dead)
         while True:
+            in_txn = False
             try:
                 self._init_transactions()
                 self.producer.begin_transaction()
