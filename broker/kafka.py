@@ -250,10 +250,15 @@ class Backoff:
     max_s: float = 30.0
     sleep: Callable[[float], None] = time.sleep
     delay: float = 0.0
+    on_wait: Callable[[str], None] | None = None
+    """Called with what is waited for (the runner marks its stage ``waiting`` in the
+    health endpoint: a loop waiting out Kafka or the database is alive)."""
 
     def wait(self, what: str, stop: Any = None) -> None:
         self.delay = self.initial_s if self.delay == 0 else min(self.delay * 2, self.max_s)
         log.warning("%s: %s; waiting %.1f s", self.name, what, self.delay)
+        if self.on_wait is not None:
+            self.on_wait(what)
         if stop is not None and stop.is_set():
             raise StageStopped(f"{self.name}: stopped while {what}")
         self.sleep(self.delay)

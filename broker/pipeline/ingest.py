@@ -238,6 +238,7 @@ class IngestStage:
         transactional: bool = False,
         producer_factory: Callable[[], Any] | None = None,
         metrics: Any = None,
+        offsets_in_transaction: bool = True,
     ) -> None:
         if decode is None:
             from broker.sources import decode as decode_default
@@ -249,7 +250,8 @@ class IngestStage:
             self.handler, consumer, producer, dlq_topic=dlq_topic, batch_size=batch_size,
             poll_timeout_s=poll_timeout_s, limits=limits, store_raw=getattr(archive, "store_raw", None),
             transactional=transactional, producer_factory=producer_factory, admin=admin,
-            subscription=subscription, metrics=metrics, backoff=backoff)
+            subscription=subscription, metrics=metrics, backoff=backoff,
+            offsets_in_transaction=offsets_in_transaction)
         self.runner.stop = stop
         self.name = name
         self.events_topic, self.dlq_topic = events_topic, dlq_topic
@@ -325,7 +327,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
             poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=name,
             admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
             limits=s.limits, transactional=s.kafka.transactions,
-            producer_factory=functools.partial(stage_producer, s, name, slot), metrics=app.metrics.stage(name))
+            producer_factory=functools.partial(stage_producer, s, name, slot), metrics=app.metrics.stage(name),
+            offsets_in_transaction=same_cluster(s, up))
         specs.append(StageSpec(name=name, runner=stage.runner, inputs=upstream_topics(s, up), outputs=[events]))
         workers.append(stage)
 
@@ -337,6 +340,13 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     specs[-1].close = close
     specs[-1].summary = lambda: summary_tables([w.stats for w in workers], archive)
     return specs
+
+
+def same_cluster(settings: Any, up: Any) -> bool:
+    """True when upstream ``up`` is read from the broker's own Kafka (``kind = "kafka"``
+    without another ``bootstrap_servers``, e.g. what ``mma-broker replay`` fills): only
+    then can its offsets go into the output transaction."""
+    return up.kind == "kafka" and up.bootstrap_servers in (None, settings.kafka.bootstrap_servers)
 
 
 def summary_tables(stats: Sequence[IngestStats], archive: Any) -> list[Any]:

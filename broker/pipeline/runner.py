@@ -236,6 +236,13 @@ class StageRunner:
         Pace of the waits for Kafka and storage (tests pass a fast one).
     txn_timeout_s : float
         Timeout of each transactional call; a call that times out is retried.
+    offsets_in_transaction : bool
+        True when the consumer reads from the cluster the producer writes to: the
+        offsets go into the transaction (exactly once). False for an input on another
+        cluster (GCN, Hopskotch, ZTF): a transaction cannot hold another cluster's
+        offsets, so they are committed there right after the transaction commits; a
+        crash between the two redelivers the batch, and its outputs are published a
+        second time (at least once in that window only).
     """
 
     def __init__(self, stage: Stage, consumer: Any, producer: Any, *, dlq_topic: str, batch_size: int = 500,
@@ -243,7 +250,8 @@ class StageRunner:
                  store_raw: Callable[[list[bytes]], list[Any]] | None = None, transactional: bool = False,
                  producer_factory: Callable[[], Any] | None = None, handler_threads: int = 0,
                  admin: Any = None, subscription: Sequence[str] | None = None, metrics: Any = None,
-                 backoff: Backoff | None = None, txn_timeout_s: float = 30.0) -> None:
+                 backoff: Backoff | None = None, txn_timeout_s: float = 30.0,
+                 offsets_in_transaction: bool = True) -> None:
         self.stage = stage
         self.name = stage.name
         self.consumer = consumer
@@ -260,13 +268,21 @@ class StageRunner:
         self.subscription = list(subscription) if subscription is not None else None
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self.backoff = backoff or Backoff(self.name)
+        if self.backoff.on_wait is None:
+            self.backoff.on_wait = self._waiting
         self.txn_timeout_s = txn_timeout_s
+        self.offsets_in_transaction = offsets_in_transaction
         self.stats = RunnerStats()
         self.stop: threading.Event | None = None
         self._txn_ready = False
         self._pool: ThreadPoolExecutor | None = None
         self._carry: list[Any] = []
         self._committed: dict[tuple[str, int], int] = {}
+
+    def _waiting(self, what: str) -> None:
+        """Health: waiting for Kafka or storage is alive, not stuck."""
+        self.metrics.state("waiting", error=one_line(what, 300))
+        self.metrics.polled()
 
     # ------------------------------------------------------------------ one batch
     def process(self, msgs: Sequence[Any]) -> None:
@@ -547,11 +563,15 @@ class StageRunner:
                         self.backoff.wait(f"{len(failed)} record(s) not delivered ({failed[0][1]}); "
                                           "making the transaction again", self.stop)
                     continue
-                self._call("send_offsets_to_transaction", lambda: self.producer.send_offsets_to_transaction(
-                    tps, self.consumer.consumer_group_metadata(), self.txn_timeout_s))
+                if self.offsets_in_transaction:
+                    self._call("send_offsets_to_transaction", lambda: self.producer.send_offsets_to_transaction(
+                        tps, self.consumer.consumer_group_metadata(), self.txn_timeout_s))
                 self._call("commit_transaction", lambda: self.producer.commit_transaction(self.txn_timeout_s))
                 in_txn = False
+                if not self.offsets_in_transaction:
+                    commit_offsets(self.consumer, offsets, self.name, stop=self.stop, backoff=self.backoff)
                 self.backoff.reset()
+                self.metrics.state("running")
                 return False
             except StageStopped:
                 if in_txn:
