@@ -280,5 +280,5 @@ def results(
         line = [created if wide else created[:16].replace("T", " "), row.request_id, row.kind, row.status,
                 row.event_id] + ([row.withdrawn_by or ""] if wide else [])
         cells.append([printable(c) for c in line])
-    order = [(4, 40), (1, 17), (4, 20), (1, 12)]  # the event id keeps the most
+    order = [(1, 17), (4, 24), (1, 12), (4, 16)]  # the request id (a hash) gives way first; the event id keeps the most
     typer.echo(render(columns, cells, wide=wide, order=order))
