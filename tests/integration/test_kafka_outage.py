@@ -98,6 +98,8 @@ def test_outage_longer_than_the_delivery_timeout_pauses_and_resumes(broker_env, 
             assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
             time.sleep(0.5)
         assert _rows(pg_url, prefix) == len(first)
+        # their transaction is committed on the output Kafka before it dies
+        read_topic(f"127.0.0.1:{PORT}", f"{prefix}mma.events", expect=len(first), timeout_s=90)
 
         os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the output Kafka dies
         run_cli(upstream_env, "replay", *map(str, second))  # more alerts arrive meanwhile
