@@ -1,0 +1,55 @@
+"""Stages as entry points, and the runner's record headers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from broker import stages
+from broker.pipeline.runner import hop_format, with_hop_headers
+from tests.conftest import ROOT
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_both_stages_are_registered_and_none_is_imported_to_list_them():
+    known = stages.registered()
+    assert {"ingest", "followup"} <= set(known)
+    assert known["followup"].value == "followup.worker:stages"
+    proc = _cli("stages", "list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert {r["stage"] for r in rows} >= {"ingest", "followup"}
+    assert all(r["distribution"].startswith("mma-broker ") for r in rows)
+
+
+def test_run_refuses_an_unknown_stage_before_touching_any_server():
+    proc = _cli("run", "--stage", "nope")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("mma-broker: error: unknown stage 'nope'; registered: ")
+    assert "ingest" in proc.stderr and "followup" in proc.stderr
+
+
+def test_loops_are_ordered_after_the_loops_that_feed_them():
+    spec = stages.StageSpec
+    specs = [spec("followup.worker", None, after=["followup.trigger"]),
+             spec("followup.trigger", None, after=["ingest.notices", "ingest.ztf"]),
+             spec("ingest.ztf", None), spec("ingest.notices", None)]
+    names = [s.name for s in stages._feeders_first(specs)]
+    assert names.index("followup.trigger") > max(names.index("ingest.ztf"), names.index("ingest.notices"))
+    assert names.index("followup.worker") > names.index("followup.trigger")
+
+
+def test_hop_headers_are_added_once_and_say_the_format():
+    h = with_hop_headers([("content-type", b"application/json")])
+    d = dict(h)
+    assert len(d["_id"]) == 16 and d["_sender"] == b"mma-broker" and d["_format"] == b"json"
+    assert with_hop_headers(h) == h  # kept as they are
+    assert hop_format([("content-type", b"application/vnd.mma-broker.event+avro; version=1")]) == b"blob"
+    assert hop_format([("content-type", b"application/vnd.mma-broker.followup-result+json")]) == b"json"
+    assert hop_format([]) == b"blob"
+    assert dict(with_hop_headers(None))["_id"] != dict(with_hop_headers(None))["_id"]
