@@ -46,7 +46,7 @@ import confluent_kafka
 from broker.errors import DecodeError
 from broker.kafka import Outgoing
 from broker.limits import DEFAULT_LIMITS
-from broker.pipeline.runner import BaseStage, Handled, StageRunner
+from broker.pipeline.runner import BaseStage, Handled, StageRunner, with_hop_headers
 from broker.serde import EventCodec, Provenance
 from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
 from followup.rules import decide
@@ -142,7 +142,7 @@ def publish_request(producer: confluent_kafka.Producer, topic: str, request: Fol
                     on_delivery: Callable | None = None) -> None:
     """Produce one request (key = upstream id; headers: content type, request id)."""
     key, value, headers = request_record(request)
-    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+    producer.produce(topic, key=key, value=value, headers=with_hop_headers(headers), on_delivery=on_delivery)
 
 
 class WorkerHandler(BaseStage):
