@@ -76,7 +76,8 @@ def _worker(bootstrap: str, archive, topics: dict, group: str, txn_id: str, tran
     consumer.subscribe([topics["in"]])
     cfg = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"}
     if transactional:
-        cfg["transactional.id"] = txn_id
+        # a short transaction timeout: what the crashed worker left open ends sooner
+        cfg.update({"transactional.id": txn_id, "transaction.timeout.ms": 10_000})
     producer = Producer(cfg)
     if crash == "commit_transaction":
         producer = CrashOn(producer, crash)
