@@ -255,7 +255,8 @@ class Archive:
                 batch_rows = rows if rows is not None else event_rows(batch, store.put_many(blobs, conn))
                 inserted_ids = _insert_rows(conn, batch_rows)
                 owners = {it.event.id: it.kafka for it in batch}
-                present = [i for i in owners if i not in set(inserted_ids)]
+                inserted = set(inserted_ids)  # once: rebuilt per id it made each batch O(n²)
+                present = [i for i in owners if i not in inserted]
                 if present:
                     for rid, topic, part, off in conn.execute(
                             sa.text("SELECT id, kafka_topic, kafka_partition, kafka_offset FROM events "
