@@ -25,7 +25,7 @@ FAKE_PASSWORD = "fake-hop-password-c91e"
 GCN_SECRET = "fake-gcn-secret-51d0"
 
 CONSUMER_ONLY = {"group.id", "enable.auto.commit", "auto.offset.reset", "fetch.max.bytes",
-                 "max.partition.fetch.bytes", "queued.max.messages.kbytes",
+                 "max.partition.fetch.bytes", "queued.max.messages.kbytes", "fetch.queue.backoff.ms", "isolation.level",
                  "topic.metadata.refresh.interval.ms", "partition.assignment.strategy"}
 
 
