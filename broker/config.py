@@ -119,7 +119,7 @@ class KafkaSettings(Section):
     """Produce each stage batch and commit its offsets in one Kafka transaction, so
     ``read_committed`` readers see every output exactly once (needs a Kafka with the
     transaction coordinator: any Kafka >= 2.5). False: at least once."""
-    instance_id: str | None = None
+    instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
     """Names this process in transactional ids (default: the host name). Give each
     process on one host its own when several run the same stage there."""
 

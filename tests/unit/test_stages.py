@@ -53,3 +53,14 @@ def test_hop_headers_are_added_once_and_say_the_format():
     assert hop_format([("content-type", b"application/vnd.mma-broker.followup-result+json")]) == b"json"
     assert hop_format([]) == b"blob"
     assert dict(with_hop_headers(None))["_id"] != dict(with_hop_headers(None))["_id"]
+
+
+def test_instance_id_is_refused_unless_a_plain_name():
+    import pytest
+
+    from broker.config import SettingsError, load_settings
+
+    assert load_settings(kafka={"instance_id": "pod-7.a"}).kafka.instance_id == "pod-7.a"
+    for bad in ("x\ny", "", "a b", "é", "x" * 201):
+        with pytest.raises(SettingsError, match="kafka.instance_id"):
+            load_settings(kafka={"instance_id": bad})
