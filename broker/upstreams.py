@@ -38,11 +38,6 @@ def _base(settings: Settings, up: UpstreamSettings) -> dict[str, Any]:
         # prefetch up to 128 MB (≈ 3 batches of 500 ZTF alerts of ~77 kB): a smaller
         # queue than one batch halves a worker's rate (docs/benchmarks.md)
         "queued.max.messages.kbytes": 131_072,
-        # when that queue is full librdkafka pauses the fetch of a partition for
-        # fetch.queue.backoff.ms (default 1 s): a third of a worker's wall time went
-        # into such pauses; 50 ms gave 1.64x the alerts/s at the same core-ms per
-        # alert, in the same bench_e2e run (docs/benchmarks.md)
-        "fetch.queue.backoff.ms": 50,
         "isolation.level": "read_committed",
         "topic.metadata.refresh.interval.ms": 5000,
         "partition.assignment.strategy": "cooperative-sticky",
