@@ -42,6 +42,7 @@ from broker.errors import DecodeError
 from broker.event import Event
 from broker.kafka import Backoff, Outgoing
 from broker.limits import DEFAULT_LIMITS, DecodeLimits
+from broker.pipeline.deadletter import reason_kind
 from broker.pipeline.runner import BaseStage, Handled, StageRunner
 from broker.serde import EVENT_CONTENT_TYPE, EventCodec, Provenance, schema_header
 from broker.text import one_line
@@ -172,8 +173,6 @@ class IngestHandler(BaseStage):
                 st.by_kind[(ev.source, ev.mission, ev.alert_type)] += 1
         st.dead_letters += len(dead)
         for _, reason in dead:
-            from broker.pipeline.deadletter import reason_kind
-
             st.dlq_reasons[reason_kind(reason)] += 1
 
 
