@@ -4,8 +4,11 @@ A :class:`LightCurve` is the one shape every light-curve analysis in ``followup`
 takes: bin centres relative to a reference time T0 (UTC), a nominal bin width and
 the counts per bin. :func:`read_ogip_lightcurve` builds one from any OGIP
 light-curve FITS file (OGIP/93-003 timing keywords) with a ``TIME`` column and a
-``RATE`` or ``COUNTS`` column: INTEGRAL SPI-ACS light curves from MMODA, and
-IBIS/ISGRI, JEM-X or PICsIT light curves from OSA.
+``RATE`` or ``COUNTS`` column, plus the 1-sigma error column when there is one
+(``ERROR``, ``RATE_ERR``, ``COUNTS_ERR``, ``FLUX_ERR``, ``ERR``): INTEGRAL SPI-ACS
+light curves from MMODA, and IBIS/ISGRI, JEM-X or PICsIT light curves from OSA (the
+latter background-subtracted, so their ``ERROR`` column, not the counts, gives the
+noise; see :mod:`followup.excess`).
 
 Time handling follows OGIP/93-003: ``TIME`` + ``TIMEZERO`` is a time in
 ``TIMEUNIT`` since ``MJDREF`` (or ``MJDREFI`` + ``MJDREFF``) in the ``TIMESYS``
@@ -81,6 +84,9 @@ class LightCurve:
         Nominal bin width, seconds (``TIMEDEL``).
     counts : numpy.ndarray, shape (N,)
         Counts in each bin (``rate * bin_s`` when the file gives rates).
+    error : numpy.ndarray, shape (N,), optional
+        1-sigma uncertainty of ``counts`` per bin, counts (``error_rate * bin_s`` for a
+        rate column); None when the file has no error column. Finite and >= 0.
     instrument : str
         Instrument name as in the file (``INSTRUME``), e.g. ``"SPI-ACS"``.
     meta : Mapping[str, Any]
@@ -93,6 +99,7 @@ class LightCurve:
     counts: np.ndarray
     instrument: str = "unknown"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    error: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "t0", to_utc_time(self.t0))
@@ -106,6 +113,13 @@ class LightCurve:
             raise LightCurveError(f"light curve bin_s must be positive, got {self.bin_s}")
         if time_s.size > 1 and np.any(np.diff(time_s) <= 0):
             raise LightCurveError("light curve time_s must be strictly increasing")
+        if self.error is not None:
+            error = np.asarray(self.error, dtype=float)
+            if error.shape != counts.shape:
+                raise LightCurveError(f"light curve error {error.shape} and counts {counts.shape} must have equal shapes")
+            _check_errors(error, "error")
+            error.setflags(write=False)
+            object.__setattr__(self, "error", error)
         time_s.setflags(write=False)
         counts.setflags(write=False)
         object.__setattr__(self, "time_s", time_s)
@@ -138,12 +152,37 @@ class LightCurve:
         """
         new_t0 = to_utc_time(t0)
         shift_s = float((self.t0 - new_t0).to_value("s"))
-        return LightCurve(new_t0, self.time_s + shift_s, self.bin_s, self.counts, self.instrument, self.meta)
+        return LightCurve(new_t0, self.time_s + shift_s, self.bin_s, self.counts, self.instrument, self.meta,
+                          self.error)
 
     def between(self, start_s: float, stop_s: float) -> "LightCurve":
         """Return the bins whose centres lie in ``[start_s, stop_s)`` (seconds from T0)."""
         keep = (self.time_s >= start_s) & (self.time_s < stop_s)
-        return LightCurve(self.t0, self.time_s[keep], self.bin_s, self.counts[keep], self.instrument, self.meta)
+        return self.select(keep)
+
+    def select(self, keep: np.ndarray) -> "LightCurve":
+        """Return the bins where the boolean mask (or index array) ``keep`` selects, errors included."""
+        error = None if self.error is None else self.error[keep]
+        return LightCurve(self.t0, self.time_s[keep], self.bin_s, self.counts[keep], self.instrument, self.meta,
+                          error)
+
+    def with_counts(self, counts: np.ndarray) -> "LightCurve":
+        """Return the same bins (and errors) with other counts, shape (N,): for simulations and injections."""
+        return LightCurve(self.t0, self.time_s, self.bin_s, counts, self.instrument, self.meta, self.error)
+
+
+_ERROR_COLUMNS = ("ERROR", "RATE_ERR", "COUNTS_ERR", "FLUX_ERR", "ERR")
+
+
+def _check_errors(error: np.ndarray, column: str, rows: np.ndarray | None = None, where: str = "light curve") -> None:
+    """Raise LightCurveError naming the column and first row (1-based FITS row) of a bad error."""
+    bad = ~np.isfinite(error) | (error < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        row = k if rows is None else int(rows[k])
+        raise LightCurveError(
+            f"{where}: {column} row {row + 1} is {error[k]!r}; a 1-sigma error must be finite and >= 0"
+        )
 
 
 def _header_float(header: fits.Header, key: str, default: float | None, where: str) -> float:
@@ -197,13 +236,17 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
     -------
     LightCurve
         Bin centres relative to ``t0`` (s); counts per bin. Multi-channel
-        ``RATE``/``COUNTS`` columns are summed over channels.
+        ``RATE``/``COUNTS`` columns are summed over channels (their errors in
+        quadrature). ``error`` comes from the first of ``ERROR``, ``RATE_ERR``,
+        ``COUNTS_ERR``, ``FLUX_ERR``, ``ERR`` present, scaled exactly like the value
+        column (times ``TIMEDEL`` for a rate); None without such a column.
 
     Raises
     ------
     LightCurveError
         The file cannot be opened, has no usable table, lacks the timing keywords,
-        or has no finite rows. The message names the file.
+        has no finite rows, or has a non-finite or negative error on a row that is
+        kept. The message names the file (and the column and 1-based row).
 
     Notes
     -----
@@ -233,6 +276,13 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
         values = np.asarray(hdu.data[column], dtype=float)
         if values.ndim > 1:
             values = values.reshape(values.shape[0], -1).sum(axis=1)
+        names = {n.upper(): n for n in hdu.columns.names}
+        error_column = next((names[c] for c in _ERROR_COLUMNS if c in names), None)
+        errors = None
+        if error_column is not None:
+            errors = np.asarray(hdu.data[error_column], dtype=float)
+            if errors.ndim > 1:
+                errors = np.sqrt((errors.reshape(errors.shape[0], -1) ** 2).sum(axis=1))
         instrument = str(header.get("INSTRUME", hdul[0].header.get("INSTRUME", "unknown"))).strip()
         timepixr = _header_float(header, "TIMEPIXR", 0.5, where)
         tdel = header.get("TIMEDEL")
@@ -240,9 +290,13 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
     finite = np.isfinite(time_col_s) & np.isfinite(values)
     if not finite.any():
         raise LightCurveError(f"{where}: no finite TIME/{column} rows")
+    rows = np.flatnonzero(finite)
     time_col_s, values = time_col_s[finite], values[finite]
     order = np.argsort(time_col_s, kind="stable")
-    time_col_s, values = time_col_s[order], values[order]
+    time_col_s, values, rows = time_col_s[order], values[order], rows[order]
+    if errors is not None:
+        errors = errors[rows]
+        _check_errors(errors, error_column, rows, where)
     if tdel is not None and float(tdel) > 0:
         bin_s = float(tdel) * unit_s
     elif time_col_s.size > 1:
@@ -251,6 +305,8 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
         raise LightCurveError(f"{where}: TIMEDEL missing and only one row to infer the bin width")
     centres_s = time_col_s + (0.5 - timepixr) * bin_s
     counts = values * bin_s if column == "RATE" else values
+    if errors is not None and column == "RATE":
+        errors = errors * bin_s
     # Anchor: the TIMEZERO instant, converted from the file's scale to UTC by astropy.
     anchor = (reference + TimeDelta(timezero_s, format="sec")).utc
     t0_utc = anchor if t0 is None else to_utc_time(t0)
@@ -259,6 +315,7 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
         "source": where,
         "extname": extname,
         "column": column,
+        "error_column": error_column,
         "timesys": str(header.get("TIMESYS", "TT")).strip(),
         "mjdref": float(reference.mjd),
         "timezero_s": timezero_s,
@@ -266,4 +323,4 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
         "telescope": str(header.get("TELESCOP", "")).strip(),
     }
     logger.debug("read %d bins of %s from %s (bin %.3f s)", counts.size, instrument, where, bin_s)
-    return LightCurve(t0_utc, centres_s + offset_s, bin_s, counts, instrument, meta)
+    return LightCurve(t0_utc, centres_s + offset_s, bin_s, counts, instrument, meta, errors)

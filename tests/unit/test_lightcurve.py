@@ -112,3 +112,49 @@ def test_bad_files_raise_one_line_naming_the_file(tmp_path, name, content):
 def test_lightcurve_rejects_mismatched_shapes():
     with pytest.raises(LightCurveError):
         LightCurve("2023-03-07T15:44:06.67Z", np.arange(3.0), 0.1, np.ones(4))
+
+
+def test_error_column_scaled_like_rate_and_kept_by_slicing(raw):
+    header, _, rate = raw
+    with fits.open(LC_PATH) as hdul:
+        error_cps = np.array(hdul["RATE"].data["ERROR"])
+    lc = read_ogip_lightcurve(LC_PATH, t0=GBM_T0)
+    assert lc.meta["error_column"] == "ERROR"
+    np.testing.assert_allclose(lc.error, error_cps * header["TIMEDEL"], rtol=1e-12)
+    # The SPI-ACS file's ERROR is (on almost every row) the Poisson error of the counts.
+    assert np.median(lc.error ** 2 / lc.counts) == pytest.approx(1.0, abs=1e-9)
+    part = lc.between(-10.0, 10.0).relative_to("2023-03-07T15:44:00Z")
+    keep = (lc.time_s >= -10.0) & (lc.time_s < 10.0)
+    np.testing.assert_array_equal(part.error, lc.error[keep])
+    assert lc.with_counts(lc.counts * 0).error is lc.error
+
+
+def _isgri_like_file(path, error_cps, column="ERROR"):
+    cols = [fits.Column("TIME", "D", array=np.arange(4.0) * 10.0),
+            fits.Column("RATE", "D", array=np.array([0.5, -0.2, 0.1, 0.3])),
+            fits.Column(column, "D", array=np.asarray(error_cps, dtype=float))]
+    hdu = fits.BinTableHDU.from_columns(cols, name="ISGR-SRC.-LCR")
+    hdu.header.update({"TIMESYS": "TT", "MJDREF": 51544.0, "TIMEZERO": 0.0, "TIMEUNIT": "s", "TIMEDEL": 10.0,
+                       "INSTRUME": "IBIS"})
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    return path
+
+
+def test_rate_err_column_and_no_error_column(tmp_path):
+    lc = read_ogip_lightcurve(_isgri_like_file(tmp_path / "a.fits", [0.1, 0.2, 0.3, 0.4], "RATE_ERR"))
+    np.testing.assert_allclose(lc.error, [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(lc.counts, [5.0, -2.0, 1.0, 3.0])
+    cols = [fits.Column("TIME", "D", array=np.arange(3.0)), fits.Column("COUNTS", "J", array=[1, 2, 3])]
+    hdu = fits.BinTableHDU.from_columns(cols)
+    hdu.header["MJDREF"] = 51544.0
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / "b.fits")
+    assert read_ogip_lightcurve(tmp_path / "b.fits").error is None
+
+
+@pytest.mark.parametrize("bad, row", [([0.1, np.nan, 0.3, 0.4], 2), ([0.1, 0.2, 0.3, -0.4], 4)])
+def test_bad_errors_name_the_column_and_row(tmp_path, bad, row):
+    path = _isgri_like_file(tmp_path / "bad.fits", bad)
+    with pytest.raises(LightCurveError, match=rf"ERROR row {row} "):
+        read_ogip_lightcurve(path)
+    with pytest.raises(LightCurveError, match=r"error row 2 "):
+        LightCurve(GBM_T0, np.arange(3.0), 1.0, np.ones(3), error=np.array([1.0, -1.0, 1.0]))
