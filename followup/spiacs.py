@@ -16,9 +16,9 @@ them; every :class:`MapLimit` carries its band), with the response of
 :mod:`followup.response`: a counts-to-fluence factor fitted to published INTEGRAL GCN
 Circulars in 75-1000 keV, converted to the band through each spectrum's energy
 integrals, and divided by the direction's fraction of optimal response. The same
-conversion turns the counts at which 50 % and 90 % of injected bursts are detected
-(``detection_50_counts`` / ``detection_90_counts`` of the excess search, when it gives
-them) into fluences and peak fluxes.
+conversion turns the counts at which 50 % and 90 % of bursts are detected by the blind
+search (``detection_50_counts`` / ``detection_90_counts`` of the excess search; ``None``
+where it gives no finite value) into fluences and peak fluxes.
 
 For a sky map given as direction samples with probabilities, each quantity is reported
 at the best direction (lowest limit, i.e. highest response), at the most probable
@@ -204,8 +204,7 @@ def _map_limit(values: np.ndarray, dirs: _Directions) -> MapLimit:
     )
 
 
-def _optional_counts(row: object, name: str) -> float | None:
-    value = getattr(row, name, None)
+def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
@@ -268,8 +267,8 @@ def run_spiacs_analysis(
 
     limits = []
     for row in excess.scales:
-        det50 = _optional_counts(row, "detection_50_counts")
-        det90 = _optional_counts(row, "detection_90_counts")
+        det50 = _finite_or_none(row.detection_50_counts)
+        det90 = _finite_or_none(row.detection_90_counts)
         limits.append(
             ScaleLimit(
                 scale_s=row.scale_s,
