@@ -161,7 +161,7 @@ class OrbitTable:
     x_vec, z_vec : numpy.ndarray, shape (n, 3)
         Unit vectors of the spacecraft X and Z axes (J2000).
     source : str
-        Where the table came from (file name or URL), for messages.
+        Where the table came from (file name, never a directory path; ``<bytes>``), for messages.
     """
 
     mjd_utc: np.ndarray
@@ -185,7 +185,8 @@ class OrbitTable:
             body = gzip.decompress(path_or_bytes) if path_or_bytes[:2] == b"\x1f\x8b" else path_or_bytes
             source, opened = "<bytes>", fits.open(io.BytesIO(body))
         else:
-            source, opened = str(path_or_bytes), fits.open(path_or_bytes)
+            # the file name only: the source appears in messages, which never carry a host path
+            source, opened = Path(path_or_bytes).name, fits.open(path_or_bytes)
         with opened as hdul:
             if ORBIT_EXTNAME not in hdul:
                 raise ValueError(f"{source}: no {ORBIT_EXTNAME} table (not an INTEGRAL orbit file)")
@@ -248,6 +249,7 @@ class OrbitTable:
             revol=int(self.revol[i]),
             revol_phase=float(self.revol_phase[i] + f * (self.revol_phase[j] - self.revol_phase[i])),
             distance_km=float(self.distance_km[i] + f * (self.distance_km[j] - self.distance_km[i])),
+            source=f"orbit file {self.source}",
         )
 
     def pointing_at(self, t0: TimeLike) -> Pointing | NoData:

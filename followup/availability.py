@@ -6,9 +6,17 @@ the end of science operations on 2025-02-28. Inside that span data are still mis
 * near perigee: the instruments do not take science data while the spacecraft crosses
   the radiation belts. ESA's mission description puts science observations above an
   altitude of about 40 000 km, about 90 % of each revolution (the revolution starts at
-  perigee, so the belts are crossed around revolution phase 0). When an orbit file
-  (``INTL-ORBI-SCP``, columns ``REVOL_PHASE`` and ``DISTANCE``) covers T0, the spacecraft
-  altitude and phase at T0 decide (:class:`BeltModel`);
+  perigee, so the belts are crossed around revolution phase 0). Two sources decide, and
+  the perigee check runs on every request with whichever covers T0:
+
+  - the measured belt passages of each revolution 2-2131 (2002-10-19 .. 2019-09-01:
+    perigee time, belt exit and entry where the IREM TC3 soft-electron rate reads 600
+    counts; :class:`BeltPassages`, bundled ``followup/data/integral_belt_passages.tsv``);
+  - an orbit file (``INTL-ORBI-SCP``, columns ``REVOL_PHASE`` and ``DISTANCE``) covering
+    T0: the spacecraft altitude and phase at T0 (:class:`BeltModel`).
+
+  When neither covers T0 the result says so ("perigee check not run: ..."), never
+  silently (:func:`integral_coverage`);
 * in telemetry gaps: a light curve that is returned but has no bins around T0
   (:func:`lightcurve_coverage`).
 
@@ -19,12 +27,14 @@ kind and the reason. Services that cannot be reached give ``NoData(kind=
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Protocol, TypeVar, Union
+from typing import Any, Callable, Iterable, Literal, Protocol, TypeVar, Union
 
 import httpx
 
@@ -116,13 +126,35 @@ def iso_utc(t: Time) -> str:
 
 @dataclass(frozen=True)
 class OrbitState:
-    """INTEGRAL's orbit at one time: what the perigee check reads (an orbit table, e.g.
-    :meth:`followup.attitude.OrbitTable.state_at`, interpolates it)."""
+    """INTEGRAL's orbit at one time: what the perigee check reads.
+
+    An orbit table (:meth:`followup.attitude.OrbitTable.state_at`) interpolates the
+    phase and distance; the belt-passage table (:meth:`BeltPassages.state_at`) gives the
+    phase and the measured belt exit/entry of the revolution, but no distance.
+
+    Attributes
+    ----------
+    time : str
+        ISO UTC time of the state.
+    revol : int
+        Revolution number (a revolution starts at perigee).
+    revol_phase : float
+        Revolution phase, 0 at perigee, in [0, 1).
+    distance_km : float
+        Geocentric distance, km; NaN when unknown.
+    belt_exit_utc, belt_entry_utc : str or None
+        Measured radiation-belt exit and entry of this revolution (ISO UTC), when known.
+    source : str
+        What gave the state, for the text (``"orbit file"``, ``"belt passages"``).
+    """
 
     time: str
     revol: int
     revol_phase: float
     distance_km: float
+    belt_exit_utc: str | None = None
+    belt_entry_utc: str | None = None
+    source: str = "orbit file"
 
 
 class OrbitStates(Protocol):
@@ -154,8 +186,231 @@ class BeltModel:
     belt_entry_phase: float = 0.95
 
 
+#: IJD 0 of the belt-passage table: its day numbers are UTC days since 2000-01-01
+#: (checked: the perigee IJD of every row equals its UTC date and time within 6 s).
+_PASSAGES_IJD0_MJD_UTC = 51544.0
+#: A revolution lasted 2.99 d (2002-2015) then 2.66 d; a row whose next perigee is
+#: further than these bounds has a gap in the table and gives no phase.
+_PERIOD_BOUNDS_D = (2.0, 4.0)
+
+
+class BeltPassages:
+    """Measured radiation-belt passages of each INTEGRAL revolution.
+
+    Reads the tab-separated table ISDC published per revolution (bundled as
+    ``followup/data/integral_belt_passages.tsv``, revolutions 2-2131, 2002-10-19 to
+    2019-09-01; origin in ``followup/data/README.md``): revolution, perigee date and
+    time (UTC), perigee IJD, belt exit IJD, belt entry IJD, exit and entry altitude
+    (km); ``nan`` where not measured. Exit and entry are where the IREM TC3 (soft
+    electrons) rate reads 600 counts, read from the IREM display to about 1/1000 day
+    (~90 s). Exit/entry values outside their revolution (a few typing errors in the
+    table, e.g. revolution 1774's exit) are treated as not measured, and the nominal
+    phases of :class:`BeltModel` decide for that revolution.
+
+    Parameters
+    ----------
+    text : str
+        The table's text.
+    source : str
+        Name used in messages (no host path).
+
+    Raises
+    ------
+    ValueError
+        If no row can be read.
+    """
+
+    def __init__(self, text: str, source: str = "measured belt passages") -> None:
+        revol, perigee, exit_, entry = [], [], [], []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) < 6 or not fields[0].isdigit():
+                continue
+            values = [_float(f) for f in fields[3:6]]
+            if math.isnan(values[0]):
+                continue
+            revol.append(int(fields[0]))
+            perigee.append(values[0])
+            exit_.append(values[1])
+            entry.append(values[2])
+        if not revol:
+            raise ValueError(f"{source}: no belt-passage rows")
+        order = np.argsort(perigee)
+        self.revol = np.asarray(revol)[order]
+        self.perigee_ijd = np.asarray(perigee)[order]
+        nxt = np.append(self.perigee_ijd[1:], np.nan)
+        period = nxt - self.perigee_ijd
+        consecutive = np.append(np.diff(self.revol) == 1, False)
+        ok = consecutive & (period >= _PERIOD_BOUNDS_D[0]) & (period <= _PERIOD_BOUNDS_D[1])
+        self.next_perigee_ijd = np.where(ok, nxt, np.nan)
+        exit_a, entry_a = np.asarray(exit_)[order], np.asarray(entry)[order]
+        with np.errstate(invalid="ignore"):
+            exit_ok = (exit_a >= self.perigee_ijd) & (exit_a <= self.perigee_ijd + 0.5 * period)
+            entry_ok = (entry_a >= self.perigee_ijd + 0.5 * period) & (entry_a <= nxt)
+        self.exit_ijd = np.where(exit_ok, exit_a, np.nan)
+        self.entry_ijd = np.where(entry_ok, entry_a, np.nan)
+        self.source = source
+
+    @classmethod
+    def bundled(cls) -> BeltPassages:
+        """The table shipped with the package (read once per process)."""
+        return _bundled_passages()
+
+    def in_belts(self, mjd_utc: np.ndarray, belts: BeltModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorized belt check for many times (e.g. a trigger catalogue).
+
+        Parameters
+        ----------
+        mjd_utc : numpy.ndarray, shape (n,)
+            Times, MJD (UTC).
+        belts : BeltModel, optional
+            Nominal phases used for revolutions without a measured exit or entry.
+
+        Returns
+        -------
+        covered : numpy.ndarray of bool, shape (n,)
+            The table gives the revolution at that time.
+        in_belts : numpy.ndarray of bool, shape (n,)
+            Covered and inside a belt passage (False where not covered).
+        """
+        belts = belts or BeltModel()
+        ijd = np.asarray(mjd_utc, dtype=float) - _PASSAGES_IJD0_MJD_UTC
+        i = np.searchsorted(self.perigee_ijd, ijd, side="right") - 1
+        ic = np.clip(i, 0, None)
+        start, stop = self.perigee_ijd[ic], self.next_perigee_ijd[ic]
+        with np.errstate(invalid="ignore"):
+            covered = (i >= 0) & np.isfinite(stop) & (ijd < stop)
+            phase = (ijd - start) / (stop - start)
+            exit_, entry = self.exit_ijd[ic], self.entry_ijd[ic]
+            before = np.where(np.isnan(exit_), phase < belts.belt_exit_phase, ijd < exit_)
+            after = np.where(np.isnan(entry), phase > belts.belt_entry_phase, ijd > entry)
+        return covered, covered & (before | after)
+
+    def state_at(self, t0: TimeLike) -> OrbitState | None:
+        """Revolution, phase and the measured belt exit/entry at ``t0``; None outside the table."""
+        t = as_time(t0)
+        ijd = float(t.utc.mjd) - _PASSAGES_IJD0_MJD_UTC
+        i = int(np.searchsorted(self.perigee_ijd, ijd, side="right")) - 1
+        if i < 0 or math.isnan(self.next_perigee_ijd[i]) or ijd >= self.next_perigee_ijd[i]:
+            return None
+        start, stop = self.perigee_ijd[i], self.next_perigee_ijd[i]
+
+        def utc(value: float) -> str | None:
+            # to the minute: the table is good to ~1/1000 day
+            return None if math.isnan(value) else Time(
+                value + _PASSAGES_IJD0_MJD_UTC, format="mjd", scale="utc").isot[:16] + "Z"
+
+        return OrbitState(time=iso_utc(t), revol=int(self.revol[i]), revol_phase=float((ijd - start) / (stop - start)),
+                          distance_km=float("nan"), belt_exit_utc=utc(self.exit_ijd[i]),
+                          belt_entry_utc=utc(self.entry_ijd[i]), source=self.source)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_passages() -> BeltPassages:
+    from followup.bundled import bundled_data_dir
+
+    path = bundled_data_dir() / BELT_PASSAGES_FILE
+    return BeltPassages(path.read_text(encoding="ascii"))
+
+
+#: File name of the bundled belt-passage table (in ``followup/data``).
+BELT_PASSAGES_FILE = "integral_belt_passages.tsv"
+
+
+@dataclass(frozen=True)
+class PerigeeCheck:
+    """Outcome of the perigee / radiation-belt check at T0.
+
+    Attributes
+    ----------
+    ran : bool
+        False when no orbit data cover T0.
+    in_belts : bool
+        True when T0 is in a perigee passage (only when ``ran``).
+    text : str
+        One line: what was checked and what it found, or why it did not run.
+    """
+
+    ran: bool
+    in_belts: bool
+    text: str
+
+
+def _state_verdict(t: Time, state: OrbitState, belts: BeltModel) -> tuple[bool, str]:
+    parts = [f"revolution {state.revol}, phase {state.revol_phase:.4f}"]
+    in_belts = False
+    if math.isfinite(state.distance_km):
+        altitude_km = state.distance_km - EARTH_RADIUS_KM
+        parts.append(f"altitude {altitude_km:.0f} km")
+        in_belts |= altitude_km < belts.min_altitude_km
+    if state.belt_exit_utc is not None or state.belt_entry_utc is not None:
+        if state.belt_exit_utc is not None:
+            parts.append(f"belt exit {state.belt_exit_utc}")
+            in_belts |= t < as_time(state.belt_exit_utc)
+        else:
+            in_belts |= state.revol_phase < belts.belt_exit_phase
+        if state.belt_entry_utc is not None:
+            parts.append(f"belt entry {state.belt_entry_utc}")
+            in_belts |= t > as_time(state.belt_entry_utc)
+        else:
+            in_belts |= state.revol_phase > belts.belt_entry_phase
+    else:
+        in_belts |= not belts.belt_exit_phase <= state.revol_phase <= belts.belt_entry_phase
+        parts.append(f"science phases {belts.belt_exit_phase}-{belts.belt_entry_phase}")
+    return in_belts, f"{state.source}: {', '.join(parts)}"
+
+
+def perigee_check(t0: TimeLike, orbits: Iterable[Any] = (), belts: BeltModel | None = None,
+                  passages: BeltPassages | None = None) -> PerigeeCheck:
+    """Is INTEGRAL in a radiation-belt passage at T0?
+
+    Parameters
+    ----------
+    t0 : Time, datetime, str or float
+        Event time (UTC).
+    orbits : iterable of OrbitStates, NoData or None
+        Orbit tables (:class:`followup.attitude.OrbitTable`); a NoData entry (no orbit
+        file for T0, service unreachable) is named in the text when nothing else covers T0.
+    belts : BeltModel, optional
+        Altitude threshold and nominal phases; default :class:`BeltModel()`.
+    passages : BeltPassages, optional
+        Measured belt passages; default the bundled table (:meth:`BeltPassages.bundled`).
+
+    Returns
+    -------
+    PerigeeCheck
+        In the belts when any covering source says so (altitude below the threshold,
+        before the measured exit or after the measured entry, or outside the nominal
+        phases when no passage was measured).
+    """
+    t = as_time(t0)
+    belts = belts or BeltModel()
+    sources = [o for o in orbits if o is not None]
+    reasons = [o.reason for o in sources if isinstance(o, NoData)]
+    sources = [o for o in sources if not isinstance(o, NoData)]
+    sources.append(passages if passages is not None else BeltPassages.bundled())
+    verdicts = []
+    for source in sources:
+        state = source.state_at(t)
+        if state is not None:
+            verdicts.append(_state_verdict(t, state, belts))
+    if not verdicts:
+        why = "; ".join(reasons + ["the measured belt passages cover 2002-10-19 to 2019-09-01"])
+        return PerigeeCheck(False, False, f"not run: no orbit data for T0 ({why})")
+    in_belts = any(v for v, _ in verdicts)
+    text = "; ".join(line for v, line in verdicts if v == in_belts)
+    return PerigeeCheck(True, in_belts, text)
+
+
 def check_integral_coverage(
-    t0: TimeLike, orbit: OrbitStates | None = None, belts: BeltModel | None = None
+    t0: TimeLike, orbit: Any = None, belts: BeltModel | None = None, passages: BeltPassages | None = None
 ) -> NoData | None:
     """Say whether INTEGRAL could have data at T0.
 
@@ -163,46 +418,64 @@ def check_integral_coverage(
     ----------
     t0 : Time, datetime, str or float
         Event time (UTC).
-    orbit : OrbitStates, optional
-        Orbit samples (``INTL-ORBI-SCP``, :class:`followup.attitude.OrbitTable`). When they cover T0, the altitude and
-        revolution phase at T0 are checked against ``belts``; when they do not, or
-        when no orbit is given, only the mission span is checked.
+    orbit : OrbitStates, NoData, sequence of them, or None
+        Orbit samples (``INTL-ORBI-SCP``, :class:`followup.attitude.OrbitTable`). When they
+        cover T0, the altitude and revolution phase at T0 are checked against ``belts``.
     belts : BeltModel, optional
         Perigee-passage criteria; default :class:`BeltModel()`.
+    passages : BeltPassages, optional
+        Measured belt passages, always consulted; default the bundled table.
 
     Returns
     -------
     NoData or None
         ``NoData(kind="outside_mission")`` before 2002-10-17 or after 2025-02-28,
-        ``NoData(kind="data_gap")`` during a perigee passage, else None.
+        ``NoData(kind="data_gap")`` during a perigee passage (the reason names the
+        revolution and phase), else None (also when no orbit data cover T0: use
+        :func:`integral_coverage` to learn whether the perigee check ran).
     """
+    missing, _ = _coverage(t0, orbit, belts, passages)
+    return missing
+
+
+def integral_coverage(
+    t0: TimeLike, orbit: Any = None, belts: BeltModel | None = None, passages: BeltPassages | None = None
+) -> dict[str, Any]:
+    """The JSON coverage value of a follow-up: why there is no data, or what was checked.
+
+    Parameters are those of :func:`check_integral_coverage`.
+
+    Returns
+    -------
+    dict
+        ``NoData.to_dict()`` (outside the mission, perigee passage), or
+        ``{"covered": True, "perigee_check": "passed: revolution 789, phase 0.6317, ..."}``
+        / ``{"covered": True, "perigee_check": "not run: no orbit data for T0 (...)"}``.
+    """
+    missing, check = _coverage(t0, orbit, belts, passages)
+    if missing is not None:
+        return missing.to_dict()
+    return {"covered": True, "perigee_check": check.text if not check.ran else f"passed: {check.text}"}
+
+
+def _coverage(t0: TimeLike, orbit: Any, belts: BeltModel | None,
+              passages: BeltPassages | None) -> tuple[NoData | None, PerigeeCheck | None]:
     t = as_time(t0)
     if t < Time(MISSION_START_UTC, scale="utc"):
-        return NoData(f"T0 {iso_utc(t)} is before INTEGRAL's first data (2002-10-17)", "outside_mission")
+        return NoData(f"T0 {iso_utc(t)} is before INTEGRAL's first data (2002-10-17)", "outside_mission"), None
     if t > Time(MISSION_END_UTC, scale="utc"):
         return NoData(
             f"T0 {iso_utc(t)} is after the end of INTEGRAL science operations (2025-02-28)",
             "outside_mission",
-        )
-    if orbit is None:
-        return None
-    state = orbit.state_at(t)
-    if state is None:
-        logger.debug("orbit table does not cover %s; perigee check skipped", iso_utc(t))
-        return None
-    belts = belts or BeltModel()
-    altitude_km = state.distance_km - EARTH_RADIUS_KM
-    in_belts = altitude_km < belts.min_altitude_km or not (
-        belts.belt_exit_phase <= state.revol_phase <= belts.belt_entry_phase
-    )
-    if in_belts:
-        return NoData(
-            f"T0 {iso_utc(t)} is in a perigee passage (revolution {state.revol}, phase "
-            f"{state.revol_phase:.4f}, altitude {altitude_km:.0f} km; science data above "
-            f"{belts.min_altitude_km:.0f} km, phases {belts.belt_exit_phase}-{belts.belt_entry_phase})",
-            "data_gap",
-        )
-    return None
+        ), None
+    orbits = orbit if isinstance(orbit, (list, tuple)) else [orbit]
+    check = perigee_check(t, orbits, belts, passages)
+    if not check.ran:
+        logger.debug("perigee check at %s %s", iso_utc(t), check.text)
+    if check.in_belts:
+        return NoData(f"T0 {iso_utc(t)} is in a perigee passage through the radiation belts, when INTEGRAL "
+                      f"takes no science data ({check.text})", "data_gap"), check
+    return None, check
 
 
 # ----------------------------------------------------------------------------- services
