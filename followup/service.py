@@ -7,7 +7,11 @@ analysis idea): the same request twice computes nothing the second time, and the
 result lists each step's key and whether it was a hit.
 
 Steps (names as in the lineage): ``integral.coverage`` (mission span 2002-10-17 …
-2025-02-28), ``lightcurve.fetch`` (SPI-ACS OGIP FITS from the configured source),
+2025-02-28 and the perigee / radiation-belt check, on every request: the orbit file of
+the attitude source where it covers T0, the measured belt passages of 2002-2019
+otherwise; when nothing covers T0 the value says ``"perigee_check": "not run: ..."``),
+``lightcurve.fetch`` (SPI-ACS OGIP FITS from the configured source, over T0 ± the search
+window plus the background the search needs beyond it),
 ``attitude.pointing`` (INTEGRAL X/Z axes at T0), ``spiacs.analysis`` (excess search,
 limits over the source directions, PNG plot, text), ``ibis.visibility`` and
 ``isgri.products`` (MMODA, only when IBIS saw the event).
@@ -29,9 +33,10 @@ import numpy as np
 
 from broker.event import Event
 from followup import steps
-from followup.availability import check_integral_coverage
+from followup.availability import NoData, integral_coverage
 from followup.cache import (
     LineageRecord, ProvenanceCache, StepOutput, canonical_json, code_version, input_key, lineage_key,
+    source_identity,
 )
 from followup.messages import utc_now
 
@@ -47,7 +52,8 @@ class FollowupParams:
     Attributes
     ----------
     window_s : float
-        Half-width of the light-curve window around T0, s.
+        Half-width of the search window around T0, s. The light curve is fetched over
+        a longer span (:func:`followup.steps.required_half_span_s`) for the background.
     max_sky_samples : int
         Sky maps: the highest-probability pixels used as source directions.
     min_ibis_prob : float
@@ -99,7 +105,9 @@ class FollowupResult:
         ``no_data`` when no requested analysis produced a measurement.
     analyses : dict
         Per analysis (``spiacs``, ``ibis_visibility``, ``isgri``): the structured
-        result, or ``{"no_data": true, "kind", "reason"}``.
+        result, or ``{"no_data": true, "kind", "reason"}``. ``coverage`` (when INTEGRAL
+        could observe at T0) is ``{"covered": true, "perigee_check": "passed: ..." or
+        "not run: ..."}``; ``attitude`` the no-data record when no attitude covers T0.
     summary_text : str
         Plain-text report in the manner of the INTEGRAL circulars.
     plot_png : bytes or None
@@ -190,26 +198,34 @@ def run_followup(event: Event, analyses: Sequence[str], sources: FollowupSources
     t0 = event.time
     out: dict[str, Any] = {}
 
-    def coverage_step() -> StepOutput:
-        missing = check_integral_coverage(t0)
-        return StepOutput(missing.to_dict() if missing is not None else {"covered": True})
+    orbit_unavailable = False
 
-    coverage, _ = run.run("integral.coverage", {"t0": t0}, {}, code_version(check_integral_coverage), coverage_step)
+    def coverage_step() -> StepOutput:
+        nonlocal orbit_unavailable
+        orbit = sources.attitude.orbit_at(t0) if sources.attitude is not None else NoData(
+            "no INTEGRAL orbit/attitude source is configured", "data_gap")
+        orbit_unavailable = isinstance(orbit, NoData) and orbit.kind == "service_unavailable"
+        return StepOutput(integral_coverage(t0, orbit))
+
+    coverage, _ = run.run("integral.coverage", {"t0": t0, "orbit": source_identity(sources.attitude)}, {},
+                          code_version(integral_coverage), coverage_step, keep=lambda v: not orbit_unavailable)
     plot_png = None
     if coverage.get("no_data"):
         for name in analyses:
             out[name] = coverage
     else:
+        out["coverage"] = coverage
         pointing = steps.pointing(run, sources.attitude, t0)
         localization = event.localization
         if "spiacs" in analyses:
-            out["spiacs"], plot_png = steps.spiacs(run, sources.lightcurves, event, pointing, skymap, params)
+            out["spiacs"], plot_png = steps.spiacs(run, sources.lightcurves, event, pointing, skymap, params,
+                                                   coverage)
         if "isgri" in analyses:
             out["ibis_visibility"], out["isgri"] = steps.ibis_isgri(run, sources.isgri, event, pointing,
                                                                     localization, skymap, params)
         if isinstance(pointing, dict) and pointing.get("no_data"):
             out["attitude"] = pointing
-    measured = [k for k, v in out.items() if k != "attitude" and not _no_data_dicts(v)]
+    measured = [k for k, v in out.items() if k not in ("attitude", "coverage") and not _no_data_dicts(v)]
     status = "done" if measured else "no_data"
     text = steps.summary_text(event, out)
     logger.info("follow-up of %s: %s (%s)", event.id, status,

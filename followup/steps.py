@@ -23,11 +23,11 @@ from followup.attitude import Pointing, to_spacecraft_frame
 from followup.availability import NoData
 from followup.cache import StepOutput, code_version, source_identity
 from followup.datasources import checked_lightcurve, fits_bytes_of
-from followup.excess import ExcessSearchError, ExcessSearchParams
+from followup.excess import ExcessSearchError, ExcessSearchParams, search_excess
 from followup.isgri import ISGRI_PRODUCTS, isgri_followup
 from followup.lightcurve import LightCurve, read_ogip_lightcurve
 from followup.plot import plot_lightcurve
-from followup.report import spiacs_summary_text
+from followup.report import fap_text, spiacs_summary_text
 from followup.spiacs import SkyDirection, SpiAcsParams, run_spiacs_analysis
 from followup.visibility import IbisVisibility, ibis_visibility, not_visible
 
@@ -94,10 +94,10 @@ def sky_directions(pointing: Any, localization: Any, skymap: tuple[np.ndarray, n
     return [SkyDirection(float(theta[()]), float(phi[()]), 1.0)], {"method": method}
 
 
-def _plot_png(lc: Any, result: Any) -> bytes:
+def _plot_png(lc: Any, result: Any, name: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="mma-plot-") as tmp:
         path = os.path.join(tmp, "lightcurve.png")
-        plot_lightcurve(lc, result, path)
+        plot_lightcurve(lc, result, path, event_name=name)
         with open(path, "rb") as fh:
             return fh.read()
 
@@ -110,23 +110,57 @@ def event_name(event: Event) -> str:
     return f"{event.mission}{instrument} trigger {event.upstream_id}"
 
 
-def spiacs(run: Any, source: Any, event: Event, attitude: Any, skymap: Any, params: Any) -> tuple[Any, bytes | None]:
-    """Light curve fetch, then the SPI-ACS analysis with plot and text; (value, PNG or None)."""
+def search_params(window_s: float) -> ExcessSearchParams:
+    """Excess-search parameters for a search over T0 ± ``window_s``."""
+    return ExcessSearchParams(search_half_window_s=window_s)
+
+
+def required_half_span_s(window_s: float) -> float:
+    """Half-width of the light curve to fetch, s: the search window plus the background
+    stretch the search needs beyond it (``ExcessSearchParams.required_half_span_s``)."""
+    params = search_params(window_s)
+    return float(getattr(params, "required_half_span_s",
+                         window_s + getattr(params, "background_s", 250.0)))
+
+
+def _coverage_fields(ex: Any) -> dict[str, Any]:
+    """Coverage, flags and noise model of an excess search, for the JSON value."""
+    lo_s, hi_s = ex.search_window_s
+    requested = getattr(ex, "requested_search_window_s", None)
+    coverage = getattr(ex, "coverage", None)
+    if coverage is None and requested is not None:
+        coverage = "full" if (lo_s, hi_s) == tuple(requested) else "partial"
+    return {"coverage": coverage, "search_window_s": [lo_s, hi_s],
+            "requested_search_window_s": None if requested is None else list(requested),
+            "flags": list(getattr(ex, "flags", ()) or ()), "noise_model": getattr(ex, "noise_model", None)}
+
+
+def spiacs(run: Any, source: Any, event: Event, attitude: Any, skymap: Any, params: Any,
+           coverage: dict[str, Any] | None = None) -> tuple[Any, bytes | None]:
+    """Light curve fetch, then the SPI-ACS analysis with plot and text; (value, PNG or None).
+
+    The light curve is fetched over T0 ± :func:`required_half_span_s` so that the whole
+    T0 ± ``params.window_s`` is searched with the background beyond it; a shorter curve
+    is still analysed and the result says the coverage is partial. ``coverage`` (the
+    ``integral.coverage`` value) puts the perigee-check state into the text.
+    """
     t0, window_s = event.time, params.window_s
+    span_s = required_half_span_s(window_s)
 
     def fetch() -> StepOutput:
-        body = source.fetch_fits(t0, window_s, "spi_acs")
+        body = source.fetch_fits(t0, span_s, "spi_acs")
         if isinstance(body, NoData):
             return StepOutput(body.to_dict())
         lc = checked_lightcurve(body, t0, window_s)
         if isinstance(lc, NoData):
             return StepOutput(lc.to_dict())
-        return StepOutput({"instrument": lc.instrument, "bin_s": lc.bin_s, "n_bins": int(lc.time_s.size)},
+        return StepOutput({"instrument": lc.instrument, "bin_s": lc.bin_s, "n_bins": int(lc.time_s.size),
+                           "span_s": [float(lc.time_s[0] - 0.5 * lc.bin_s), float(lc.time_s[-1] + 0.5 * lc.bin_s)]},
                           {"lightcurve.fits": body})
 
     fetched, products = run.run("lightcurve.fetch", {"t0": t0, "source": source_identity(source)},
-                                {"window_s": window_s, "instrument": "spi_acs"}, code_version(checked_lightcurve),
-                                fetch, keep=lambda v: not _transient(v))
+                                {"window_s": window_s, "span_s": span_s, "instrument": "spi_acs"},
+                                code_version(checked_lightcurve), fetch, keep=lambda v: not _transient(v))
     if _no_data(fetched):
         return fetched, None
     body = products["lightcurve.fits"]
@@ -134,10 +168,12 @@ def spiacs(run: Any, source: Any, event: Event, attitude: Any, skymap: Any, para
         directions, info = [], {"method": "none: no attitude at T0"}
     else:
         directions, info = sky_directions(attitude, event.localization, skymap, params.max_sky_samples)
+    name = event_name(event)
+    perigee = (coverage or {}).get("perigee_check")
 
     def analyse() -> StepOutput:
         lc = read_ogip_lightcurve(body, t0)
-        spi_params = SpiAcsParams(search=ExcessSearchParams(search_half_window_s=window_s))
+        spi_params = SpiAcsParams(search=search_params(window_s))
         try:
             result = run_spiacs_analysis(lc, t0, directions or None, spi_params)
         except ExcessSearchError as exc:
@@ -146,14 +182,15 @@ def spiacs(run: Any, source: Any, event: Event, attitude: Any, skymap: Any, para
         value = {
             "detected": ex.detected, "best_time": ex.best_time_utc, "best_offset_s": ex.best_offset_s,
             "best_timescale_s": ex.best_timescale_s, "best_snr": ex.best_snr, "fap": ex.fap,
-            "n_trials": ex.n_trials, "directions": info, "text": spiacs_summary_text(result, event_name(event)),
+            "n_trials": ex.n_trials, **_coverage_fields(ex), "directions": info,
+            "text": spiacs_summary_text(result, name, perigee_check=perigee),
             "result": result.to_dict(),
         }
-        return StepOutput(value, {"lightcurve.png": _plot_png(lc, result)})
+        return StepOutput(value, {"lightcurve.png": _plot_png(lc, result, name)})
 
     code = "+".join(code_version(f) for f in (run_spiacs_analysis, plot_lightcurve, spiacs_summary_text))
     value, out = run.run("spiacs.analysis", {"lightcurve": body, "t0": t0, "directions": directions},
-                         {"window_s": window_s}, code, analyse)
+                         {"window_s": window_s, "event_name": name, "perigee_check": perigee}, code, analyse)
     return value, out.get("lightcurve.png")
 
 
@@ -163,16 +200,52 @@ def _position(localization: Any) -> tuple[float, float]:
     return localization.ra_max, localization.dec_max
 
 
-def _isgri_value(found: dict[str, Any], t0: str) -> StepOutput:
+def lightcurve_search_value(lc: LightCurve, t0: str, window_s: float) -> dict[str, Any]:
+    """Excess search on an IBIS/ISGRI, JEM-X or PICsIT light curve: a JSON value.
+
+    These curves come background-subtracted with a 1-sigma ERROR column (OSA/MMODA
+    source light curves), so only the excess search runs, with the Gaussian-error
+    noise model :func:`followup.excess.search_excess` picks when ``lc.error`` is given;
+    the SPI-ACS response and its fluence limits never apply to them. The limits given
+    are 3-sigma source counts per time scale, in the light curve's own band.
+
+    Parameters
+    ----------
+    lc : LightCurve
+        The light curve (any reference time; re-referenced to ``t0``).
+    t0 : str
+        Event time, ISO UTC.
+    window_s : float
+        Half-width of the search window, s.
+
+    Returns
+    -------
+    dict
+        ``detected``, ``best_time``, ``best_offset_s``, ``best_timescale_s``,
+        ``best_snr``, ``fap``, ``n_trials``, ``coverage``, ``search_window_s``,
+        ``requested_search_window_s``, ``flags``, ``noise_model``, ``instrument`` and
+        ``upper_limits_counts`` (list of ``{"scale_s", "upper_limit_counts"}``); or a
+        no-data dict when the curve does not support a search.
+    """
+    try:
+        ex = search_excess(lc.relative_to(t0), search_params(window_s))
+    except ExcessSearchError as exc:
+        return NoData(f"{lc.instrument} light curve does not support a search: {exc}", "data_gap").to_dict()
+    return {"instrument": lc.instrument, "detected": ex.detected, "best_time": ex.best_time_utc,
+            "best_offset_s": ex.best_offset_s, "best_timescale_s": ex.best_timescale_s, "best_snr": ex.best_snr,
+            "fap": ex.fap, "n_trials": ex.n_trials, **_coverage_fields(ex),
+            "upper_limits_counts": [{"scale_s": row.scale_s, "upper_limit_counts": row.upper_limit_counts}
+                                    for row in ex.scales]}
+
+
+def _isgri_value(found: dict[str, Any], t0: str, window_s: float) -> StepOutput:
     value: dict[str, Any] = {}
     products: dict[str, bytes] = {}
     for name, item in found.items():
         if isinstance(item, NoData):
             value[name] = item.to_dict()
         elif isinstance(item, LightCurve):
-            ex = run_spiacs_analysis(item, t0).excess
-            value[name] = {"detected": ex.detected, "best_offset_s": ex.best_offset_s,
-                           "best_timescale_s": ex.best_timescale_s, "best_snr": ex.best_snr, "fap": ex.fap}
+            value[name] = lightcurve_search_value(item, t0, window_s)
         else:
             names = [entry["prod_name"] for entry in item.as_list()]
             value[name] = {"received": names}
@@ -208,21 +281,36 @@ def ibis_isgri(run: Any, client: Any, event: Event, attitude: Any, localization:
     ra, dec = _position(localization)
     t0 = event.time
     inputs = {"t0": t0, "ra_deg": ra, "dec_deg": dec, "visibility": vis, "mmoda": source_identity(client.mmoda)}
+    span_s = required_half_span_s(params.window_s)
     value, _ = run.run(
-        "isgri.products", inputs, {"window_s": params.window_s, "products": list(ISGRI_PRODUCTS)},
-        code_version(isgri_followup),
-        lambda: _isgri_value(isgri_followup(client, t0, ra, dec, visibility, window_s=params.window_s,
-                                            min_prob=params.min_ibis_prob), t0),
+        "isgri.products", inputs, {"window_s": params.window_s, "span_s": span_s, "products": list(ISGRI_PRODUCTS)},
+        "+".join(code_version(f) for f in (isgri_followup, lightcurve_search_value)),
+        lambda: _isgri_value(isgri_followup(client, t0, ra, dec, visibility, window_s=span_s,
+                                            min_prob=params.min_ibis_prob), t0, params.window_s),
         keep=lambda v: not _transient(v) and not any(_transient(p) for p in v.get("products", {}).values()))
     return vis, value
+
+
+def _isgri_product_text(name: str, value: dict[str, Any]) -> str:
+    if _no_data(value):
+        return f"{name}: no data: {value['reason']}"
+    if "best_snr" in value:
+        verdict = "significant" if value["detected"] else "not significant"
+        partial = ", partial coverage" if value.get("coverage") == "partial" else ""
+        return (f"{name}: best excess S/N {value['best_snr']:.1f} at T0{value['best_offset_s']:+.2f} s on the "
+                f"{value['best_timescale_s']:g} s scale, FAP {fap_text(value['fap'])} ({verdict}{partial})")
+    return f"{name}: received"
 
 
 def summary_text(event: Event, analyses: dict[str, Any]) -> str:
     """Plain-text report of a follow-up: header, SPI-ACS text, IBIS visibility, ISGRI status."""
     parts = [f"INTEGRAL follow-up of {event_name(event)} ({event.alert_type}), T0 = {event.time}."]
+    coverage = analyses.get("coverage")
     spi = analyses.get("spiacs")
     if spi is not None:
         parts.append(f"SPI-ACS: no data: {spi['reason']}" if _no_data(spi) else spi["text"].strip())
+    if coverage is not None and (spi is None or _no_data(spi)):
+        parts.append(f"Radiation-belt (perigee) check: {coverage['perigee_check']}.")
     vis = analyses.get("ibis_visibility")
     if vis is not None:
         if _no_data(vis):
@@ -236,7 +324,6 @@ def summary_text(event: Event, analyses: dict[str, Any]) -> str:
         if _no_data(isgri):
             parts.append(f"ISGRI: no data: {isgri['reason']}")
         else:
-            status = ", ".join(f"{k}: {'no data: ' + v['reason'] if _no_data(v) else 'received'}"
-                               for k, v in isgri["products"].items())
+            status = "; ".join(_isgri_product_text(k, v) for k, v in isgri["products"].items())
             parts.append(f"ISGRI products from MMODA: {status}.")
     return "\n\n".join(parts) + "\n"

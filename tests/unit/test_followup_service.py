@@ -62,6 +62,12 @@ def test_detection_and_cache_hit(tmp_path):
     best = Time(spi["best_time"].rstrip("Z"), scale="utc")
     assert 0 < (best - GRB230307A_T0).to_value("s") < 15  # the burst starts at the GCN trigger time
     assert spi["directions"]["method"].startswith("none")  # no attitude for 2023 in the rev-789 file
+    # the file covers -180.7..+359.3 s: fetched for +/-550 s, searched where it can be, flagged partial
+    assert spi["coverage"] == "partial" and spi["requested_search_window_s"] == [-300.0, 300.0]
+    assert spi["search_window_s"][0] > -300.0 and "partial coverage" in first.summary_text
+    # the perigee check ran and says why it could not decide: never silent
+    assert first.analyses["coverage"]["perigee_check"].startswith("not run: no orbit data for T0")
+    assert "perigee" in first.summary_text and "anywhere in the window" not in first.summary_text
     assert first.plot_png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "SPI-ACS" in first.summary_text and "significant" in first.summary_text
     steps = [r.step for r in first.lineage]
@@ -140,3 +146,58 @@ def test_skymap_from_raw_and_directions(tmp_path):
     assert info["covered_probability"] == pytest.approx(top.sum() / prob.sum())
     assert [d.probability for d in dirs] == pytest.approx(list(top))
     assert all(0 <= d.theta_deg <= 180 for d in dirs)
+
+
+class _Spy(LocalFitsSource):
+    """The local source, recording the half-span each fetch asks for."""
+
+    spans: list = []
+
+    def fetch_fits(self, t0, window_s, instrument="spi_acs"):
+        type(self).spans.append(window_s)
+        return super().fetch_fits(t0, window_s, instrument)
+
+
+def test_fetch_asks_for_the_search_window_plus_background(tmp_path):
+    from followup.excess import ExcessSearchParams
+
+    _Spy.spans = []
+    sources = FollowupSources(_Spy(INTEGRAL), LocalOrbitFiles(INTEGRAL), None)
+    result = run_followup(_header_event(), ["spiacs"], sources, DirectoryCache(tmp_path))
+    assert _Spy.spans == [ExcessSearchParams().required_half_span_s] == [550.0]
+    assert result.status == "done"
+
+
+def _rev789_event(t0: str) -> Event:
+    return Event(id=f"test:rev789-{t0}", source="gcn", messenger="em", mission="INTEGRAL", instrument="IBAS",
+                 upstream_id="rev789", alert_type="test", time=t0, format="json",
+                 localization={"type": "point", "ra": 10.0, "dec": 20.0})
+
+
+def test_perigee_passage_of_revolution_789_is_no_data(tmp_path):
+    """Revolution 789 began at perigee 2009-03-30T04:51:40; the belts were left at 08:55."""
+    result = run_followup(_rev789_event("2009-03-30T05:30:00.000Z"), ["spiacs", "isgri"], _sources(),
+                          DirectoryCache(tmp_path))
+    assert result.status == "no_data" and [r.step for r in result.lineage] == ["integral.coverage"]
+    spi = result.analyses["spiacs"]
+    assert spi["kind"] == "data_gap" and "perigee passage" in spi["reason"]
+    assert "revolution 789, phase 0.00" in spi["reason"]
+    assert "perigee passage" in result.summary_text
+
+
+def test_apogee_of_revolution_789_passes_the_perigee_check(tmp_path):
+    result = run_followup(_rev789_event("2009-04-01T02:30:00.000Z"), ["spiacs"], _sources(), DirectoryCache(tmp_path))
+    check = result.analyses["coverage"]["perigee_check"]
+    assert check.startswith("passed: orbit file sc_orbit_param.fits.gz: revolution 789, phase 0.63")
+    assert result.analyses["spiacs"]["kind"] == "data_gap"  # no SPI-ACS file for 2009 is bundled
+    assert "Radiation-belt (perigee) check: passed" in result.summary_text
+
+
+def test_results_name_no_host_path(tmp_path):
+    import os
+
+    here = os.path.abspath(os.sep.join(str(INTEGRAL).split(os.sep)[:3]))
+    for event in (_header_event(), _rev789_event("2009-04-01T02:30:00.000Z"),
+                  _rev789_event("2023-03-07T16:30:00.000Z")):
+        doc = json.dumps(run_followup(event, ["spiacs", "isgri"], _sources(), DirectoryCache(tmp_path)).to_dict())
+        assert str(INTEGRAL) not in doc and here not in doc and str(tmp_path) not in doc
