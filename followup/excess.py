@@ -599,7 +599,9 @@ def search_excess(lc: LightCurve, params: ExcessSearchParams = ExcessSearchParam
         sigma = np.sqrt(factor * var_sums[idx] + centre_model_var)
         snr = resid_sums[idx] / sigma
         k = int(np.argmax(snr))
-        dof = float(max(n_independent - 1, 1)) if params.student_t else None
+        # Student-t tail for the estimated factor; a floored factor is the Poisson (or
+        # quoted-error) value itself, so its tail is Gaussian (docs, step 6).
+        dof = float(max(n_independent - 1, 1)) if params.student_t and measured >= 1.0 else None
         per_scale.append(dict(
             requested_s=float(requested_s), n=n, step=step, idx=idx, snr=float(snr[k]),
             offset_s=float(centres_s[idx[k]] - 0.5 * bin_s + 0.5 * n * bin_s), measured=measured, factor=factor,
