@@ -120,3 +120,42 @@ def test_t0_outside_the_data_raises(grb):
     lc, _ = grb
     with pytest.raises(ExcessSearchError, match="not inside a search window"):
         search_excess(lc.relative_to("2023-03-07T18:00:00Z"))
+
+
+def test_partial_coverage_and_fetch_span_are_reported(grb):
+    lc, result = grb
+    assert ExcessSearchParams().required_half_span_s == 550.0
+    assert result.coverage == "partial"
+    assert result.requested_search_window_s == (-300.0, 300.0)
+    assert any(flag.startswith("partial coverage: searched -120.7..+299.3 s") for flag in result.flags)
+    assert result.noise_model == "counts-excess-variance"  # its ERROR column is the Poisson error
+    # The GRB is left out of the excess-variance estimate, not of the search.
+    assert any("left out of the excess-variance estimate" in flag for flag in result.flags)
+    assert not result.background_excluded_s
+
+
+def test_tiny_fap_stays_representable(grb):
+    _, result = grb
+    assert isinstance(result.fap, float) and result.fap < 1e-15
+    assert np.isfinite(result.log10_fap) and result.log10_fap < -1000
+    assert result.n_effective_trials <= result.n_trials
+    assert 4.5 < result.detection_snr_threshold < 6.0
+
+
+def test_full_coverage_on_a_long_curve_and_per_scale_variance(grb):
+    lc, _ = grb
+    # A +/-550 s curve of the real pre-burst counts (repeated): the full +/-300 s is searched.
+    pre = lc.counts[lc.time_s < -5.0]
+    counts = np.resize(pre, 11000)
+    from followup.lightcurve import LightCurve
+    long = LightCurve(lc.t0, (np.arange(11000) - 5500 + 0.5) * lc.bin_s, lc.bin_s, counts, lc.instrument)
+    result = search_excess(long)
+    assert result.coverage == "full" and result.search_window_s == pytest.approx((-300.0, 300.0))
+    assert not result.flags
+    for row in result.scales:
+        # 1100 s of data (window + background) behind each factor.
+        assert row.n_variance_windows == pytest.approx(1100.0 / row.scale_s, rel=0.02)
+        assert row.excess_variance_factor == max(row.excess_variance_factor_measured, 1.0)
+        assert row.excess_variance_floored == (row.excess_variance_factor_measured < 1.0)
+        assert row.excess_variance_factor > 1.2  # SPI-ACS noise is super-Poissonian at all scales
+        assert row.upper_limit_counts < row.detection_50_counts < row.detection_90_counts
