@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from broker.text import CONTROL_CHARACTERS
 
-Source = Literal["igwn", "gcn", "ztf", "lsst"]
+Source = Literal["igwn", "gcn", "ztf", "lsst", "user"]
+"""Where an Event came from; ``user``: a hand-made event of an ad-hoc follow-up request
+(``mma-broker followup request``), never read from an upstream nor put on ``mma.events``."""
 Messenger = Literal["gw", "em", "neutrino"]
 Format = Literal["json", "voevent", "avro"]
 

@@ -11,6 +11,10 @@ a handful of messages per GRB or GW alert, so Avro's compactness buys nothing he
 The request id is deterministic: a sha256 of the canonical JSON of (kind, event id,
 analyses, parameters), so a replayed alert gives the same request id and the worker
 recognises it as done (:func:`request_id`).
+
+Ad-hoc requests (``mma-broker followup request``) carry a hand-made Event of source
+``user`` (:func:`adhoc_event`): T0, an optional position or sky map, and a name. Its
+id is deterministic too, so the same request made twice is recognised as done.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ JSON_SCHEMAS = ("followup_request.json", "followup_result.json")
 """The JSON Schemas of the two topics, package data in ``followup/schemas/``."""
 
 RequestKind = Literal["analyze", "withdraw"]
+
+USER_SOURCE = "user"
+"""``Event.source`` of the hand-made events of ad-hoc requests."""
+ADHOC_MISSION = "ad-hoc"
+"""``Event.mission`` of ad-hoc events (their group key is ``user:ad-hoc:<name>``)."""
 
 
 def json_schema(name: str) -> dict[str, Any]:
@@ -153,3 +162,47 @@ class FollowupRequest:
 def result_message(record: Mapping[str, Any]) -> bytes:
     """UTF-8 JSON bytes of a result or withdrawal document (``followup_result.json``)."""
     return json.dumps(dict(record), separators=(",", ":"), allow_nan=False, default=str).encode()
+
+
+def adhoc_event(t0: str, name: str | None = None, localization: Any = None,
+                skymap: Mapping[str, Any] | None = None, note: str | None = None) -> Event:
+    """The Event of an ad-hoc follow-up request.
+
+    Parameters
+    ----------
+    t0 : str
+        Event time T0, ISO 8601 UTC ending in ``Z`` (as :class:`broker.event.Event` wants).
+    name : str, optional
+        The event's name (``GRB 230307A``); it becomes ``upstream_id``, so ad-hoc
+        requests of one name form one follow-up group. Default: ``T0 <t0>``.
+    localization : PointLocalization, HealpixLocalization or None
+    skymap : mapping, optional
+        The artifact description of a user sky map (``sha256``, ``ref``, ...,
+        :meth:`followup.store.ArtifactStore.put`), kept in ``properties.skymap``.
+    note : str, optional
+        Free text kept in ``properties.note`` (where the values come from).
+
+    Returns
+    -------
+    broker.event.Event
+        ``source="user"``, ``mission="ad-hoc"``, ``alert_type="request"``; ``id`` is
+        ``user:<name>:<12 hex digits of sha256 over t0, localization, map and note>``.
+
+    Raises
+    ------
+    ValueError
+        (pydantic ValidationError) a value the Event model refuses (T0 out of range,
+        control characters in the name, ...).
+    """
+    upstream = name if name else f"T0 {t0}"
+    loc = localization.model_dump(mode="json") if localization is not None else None
+    properties: dict[str, Any] = {"name": upstream, "requested_via": "mma-broker followup request"}
+    if skymap is not None:
+        properties["skymap"] = dict(skymap)
+    if note:
+        properties["note"] = note
+    digest = hashlib.sha256(canonical_json({"t0": t0, "name": upstream, "localization": loc,
+                                            "skymap": properties.get("skymap"), "note": note}).encode())
+    return Event(id=f"{USER_SOURCE}:{upstream}:{digest.hexdigest()[:12]}", source=USER_SOURCE, messenger="em",
+                 mission=ADHOC_MISSION, instrument=None, upstream_id=upstream, alert_type="request", time=t0,
+                 localization=localization, properties=properties, format="json")

@@ -20,6 +20,7 @@ ceiling ``max_far_hz`` of the rule decides.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Sequence
 
@@ -171,3 +172,156 @@ def decide(event: Event, rules: Sequence[Any], enabled_analyses: Iterable[str] =
             return Decision("skip", rule.name, (), f"{rule.name}: no enabled analysis")
         return Decision("analyze", rule.name, analyses, f"matched {rule.name}")
     return Decision("skip", None, (), "; ".join(reasons) or "no rules")
+
+
+# --------------------------------------------------------------------------- groups
+# One follow-up per trigger or superevent. Until the enrichment stage gives event groups
+# (DESIGN.md, "event groups"), the revisions of one alert are grouped by upstream id.
+
+T0_TOLERANCE_S = 1.0
+"""A revision whose T0 moved by more than this (s) is analysed again. Below it the
+search is the same: it covers every offset in ±``window_s`` (300 s) around T0 on 50 ms
+to 10 s time scales, so a shift under 1 s moves the window edges by < 0.4 %."""
+
+AREA_GAIN = 0.10
+"""A localization is *better* when its 90 % region is at least this fraction smaller
+than the one the group's follow-up used (rounding and re-fits of the same position do
+not start an analysis; 7.15° → 1.34° or a first position do)."""
+
+
+POSITION_BLIND_NO_DATA = frozenset({"outside_mission", "data_gap"})
+""""No data" kinds that no localization can change: outside the mission, or no light
+curve / orbit data at T0. After a result with only these, a better localization at the
+same T0 is not analysed again (``not_visible`` depends on the position and
+``service_unavailable`` may pass, so those are)."""
+
+
+def group_key(event: Event) -> str:
+    """The follow-up group of an Event: ``"<source>:<mission>:<upstream_id>"``.
+
+    Every revision of one trigger or superevent, and its retraction, has the same key,
+    so it gets one follow-up that later revisions update. The key is the triple that
+    retractions already used (``source``, ``mission`` lower-cased, ``upstream_id``);
+    the instrument is left out on purpose: IGWN alerts list the detectors in it
+    (``H1,L1,V1`` one revision, ``H1,V1`` the next), GCN retractions may carry none,
+    and Swift XRT/UVOT positions reuse the BAT trigger number. Two instruments of one
+    mission with separate numbering (Swift BAT trigger numbers ~1e6, BAT-GUANO ids =
+    Fermi MET seconds ~7e8) would share a group only if their numbers coincided.
+    An LVK alert's JSON (``igwn.gwalert``) and VOEvent forms share source ``igwn``,
+    mission ``LVK`` and the superevent id, so they are one group.
+
+    Parameters
+    ----------
+    event : broker.event.Event
+
+    Returns
+    -------
+    str
+    """
+    return f"{event.source}:{event.mission.lower()}:{event.upstream_id}"
+
+
+def _rayleigh_r90_factor(containment: float | None) -> float:
+    """Radius of the 90 % region over the radius of the ``containment`` region.
+
+    For a circular 2-D Gaussian error the containment within radius r is
+    ``1 - exp(-r² / 2σ²)`` (Rayleigh distribution), so ``r_c ∝ sqrt(-2 ln(1 - c))``.
+    Unknown containment: the radius is taken as the 90 % one.
+    """
+    if containment is None or not 0.0 < containment < 1.0:
+        return 1.0
+    return math.sqrt(math.log(10.0) / -math.log1p(-containment))
+
+
+def localization_area_deg2(localization: Any) -> float:
+    """Area of the 90 % region of a localization, deg² (inf when there is none).
+
+    Parameters
+    ----------
+    localization : PointLocalization, HealpixLocalization, its JSON dict, or None
+        Points: a circle of radius ``error_radius`` (deg) holding ``containment``,
+        scaled to 90 % for a Gaussian error (:func:`_rayleigh_r90_factor`); a point
+        without an error radius counts as unlocalized. Sky maps: ``area_90``.
+
+    Returns
+    -------
+    float
+        deg²; ``math.inf`` for no localization.
+    """
+    if localization is None:
+        return math.inf
+    loc = localization if isinstance(localization, dict) else localization.model_dump()
+    if loc.get("type") == "healpix":
+        area = loc.get("area_90")
+        return float(area) if isinstance(area, (int, float)) and area > 0 else math.inf
+    radius = loc.get("error_radius")
+    if not isinstance(radius, (int, float)) or not radius > 0:
+        return math.inf
+    r90 = min(180.0, radius * _rayleigh_r90_factor(loc.get("containment")))
+    return 2.0 * math.pi * (1.0 - math.cos(math.radians(r90))) * (180.0 / math.pi) ** 2
+
+
+def _t0_seconds(t0: str) -> float:
+    from datetime import datetime, timezone
+
+    return datetime.fromisoformat(t0.rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
+
+
+def _format_area(area: float) -> str:
+    return "none" if math.isinf(area) else f"{area:.3g} deg²"
+
+
+def reanalysis_reason(event: Event, analyses: Sequence[str], params: dict[str, Any], requested_by: str,
+                      previous: dict[str, Any] | None) -> str | None:
+    """Why a revision needs a new analysis of its group, or None when it adds nothing.
+
+    Parameters
+    ----------
+    event : broker.event.Event
+        The revision.
+    analyses : sequence of str
+        Analyses the request asks for.
+    params : dict
+        The request's parameters (``window_s``, ``max_sky_samples``).
+    requested_by : str
+        ``"rule:<name>"`` for automatic requests; anything else (``"cli"``) was asked
+        for by a person and always runs.
+    previous : dict or None
+        The document of the group's current (latest, not superseded) result.
+
+    Returns
+    -------
+    str or None
+        One line for the result's ``revision_reason``; None: same T0 (within
+        :data:`T0_TOLERANCE_S`), no better localization (:data:`AREA_GAIN`) or an
+        earlier "no data" that no position changes (:data:`POSITION_BLIND_NO_DATA`),
+        the same analyses and parameters, and the earlier analysis did not fail for a
+        reason that may have gone away.
+    """
+    if previous is None:
+        return "first follow-up of this trigger"
+    if not requested_by.startswith("rule:"):
+        return f"requested by hand ({requested_by})"
+    if previous.get("status") == "failed":
+        return "the previous analysis failed"
+    prev_analyses = previous.get("analyses") or {}
+    if any(isinstance(v, dict) and v.get("kind") == "service_unavailable" for v in prev_analyses.values()):
+        return "a data service was unavailable for the previous analysis"
+    added = set(analyses) - set(previous.get("analyses_requested") or ())
+    if added:
+        return f"analyses added: {', '.join(sorted(added))}"
+    if previous.get("params") is not None and dict(previous["params"]) != dict(params):
+        return "analysis parameters changed"
+    try:
+        dt = abs(_t0_seconds(event.time) - _t0_seconds(str(previous.get("t0"))))
+    except ValueError:
+        dt = math.inf
+    if dt > T0_TOLERANCE_S:
+        return f"T0 changed by {dt:.3g} s"
+    missing = {v.get("kind") for v in prev_analyses.values() if isinstance(v, dict) and v.get("no_data") is True}
+    if previous.get("status") == "no_data" and missing and missing <= POSITION_BLIND_NO_DATA:
+        return None  # no INTEGRAL data at this T0, whatever the localization
+    new, old = localization_area_deg2(event.localization), localization_area_deg2(previous.get("localization"))
+    if new < old * (1.0 - AREA_GAIN):
+        return f"better localization (90 % region {_format_area(old)} → {_format_area(new)})"
+    return None

@@ -9,13 +9,22 @@ Two consumer groups, each scalable by adding processes:
   Kafka acknowledged the requests.
 * ``<group_id>.followup.worker`` reads the requests. Per request: if its deterministic
   id is already stored and published, nothing is done (a replayed alert is not analysed
-  again); if stored but not yet published (a crash in between), it is published;
-  otherwise the analysis runs (:func:`followup.service.run_followup`, through the
-  provenance cache), the result is written to ``followup_results``, published to
-  ``mma.followup.results``, marked published, and only then are offsets committed.
-  A ``withdraw`` request (from a retraction) marks the earlier results of the same
-  upstream id withdrawn and publishes one withdrawal message; a request whose event is
-  already retracted is recorded as withdrawn without running.
+  again); if stored but not yet published (a crash in between), it is published.
+  Otherwise the revision is compared with its group's follow-up (one per trigger or
+  superevent, :func:`followup.rules.group_key`): the first revision, a revision with a
+  new T0 or a better localization, or a request made by hand is analysed
+  (:func:`followup.service.run_followup`, through the provenance cache); its result
+  names the earlier one it ``supersedes`` and the earlier row gets ``superseded_by``
+  in the same transaction. A revision that adds nothing
+  (:func:`followup.rules.reanalysis_reason` is None) is recorded as a ``skipped`` row
+  pointing at the group's result and publishes nothing. The PNG plot goes to the
+  archive's content-addressed store (:class:`followup.store.ArtifactStore`) and the
+  result refers to it as ``mma-broker://artifact/sha256/<hex>``. The result is
+  written to ``followup_results``, published to ``mma.followup.results``, marked
+  published, and only then are offsets committed.
+  A ``withdraw`` request (from a retraction) marks every result of the group
+  withdrawn and publishes one withdrawal message; a revision of an already retracted
+  trigger is recorded as skipped without running.
 
 Both run on the stage runner (:mod:`broker.pipeline.runner`), like the ingest
 stage: no single message can stop either loop (a message that does not decode, or
@@ -38,7 +47,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import confluent_kafka
@@ -48,9 +56,12 @@ from broker.kafka import Outgoing
 from broker.limits import DEFAULT_LIMITS
 from broker.pipeline.runner import BaseStage, Handled, StageRunner, with_hop_headers
 from broker.serde import EventCodec, Provenance
-from followup.messages import CONTENT_TYPE, RESULT_SCHEMA, FollowupRequest, result_message, utc_now
-from followup.rules import decide
+from followup.messages import (
+    CONTENT_TYPE, RESULT_SCHEMA, USER_SOURCE, FollowupRequest, result_message, utc_now,
+)
+from followup.rules import decide, group_key, reanalysis_reason
 from followup.service import FollowupParams, run_followup
+from followup.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +76,7 @@ class FollowupStats:
     results: int = 0
     withdrawals: int = 0
     duplicates_skipped: int = 0
+    revisions_skipped: int = 0
     dead_letters: int = 0
 
     def summary(self) -> str:
@@ -72,6 +84,7 @@ class FollowupStats:
         return (f"follow-up: {self.events} event(s) seen, {self.requests} request(s), "
                 f"{self.withdraw_requests} withdraw request(s); {self.results} result(s), "
                 f"{self.withdrawals} withdrawal(s), {self.duplicates_skipped} duplicate(s) skipped, "
+                f"{self.revisions_skipped} revision(s) adding nothing not analysed again, "
                 f"{self.dead_letters} dead letter(s)")
 
 
@@ -152,20 +165,21 @@ class WorkerHandler(BaseStage):
     ----------
     store : followup.store.FollowupStore
     archive : broker.archive.Archive or None
-        For the retraction state of the event and the sky map in its raw alert.
+        For the retraction state of the event, the sky map in its raw alert, and the
+        artifact store (plots, user sky maps). None: plots are described by sha256
+        and size only (no ``ref``), and user sky maps cannot be read.
     sources, cache
         As for :func:`followup.service.run_followup`.
     results_topic : str
-    output_dir : Path or None
-        Where ``<request_id>.png`` plots are written (None: not written to disk).
     """
 
     name = "followup.worker"
 
     def __init__(self, *, store: Any, archive: Any, sources: Any, cache: Any, results_topic: str,
-                 provenance: Provenance, stats: FollowupStats, output_dir: Path | None = None) -> None:
+                 provenance: Provenance, stats: FollowupStats) -> None:
         self.store, self.archive, self.sources, self.cache = store, archive, sources, cache
-        self.results_topic, self.provenance, self.output_dir, self.stats = results_topic, provenance, output_dir, stats
+        self.results_topic, self.provenance, self.stats = results_topic, provenance, stats
+        self.artifacts = ArtifactStore(archive) if archive is not None else None
         self._lock = threading.Lock()
         self._in_batch: set[str] = set()
 
@@ -177,10 +191,11 @@ class WorkerHandler(BaseStage):
         return Handled(msg, *self.execute(request))
 
     def execute(self, request: FollowupRequest) -> tuple[list[Outgoing], Any, Any]:
-        """Run (or recognise as done) one request: (records to publish, None, note).
+        """Run (or recognise as done, or as adding nothing) one request: (records to publish, None, note).
 
         The result is stored before it is published; a request already stored and
-        published (or met earlier in this batch) is skipped.
+        published (or met earlier in this batch) is skipped, and so is one whose
+        revision adds nothing to its group's follow-up (stored as ``skipped``).
         """
         rid = request.request_id
         with self._lock:
@@ -188,7 +203,7 @@ class WorkerHandler(BaseStage):
                 return [], None, ("duplicate", rid)
             self._in_batch.add(rid)
         stored = self.store.get(rid)
-        if stored is not None and stored.published:
+        if stored is not None and (stored.published or stored.kind == "skipped"):
             logger.info("%s: request %s already done (%s); skipped", self.name, rid, stored.status)
             return [], None, ("duplicate", rid)
         if stored is not None:
@@ -196,16 +211,16 @@ class WorkerHandler(BaseStage):
         elif request.kind == "withdraw":
             document, note = self._withdraw(request), "withdrawal"
         else:
-            document, png = self._analyze(request)
-            self.store.insert(document, png)
-            note = "result"
+            document, note = self._analyze_or_skip(request)
+            if note == "skipped":
+                return [], None, ("skipped", rid)
         rec = Outgoing(self.results_topic, request.event.upstream_id.encode(), result_message(document),
                        [("content-type", CONTENT_TYPE.encode()), ("mma.followup.request_id", rid.encode()),
                         ("mma.followup.kind", document["kind"].encode())])
         return [rec], None, (note, rid)
 
     def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
-        done = [h.info[1] for h in batch if h.info and h.info[0] != "duplicate"]
+        done = [h.info[1] for h in batch if h.info and h.info[0] not in ("duplicate", "skipped")]
         self.store.mark_published(done)
         for h in batch:
             note = h.info[0] if h.info else None
@@ -215,6 +230,8 @@ class WorkerHandler(BaseStage):
                 self.stats.withdrawals += 1
             elif note == "duplicate":
                 self.stats.duplicates_skipped += 1
+            elif note == "skipped":
+                self.stats.revisions_skipped += 1
         self.stats.dead_letters += len(dead)
         self.on_retry()
 
@@ -225,15 +242,17 @@ class WorkerHandler(BaseStage):
 
     def _base(self, request: FollowupRequest, kind: str) -> dict[str, Any]:
         ev = request.event
+        loc = ev.localization.model_dump(mode="json") if ev.localization is not None else None
         return {"schema": RESULT_SCHEMA, "kind": kind, "request_id": request.request_id, "event_id": ev.id,
                 "source": ev.source, "upstream_id": ev.upstream_id, "mission": ev.mission,
                 "instrument": ev.instrument, "alert_type": ev.alert_type, "t0": ev.time,
+                "group": group_key(ev), "localization": loc,
                 "requested_by": request.requested_by, "analyses_requested": sorted(request.analyses),
-                "created_at": utc_now(), "provenance": self.provenance.__dict__}
+                "params": dict(request.params), "created_at": utc_now(), "provenance": self.provenance.__dict__}
 
     def _withdraw(self, request: FollowupRequest) -> dict[str, Any]:
         ev = request.event
-        withdrawn = self.store.withdraw(ev.source, ev.upstream_id, by=ev.id, mission=ev.mission)
+        withdrawn = self.store.withdraw(group_key(ev), by=ev.id)
         doc = self._base(request, "withdrawal") | {
             "status": "withdrawn", "withdrawn_request_ids": withdrawn, "retracted_by": ev.id,
             "summary_text": (f"{ev.upstream_id} was retracted ({ev.id}); {len(withdrawn)} INTEGRAL follow-up "
@@ -247,16 +266,41 @@ class WorkerHandler(BaseStage):
             rec = self.archive.get(ev.id)
             if rec is not None and rec.retracted:
                 return rec.retracted_by
-        return self.store.withdrawal_for(ev.source, ev.upstream_id, ev.mission)
+        return self.store.withdrawal_for(group_key(ev))
 
-    def _analyze(self, request: FollowupRequest) -> tuple[dict[str, Any], bytes | None]:
+    def _skip(self, request: FollowupRequest, status: str, text: str, same_as: str | None) -> dict[str, Any]:
+        """Store a ``skipped`` row (never published) and return its document."""
+        doc = self._base(request, "skipped") | {"status": status, "same_as": same_as, "analyses": {},
+                                                "summary_text": text}
+        self.store.insert(doc)
+        return doc
+
+    def _analyze_or_skip(self, request: FollowupRequest) -> tuple[dict[str, Any], str]:
         ev = request.event
-        base = self._base(request, "result") | {"withdrawn": False, "withdrawn_by": None}
         retracted_by = self._retracted_by(request)
         if retracted_by is not None:
-            return base | {"status": "withdrawn", "withdrawn": True, "withdrawn_by": retracted_by, "analyses": {},
-                           "lineage": [], "plot": None,
-                           "summary_text": f"{ev.upstream_id} was retracted ({retracted_by}); not analysed.\n"}, None
+            logger.info("%s: %s was retracted (%s); %s not analysed", self.name, ev.upstream_id, retracted_by, ev.id)
+            return self._skip(request, "retracted", f"{ev.upstream_id} was retracted ({retracted_by}); "
+                              f"{ev.id} not analysed.\n", None), "skipped"
+        current = self.store.current(group_key(ev))
+        reason = reanalysis_reason(ev, request.analyses, dict(request.params), request.requested_by,
+                                   current.document if current is not None else None)
+        if reason is None:
+            logger.info("%s: %s adds nothing to the follow-up %s of %s; not analysed again", self.name, ev.id,
+                        current.request_id, group_key(ev))
+            return self._skip(request, "unchanged",
+                              f"{ev.id} has the T0 and no better localization than {current.event_id}: "
+                              f"not analysed again; the follow-up of {ev.upstream_id} is {current.request_id}.\n",
+                              current.request_id), "skipped"
+        document = self._analyze(request) | {"revision_reason": reason,
+                                             "supersedes": current.request_id if current is not None else None,
+                                             "superseded_by": None}
+        self.store.insert(document, supersedes=current.request_id if current is not None else None)
+        return document, "result"
+
+    def _analyze(self, request: FollowupRequest) -> dict[str, Any]:
+        ev = request.event
+        base = self._base(request, "result") | {"withdrawn": False, "withdrawn_by": None}
         params = FollowupParams(window_s=float(request.params.get("window_s", 300.0)),
                                 max_sky_samples=int(request.params.get("max_sky_samples", 1000)))
         try:
@@ -265,23 +309,36 @@ class WorkerHandler(BaseStage):
             logger.exception("%s: follow-up of %s failed", self.name, ev.id)
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             return base | {"status": "failed", "error": reason, "analyses": {}, "lineage": [], "plot": None,
-                           "summary_text": f"INTEGRAL follow-up of {ev.upstream_id} failed: {reason}\n"}, None
+                           "summary_text": f"INTEGRAL follow-up of {ev.upstream_id} failed: {reason}\n"}
         doc = base | result.to_dict()
         doc["t0"] = ev.time
-        if result.plot_png is not None and self.output_dir is not None:
-            path = self.output_dir / f"{request.request_id}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(result.plot_png)
-            # the file's name in the output directory: subscribers never see a path of this machine
-            doc["plot"] = (doc.get("plot") or {}) | {"file": path.name}
-        return doc, result.plot_png
+        if result.plot_png is not None and self.artifacts is not None:
+            doc["plot"] = self.artifacts.put(result.plot_png, "image/png")
+        return doc
 
     def _skymap(self, event: Any) -> Any:
-        if self.archive is None or event.localization is None or event.localization.type != "healpix":
+        if event.localization is None or event.localization.type != "healpix":
+            return None
+        from broker.archive.raw import RawStoreError
+        from broker.errors import DecodeError
+
+        if event.source == USER_SOURCE:  # an ad-hoc request: the map is an artifact
+            ref = (event.properties.get("skymap") or {}).get("ref")
+            if ref is None or self.artifacts is None:
+                return None
+            from broker.skymap import read_multiorder
+
+            try:
+                data, _ = self.artifacts.get(ref)
+                uniq, probdensity, _ = read_multiorder(data)
+            except (KeyError, RawStoreError, DecodeError) as exc:
+                logger.warning("%s: sky map %s of %s unavailable (%s); using the most probable position",
+                               self.name, ref, event.id, exc)
+                return None
+            return uniq, probdensity
+        if self.archive is None:
             return None
         from followup.eventdata import skymap_from_raw
-
-        from broker.archive.raw import RawStoreError
 
         try:
             raw = self.archive.raw(event.id)
@@ -292,16 +349,14 @@ class WorkerHandler(BaseStage):
         return skymap_from_raw(event, raw)
 
 
-
 class WorkerStage(StageRunner):
     """A :class:`WorkerHandler` on a :class:`~broker.pipeline.runner.StageRunner`."""
 
     def __init__(self, consumer: Any, producer: Any, *, store: Any, archive: Any, sources: Any, cache: Any,
                  results_topic: str, dlq_topic: str, provenance: Provenance, stats: FollowupStats,
-                 output_dir: Path | None = None, **loop: Any) -> None:
+                 **loop: Any) -> None:
         handler = WorkerHandler(store=store, archive=archive, sources=sources, cache=cache,
-                                results_topic=results_topic, provenance=provenance, stats=stats,
-                                output_dir=output_dir)
+                                results_topic=results_topic, provenance=provenance, stats=stats)
         super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
 
     def execute(self, request: FollowupRequest) -> tuple[list[Outgoing], Any, Any]:
@@ -316,7 +371,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     from broker.app import open_archive, provenance
     from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
     from broker.stages import StageSpec
-    from followup.build import build_cache, build_sources, output_directory, request_params
+    from followup.build import build_cache, build_sources, request_params
     from followup.store import FollowupStore
 
     s = app.settings
@@ -355,7 +410,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     worker = WorkerStage(w.pop("consumer"), w.pop("producer"), store=FollowupStore(archive.engine), archive=archive,
                          sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
                          dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
-                         output_dir=output_directory(s), handler_threads=f.workers, **w)
+                         handler_threads=f.workers, **w)
     return [StageSpec("followup.trigger", trigger, inputs=[events], outputs=[requests], after=[
                 n for n in _feeders(s)]),
             StageSpec("followup.worker", worker, inputs=[requests], outputs=[results], after=["followup.trigger"],

@@ -99,7 +99,7 @@ def test_schema_matches_models(pg) -> None:
     from alembic.migration import MigrationContext
 
     from followup.cache import cache_table
-    from followup.store import followup_tables
+    from followup.store import artifact_table, followup_tables
 
     # the migrations create the archive's tables and the follow-up tables
     # (defined beside their code in followup/): compare against all of them
@@ -107,6 +107,7 @@ def test_schema_matches_models(pg) -> None:
     for table in metadata.tables.values():
         table.to_metadata(full)
     followup_tables(full)
+    artifact_table(full)
     cache_table(full)
     url, _ = pg
     engine = sa.create_engine(url)
@@ -169,7 +170,7 @@ def test_archive_at_the_core_revision_upgrades_to_the_followup_one(empty_databas
     command.upgrade(alembic_config(empty_database), "0001")
     assert "followup_results" not in _tables(empty_database)
     with Archive(empty_database, PostgresRawStore()) as arch:
-        with pytest.raises(BrokerError, match=r"at revision 0001, this mma-broker needs 0002"):
+        with pytest.raises(BrokerError, match=r"at revision 0001, this mma-broker needs 0003"):
             check_schema(arch, empty_database)
         arch.migrate()
         check_schema(arch, empty_database)

@@ -97,3 +97,107 @@ def test_request_matches_its_json_schema():
     req = FollowupRequest("analyze", ev, ("spiacs",), {"window_s": 300.0, "max_sky_samples": 10}, "cli")
     schema = json_schema("followup_request.json")
     jsonschema.validate(json.loads(req.encode()), schema)
+
+
+# ----------------------------------------------------------------- one follow-up per trigger
+import math  # noqa: E402
+
+from broker.event import HealpixLocalization, PointLocalization  # noqa: E402
+from followup.rules import (  # noqa: E402
+    AREA_GAIN, T0_TOLERANCE_S, group_key, localization_area_deg2, reanalysis_reason,
+)
+
+GBM_JSON = "gcn/gcn-schema/gcn/notices/fermi/gbm"
+
+
+def test_lvk_json_and_voevent_of_one_superevent_share_a_group():
+    """The JSON alert (igwn.gwalert) and the VOEvent of one superevent: one group."""
+    json_form = event_of("igwn/userguide/MS181101ab-preliminary.json")
+    voevent = event_of("igwn/userguide/MS181101ab-2-Preliminary.xml")
+    assert json_form.format == "json" and voevent.format == "voevent" and json_form.id != voevent.id
+    assert group_key(json_form) == group_key(voevent) == "igwn:lvk:MS181101ab"
+    # and the retraction of either form is in it
+    assert group_key(event_of("igwn/userguide/MS181101ab-5-Retraction.xml")) == group_key(json_form)
+
+
+def test_gbm_revisions_and_retraction_of_other_mission_groups():
+    revs = [event_of(f"{GBM_JSON}/trigger.{n}.example.json") for n in ("alert", "flight1", "ground2", "final")]
+    assert {group_key(e) for e in revs} == {"gcn:fermi:745121685"}
+    guano = event_of("gcn/gcn-schema/gcn/notices/swift/bat/Guano.Retraction.example.json")
+    assert group_key(guano).startswith("gcn:swift:")  # another mission: another group
+
+
+@pytest.mark.parametrize("loc, area", [
+    (None, math.inf),
+    (PointLocalization(ra=10, dec=0), math.inf),                       # no error radius: not localized
+    (PointLocalization(ra=10, dec=0, error_radius=1.0, containment=0.9), 3.1416),  # π r² for small r
+    # a 1σ (68 %) GBM radius scales to 90 % by sqrt(ln 10 / -ln 0.32) = 1.422 (2-D Gaussian)
+    (PointLocalization(ra=10, dec=0, error_radius=1.0, containment=0.68), 3.1416 * 1.4224 ** 2),
+    (HealpixLocalization(area_50=100.0, area_90=400.0, ra_max=1, dec_max=2), 400.0),
+])
+def test_localization_area(loc, area):
+    got = localization_area_deg2(loc)
+    assert got == area if math.isinf(area) else got == pytest.approx(area, rel=2e-3)
+    if loc is not None:  # the JSON form (stored in result documents) gives the same
+        assert localization_area_deg2(loc.model_dump(mode="json")) == got
+
+
+def _previous(t0="2024-08-24T02:14:40.430Z", loc=None, status="done", analyses=None, **extra):
+    doc = {"t0": t0, "localization": loc.model_dump(mode="json") if loc else None, "status": status,
+           "analyses": analyses if analyses is not None else {"spiacs": {"detected": False}},
+           "analyses_requested": ["spiacs"], "params": {"window_s": 300.0}}
+    return doc | extra
+
+
+def _reason(event, previous, by="rule:fermi-gbm-grb", analyses=("spiacs",), params=None):
+    return reanalysis_reason(event, analyses, params or {"window_s": 300.0}, by, previous)
+
+
+def test_gbm_revisions_in_order():
+    """745121685's seven real revisions against a group whose follow-up found data."""
+    names = ["alert", "flight1", "flight2", "flight3", "ground1", "ground2", "final"]
+    events = [event_of(f"{GBM_JSON}/trigger.{n}.example.json") for n in names]
+    current, reasons = None, []
+    for ev in events:
+        why = _reason(ev, current)
+        reasons.append(why)
+        if why is not None:
+            current = _previous(ev.time, ev.localization)
+    assert reasons[0] == "first follow-up of this trigger"
+    assert reasons[1].startswith("better localization (90 % region none → 438 deg²")
+    assert reasons[2] is None  # flight2: 9.23° > 8.32°
+    assert reasons[3].startswith("better localization (90 % region 438 deg² → 324 deg²")
+    assert reasons[4].startswith("better localization (90 % region 324 deg² → 11.4 deg²")
+    assert reasons[5].startswith("better localization (90 % region 11.4 deg² → 7.4 deg²")
+    # final 1.0° after ground2 1.08°: (1.0/1.08)² = 0.857, 14 % less area (> AREA_GAIN)
+    assert reasons[6].startswith("better localization (90 % region 7.4 deg² → 6.35 deg²")
+    # a re-fit that shrinks the region by less than AREA_GAIN adds nothing
+    refit = events[6].model_copy(update={"localization": events[6].localization.model_copy(
+        update={"error_radius": 1.0 * math.sqrt(1 - AREA_GAIN / 2)})})
+    assert _reason(refit, current) is None
+
+
+def test_no_reanalysis_when_no_position_can_help():
+    final = event_of(f"{GBM_JSON}/trigger.final.example.json")
+    gap = {"spiacs": {"no_data": True, "kind": "data_gap", "reason": "no light curve"},
+           "coverage": {"covered": True}}
+    assert _reason(final, _previous(status="no_data", analyses=gap)) is None
+    not_visible = gap | {"ibis_visibility": {"no_data": True, "kind": "not_visible", "reason": "outside FoV"}}
+    assert _reason(final, _previous(status="no_data", analyses=not_visible)).startswith("better localization")
+    down = {"spiacs": {"no_data": True, "kind": "service_unavailable", "reason": "MMODA down"}}
+    assert _reason(final, _previous(loc=final.localization, status="no_data", analyses=down)).startswith(
+        "a data service was unavailable")
+
+
+def test_other_reasons_for_a_new_analysis():
+    final = event_of(f"{GBM_JSON}/trigger.final.example.json")
+    same = _previous(final.time, final.localization)
+    assert _reason(final, same) is None
+    assert _reason(final, same, by="cli") == "requested by hand (cli)"
+    assert _reason(final, _previous(final.time, final.localization, status="failed")) == "the previous analysis failed"
+    assert _reason(final, same, analyses=("isgri", "spiacs")) == "analyses added: isgri"
+    assert _reason(final, same, params={"window_s": 600.0}) == "analysis parameters changed"
+    shifted = final.model_copy(update={"time": "2024-08-24T02:14:42.430Z"})
+    assert _reason(shifted, same) == "T0 changed by 2 s"
+    within = final.model_copy(update={"time": "2024-08-24T02:14:41.230Z"})  # 0.8 s < T0_TOLERANCE_S
+    assert T0_TOLERANCE_S == 1.0 and _reason(within, same) is None
