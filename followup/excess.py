@@ -28,9 +28,10 @@ ours and are documented, with the simulations that justify them, in
 4. **Excess variance per scale** from a long stretch: all valid data of the background
    intervals *and* of the search window, minus the excluded excursions (the same
    iterative clipping, applied to the search window too). For each scale the residual
-   window sums give ``factor = mean(resid_sum**2) / mean(var_sum)``; it is floored at
-   1 (never sub-Poissonian / below the quoted errors). ``n_variance_windows`` is the
-   number of independent windows behind it.
+   window sums give ``factor = mean(resid_sum**2) / mean(var_sum)``; in the counts model
+   it is floored at 1 (counts are never sub-Poissonian); in the gaussian-error model the
+   quoted errors are rescaled to the measured scatter, up or down. ``n_variance_windows``
+   is the number of independent windows behind it.
 5. **Search.** For each scale of ``n = round(scale / bin)`` bins, windows start every
    ``max(1, n // phases_per_scale)`` bins, lie wholly inside the search window and hold
    no data gap. ``S/N = (C - B) / sqrt(factor * V + model variance)``.
@@ -41,7 +42,7 @@ ours and are documented, with the simulations that justify them, in
    is measured by Monte Carlo on Gaussian white noise (cached per geometry) and
    summarised as an effective number of trials ``N_eff(z)`` with
    ``FAP(z) = 1 - exp(-N_eff(z) * Q(z))``, ``ln N_eff`` linear in ``z`` (fitted where
-   the simulated FAP is 0.5 ... 0.01) and capped at the number of windows (the
+   the simulated FAP is 0.5 ... max(1e-3, 10 / realizations)) and capped at the number of windows (the
    ``z -> inf`` limit). The FAP is computed in log space (``log10_fap``).
 7. **Detection** when ``FAP < detection_fap`` = 2.7e-3 (the two-sided Gaussian
    3-sigma probability), i.e. ``z > detection_snr_threshold``.
@@ -402,6 +403,8 @@ def _calibrate_geometry(n_cells: int, geometry: tuple[tuple[int, int], ...], rea
 
     ``geometry`` is ((n_bins, step), ...) per scale. Returns the fitted ``N_eff(z)``.
     """
+    # Small geometries are cheap: simulate enough to reach FAP ~1e-3 (the threshold) directly.
+    realizations = max(realizations, min(20_000, 24_000_000 // max(n_cells, 1)))
     rng = np.random.default_rng(seed)
     maxima = np.empty(realizations)
     n_windows = sum(len(range(0, n_cells - n + 1, step)) for n, step in geometry)
@@ -421,7 +424,7 @@ def _calibrate_geometry(n_cells: int, geometry: tuple[tuple[int, int], ...], rea
         maxima[lo:lo + m] = best
     maxima = np.sort(maxima)[::-1]
     survival = (np.arange(1, realizations + 1) - 0.5) / realizations
-    sel = (survival <= 0.5) & (survival >= max(0.01, 10.0 / realizations))
+    sel = (survival <= 0.5) & (survival >= max(1e-3, 10.0 / realizations))
     z = maxima[sel].astype(float)
     log_n_eff = np.log(-np.log1p(-survival[sel])) - log_ndtr(-z)
     weights = np.arange(1, realizations + 1)[sel].astype(float)
@@ -590,7 +593,10 @@ def search_excess(lc: LightCurve, params: ExcessSearchParams = ExcessSearchParam
         model_var_sums = model_var[np.minimum(starts + n // 2, valid.size - 1)] * n * n
         noise_sq = resid_sums[vsel] ** 2 + np.where(fitted[vsel], 1.0, -1.0) * model_var_sums[vsel]
         measured = float(np.mean(noise_sq) / np.mean(var_sums[vsel]))
-        factor = max(measured, 1.0)
+        # Counts are never sub-Poissonian: floor at 1. Quoted errors are rescaled to the
+        # measured scatter either way (docs, step 4), so the Student-t tail stays exact.
+        floor = 0.0 if gaussian else 1.0
+        factor = max(measured, floor)
         search_sel = inside & full_valid & ((starts - np.argmax(inside)) % step == 0)
         idx = starts[search_sel]
         if idx.size == 0:
@@ -599,9 +605,17 @@ def search_excess(lc: LightCurve, params: ExcessSearchParams = ExcessSearchParam
         sigma = np.sqrt(factor * var_sums[idx] + centre_model_var)
         snr = resid_sums[idx] / sigma
         k = int(np.argmax(snr))
+        # The best window's S/N against a factor estimated *without* it (leave-out, i.e.
+        # externally studentized): otherwise its own square deflates its significance.
+        vstarts = starts[vsel]
+        away = np.abs(vstarts - idx[k]) >= n
+        if away.sum() * step // n >= params.min_background_windows and away.sum() < vstarts.size:
+            loo = max(float(np.mean(noise_sq[away]) / np.mean(var_sums[vsel][away])), floor)
+            snr[k] = resid_sums[idx[k]] / np.sqrt(loo * var_sums[idx[k]] + centre_model_var[k])
+            k = int(np.argmax(snr))
         # Student-t tail for the estimated factor; a floored factor is the Poisson (or
         # quoted-error) value itself, so its tail is Gaussian (docs, step 6).
-        dof = float(max(n_independent - 1, 1)) if params.student_t and measured >= 1.0 else None
+        dof = float(max(n_independent - 1, 1)) if params.student_t and measured >= floor else None
         per_scale.append(dict(
             requested_s=float(requested_s), n=n, step=step, idx=idx, snr=float(snr[k]),
             offset_s=float(centres_s[idx[k]] - 0.5 * bin_s + 0.5 * n * bin_s), measured=measured, factor=factor,
@@ -636,7 +650,7 @@ def search_excess(lc: LightCurve, params: ExcessSearchParams = ExcessSearchParam
             max_snr_offset_s=row["offset_s"],
             excess_variance_factor=row["factor"],
             excess_variance_factor_measured=row["measured"],
-            excess_variance_floored=bool(row["measured"] < 1.0),
+            excess_variance_floored=bool(row["measured"] < row["factor"]),
             n_variance_windows=row["n_var"],
             mean_background_counts=row["mean_bkg"],
             sigma_counts=row["sigma"],
