@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The README's first command: set everything up and run the broker on the bundled real
-# alerts. Idempotent: run it again and it reuses the venv, Kafka and PostgreSQL, replays
-# the alerts again and the archive still holds each alert exactly once.
+# alerts, then show an INTEGRAL follow-up with a real detection (GRB 230307A) and an
+# honest "no data" (a burst after INTEGRAL's end of science operations, 2025-02-28).
+# Idempotent: run it again and it reuses the venv, Kafka and PostgreSQL, replays the
+# alerts again, and the archive still holds each alert and each follow-up exactly once.
 set -euo pipefail
+START_DIR=$PWD  # the user's working directory: the plot goes there
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=$("$ROOT/deploy/setup.sh")
@@ -15,16 +18,48 @@ export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS
 "$ROOT/deploy/kafka/kafka.sh" start
 echo "quickstart: replaying the bundled real alerts (deploy/demo-alerts.txt) into Kafka" >&2
 mma-broker replay --manifest "$ROOT/deploy/demo-alerts.txt"
-echo "quickstart: running the broker until every replayed alert is consumed" >&2
+
+# Two follow-ups asked for by hand, through Kafka like the automatic ones, with values
+# published in GCN Circulars (not alerts of the bundled set):
+#  GRB 230307A: T0 = Fermi GBM trigger time 2023-03-07T15:44:06.67 UTC (GCN Circ. 33405);
+#    position = Swift-XRT afterglow 60.85935, -75.3788, 3.4" at 90 % (GCN Circ. 33429;
+#    confirmed as the afterglow by the IPN, GCN Circ. 33461). The bundled SPI-ACS light
+#    curve (followup/data/spiacs_lc_GRB230307A.fits) covers it.
+#  GRB 250806A: T0 = SVOM/ECLAIRs trigger 2025-08-06T07:58:14 UTC, position = SVOM/MXT
+#    348.4214, 1.3820, 85" at 90 % (GCN Circ. 41243): after INTEGRAL's end of science
+#    operations, so "no data".
+request_id() { "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["request_id"])'; }
+echo "quickstart: asking for the INTEGRAL follow-up of GRB 230307A by name and T0 (published GCN values)" >&2
+GRB_ID=$(mma-broker followup request --name "GRB 230307A" --t0 2023-03-07T15:44:06.67 \
+  --ra 60.85935 --dec -75.3788 --error-deg 0.00094 \
+  --note "T0: Fermi GBM trigger time, GCN Circ. 33405; position: Swift-XRT afterglow, GCN Circ. 33429" \
+  --json | request_id)
+echo "quickstart: and of GRB 250806A (SVOM, after INTEGRAL's end of science operations on 2025-02-28)" >&2
+LATE_ID=$(mma-broker followup request --name "GRB 250806A" --t0 2025-08-06T07:58:14 \
+  --ra 348.4214 --dec 1.3820 --error-deg 0.0236 \
+  --note "T0: SVOM/ECLAIRs trigger time; position: SVOM/MXT; GCN Circ. 41243" --json | request_id)
+
+echo "quickstart: running the broker until every replayed alert and request is consumed" >&2
 mma-broker run --until-caught-up
+
+PLOT_DIR=$START_DIR
+[ -w "$PLOT_DIR" ] || PLOT_DIR=$HOME
+echo
+echo "=== GRB 230307A, requested by name and T0 from the published GCN values (not a bundled alert) ==="
+(cd "$PLOT_DIR" && mma-broker followup show "$GRB_ID" --plot grb230307a-integral.png)
+[ "$PLOT_DIR" = "$START_DIR" ] || echo "(in your home folder: ~/grb230307a-integral.png)"
+echo
+echo "=== GRB 250806A, after INTEGRAL's end of science operations (2025-02-28) ==="
+mma-broker followup show "$LATE_ID"
 cat >&2 <<MSG
 
-Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL ($MMA_BROKER_HOME/postgres) keep running. Try:
+Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL keep running. Try:
   export MMA_BROKER_HOME=$MMA_BROKER_HOME     # the demo's state; without it mma-broker uses ~/.local/share/mma-broker
-  $VENV/bin/mma-broker events list --source igwn
-  $VENV/bin/mma-broker subscribe mma.events --timeout 5
-  $VENV/bin/mma-broker subscribe mma.dlq --timeout 5
-  $VENV/bin/mma-broker followup results
-  $VENV/bin/mma-broker followup excess followup/data/spiacs_lc_GRB230307A.fits --t0 2023-03-07T15:44:06.67 --plot lc.png
+  export PATH=$VENV/bin:\$PATH
+  mma-broker events list --source igwn
+  mma-broker subscribe mma.followup.results --timeout 5
+  mma-broker followup results                  # one follow-up per trigger; --all also lists revisions not analysed again
+  mma-broker followup show ${GRB_ID:0:12} --json
+  mma-broker followup request --t0 2023-03-07T15:44:06.67 --name "my test"   # any T0 2002-10-17 .. 2025-02-28
 Stop everything with: deploy/stop.sh
 MSG

@@ -249,12 +249,19 @@ class FollowupStore:
 
         return self._retry(txn, f"withdrawing follow-ups of {group}")
 
-    def withdrawal_for(self, group: str) -> str | None:
-        """Event id of a retraction already processed for the group, or None."""
+    def withdrawal_for(self, group: str, with_request_id: bool = False) -> Any:
+        """Event id of a retraction already processed for the group, or None.
+
+        With ``with_request_id``: ``(event id, request id)`` of that withdrawal, or None.
+        """
         t = self.table
-        q = sa.select(t.c.event_id).where(t.c.group_key == group, t.c.kind == "withdrawal").limit(1)
+        q = (sa.select(t.c.event_id, t.c.request_id).where(t.c.group_key == group, t.c.kind == "withdrawal")
+             .order_by(t.c.created_at).limit(1))
         with self.engine.connect() as conn:
-            return conn.execute(q).scalar()
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        return (row[0], row[1]) if with_request_id else row[0]
 
     def list(self, upstream_id: str | None = None, limit: int = 100,
              kinds: Sequence[str] | None = PUBLISHED_KINDS) -> list[StoredResult]:

@@ -23,8 +23,10 @@ Two consumer groups, each scalable by adding processes:
   written to ``followup_results``, published to ``mma.followup.results``, marked
   published, and only then are offsets committed.
   A ``withdraw`` request (from a retraction) marks every result of the group
-  withdrawn and publishes one withdrawal message; a revision of an already retracted
-  trigger is recorded as skipped without running.
+  withdrawn and publishes one withdrawal message (a second retraction of the group,
+  such as the VOEvent form of an LVK retraction, is recorded as skipped when it has
+  nothing left to withdraw); a revision of an already retracted trigger is recorded
+  as skipped without running.
 
 Both run on the stage runner (:mod:`broker.pipeline.runner`), like the ingest
 stage: no single message can stop either loop (a message that does not decode, or
@@ -209,7 +211,9 @@ class WorkerHandler(BaseStage):
         if stored is not None:
             document, note = stored.document, "republished"
         elif request.kind == "withdraw":
-            document, note = self._withdraw(request), "withdrawal"
+            document, note = self._withdraw(request)
+            if note == "skipped":
+                return [], None, ("skipped", rid)
         else:
             document, note = self._analyze_or_skip(request)
             if note == "skipped":
@@ -250,15 +254,23 @@ class WorkerHandler(BaseStage):
                 "requested_by": request.requested_by, "analyses_requested": sorted(request.analyses),
                 "params": dict(request.params), "created_at": utc_now(), "provenance": self.provenance.__dict__}
 
-    def _withdraw(self, request: FollowupRequest) -> dict[str, Any]:
+    def _withdraw(self, request: FollowupRequest) -> tuple[dict[str, Any], str]:
+        """Withdraw the group's results: (the withdrawal document, "withdrawal"), or a
+        skipped row when an earlier retraction of the group (the other form of one
+        LVK retraction: JSON and VOEvent) already withdrew everything."""
         ev = request.event
-        withdrawn = self.store.withdraw(group_key(ev), by=ev.id)
+        group = group_key(ev)
+        earlier = self.store.withdrawal_for(group, with_request_id=True)
+        withdrawn = self.store.withdraw(group, by=ev.id)
+        if earlier is not None and not withdrawn:
+            return self._skip(request, "retracted", f"{ev.upstream_id} was already retracted ({earlier[0]}); "
+                              f"nothing left to withdraw.\n", earlier[1]), "skipped"
         doc = self._base(request, "withdrawal") | {
             "status": "withdrawn", "withdrawn_request_ids": withdrawn, "retracted_by": ev.id,
             "summary_text": (f"{ev.upstream_id} was retracted ({ev.id}); {len(withdrawn)} INTEGRAL follow-up "
                              f"result(s) withdrawn.\n")}
         self.store.insert(doc)
-        return doc
+        return doc, "withdrawal"
 
     def _retracted_by(self, request: FollowupRequest) -> str | None:
         ev = request.event

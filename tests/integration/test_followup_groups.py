@@ -177,3 +177,20 @@ def test_user_skymap_is_read_back_from_the_archive(worker):
     uniq, density = worker._skymap(event)
     want_uniq, want_density, _ = read_multiorder(fits_bytes)
     assert (uniq == want_uniq).all() and (density == want_density).all()
+
+
+def test_lvk_json_and_voevent_forms_give_one_follow_up_and_one_withdrawal(worker):
+    """LVK user-guide superevent MS181101ab: JSON and VOEvent of each alert, then both retractions."""
+    igwn = Path(__file__).resolve().parents[1] / "data/igwn/userguide"
+    forms = ["MS181101ab-preliminary.json", "MS181101ab-2-Preliminary.xml", "MS181101ab-initial.json",
+             "MS181101ab-3-Initial.xml"]
+    notes = [_run(worker, _request(decode((igwn / f).read_bytes())[0]))[1] for f in forms]
+    assert notes == ["result", "skipped", "skipped", "skipped"]
+    retractions = [decode((igwn / f).read_bytes())[0] for f in ("MS181101ab-retraction.json",
+                                                                 "MS181101ab-5-Retraction.xml")]
+    first, note = _run(worker, _request(retractions[0], kind="withdraw"))
+    assert note == "withdrawal" and len(first) == 1
+    assert _run(worker, _request(retractions[1], kind="withdraw")) == ([], "skipped")
+    rows = worker.store.list(upstream_id="MS181101ab", kinds=None)
+    assert sum(r.kind == "result" for r in rows) == 1 and sum(r.kind == "withdrawal" for r in rows) == 1
+    assert all(r.withdrawn for r in rows if r.kind == "result")
