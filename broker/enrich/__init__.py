@@ -1,0 +1,1 @@
+"""Enrichment: localizations, catalog cross-match, event groups and cross-messenger coincidences (issue 9)."""
