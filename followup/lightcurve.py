@@ -221,6 +221,29 @@ def _find_table(hdul: fits.HDUList, where: str) -> tuple[fits.BinTableHDU, str]:
     raise LightCurveError(f"{where}: no binary table with TIME and RATE or COUNTS columns")
 
 
+def _timepixr_from_tstart(tstart: Any, unit_s: float, first_stamp_s: float, bin_s: float) -> float | None:
+    """Position of the time stamp in its bin implied by ``TSTART``, or None.
+
+    OGIP/93-003 puts ``TSTART`` at the start of the data. Without ``TIMEPIXR`` the
+    stamp's place in the bin is otherwise unknown: MMODA SPI-ACS files stamp each
+    native 50 ms bin at its start and give ``TSTART`` = first stamp (0.05 s files) or
+    first stamp - 0.025 s (0.1 s files, two native bins averaged), so the bin centre
+    is 25 ms after the stamp in both. When the first stamp lies within one bin after
+    ``TSTART`` the offset gives ``TIMEPIXR``; otherwise the default applies.
+    """
+    try:
+        start_s = float(tstart) * unit_s
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(start_s):
+        return None
+    offset_s = first_stamp_s - start_s
+    tolerance_s = 1e-3 * bin_s  # header values carry ~1e-7 s of rounding
+    if -tolerance_s <= offset_s < bin_s - tolerance_s:
+        return float(min(max(offset_s / bin_s, 0.0), 1.0))
+    return None
+
+
 def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | str | None = None) -> LightCurve:
     """Read an OGIP light-curve FITS file into a :class:`LightCurve`.
 
@@ -253,9 +276,11 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
     OGIP/93-003 keywords honoured: ``TIMEZERO`` (default 0), ``MJDREF`` or
     ``MJDREFI``/``MJDREFF``, ``TIMESYS`` (default TT), ``TIMEUNIT`` (s or d),
     ``TIMEDEL`` (default: median spacing of TIME), ``TIMEPIXR`` (position of the
-    time stamp within the bin; default 0.5, i.e. bin centre, which is what MMODA
-    SPI-ACS files hold: their TIME runs from -269.95 to +269.95 s for 0.1 s bins
-    spanning +/-270 s). Rows with non-finite values are dropped.
+    time stamp within the bin). Without ``TIMEPIXR`` the stamp's position is taken
+    from ``TSTART`` when the first stamp lies within one bin after it (MMODA SPI-ACS
+    files: bin centre 25 ms after the stamp, as their TSTART/TSTOP show), else 0.5
+    (bin centre); ``meta["timepixr"]`` and ``meta["timepixr_from"]`` say which.
+    Rows with non-finite values are dropped.
     """
     where = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else os.fspath(path_or_bytes)
     source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else where
@@ -284,7 +309,9 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
             if errors.ndim > 1:
                 errors = np.sqrt((errors.reshape(errors.shape[0], -1) ** 2).sum(axis=1))
         instrument = str(header.get("INSTRUME", hdul[0].header.get("INSTRUME", "unknown"))).strip()
+        timepixr_given = "TIMEPIXR" in header
         timepixr = _header_float(header, "TIMEPIXR", 0.5, where)
+        tstart = header.get("TSTART")
         tdel = header.get("TIMEDEL")
         extname = str(header.get("EXTNAME", ""))
     finite = np.isfinite(time_col_s) & np.isfinite(values)
@@ -303,6 +330,11 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
         bin_s = float(np.median(np.diff(time_col_s)))
     else:
         raise LightCurveError(f"{where}: TIMEDEL missing and only one row to infer the bin width")
+    timepixr_from = "TIMEPIXR" if timepixr_given else "default (bin centre)"
+    if not timepixr_given:
+        inferred = _timepixr_from_tstart(tstart, unit_s, time_col_s[0] + timezero_s, bin_s)
+        if inferred is not None:
+            timepixr, timepixr_from = inferred, "TSTART (first bin starts at TSTART)"
     centres_s = time_col_s + (0.5 - timepixr) * bin_s
     counts = values * bin_s if column == "RATE" else values
     if errors is not None and column == "RATE":
@@ -321,6 +353,8 @@ def read_ogip_lightcurve(path_or_bytes: str | os.PathLike | bytes, t0: Time | st
         "timezero_s": timezero_s,
         "timezero_utc": anchor.isot,
         "telescope": str(header.get("TELESCOP", "")).strip(),
+        "timepixr": float(timepixr),
+        "timepixr_from": timepixr_from,
     }
     logger.debug("read %d bins of %s from %s (bin %.3f s)", counts.size, instrument, where, bin_s)
     return LightCurve(t0_utc, centres_s + offset_s, bin_s, counts, instrument, meta, errors)

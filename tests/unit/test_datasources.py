@@ -45,7 +45,8 @@ def test_local_source_finds_the_file_covering_t0(tmp_path):
     lc = LocalFitsSource(tmp_path).fetch(T0, 100.0)
     assert isinstance(lc, LightCurve)
     abs_s, counts, _ = _file_bins()
-    expected_s = abs_s - _seconds_since_ijd0(T0)
+    # bin centres are 25 ms after the MMODA stamps (TSTART is the first bin's start)
+    expected_s = abs_s - _seconds_since_ijd0(T0) + 0.025
     assert np.allclose(lc.time_s, expected_s, atol=1e-3)
     assert np.allclose(lc.counts, counts)
 

@@ -2,6 +2,7 @@
 astropy.io.fits directly, a hand-made TT->UTC conversion and astro-gdt-integral."""
 
 from __future__ import annotations
+import io
 
 from datetime import datetime, timedelta
 
@@ -28,8 +29,15 @@ def test_values_match_the_file(raw):
     lc = read_ogip_lightcurve(LC_PATH)
     assert lc.instrument == "SPI-ACS"
     assert lc.bin_s == pytest.approx(header["TIMEDEL"])
-    # Default T0 is the TIMEZERO instant, so times are the TIME column (bin centres).
-    np.testing.assert_allclose(lc.time_s, time_col, atol=1e-6)
+    # Default T0 is the TIMEZERO instant. The file has no TIMEPIXR; its TSTART lies 25 ms
+    # before the first stamp (MMODA stamps native 50 ms bins at their start), so each bin
+    # centre is 25 ms after its stamp and the bins tile TSTART .. TSTOP.
+    assert lc.meta["timepixr_from"].startswith("TSTART")
+    np.testing.assert_allclose(lc.time_s, time_col + 0.025, atol=1e-5)
+    tstart_s = header["TSTART"] - header["TIMEZERO"]
+    tstop_s = header["TSTOP"] - header["TIMEZERO"]
+    assert lc.time_s[0] - 0.5 * lc.bin_s == pytest.approx(tstart_s, abs=1e-5)
+    assert lc.time_s[-1] + 0.5 * lc.bin_s == pytest.approx(tstop_s, abs=1e-5)
     np.testing.assert_allclose(lc.counts, rate * header["TIMEDEL"], rtol=1e-12)
     np.testing.assert_allclose(lc.rate_cps, rate, rtol=1e-12)
 
@@ -53,7 +61,8 @@ def test_matches_astro_gdt_integral_reader():
     lc = read_ogip_lightcurve(LC_PATH)
     gdt_t0 = GdtTime(gdt_lc.timezero, format="integral").utc
     assert abs((gdt_t0 - lc.t0).to_value("s")) < 1e-4
-    np.testing.assert_allclose(lc.time_s, gdt_lc.time, atol=1e-6)
+    # gdt exposes the raw TIME stamps; our bin centres are 25 ms later (TSTART, see above)
+    np.testing.assert_allclose(lc.time_s, gdt_lc.time + 0.025, atol=1e-5)
     np.testing.assert_allclose(lc.rate_cps, gdt_lc.rates, rtol=1e-12)
 
 
@@ -62,9 +71,9 @@ def test_relative_to_gbm_t0(raw):
     lc = read_ogip_lightcurve(LC_PATH, t0=GBM_T0)
     shift_s = (read_ogip_lightcurve(LC_PATH).t0 - Time("2023-03-07T15:44:06.67", scale="utc")).to_value("s")
     assert shift_s == pytest.approx(89.309, abs=2e-3)
-    np.testing.assert_allclose(lc.time_s, time_col + shift_s, atol=1e-6)
-    assert lc.time_s[0] == pytest.approx(-180.641, abs=2e-3)
-    assert lc.time_s[-1] == pytest.approx(359.259, abs=2e-3)
+    np.testing.assert_allclose(lc.time_s, time_col + shift_s + 0.025, atol=1e-5)
+    assert lc.time_s[0] == pytest.approx(-180.616, abs=2e-3)
+    assert lc.time_s[-1] == pytest.approx(359.284, abs=2e-3)
 
 
 def test_bytes_input_equals_path_input():
@@ -158,3 +167,15 @@ def test_bad_errors_name_the_column_and_row(tmp_path, bad, row):
         read_ogip_lightcurve(path)
     with pytest.raises(LightCurveError, match=r"error row 2 "):
         LightCurve(GBM_T0, np.arange(3.0), 1.0, np.ones(3), error=np.array([1.0, -1.0, 1.0]))
+
+
+def test_stamp_position_without_timepixr_or_tstart_is_the_bin_centre(raw):
+    header, time_col, rate = raw
+    hdu = fits.BinTableHDU.from_columns(
+        [fits.Column("TIME", "D", array=time_col), fits.Column("RATE", "D", array=rate)], header=header.copy())
+    del hdu.header["TSTART"]
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+    lc = read_ogip_lightcurve(buf.getvalue())
+    assert lc.meta["timepixr_from"] == "default (bin centre)"
+    np.testing.assert_allclose(lc.time_s, time_col, atol=1e-5)

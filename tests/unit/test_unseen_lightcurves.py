@@ -117,12 +117,13 @@ def test_spiacs_mmoda_2024_read_against_its_header():
     assert lc.time_s.size == 400
     np.testing.assert_allclose(lc.counts, rate * 0.05, rtol=1e-12)
     # DATE-OBS is TSTART in the file's TIMESYS (TT). MMODA writes TSTART = first TIME stamp
-    # and TSTOP = last stamp + TIMEDEL (stamps as bin starts); the reader takes stamps as bin
-    # centres (TIMEPIXR absent -> 0.5), so the two starts differ by half a bin (25 ms).
+    # and TSTOP = last stamp + TIMEDEL (stamps as bin starts); without TIMEPIXR the reader
+    # takes the stamp position from TSTART, so the first bin starts at DATE-OBS.
+    assert lc.meta["timepixr"] == pytest.approx(0.0, abs=1e-3)
     assert header["TIMESYS"].strip() == "TT"
     start_tt = (lc.t0 + (lc.time_s[0] - 0.5 * lc.bin_s) * u.s).tt
     offset_s = (Time(header["DATE-OBS"], scale="tt") - start_tt).to_value("s")
-    assert offset_s == pytest.approx(0.5 * lc.bin_s, abs=1e-3)
+    assert offset_s == pytest.approx(0.0, abs=1e-3)
 
 
 def test_spiacs_mmoda_2024_too_short_for_the_search_then_searched_with_margins_that_fit():
