@@ -182,8 +182,12 @@ def test_cli_run_publishes_and_runs_locally(followup_env, kafka_bootstrap):
     local = run_cli(followup_env, "followup", "run", event_id, "--local", "--json")
     doc = json.loads(local.stdout)
     assert doc["status"] == "no_data" and doc["event_id"] == event_id
-    again = run_cli(followup_env, "followup", "run", event_id, "--local")
+    again = run_cli(followup_env, "followup", "run", event_id, "--local", "--plot", "lc.png")
     assert "from the cache" in again.stdout and "no data" in again.stdout
+    # no light curve, no plot: it says so instead of keeping silent
+    assert "no plot written to lc.png: no SPI-ACS light curve was analysed (no_data)" in again.stderr
+    refused = run_cli(followup_env, "followup", "run", event_id, "--plot", "lc.png", check=False)
+    assert refused.returncode == 1 and "--plot needs --local" in refused.stderr
     bad = run_cli(followup_env, "followup", "run", "gcn:no-such-event", check=False)
     # one line on stderr
     assert bad.returncode == 1 and "no event" in bad.stderr and bad.stderr.count("mma-broker:") == 1
