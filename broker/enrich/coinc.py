@@ -39,12 +39,15 @@ git.ligo.org/lscsoft/raven; LVK user guide, "RAVEN")
     the same ERFA unit vectors and the same SciPy KD-tree, so ties between equidistant
     centres resolve the same way); multi-order × flat takes the flat pixel holding each
     GW pixel's centre; flat × flat is exact on the finer grid (``healpy.ud_grade``);
-    flat × point takes the pixel holding the point; multi-order × point takes the GW
-    pixel whose centre is nearest to the point. (That last branch raises
-    ``UnitConversionError`` in ligo-raven 3.3 when ``PROBDENSITY`` is a plain array —
-    its normalization then carries sr — and works when it is an astropy column in
-    sr⁻¹, as gwcelery passes it; see docs/coincidences.md.) Combinations ligo-raven
-    does not take (flat GW × multi-order external, partial-sky maps) use ``"exact"``.
+    flat × point takes the pixel holding the point. Multi-order × point is the
+    published formula (the GW pixel *holding* the point): ligo-raven 3.3's branch
+    raises ``UnitConversionError`` when ``PROBDENSITY`` is a plain array (its
+    normalization then carries sr), and when it runs (an astropy column in sr⁻¹, as
+    gwcelery passes it) it takes the pixel whose *centre* is nearest, which differs
+    from the formula for 5–21 % of positions drawn from real GW maps
+    (:func:`nearest_centre_point_overlap`; docs/coincidences.md). Combinations
+    ligo-raven does not take (flat GW × multi-order external, partial-sky maps) use
+    ``"exact"``.
 ``method="exact"``
     The integral of the two piecewise-constant maps, exactly: over the common
     refinement of the two pixelizations (HEALPix pixels of two orders are nested or
@@ -376,12 +379,24 @@ def _raven_moc_flat(a: MultiOrderSkyMap, b: MultiOrderSkyMap) -> float:
     return float(np.sum(ra_ * _pixel_area_sr(ua) * rho_b[ext_ind] * FOUR_PI / na / nb))
 
 
-def _raven_moc_point(a: MultiOrderSkyMap, p: PointSource) -> float:
+def nearest_centre_point_overlap(a: MultiOrderSkyMap, p: PointSource) -> float:
+    """ligo-raven 3.3's multi-order × point branch as it runs when ``PROBDENSITY`` is a
+    column in sr⁻¹: ``4π ρ_j / ∫p_gw`` with ``j`` the GW pixel whose *centre* is nearest
+    to the point. Not the published formula (the pixel *holding* the point), which
+    :func:`overlap_integral` uses; kept for comparison (tests, ``bench_coinc.py``).
+
+    Raises
+    ------
+    CoincidenceError
+        For a map with NaN, negative or all-zero density.
+    """
     ua, ra_, na = _checked(a, "GW")
     lon_a, lat_a = _centres(ua)
-    point = _unit_vectors(np.atleast_1d(np.deg2rad(p.ra_deg)), np.atleast_1d(np.deg2rad(p.dec_deg)))
-    _, idx = _kdtree(_unit_vectors(lon_a.to_value("rad"), lat_a.to_value("rad"))).query(point, 1)
-    return float(ra_[idx[0]] * FOUR_PI / na)
+    point = _unit_vectors(np.deg2rad(p.ra_deg), np.deg2rad(p.dec_deg))
+    # one query: a scan of squared chord distances finds the KD-tree's nearest centre
+    # without building the tree (ties, equidistant centres, are measure-zero for a point)
+    d2 = np.sum(np.square(_unit_vectors(lon_a.to_value("rad"), lat_a.to_value("rad")) - point), axis=1)
+    return float(ra_[int(np.argmin(d2))] * FOUR_PI / na)
 
 
 def overlap_integral(gw: Sky, ext: Sky, method: Method = "raven") -> float:
@@ -393,8 +408,9 @@ def overlap_integral(gw: Sky, ext: Sky, method: Method = "raven") -> float:
         The two localizations; at most one may be a point. Maps need not be
         normalized (each is divided by its total probability, as in ligo-raven).
     method : {"raven", "exact"}
-        ``"raven"``: ligo-raven 3.3's discretization in each branch it has (module
-        docstring); ``"exact"``: the exact integral of the piecewise-constant maps.
+        ``"raven"``: ligo-raven 3.3's discretization of two maps in each branch it has
+        (module docstring); ``"exact"``: the exact integral of the piecewise-constant
+        maps. A point uses the published formula in both.
 
     Returns
     -------
@@ -414,9 +430,8 @@ def overlap_integral(gw: Sky, ext: Sky, method: Method = "raven") -> float:
     if method not in ("raven", "exact"):
         raise CoincidenceError(f"overlap method {method!r}: expected 'raven' or 'exact'")
     if isinstance(ext, PointSource):
-        if method == "raven" and not is_flat(gw):
-            return _raven_moc_point(gw, ext)
-        return _exact_point(gw, ext)  # flat × point is exact in ligo-raven too
+        # the published formula in both methods (ligo-raven's flat × point is this too)
+        return _exact_point(gw, ext)
     if method == "raven":
         gw_flat, ext_flat = is_flat(gw), is_flat(ext)
         if not gw_flat and ext_flat:
