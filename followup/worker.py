@@ -86,7 +86,7 @@ class FollowupStats:
         return (f"follow-up: {self.events} event(s) seen, {self.requests} request(s), "
                 f"{self.withdraw_requests} withdraw request(s); {self.results} result(s), "
                 f"{self.withdrawals} withdrawal(s), {self.duplicates_skipped} duplicate(s) skipped, "
-                f"{self.revisions_skipped} revision(s) adding nothing not analysed again, "
+                f"{self.revisions_skipped} request(s) adding nothing to their trigger's follow-up (not published), "
                 f"{self.dead_letters} dead letter(s)")
 
 
