@@ -1,0 +1,142 @@
+"""What an alert file gives a cross-match: its sky map, or its position and error.
+
+``mma-broker crossmatch ALERT_OR_MAP`` takes any of:
+
+* a FITS sky map, multi-order (NUNIQ) or flat (RING/NESTED), gzip or not
+  (:func:`broker.skymap.read_skymap`);
+* an IGWN ``igwn.gwalert`` alert, JSON (``event.skymap``, base64) or Avro
+  (``event.skymap``, bytes; the first record of the container that has one);
+* a GCN unified-schema JSON notice with ``healpix_file`` (base64 FITS);
+* any alert the broker decodes (:func:`broker.sources.decode`) whose Event has a point
+  localization (position and error circle) and no embedded map.
+
+Alert files go through the broker's own decoder first (schemas, limits), so a file
+that would be refused on the stream is refused here with the same one-line reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+
+from broker.errors import DecodeError
+from broker.event import PointLocalization
+from broker.limits import DecodeLimits, current_limits, decode_scope, over_limit
+from broker.skymap import GZIP_MAGIC, MultiOrderSkyMap
+
+FILE_LIMITS = DecodeLimits(max_message_bytes=512 * 1024 * 1024, max_skymap_bytes=2048 * 1024 * 1024,
+                           max_decode_cpu_s=120.0, max_json_items=10_000_000, max_array_items=10_000_000,
+                           max_decompressed_bytes=1024 * 1024 * 1024)
+"""Limits for a file the user names on the command line: room for a flat NSIDE-2048
+map (800 MB of FITS with distance layers), still bounded against a gzip bomb."""
+
+
+@dataclass(frozen=True)
+class AlertInput:
+    """The localization an alert file gives.
+
+    Attributes
+    ----------
+    name : str
+        What it is: the alert's superevent or Event id, or "sky map".
+    skymap : broker.skymap.MultiOrderSkyMap or None
+        The sky map, when the file is or embeds one.
+    point : broker.event.PointLocalization or None
+        The position and error circle, for alerts without a map.
+    """
+
+    name: str
+    skymap: MultiOrderSkyMap | None = None
+    point: PointLocalization | None = None
+
+
+def _b64(blob: object, what: str) -> bytes | None:
+    if isinstance(blob, (bytes, bytearray)):
+        return bytes(blob) or None
+    if not isinstance(blob, str) or not blob:
+        return None
+    if len(blob) // 4 * 3 > current_limits().max_skymap_bytes:
+        raise over_limit("max_skymap_bytes", len(blob) // 4 * 3, f"{what} decoded size in bytes")
+    try:
+        return base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError(f"{what} is not valid base64 ({exc})") from None
+
+
+def _embedded_map(data: bytes) -> tuple[bytes | None, str]:
+    """The FITS bytes of the map an alert embeds (None when it has none), and where."""
+    if data[:4] == b"Obj\x01":
+        import fastavro
+
+        try:
+            for rec in fastavro.reader(io.BytesIO(data)):
+                blob = _b64(((rec or {}).get("event") or {}).get("skymap"), "event.skymap")
+                if blob:
+                    return blob, "event.skymap"
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a container fastavro cannot read
+            raise DecodeError(f"unreadable Avro container ({type(exc).__name__}: {exc})") from None
+        return None, ""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None, ""
+    if not isinstance(obj, dict):
+        return None, ""
+    event = obj.get("event")
+    if isinstance(event, dict) and event.get("skymap"):
+        return _b64(event["skymap"], "event.skymap"), "event.skymap"
+    if obj.get("healpix_file"):
+        return _b64(obj["healpix_file"], "healpix_file"), "healpix_file"
+    return None, ""
+
+
+def read_alert_or_map(data: bytes, limits: DecodeLimits = FILE_LIMITS) -> AlertInput:
+    """Read a sky map or an alert file into the localization a cross-match needs.
+
+    Parameters
+    ----------
+    data : bytes
+        The file's bytes.
+    limits : broker.limits.DecodeLimits
+        Decode limits (defaults: :data:`FILE_LIMITS`).
+
+    Returns
+    -------
+    AlertInput
+        With ``skymap`` for maps and alerts embedding one, else ``point``.
+
+    Raises
+    ------
+    DecodeError
+        A file that is neither a sky map nor a decodable alert, an alert without a sky
+        map and without a position (a retraction, a VOEvent giving only the map's URL),
+        or an unreadable embedded map (the reason says which field).
+    """
+    from broker.skymap import read_skymap
+
+    with decode_scope(limits):
+        if data.startswith(b"SIMPLE  =") or data[:2] == GZIP_MAGIC:
+            return AlertInput(name="sky map", skymap=read_skymap(data))
+        from broker.sources import decode
+
+        events = decode(data, limits)
+        blob, where = _embedded_map(data)
+        name = events[0].upstream_id if events else "alert"
+        if blob is not None:
+            try:
+                return AlertInput(name=name, skymap=read_skymap(blob))
+            except DecodeError as exc:
+                raise DecodeError(f"{name}: {where}: {exc}") from None
+        for ev in events:
+            if isinstance(ev.localization, PointLocalization):
+                return AlertInput(name=ev.upstream_id, point=ev.localization)
+        url = next((ev.properties.get("skymap_url") for ev in events if ev.properties.get("skymap_url")), None)
+        if url:
+            raise DecodeError(f"{name}: the alert gives only a sky-map URL; download the map and pass the FITS file")
+        kind = events[0].alert_type if events else "alert"
+        raise DecodeError(f"{name} ({kind}): no sky map and no position to cross-match")
