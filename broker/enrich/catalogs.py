@@ -216,7 +216,8 @@ def read_catalog(path: str | Path, name: str | None = None, *, ra_col: str | Non
     if not accepted.any():
         raise CatalogError(f"catalog {path.name}: no row has a usable position ({len(table)} rows refused: "
                            + "; ".join(f"{k}: {v}" for k, v in refused.items()) + ")")
-    ra = np.where(accepted, np.mod(ra, 360.0), np.nan)
+    with np.errstate(invalid="ignore"):
+        ra = np.where(accepted, np.mod(ra, 360.0), np.nan)
     dec = np.where(accepted, dec, np.nan)
     columns = {"ra": ra_name, "dec": dec_name}
     dist = None
@@ -286,20 +287,22 @@ CATALOGS, SOURCES = catalog_tables(sa.MetaData())
 
 
 def _json_value(v: Any) -> Any:
+    if v is np.ma.masked or v is None:
+        return None
+    if isinstance(v, np.ma.MaskedArray):
+        return [_json_value(x) for x in v.tolist()]
     if isinstance(v, (bytes, np.bytes_)):
         v = v.decode("utf-8", "replace")
     if isinstance(v, str):
         return v.strip()
-    if isinstance(v, np.ndarray):
-        return [_json_value(x) for x in v.tolist()]
+    if isinstance(v, (np.ndarray, list, tuple)):
+        return [_json_value(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
     if isinstance(v, (np.bool_, bool)):
         return bool(v)
     if isinstance(v, (np.integer, int)):
         return int(v)
     if isinstance(v, (np.floating, float)):
         return float(v) if math.isfinite(v) else None
-    if v is np.ma.masked or v is None:
-        return None
     return str(v)
 
 
@@ -397,7 +400,8 @@ def cone_search(engine: sa.Engine, name: str, ra_deg: float, dec_deg: float, rad
     from astropy.coordinates import Latitude, Longitude, angular_separation
     from mocpy import MOC
 
-    moc = MOC.from_cone(Longitude(ra_deg * u.deg), Latitude(dec_deg * u.deg), radius_deg * u.deg, max_depth=14)
+    moc = MOC.from_cone(lon=Longitude(ra_deg * u.deg), lat=Latitude(dec_deg * u.deg), radius=radius_deg * u.deg,
+                        max_depth=14)
     ranges = np.asarray(moc.to_depth29_ranges, dtype=np.int64)
     with engine.connect() as conn:
         cid = conn.execute(sa.select(CATALOGS.c.id).where(CATALOGS.c.name == name)).scalar()
