@@ -25,19 +25,21 @@ mma-broker replay --manifest "$ROOT/deploy/demo-alerts.txt"
 #    position = Swift-XRT afterglow 60.85935, -75.3788, 3.4" at 90 % (GCN Circ. 33429;
 #    confirmed as the afterglow by the IPN, GCN Circ. 33461). The bundled SPI-ACS light
 #    curve (followup/data/spiacs_lc_GRB230307A.fits) covers it.
-#  GRB 250806A: T0 = SVOM/ECLAIRs trigger 2025-08-06T07:58:14 UTC, position = SVOM/MXT
-#    348.4214, 1.3820, 85" at 90 % (GCN Circ. 41243): after INTEGRAL's end of science
-#    operations, so "no data".
+#  GRB 250702D: T0 = 2025-07-02T13:09:02.03 UTC (Fermi/GBM trigger 773154547), position =
+#    centre 285.820, -4.18 of the combined GBM + Swift/BAT-GUANO 90 % region, 142 deg2, given
+#    here as the circle of equal area, radius 6.7 deg (GCN Circ. 40903): after INTEGRAL's end
+#    of science operations, so "no data".
 request_id() { "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["request_id"])'; }
 echo "quickstart: asking for the INTEGRAL follow-up of GRB 230307A by name and T0 (published GCN values)" >&2
 GRB_ID=$(mma-broker followup request --name "GRB 230307A" --t0 2023-03-07T15:44:06.67 \
   --ra 60.85935 --dec -75.3788 --error-deg 0.00094 \
   --note "T0: Fermi GBM trigger time, GCN Circ. 33405; position: Swift-XRT afterglow, GCN Circ. 33429" \
   --json | request_id)
-echo "quickstart: and of GRB 250806A (SVOM, after INTEGRAL's end of science operations on 2025-02-28)" >&2
-LATE_ID=$(mma-broker followup request --name "GRB 250806A" --t0 2025-08-06T07:58:14 \
-  --ra 348.4214 --dec 1.3820 --error-deg 0.0236 \
-  --note "T0: SVOM/ECLAIRs trigger time; position: SVOM/MXT; GCN Circ. 41243" --json | request_id)
+echo "quickstart: and of GRB 250702D (Fermi GBM, after INTEGRAL's end of science operations on 2025-02-28)" >&2
+LATE_ID=$(mma-broker followup request --name "GRB 250702D" --t0 2025-07-02T13:09:02.03 \
+  --ra 285.820 --dec -4.18 --error-deg 6.7 \
+  --note "T0: Fermi/GBM trigger 773154547; position: GBM + Swift/BAT-GUANO 90% region (142 deg2); GCN Circ. 40903" \
+  --json | request_id)
 
 echo "quickstart: running the broker until every replayed alert and request is consumed" >&2
 mma-broker run --until-caught-up
@@ -49,7 +51,7 @@ echo "=== GRB 230307A, requested by name and T0 from the published GCN values (n
 (cd "$PLOT_DIR" && mma-broker followup show "$GRB_ID" --plot grb230307a-integral.png)
 [ "$PLOT_DIR" = "$START_DIR" ] || echo "(in your home folder: ~/grb230307a-integral.png)"
 echo
-echo "=== GRB 250806A, after INTEGRAL's end of science operations (2025-02-28) ==="
+echo "=== GRB 250702D, after INTEGRAL's end of science operations (2025-02-28) ==="
 mma-broker followup show "$LATE_ID"
 cat >&2 <<MSG
 
