@@ -455,6 +455,12 @@ def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(Fa
     print(json.dumps(d, indent=2))
 
 
+# events group / events in-region (issue 9): defined beside the stores they read
+from broker.enrich.cli_events import register as _register_events_commands  # noqa: E402 - imports typer only
+
+_register_events_commands(events_app)
+
+
 # ---------------------------------------------------------------- dlq
 @dlq_app.command("raw")
 def dlq_raw(

@@ -84,7 +84,7 @@ def upgrade() -> None:
         "event_groups",
         sa.Column("key", sa.Text, primary_key=True),
         sa.Column("source", sa.Text, nullable=False),
-        sa.Column("category", sa.Text, nullable=False, comment="gw | grb | neutrino | frb | xray | optical | em | user"),
+        sa.Column("category", sa.Text, nullable=False, comment="gw | grb | neutrino | frb | xray | optical | user"),
         sa.Column("t0", sa.TIMESTAMP(timezone=True), nullable=False, comment="the latest revision's T0"),
         sa.Column("latest_event_id", sa.Text, nullable=False),
         sa.Column("best_localization_id", sa.Text, sa.ForeignKey("localizations.id"), nullable=True),

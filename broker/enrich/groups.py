@@ -1,0 +1,342 @@
+"""Event groups: the revisions of one superevent or trigger, with their state.
+
+An upstream sends many notices per astrophysical trigger: an LVK superevent's
+preliminary, initial, update and retraction alerts, each in JSON (``igwn.gwalert``,
+Avro) and VOEvent form; a Fermi GBM trigger's alert, flight, ground and final
+notices; Swift BAT, XRT and UVOT positions of one trigger number. Downstream stages
+act per group, not per notice. :func:`group_key` gives the group, :class:`GroupStore`
+keeps it in PostgreSQL (migration 0005, :func:`group_tables`).
+
+Group keys (:func:`group_key`)
+------------------------------
+* IGWN: ``igwn:<superevent id>`` (``igwn:S230518h``): the JSON, Avro and VOEvent
+  forms of every revision carry the superevent id as ``upstream_id``.
+* GCN: ``gcn:<mission>:<trigger id>`` (``gcn:fermi:745121685``), the mission lower
+  case with every run of non-alphanumerics made ``-`` (``gcn:einstein-probe:...``).
+  The instrument is left out on purpose: Swift XRT and UVOT positions reuse the BAT
+  trigger number, and GCN retractions may carry no instrument. The trigger id is
+  the notice's ``id`` / ``event_name`` (GCN Kafka JSON) or TrigID (VOEvent), so the
+  JSON and VOEvent forms of one GBM trigger share a group. Swift BAT-GUANO ids
+  (Fermi MET seconds, ~7e8) and BAT trigger numbers (~1e6) live in one namespace
+  and would share a group only if equal.
+* ZTF / LSST: ``ztf:<objectId>`` — the alerts of one object (its detections).
+* Hand-made events: ``user:<upstream id>``.
+
+State of a group (:class:`GroupState`)
+--------------------------------------
+* ``revisions``: its Event ids in arrival order (the order :meth:`GroupStore.add`
+  saw them; a replayed event keeps its first place);
+* ``latest``: the last one to arrive;
+* ``best_localization``: the localization with the smallest 90 % area among the
+  revisions (ties: the later revision) — a Swift XRT circle beats the BAT one, a
+  GBM ground position beats the flight one, an LVK update map beats the preliminary
+  when it is smaller; None when no revision has one with an area;
+* ``retracted``: any revision is a retraction (an LVK or GCN retraction is final);
+* ``t0``: the T0 of the latest revision that is not a retraction.
+
+Categories (:func:`category_of`), for :meth:`GroupStore.in_time_window`: ``gw``
+(IGWN), ``neutrino`` (GCN neutrino messenger: IceCube, KM3NeT, Super-K, SNEWS),
+``frb`` (CHIME, DSA-110), ``xray`` (Einstein Probe, MAXI), ``grb`` (the other GCN
+electromagnetic missions: Fermi, Swift, INTEGRAL, SVOM, ...), ``optical`` (ZTF,
+LSST), ``user``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from broker.enrich.store import LOCS, LocalizationRef, _utc
+from broker.errors import BrokerError
+from broker.event import Event, format_time
+
+__all__ = ["GroupState", "GroupStore", "GroupError", "group_key", "category_of", "group_tables"]
+
+_F8 = sa.Float(precision=53)
+_FRB = {"chime", "dsa110", "dsa-110"}
+_XRAY = {"einstein-probe", "maxi"}
+
+
+class GroupError(BrokerError):
+    """A group cannot be found or read (one line)."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def group_key(event: Event) -> str:
+    """The group of an Event's revisions (see the module docstring for the rules).
+
+    Parameters
+    ----------
+    event : broker.event.Event
+
+    Returns
+    -------
+    str
+        ``igwn:<superevent>``, ``gcn:<mission>:<trigger id>``, ``ztf:<objectId>``,
+        ``lsst:<id>`` or ``user:<id>``.
+    """
+    if event.source == "gcn":
+        return f"gcn:{_slug(event.mission)}:{event.upstream_id}"
+    return f"{event.source}:{event.upstream_id}"
+
+
+def category_of(event: Event) -> str:
+    """``gw``, ``neutrino``, ``frb``, ``xray``, ``grb``, ``optical`` or ``user`` (module docstring)."""
+    if event.source == "igwn" or event.messenger == "gw":
+        return "gw"
+    if event.source in ("ztf", "lsst"):
+        return "optical"
+    if event.source == "user":
+        return "user"
+    if event.messenger == "neutrino":
+        return "neutrino"
+    mission = _slug(event.mission)
+    if mission in _FRB:
+        return "frb"
+    if mission in _XRAY:
+        return "xray"
+    return "grb"
+
+
+def group_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
+    """Define migration 0005's ``event_groups`` and ``event_group_members`` on ``metadata``
+    (``localizations`` must be defined on it too: :func:`broker.enrich.store.localization_tables`)."""
+    groups = sa.Table(
+        "event_groups", metadata,
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("source", sa.Text, nullable=False),
+        sa.Column("category", sa.Text, nullable=False, comment="gw | grb | neutrino | frb | xray | optical | user"),
+        sa.Column("t0", sa.TIMESTAMP(timezone=True), nullable=False, comment="the latest revision's T0"),
+        sa.Column("latest_event_id", sa.Text, nullable=False),
+        sa.Column("best_localization_id", sa.Text, sa.ForeignKey("localizations.id"), nullable=True),
+        sa.Column("retracted", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("n_revisions", sa.Integer, nullable=False),
+        sa.Column("updated_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Index("ix_event_groups_t0", "t0"),
+    )
+    members = sa.Table(
+        "event_group_members", metadata,
+        sa.Column("event_id", sa.Text, primary_key=True),
+        sa.Column("group_key", sa.Text, sa.ForeignKey("event_groups.key", ondelete="CASCADE"), nullable=False),
+        sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, comment="arrival order"),
+        sa.Column("alert_type", sa.Text, nullable=False),
+        sa.Column("time", sa.TIMESTAMP(timezone=True), nullable=False),
+        sa.Column("retraction", sa.Boolean, nullable=False),
+        sa.Column("localization_id", sa.Text, sa.ForeignKey("localizations.id"), nullable=True),
+        sa.Column("area_90_deg2", _F8, nullable=True),
+        sa.Column("added_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Index("ix_event_group_members_group", "group_key", "seq"),
+    )
+    return {"event_groups": groups, "event_group_members": members}
+
+
+_md = sa.MetaData()
+LOCS.to_metadata(_md)
+_G = group_tables(_md)
+GROUPS, MEMBERS = _G["event_groups"], _G["event_group_members"]
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """One group's revisions and state (module docstring).
+
+    Attributes
+    ----------
+    key : str
+        :func:`group_key`.
+    revisions : list of str
+        Event ids in arrival order.
+    latest : str
+        The last revision to arrive.
+    best_localization : LocalizationRef or None
+        Smallest 90 % area among the revisions.
+    retracted : bool
+    t0 : str
+        T0 of the latest non-retraction revision, ISO 8601 UTC ending in ``Z``.
+    category : str
+        :func:`category_of`.
+    alert_types : list of str
+        Each revision's alert type, in the order of ``revisions``.
+    """
+
+    key: str
+    revisions: list[str]
+    latest: str
+    best_localization: LocalizationRef | None
+    retracted: bool
+    t0: str
+    category: str = ""
+    alert_types: list[str] = field(default_factory=list)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``best_localization`` as a dict or None)."""
+        return {"key": self.key, "category": self.category, "t0": self.t0, "revisions": list(self.revisions),
+                "alert_types": list(self.alert_types), "latest": self.latest,
+                "best_localization": None if self.best_localization is None else self.best_localization.to_json_dict(),
+                "retracted": self.retracted}
+
+
+def _z(t: datetime) -> str:
+    return format_time(t)
+
+
+class GroupStore:
+    """Event groups in PostgreSQL (migration 0005).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The archive's database, migrated.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def add(self, event: Event, ref: LocalizationRef | None) -> GroupState:
+        """Add a revision to its group and return the group's new state.
+
+        Idempotent per Event id: adding the same Event again keeps its place in the
+        arrival order; a localization given later (``ref`` not None) is recorded.
+        Concurrent adds to one group are serialized by a row lock on the group.
+
+        Parameters
+        ----------
+        event : broker.event.Event
+        ref : LocalizationRef or None
+            Its stored localization (:meth:`broker.enrich.store.LocalizationStore.put`).
+
+        Returns
+        -------
+        GroupState
+        """
+        key = group_key(event)
+        t = _utc(event.time)
+        with self.engine.begin() as conn:
+            conn.execute(pg_insert(GROUPS).values(key=key, source=event.source, category=category_of(event), t0=t,
+                                                  latest_event_id=event.id, retracted=False, n_revisions=0)
+                         .on_conflict_do_nothing())
+            conn.execute(sa.select(GROUPS.c.key).where(GROUPS.c.key == key).with_for_update())
+            stmt = pg_insert(MEMBERS).values(
+                event_id=event.id, group_key=key, alert_type=event.alert_type, time=t, retraction=event.is_retraction,
+                localization_id=None if ref is None else ref.id,
+                area_90_deg2=None if ref is None else ref.area_90_deg2)
+            if ref is not None:
+                stmt = stmt.on_conflict_do_update(index_elements=[MEMBERS.c.event_id],
+                                                  set_={"localization_id": ref.id, "area_90_deg2": ref.area_90_deg2})
+            else:
+                stmt = stmt.on_conflict_do_nothing()
+            conn.execute(stmt)
+            # the event may belong to another group already (a key rule changed): its first group stays
+            real_key = conn.execute(sa.select(MEMBERS.c.group_key).where(MEMBERS.c.event_id == event.id)).scalar_one()
+            state = self._recompute(conn, real_key)
+        return state
+
+    def _recompute(self, conn: sa.Connection, key: str) -> GroupState:
+        rows = conn.execute(sa.select(MEMBERS.c.event_id, MEMBERS.c.alert_type, MEMBERS.c.time, MEMBERS.c.retraction,
+                                      MEMBERS.c.localization_id, MEMBERS.c.area_90_deg2)
+                            .where(MEMBERS.c.group_key == key).order_by(MEMBERS.c.seq)).all()
+        best_id = _best(rows)
+        kept = [r for r in rows if not r.retraction] or rows
+        conn.execute(sa.update(GROUPS).where(GROUPS.c.key == key).values(
+            t0=kept[-1].time, latest_event_id=rows[-1].event_id, best_localization_id=best_id,
+            retracted=any(r.retraction for r in rows), n_revisions=len(rows), updated_at=sa.func.now()))
+        return self._states(conn, [key])[0]
+
+    # ------------------------------------------------------------ reads
+    def _states(self, conn: sa.Connection, keys: list[str]) -> list[GroupState]:
+        if not keys:
+            return []
+        groups = conn.execute(sa.select(GROUPS).where(GROUPS.c.key.in_(keys))).all()
+        members = conn.execute(sa.select(MEMBERS.c.group_key, MEMBERS.c.event_id, MEMBERS.c.alert_type)
+                               .where(MEMBERS.c.group_key.in_(keys)).order_by(MEMBERS.c.seq)).all()
+        best_ids = {g.best_localization_id for g in groups if g.best_localization_id}
+        refs = {}
+        if best_ids:
+            refs = {r.id: LocalizationRef(r.id, r.kind, r.area_50_deg2, r.area_90_deg2, r.n_tiles)
+                    for r in conn.execute(sa.select(LOCS.c.id, LOCS.c.kind, LOCS.c.area_50_deg2, LOCS.c.area_90_deg2,
+                                                    LOCS.c.n_tiles).where(LOCS.c.id.in_(best_ids)))}
+        by_key: dict[str, list[Any]] = {}
+        for m in members:
+            by_key.setdefault(m.group_key, []).append(m)
+        found = {g.key: g for g in groups}
+        out = []
+        for k in keys:
+            g = found.get(k)
+            if g is None:
+                continue
+            ms = by_key.get(k, [])
+            out.append(GroupState(key=k, revisions=[m.event_id for m in ms], latest=g.latest_event_id,
+                                  best_localization=refs.get(g.best_localization_id), retracted=g.retracted,
+                                  t0=_z(g.t0), category=g.category, alert_types=[m.alert_type for m in ms]))
+        return out
+
+    def get(self, key: str) -> GroupState | None:
+        """The group of key ``key``, or None."""
+        with self.engine.connect() as conn:
+            states = self._states(conn, [key])
+        return states[0] if states else None
+
+    def of_event(self, event_id: str) -> GroupState | None:
+        """The group an Event id was added to, or None."""
+        with self.engine.connect() as conn:
+            key = conn.execute(sa.select(MEMBERS.c.group_key).where(MEMBERS.c.event_id == event_id)).scalar()
+            states = self._states(conn, [key]) if key is not None else []
+        return states[0] if states else None
+
+    def in_time_window(self, t0: str | datetime, lo_s: float, hi_s: float, *,
+                       categories: Iterable[str] | None = None) -> list[GroupState]:
+        """Groups whose T0 lies in ``[t0 + lo_s, t0 + hi_s]``, by T0.
+
+        Parameters
+        ----------
+        t0 : str or datetime
+            Reference time (ISO 8601; naive = UTC).
+        lo_s, hi_s : float
+            Window bounds relative to ``t0``, s (``lo_s <= hi_s``).
+        categories : iterable of str, optional
+            Only these categories (:func:`category_of`), e.g. ``["grb"]``.
+
+        Returns
+        -------
+        list of GroupState
+            Retracted groups included (check ``retracted``).
+
+        Raises
+        ------
+        GroupError
+            ``lo_s > hi_s``.
+        """
+        if not lo_s <= hi_s:
+            raise GroupError(f"time window [{lo_s}, {hi_s}] s: the low end is above the high end")
+        t = _utc(t0)
+        q = sa.select(GROUPS.c.key).where(GROUPS.c.t0 >= t + timedelta(seconds=lo_s),
+                                          GROUPS.c.t0 <= t + timedelta(seconds=hi_s)).order_by(GROUPS.c.t0, GROUPS.c.key)
+        if categories is not None:
+            q = q.where(GROUPS.c.category.in_(list(categories)))
+        with self.engine.connect() as conn:
+            keys = list(conn.execute(q).scalars())
+            return self._states(conn, keys)
+
+
+def _best(rows: list[Any]) -> str | None:
+    """Localization id with the smallest 90 % area (ties: the later revision); else the
+    latest localization without an area (a point without error radius); else None."""
+    best, best_area = None, None
+    for r in rows:
+        if r.localization_id is None or r.area_90_deg2 is None:
+            continue
+        if best_area is None or r.area_90_deg2 <= best_area:
+            best, best_area = r.localization_id, r.area_90_deg2
+    if best is None:
+        with_loc = [r.localization_id for r in rows if r.localization_id is not None]
+        best = with_loc[-1] if with_loc else None
+    return best
+
