@@ -144,7 +144,6 @@ class TriggerStage(StageRunner):
         handler = TriggerHandler(requests_topic=requests_topic, rules=rules, enabled_analyses=enabled_analyses,
                                  params=params, provenance=provenance, stats=stats, codec=codec)
         super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
-        self.stats_ = stats
 
 
 def request_record(request: FollowupRequest) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -458,7 +457,7 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     specs = stages(App(settings), until_caught_up=until_caught_up)
     if not specs:
         return FollowupStats()
-    stats = specs[0].runner.stats_
+    stats = specs[0].runner.stage.stats  # the TriggerHandler's FollowupStats, shared with the worker
     try:
         stage_runner.run(specs, stop, until_caught_up=until_caught_up, idle_s=idle_s)
     finally:
