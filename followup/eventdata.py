@@ -9,18 +9,15 @@ byte (``Archive.raw(event_id)``). :func:`skymap_from_raw` finds it again:
   (bytes);
 * GCN unified-schema JSON notices: ``healpix_file`` (base64 FITS).
 
+Both are :mod:`broker.enrich.localization`'s (one copy for the whole broker).
+
 VOEvents carry only a URL; then there is no map and the caller falls back to the
 Event's most probable position.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import json
 import logging
-from typing import Any
 
 import numpy as np
 
@@ -30,32 +27,11 @@ from broker.event import Event
 logger = logging.getLogger(__name__)
 
 
-def _decode_blob(blob: Any) -> bytes | None:
-    if isinstance(blob, (bytes, bytearray)) and blob:
-        return bytes(blob)
-    if isinstance(blob, str) and blob:
-        try:
-            return base64.b64decode(blob, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-    return None
-
-
-def _avro_skymap(raw: bytes, event: Event) -> bytes | None:
-    import fastavro
-
-    try:
-        records = list(fastavro.reader(io.BytesIO(raw)))
-    except Exception:  # noqa: BLE001 - not an Avro container we can read
-        return None
-    for rec in records:
-        if rec.get("superevent_id") == event.upstream_id and str(rec.get("alert_type", "")).lower() == event.alert_type:
-            return _decode_blob((rec.get("event") or {}).get("skymap"))
-    return None
-
-
 def skymap_bytes(event: Event, raw: bytes) -> bytes | None:
     """The FITS sky map embedded in the raw alert ``event`` was decoded from, or None.
+
+    :func:`broker.enrich.localization.embedded_skymap_bytes`; a map field that is not
+    base64 (or an unreadable container) counts as no map here.
 
     Parameters
     ----------
@@ -63,19 +39,12 @@ def skymap_bytes(event: Event, raw: bytes) -> bytes | None:
     raw : bytes
         The upstream message, as archived.
     """
-    if event.format == "avro":
-        return _avro_skymap(raw, event)
-    if event.format != "json":
-        return None
+    from broker.enrich.localization import embedded_skymap_bytes
+
     try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return embedded_skymap_bytes(event, raw)[0]
+    except DecodeError:
         return None
-    if not isinstance(obj, dict):
-        return None
-    if event.source == "igwn":
-        return _decode_blob((obj.get("event") or {}).get("skymap"))
-    return _decode_blob(obj.get("healpix_file"))
 
 
 def skymap_from_raw(event: Event, raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
@@ -88,15 +57,15 @@ def skymap_from_raw(event: Event, raw: bytes) -> tuple[np.ndarray, np.ndarray] |
     """
     if event.localization is None or event.localization.type != "healpix":
         return None
-    blob = skymap_bytes(event, raw)
-    if blob is None:
-        logger.info("%s: no sky map embedded in the raw alert; using the most probable position", event.id)
-        return None
-    from broker.skymap import read_multiorder
+    from broker.enrich.localization import extract_localization
+    from broker.skymap import MultiOrderSkyMap
 
-    try:
-        uniq, probdensity, _ = read_multiorder(blob)
+    try:  # flat maps kept flat, as read_multiorder gave them
+        sky = extract_localization(event, raw, merge_flat=False)
     except DecodeError as exc:
         logger.warning("%s: embedded sky map unreadable (%s); using the most probable position", event.id, exc)
         return None
-    return uniq, probdensity
+    if not isinstance(sky, MultiOrderSkyMap):
+        logger.info("%s: no sky map embedded in the raw alert; using the most probable position", event.id)
+        return None
+    return sky.uniq, sky.probdensity

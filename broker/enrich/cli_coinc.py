@@ -6,8 +6,9 @@ directly. Mounting imports typer only; the command imports the rest when it runs
 
 Both files are decoded by the broker's decoders (:func:`broker.sources.decode`: IGWN
 JSON/Avro with their base64 multi-order maps, GCN Kafka JSON with ``healpix_file``, GCN
-Classic VOEvent XML). The sky map embedded in an alert is read with
-:func:`broker.skymap.read_skymap`; a point localization counts as a point; a VOEvent
+Classic VOEvent XML). The localization of an alert is
+:func:`broker.enrich.localization.extract_localization`'s (the embedded map, flat maps
+kept flat, or the point); a point localization counts as a point; a VOEvent
 carries only a map URL, so ``--gw-skymap`` / ``--ext-skymap`` take a local FITS map
 instead (the Fermi GBM HEALPix map, say). An embedded map that cannot be read (NaN,
 negative, not FITS) is an error naming the file, never silently dropped.
@@ -20,9 +21,6 @@ of text. Errors: one line on stderr naming the file, exit code 1.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import math
 from pathlib import Path
@@ -39,41 +37,6 @@ app = typer.Typer(name="coinc", add_completion=False, invoke_without_command=Tru
                   help="GW–GRB coincidence of two alert files (RAVEN's windows, overlap integral and FARs).")
 
 
-def _blob(value: Any) -> bytes | None:
-    if isinstance(value, (bytes, bytearray)) and value:
-        return bytes(value)
-    if isinstance(value, str) and value:
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            return b""  # present but not base64: read_skymap refuses it with a reason
-    return None
-
-
-def embedded_skymap(event: "Event", raw: bytes) -> bytes | None:
-    """The FITS sky map inside the raw alert ``event`` was decoded from, or None.
-
-    IGWN JSON: ``event.skymap`` (base64); IGWN Avro: the record of this superevent and
-    alert type, ``event.skymap`` (bytes); GCN Kafka JSON: ``healpix_file`` (base64).
-    VOEvents embed none.
-    """
-    if event.format == "avro" and event.source == "igwn":
-        import fastavro
-
-        for rec in fastavro.reader(io.BytesIO(raw)):
-            if rec.get("superevent_id") == event.upstream_id and str(rec.get("alert_type", "")).lower() == event.alert_type:
-                return _blob((rec.get("event") or {}).get("skymap"))
-        return None
-    if event.format != "json":
-        return None
-    obj = json.loads(raw)
-    if not isinstance(obj, dict):
-        return None
-    if event.source == "igwn":
-        return _blob((obj.get("event") or {}).get("skymap"))
-    return _blob(obj.get("healpix_file"))
-
-
 def load_alert(path: Path, role: str, skymap_file: Optional[Path], limits=None) -> tuple["Event", "Sky | None"]:
     """Decode an alert file and find its localization.
 
@@ -88,7 +51,9 @@ def load_alert(path: Path, role: str, skymap_file: Optional[Path], limits=None) 
 
     Returns
     -------
-    (Event, MultiOrderSkyMap or PointSource or None)
+    (Event, MultiOrderSkyMap or PointRegion or None)
+        The localization from :func:`broker.enrich.localization.extract_localization`
+        (flat maps not merged), or the given FITS map.
 
     Raises
     ------
@@ -96,7 +61,7 @@ def load_alert(path: Path, role: str, skymap_file: Optional[Path], limits=None) 
         One line naming the role and file: unreadable or undecodable alert, no alert,
         a GW_ALERT that is not a GW alert, an unreadable embedded or given sky map.
     """
-    from broker.enrich.coinc import point_of
+    from broker.enrich.localization import extract_localization
     from broker.errors import BrokerError
     from broker.replay import display_path, failure_reason, read_alert_file
     from broker.skymap import read_skymap
@@ -119,12 +84,10 @@ def load_alert(path: Path, role: str, skymap_file: Optional[Path], limits=None) 
         if skymap_file is not None:
             fits_bytes = read_alert_file(skymap_file, max_bytes=1 << 31)
             where = f"{role} sky map {display_path(skymap_file)}"
-        else:
-            fits_bytes = embedded_skymap(event, raw)
-            if fits_bytes is None:
-                return event, point_of(event)
-            where = f"{where}: embedded sky map"
-        return event, read_skymap(fits_bytes)
+            return event, read_skymap(fits_bytes)
+        where = f"{where}: embedded sky map"
+        # flat maps kept flat: RAVEN's flat-map overlap branches want them so
+        return event, extract_localization(event, raw, merge_flat=False)
     except Exception as exc:  # noqa: BLE001
         raise BrokerError(f"{where}: {failure_reason(exc)}") from None
 

@@ -7,6 +7,7 @@
 * an IGWN ``igwn.gwalert`` alert, JSON (``event.skymap``, base64) or Avro
   (``event.skymap``, bytes; the first record of the container that has one);
 * a GCN unified-schema JSON notice with ``healpix_file`` (base64 FITS);
+  (maps found and checked by :func:`broker.enrich.localization.extract_localization`);
 * any alert the broker decodes (:func:`broker.sources.decode`) whose Event has a point
   localization (position and error circle) and no embedded map.
 
@@ -16,15 +17,11 @@ that would be refused on the stream is refused here with the same one-line reaso
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import json
 from dataclasses import dataclass
 
 from broker.errors import DecodeError
 from broker.event import PointLocalization
-from broker.limits import DecodeLimits, current_limits, decode_scope, over_limit
+from broker.limits import DecodeLimits, decode_scope
 from broker.skymap import GZIP_MAGIC, MultiOrderSkyMap
 
 FILE_LIMITS = DecodeLimits(max_message_bytes=512 * 1024 * 1024, max_skymap_bytes=2048 * 1024 * 1024,
@@ -53,48 +50,6 @@ class AlertInput:
     point: PointLocalization | None = None
 
 
-def _b64(blob: object, what: str) -> bytes | None:
-    if isinstance(blob, (bytes, bytearray)):
-        return bytes(blob) or None
-    if not isinstance(blob, str) or not blob:
-        return None
-    if len(blob) // 4 * 3 > current_limits().max_skymap_bytes:
-        raise over_limit("max_skymap_bytes", len(blob) // 4 * 3, f"{what} decoded size in bytes")
-    try:
-        return base64.b64decode(blob, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise DecodeError(f"{what} is not valid base64 ({exc})") from None
-
-
-def _embedded_map(data: bytes) -> tuple[bytes | None, str]:
-    """The FITS bytes of the map an alert embeds (None when it has none), and where."""
-    if data[:4] == b"Obj\x01":
-        import fastavro
-
-        try:
-            for rec in fastavro.reader(io.BytesIO(data)):
-                blob = _b64(((rec or {}).get("event") or {}).get("skymap"), "event.skymap")
-                if blob:
-                    return blob, "event.skymap"
-        except DecodeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a container fastavro cannot read
-            raise DecodeError(f"unreadable Avro container ({type(exc).__name__}: {exc})") from None
-        return None, ""
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None, ""
-    if not isinstance(obj, dict):
-        return None, ""
-    event = obj.get("event")
-    if isinstance(event, dict) and event.get("skymap"):
-        return _b64(event["skymap"], "event.skymap"), "event.skymap"
-    if obj.get("healpix_file"):
-        return _b64(obj["healpix_file"], "healpix_file"), "healpix_file"
-    return None, ""
-
-
 def read_alert_or_map(data: bytes, limits: DecodeLimits = FILE_LIMITS) -> AlertInput:
     """Read a sky map or an alert file into the localization a cross-match needs.
 
@@ -117,6 +72,7 @@ def read_alert_or_map(data: bytes, limits: DecodeLimits = FILE_LIMITS) -> AlertI
         map and without a position (a retraction, a VOEvent giving only the map's URL),
         or an unreadable embedded map (the reason says which field).
     """
+    from broker.enrich.localization import extract_localization
     from broker.skymap import read_skymap
 
     with decode_scope(limits):
@@ -125,13 +81,14 @@ def read_alert_or_map(data: bytes, limits: DecodeLimits = FILE_LIMITS) -> AlertI
         from broker.sources import decode
 
         events = decode(data, limits)
-        blob, where = _embedded_map(data)
         name = events[0].upstream_id if events else "alert"
-        if blob is not None:
+        for ev in events:  # a map first (any record of a container), then a point
             try:
-                return AlertInput(name=name, skymap=read_skymap(blob))
+                sky = extract_localization(ev, data)
             except DecodeError as exc:
-                raise DecodeError(f"{name}: {where}: {exc}") from None
+                raise DecodeError(f"{name}: {str(exc).removeprefix(ev.id + ': ')}") from None
+            if isinstance(sky, MultiOrderSkyMap):
+                return AlertInput(name=ev.upstream_id, skymap=sky)
         for ev in events:
             if isinstance(ev.localization, PointLocalization):
                 return AlertInput(name=ev.upstream_id, point=ev.localization)

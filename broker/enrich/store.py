@@ -45,7 +45,7 @@ from healpix_alchemy import Point, Tile
 from sqlalchemy.dialects.postgresql import JSONB, insert as pg_insert
 
 from broker.errors import BrokerError
-from broker.skymap import FULL_SKY_DEG2, SQDEG_PER_SR, MultiOrderSkyMap
+from broker.skymap import SQDEG_PER_SR, MultiOrderSkyMap
 
 __all__ = ["LocalizationRef", "LocalizationStore", "LocalizationError", "content_id", "index_positions",
            "localization_tables", "point_tiles", "DEFAULT_POINT_CONTAINMENT"]

@@ -112,6 +112,11 @@ def test_schema_matches_models(pg) -> None:
     from broker.enrich.catalogs import catalog_tables
 
     catalog_tables(full)  # migration 0004, a branch of the core's own
+    from broker.enrich.groups import group_tables
+    from broker.enrich.store import localization_tables
+
+    localization_tables(full)  # migration 0005, another branch from 0001
+    group_tables(full)
     url, _ = pg
     engine = sa.create_engine(url)
     with engine.connect() as conn:
