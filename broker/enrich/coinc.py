@@ -76,89 +76,27 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from broker.enrich.coinc_settings import (  # noqa: F401 - re-exported: defined without numpy for [enrich]
+    BURST_WINDOW_S, CBC_WINDOW_S, GWCELERY_GRB_RATE_PER_YR, NEUTRINO_WINDOW_S, RAVEN_GRB_RATE_PER_YR,
+    RAVEN_SUBGRB_RATE_PER_YR, YEAR_S, CoincidenceSettings, Method, Search,
+)
 from broker.errors import BrokerError
 from broker.event import Event, PointLocalization
 from broker.skymap import MultiOrderSkyMap
 
-YEAR_S = 365.0 * 86400.0
-"""Seconds in the year of the rates below (ligo-raven and gwcelery use 365 days)."""
-RAVEN_GRB_RATE_PER_YR = 310.0
-"""ligo-raven 3.3 ``coinc_far`` default ``gcn_rate`` (search ``GRB``): Fermi 236 + Swift
-65 + INTEGRAL ~5 + AGILE-MCAL ~5 GRBs per year."""
-RAVEN_SUBGRB_RATE_PER_YR = 375.0
-"""ligo-raven 3.3 rate for its ``SubGRB`` search: ``gcn_rate`` + 65 / yr subthreshold."""
-GWCELERY_GRB_RATE_PER_YR = 305.0
-"""gwcelery's ``raven_ext_rates['GRB']`` (the rate LVK's production passes as ``em_rate``)."""
-CBC_WINDOW_S = (-1.0, 5.0)
-"""GRB time window around a CBC merger, ``t_ext − t_gw`` in s (gwcelery ``GRB_CBC``)."""
-BURST_WINDOW_S = (-60.0, 600.0)
-"""GRB time window around an unmodelled burst, ``t_ext − t_gw`` in s (``GRB_Burst``)."""
-NEUTRINO_WINDOW_S = (-500.0, 500.0)
-"""IceCube LVK Nu Track Search window, ``t_nu − t_gw`` in s."""
 FOUR_PI = 4.0 * math.pi
 _ORDER29 = 29
 _AREA29_SR = FOUR_PI / (12 * 4**_ORDER29)  # one order-29 pixel
 _JD_UNIX_EPOCH = 2440587.5
 
-Search = Literal["cbc", "burst"]
-Method = Literal["raven", "exact"]
-
 
 class CoincidenceError(BrokerError):
     """A coincidence cannot be computed: a sky map with NaN, negative or all-zero
     probability, overlapping pixels, two points, a window with ``lower > upper``."""
-
-
-class CoincidenceSettings(BaseModel):
-    """Settings of the coincidence searches (the enrich stage nests them).
-
-    Attributes
-    ----------
-    cbc_window_s, burst_window_s : (float, float)
-        GW–GRB windows on ``t_ext − t_gw``, s.
-    grb_rate_per_yr : float
-        Rate of independent external (GRB) triggers in the temporal FAR, yr⁻¹ (year of
-        365 days); ligo-raven's default 310.
-    overlap_method : {"raven", "exact"}
-        Discretization of the overlap integral (:func:`overlap_integral`).
-    neutrino_window_s : (float, float)
-        GW–neutrino window on ``t_nu − t_gw``, s.
-    optical_days : float
-        Optical candidates must be detected within this many days after T0.
-    optical_level : float
-        Credible level of the region optical candidates must lie in, 0..1.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    cbc_window_s: tuple[float, float] = CBC_WINDOW_S
-    burst_window_s: tuple[float, float] = BURST_WINDOW_S
-    grb_rate_per_yr: float = Field(RAVEN_GRB_RATE_PER_YR, gt=0, allow_inf_nan=False)
-    overlap_method: Method = "raven"
-    neutrino_window_s: tuple[float, float] = NEUTRINO_WINDOW_S
-    optical_days: float = Field(3.0, gt=0, allow_inf_nan=False)
-    optical_level: float = Field(0.9, gt=0, le=1, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _windows(self) -> "CoincidenceSettings":
-        for name in ("cbc_window_s", "burst_window_s", "neutrino_window_s"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ValueError(f"{name} = [{lo}, {hi}] must be finite with lower <= upper")
-        return self
-
-    def window_s(self, search: Search) -> tuple[float, float]:
-        """The GW–GRB window of ``search`` (``"cbc"`` or ``"burst"``), s."""
-        return self.cbc_window_s if search == "cbc" else self.burst_window_s
-
-    @property
-    def grb_rate_hz(self) -> float:
-        """``grb_rate_per_yr`` in Hz."""
-        return self.grb_rate_per_yr / YEAR_S
 
 
 # ------------------------------------------------------------------ sky inputs
