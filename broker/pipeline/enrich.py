@@ -59,7 +59,6 @@ import functools
 import json
 import logging
 import math
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -440,7 +439,8 @@ class EnrichHandler(BaseStage):
         self.stats = EnrichStats()
         self._skies = _Lru(64)
         self._events = _Lru(4096)
-        self._lock = threading.Lock()
+        self._pending: list[Event] = []  # this batch's point Events, indexed in write()
+        self._triggers: dict[int, list[Any]] = {}  # hour → GW/GRB groups before it (this batch only)
 
     # ------------------------------------------------------------ one message
     def handle(self, msg: Any) -> Handled:
@@ -480,9 +480,12 @@ class EnrichHandler(BaseStage):
                     sky = None
                 else:
                     raise
-        if self.index_positions is not None and isinstance(event.localization, PointLocalization):
-            self.index_positions([event])
+        point = isinstance(event.localization, PointLocalization)
+        if point:
+            self._pending.append(event)
         state = self.groups.add(event, ref)
+        if getattr(state, "category", None) in ("gw", "grb"):
+            self._triggers.clear()
         note = _Note(event=event, error=error, raw_read=raw_read, localized=ref is not None)
         enrichment: dict[str, Any] = {"localization": None, "group": self._group_json(event, state)}
         if ref is not None:
@@ -504,9 +507,22 @@ class EnrichHandler(BaseStage):
                                     [("content-type", CONTENT_TYPE.encode()), ("mma.coincidence.id", c["id"].encode()),
                                      ("mma.coincidence.kind", c["kind"].encode())]))
             note.coincidences.append((c["kind"], c["retracted"]))
-        return Handled(msg, outputs, info=note)
+        return Handled(msg, outputs, write=[event] if point else None, info=note)
+
+    def write(self, batch: list[Handled]) -> None:
+        """Index the positions of the batch's point Events in one transaction
+        (:func:`broker.enrich.store.index_positions`; idempotent)."""
+        events = [e for h in batch for e in (h.write or [])]
+        if events and self.index_positions is not None:
+            self.index_positions(events)
+
+    def on_retry(self) -> None:
+        """The batch is over (or will be handled again): forget its pending positions and windows."""
+        self._pending.clear()
+        self._triggers.clear()
 
     def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
+        self.on_retry()
         st = self.stats
         for h in batch:
             n: _Note = h.info
@@ -805,6 +821,9 @@ class EnrichHandler(BaseStage):
         ids = self.localizations.events_in_region(ref.id, c.optical_level, sources=["ztf"], since=_iso(t0),
                                                   until=_iso(t0 + timedelta(days=c.optical_days)),
                                                   limit=self.settings.max_optical_candidates)
+        lo, hi = _iso(t0), _iso(t0 + timedelta(days=c.optical_days))
+        # candidates of this batch are indexed only in write(): the verdict checks their region
+        ids += [e.id for e in self._pending if e.source == "ztf" and e.id not in ids and lo <= e.time < hi]
         out = []
         from broker.enrich.groups import group_key
 
@@ -818,10 +837,21 @@ class EnrichHandler(BaseStage):
                 out.append(self._optical_doc(kind, trigger, state, ref, cand, cstate, v, trigger))
         return out
 
+    def _triggers_before(self, t: str) -> list[Any]:
+        """Live GW and GRB groups with T0 in [t − optical_days, t]: one query per hour of
+        candidate time and batch (a batch of ZTF alerts asks once), forgotten when this
+        batch adds a GW or GRB group."""
+        span = self.coinc.optical_days * 86400.0
+        when = _utc(t)
+        hour = int(when.timestamp() // 3600)
+        if hour not in self._triggers:
+            end = datetime.fromtimestamp((hour + 1) * 3600, tz=timezone.utc)
+            self._triggers[hour] = self._windowed(_iso(end), -(span + 3600.0), 0.0, ["gw", "grb"])
+        return [g for g in self._triggers[hour] if 0.0 <= (when - _utc(g.t0)).total_seconds() <= span]
+
     def _optical_side(self, cand: Event, state: Any) -> list[dict[str, Any]]:
-        c = self.coinc
         out = []
-        for g in self._windowed(cand.time, -c.optical_days * 86400.0, 0.0, ["gw", "grb"]):
+        for g in self._triggers_before(cand.time):
             if g.best_localization is None:
                 continue
             trigger = self._current(g)

@@ -197,9 +197,22 @@ def feed(h, raw: bytes):
     out = []
     for ev in h.mem[2].add(raw):
         handled = h.handle(Msg(CODEC.encode(ev, PROV)))
+        if handled.write is not None:
+            h.write([handled])
         h.committed([handled], [])
         out.append(handled)
     return out
+
+
+def feed_batch(h, events):
+    """Handle several Events as one batch (write and commit after the last)."""
+    handled = []
+    for ev in events:
+        h.mem[2].events[ev.id] = ev
+        handled.append(h.handle(Msg(CODEC.encode(ev, PROV))))
+    h.write([x for x in handled if x.write is not None])
+    h.committed(handled, [])
+    return handled
 
 
 def docs(handled, topic):
@@ -457,3 +470,58 @@ def test_enrich_settings_load_without_numpy_and_stage_is_registered(tmp_path):
     from broker import plugins
 
     assert plugins.available(plugins.STAGES)["enrich"].value == "broker.pipeline.enrich:stages"
+
+
+def _candidate(n: int, days_after: float, ra: float, dec: float):
+    """A ZTF candidate *made for this test* (not an alert): position and time chosen
+    inside MS181101ab's 90 % region, ``days_after`` its T0; no earlier detection."""
+    from datetime import datetime, timedelta, timezone
+
+    from broker.event import Event, format_time
+
+    t = datetime(2018, 11, 1, 22, 22, 46, 654000, tzinfo=timezone.utc) + timedelta(days=days_after)
+    jd = t.timestamp() / 86400 + 2440587.5
+    return Event(id=f"ztf:test{n}:1", source="ztf", messenger="em", mission="ZTF", upstream_id=f"ZTF18test{n}",
+                 alert_type="candidate", time=format_time(t),
+                 localization=PointLocalization(ra=ra, dec=dec, error_radius=1 / 3600, containment=0.68),
+                 properties={"jdstarthist": jd, "candid": n}, format="avro")
+
+
+def _peak(stage):
+    locs = stage.mem[0]
+    (gw_ref,) = [r for e, r in locs.links.items() if e.startswith("igwn:")]
+    sky = locs.skies[gw_ref]
+    from astropy_healpix import uniq_to_level_ipix
+    from astropy_healpix.core import healpix_to_lonlat
+
+    level, ipix = uniq_to_level_ipix(sky.uniq[np.argmax(sky.probdensity)])
+    lon, lat = healpix_to_lonlat(ipix, 2 ** int(level), order="nested")
+    return float(lon.deg), float(lat.deg)
+
+
+@pytest.mark.parametrize("order", ["gw_first", "same_batch_candidate_first"])
+def test_ztf_candidate_in_the_gw_region_after_t0_is_an_optical_coincidence(stage, order):
+    if order == "gw_first":
+        feed(stage, GW_JSON.read_bytes())
+        ra, dec = _peak(stage)
+        (h,) = feed_batch(stage, [_candidate(1, 1.0, ra, dec)])
+        found = docs([h], "mma.coincidences")
+    else:
+        gw = stage.mem[2].add(GW_JSON.read_bytes())
+        # the candidate is handled first, in the same batch: not indexed yet when the GW looks
+        stage.mem[0].put(gw[0].id, stage.extract(gw[0], stage.mem[2].raws[gw[0].id]))
+        ra, dec = _peak(stage)
+        handled = feed_batch(stage, [_candidate(1, 1.0, ra, dec), *gw])
+        found = docs(handled, "mma.coincidences")
+    (c,) = found
+    assert c["kind"] == "gw-optical" and c["id"] == "gw-optical:igwn:MS181101ab+ztf:ZTF18test1"
+    assert c["dt_days"] == pytest.approx(1.0) and c["credible_level"] < 0.9 and c["history_checked"] is False
+    jsonschema.validate(c, _schema("coincidence.json"))
+
+
+def test_ztf_candidate_before_t0_or_outside_the_region_is_not(stage):
+    feed(stage, GW_JSON.read_bytes())
+    ra, dec = _peak(stage)
+    handled = feed_batch(stage, [_candidate(2, -0.5, ra, dec), _candidate(3, 1.0, (ra + 180) % 360, -dec),
+                                 _candidate(4, 3.5, ra, dec)])
+    assert docs(handled, "mma.coincidences") == []
