@@ -18,6 +18,11 @@ export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS
 "$ROOT/deploy/kafka/kafka.sh" start
 echo "quickstart: replaying the bundled real alerts (deploy/demo-alerts.txt) into Kafka" >&2
 mma-broker replay --manifest "$ROOT/deploy/demo-alerts.txt"
+# The enrich stage cross-matches every Event with the 50 Mpc Galaxy Catalog (Ohlson et al.
+# 2024, tests/data/catalogs), loaded once into PostgreSQL.
+export MMA_BROKER_ENRICH__CATALOGS='["50MGC"]'
+mma-broker catalog list --json 2>/dev/null | grep -q '"name": "50MGC"' \
+  || mma-broker catalog load 50MGC "$ROOT/tests/data/catalogs/50MGC_catalog_short.fits" >&2
 
 # Two follow-ups asked for by hand, through Kafka like the automatic ones, with values
 # published in GCN Circulars (not alerts of the bundled set):
@@ -44,6 +49,10 @@ LATE_ID=$(mma-broker followup request --name "GRB 250702D" --t0 2025-07-02T13:09
 echo "quickstart: running the broker until every replayed alert and request is consumed" >&2
 mma-broker run --until-caught-up
 
+echo
+echo "=== MS181101ab (LVK mock superevent) on mma.events.enriched: its stored sky map and the 50MGC galaxies inside ==="
+mma-broker subscribe mma.events.enriched --json --timeout 5 | "$VENV/bin/python" "$ROOT/deploy/enriched_line.py" MS181101ab
+
 PLOT_DIR=$START_DIR
 [ -w "$PLOT_DIR" ] || PLOT_DIR=$HOME
 echo
@@ -60,6 +69,7 @@ Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL keep ru
   export PATH=$VENV/bin:\$PATH
   mma-broker events list --source igwn
   mma-broker subscribe mma.followup.results --timeout 5
+  mma-broker subscribe mma.events.enriched mma.coincidences --timeout 5   # localization, group, cross-match, coincidences
   mma-broker followup results                  # one follow-up per trigger; --all also lists revisions not analysed again
   mma-broker followup show ${GRB_ID:0:12} --json
   mma-broker followup request --t0 2023-03-07T15:44:06.67 --name "my test"   # any T0 2002-10-17 .. 2025-02-28

@@ -460,11 +460,15 @@ class EnrichHandler(BaseStage):
         sky = ref = None
         raw_read = False
         try:
-            raw = b""
+            raw, source = b"", event
             if may_embed_map(event):
+                # decode with the archived Event: its raw bytes are those of the form archived
+                # first (an LVK alert's JSON and Avro forms share one Event id)
+                rec = self.archive.get(event.id)
+                source = rec.event if rec is not None else event
                 raw = self.archive.raw(event.id)
                 raw_read = True
-            sky = self.extract(event, raw)
+            sky = self.extract(source, raw)
         except DecodeError as exc:
             error = f"localization not decoded: {one_line(str(exc), 400)}"
         except KeyError as exc:

@@ -157,9 +157,9 @@ class MemArchive:
 
     def add(self, raw):
         evs = decode(raw)
-        for e in evs:
-            self.raws[e.id] = raw
-            self.events[e.id] = e
+        for e in evs:  # the first form archived keeps its row and raw bytes, as Archive.write_batch
+            self.raws.setdefault(e.id, raw)
+            self.events.setdefault(e.id, e)
         return evs
 
     def raw(self, event_id):
@@ -525,3 +525,18 @@ def test_ztf_candidate_before_t0_or_outside_the_region_is_not(stage):
     handled = feed_batch(stage, [_candidate(2, -0.5, ra, dec), _candidate(3, 1.0, (ra + 180) % 360, -dec),
                                  _candidate(4, 3.5, ra, dec)])
     assert docs(handled, "mma.coincidences") == []
+
+
+def test_avro_form_of_an_alert_archived_as_json_is_decoded_from_the_archived_form(stage):
+    """An LVK alert's JSON and Avro forms share one Event id; the archive keeps the bytes of
+    the form it saw first, so the map is read with that form's Event."""
+    (js,) = feed(stage, GW_JSON.read_bytes())
+    avro = decode((DATA / "igwn/userguide/MS181101ab-preliminary.avro").read_bytes())
+    (ev,) = [e for e in avro if e.alert_type == "preliminary"]
+    assert ev.id == js.info.event.id and ev.format == "avro"
+    stage.mem[2].add((DATA / "igwn/userguide/MS181101ab-preliminary.avro").read_bytes())
+    h = stage.handle(Msg(CODEC.encode(ev, PROV)))
+    (doc,) = docs([h], "mma.events.enriched")
+    (first,) = docs([js], "mma.events.enriched")
+    assert doc["format"] == "avro" and doc["enrichment"]["error"] is None
+    assert doc["enrichment"]["localization"]["id"] == first["enrichment"]["localization"]["id"]
