@@ -285,7 +285,8 @@ def _check_seconds(value: float | None, option: str) -> float | None:
 
 @app.command()
 def subscribe(
-    topics: list[str] = typer.Argument(..., metavar="TOPIC", help="Topics to read: mma.events, mma.followup.requests, "
+    topics: list[str] = typer.Argument(..., metavar="TOPIC", help="Topics to read: mma.events, mma.events.enriched, "
+                                                 "mma.coincidences, mma.followup.requests, "
                                                  "mma.followup.results, mma.dlq (the configured topic prefix is "
                                                  "added)."),
     group: Optional[str] = typer.Option(None, "--group", help="A named consumer group that commits what was read, "
