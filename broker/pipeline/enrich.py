@@ -691,14 +691,18 @@ class EnrichHandler(BaseStage):
 
     def _doc(self, kind: str, members: list[dict[str, Any]], fields: dict[str, Any], cause: Event) -> dict[str, Any]:
         return {"schema": COINCIDENCE_SCHEMA, "id": coincidence_id(kind, members[0]["group"], members[1]["group"]),
-                "kind": kind, "members": members, **fields, "retracted": False, "retracted_by": None,
+                "kind": kind, "members": members, "coincident": True, **fields, "retracted": False,
+                "retracted_by": None,
                 "computed_from": cause.id, "provenance": self.provenance.__dict__}
 
     def _windowed(self, t0: str, lo: float, hi: float, categories: list[str]) -> list[Any]:
         return [g for g in self.groups.in_time_window(t0, lo, hi, categories=categories) if not g.retracted]
 
     def _gw_grb(self, gw: Event, gw_state: Any, gw_sky: Any, gw_ref: Any, ext: Event, ext_state: Any,
-                ext_sky: Any, ext_ref: Any, cause: Event) -> dict[str, Any] | None:
+                ext_sky: Any, ext_ref: Any, cause: Event, was: str | None = None) -> dict[str, Any] | None:
+        """The record of a GW–GRB pair: when coincident, or when ``was`` (the revision
+        with which it was coincident) says an earlier record must be superseded by a
+        ``coincident: false`` one."""
         from broker.enrich.coinc import CoincidenceError, gw_grb_coincidence
 
         try:
@@ -706,21 +710,37 @@ class EnrichHandler(BaseStage):
         except CoincidenceError as exc:
             log.warning("enrich: coincidence %s / %s not computed: %s", gw.id, ext.id, exc)
             return None
-        if not c.coincident:
+        if not c.coincident and was is None:
             return None
         fields = c.to_json_dict()
-        for k in ("coincident", "gw_id", "ext_id"):
+        for k in ("gw_id", "ext_id"):
             fields.pop(k, None)
+        if not c.coincident:
+            fields["notes"] = list(fields["notes"]) + [
+                f"no longer coincident: dt = {c.dt_s:g} s is outside [{c.window_s[0]:g}, {c.window_s[1]:g}] s "
+                f"with the latest revisions; it was coincident with {was}"]
         return self._doc("gw-grb", [self._member("gw", gw, gw_state, gw_ref), self._member("grb", ext, ext_state, ext_ref)],
                          fields, cause)
 
+    def _earlier(self, state: Any, current: Event) -> list[Event]:
+        """The group's other revisions that are not retractions (Events), in arrival order."""
+        out = []
+        for eid in state.revisions:
+            if eid != current.id:
+                ev = self._event(eid)
+                if ev is not None and not ev.is_retraction:
+                    out.append(ev)
+        return out
+
     def _gw_side(self, gw: Event, state: Any, gw_sky: Any, gw_ref: Any) -> list[dict[str, Any]]:
-        from broker.enrich.coinc import gw_neutrino_coincidences, search_of
+        from broker.enrich.coinc import gw_neutrino_coincidences, search_of, seconds_between
 
         c = self.coinc
         out = []
         lo, hi = c.window_s(search_of(gw))
+        seen = set()
         for g in self._windowed(gw.time, lo, hi, ["grb"]):
+            seen.add(g.key)
             ext = self._current(g)
             if ext is None:
                 continue
@@ -728,6 +748,22 @@ class EnrichHandler(BaseStage):
             doc = self._gw_grb(gw, state, gw_sky, gw_ref, ext, g, ext_sky, ext_ref, gw)
             if doc is not None:
                 out.append(doc)
+        # a GRB coincident with an earlier revision (another T0 or search) but not with this one
+        for old in self._earlier(state, gw):
+            olo, ohi = c.window_s(search_of(old))
+            if (old.time, olo, ohi) == (gw.time, lo, hi):
+                continue
+            for g in self._windowed(old.time, olo, ohi, ["grb"]):
+                if g.key in seen:
+                    continue
+                seen.add(g.key)
+                ext = self._current(g)
+                if ext is None or not olo <= seconds_between(old.time, ext.time) <= ohi:
+                    continue
+                ext_sky, ext_ref = self._group_sky(g)
+                doc = self._gw_grb(gw, state, gw_sky, gw_ref, ext, g, ext_sky, ext_ref, gw, was=old.id)
+                if doc is not None:
+                    out.append(doc)
         out += self._neutrinos_for(gw, state, gw_sky, gw_ref, self._windowed(gw.time, *c.neutrino_window_s, ["neutrino"]),
                                    gw, gw_neutrino_coincidences)
         if self.settings.optical and gw_ref is not None:
@@ -735,16 +771,25 @@ class EnrichHandler(BaseStage):
         return out
 
     def _grb_side(self, grb: Event, state: Any, grb_sky: Any, grb_ref: Any) -> list[dict[str, Any]]:
+        from broker.enrich.coinc import search_of, seconds_between
+
         c = self.coinc
         lo = min(c.cbc_window_s[0], c.burst_window_s[0])
         hi = max(c.cbc_window_s[1], c.burst_window_s[1])
+        earlier = self._earlier(state, grb)
+        groups: dict[str, Any] = {}
+        for t in [grb.time] + [e.time for e in earlier]:
+            for g in self._windowed(t, -hi, -lo, ["gw"]):  # dt = t_grb − t_gw in [lo, hi]
+                groups.setdefault(g.key, g)
         out = []
-        for g in self._windowed(grb.time, -hi, -lo, ["gw"]):  # dt = t_grb − t_gw in [lo, hi]
+        for g in groups.values():
             gw = self._current(g)
             if gw is None:
                 continue
+            wlo, whi = c.window_s(search_of(gw))
+            was = next((e.id for e in earlier if wlo <= seconds_between(gw.time, e.time) <= whi), None)
             gw_sky, gw_ref = self._group_sky(g)
-            doc = self._gw_grb(gw, g, gw_sky, gw_ref, grb, state, grb_sky, grb_ref, grb)
+            doc = self._gw_grb(gw, g, gw_sky, gw_ref, grb, state, grb_sky, grb_ref, grb, was=was)
             if doc is not None:
                 out.append(doc)
         if self.settings.optical and grb_ref is not None:

@@ -540,3 +540,37 @@ def test_avro_form_of_an_alert_archived_as_json_is_decoded_from_the_archived_for
     (first,) = docs([js], "mma.events.enriched")
     assert doc["format"] == "avro" and doc["enrichment"]["error"] is None
     assert doc["enrichment"]["localization"]["id"] == first["enrichment"]["localization"]["id"]
+
+
+def _gw_revision_at(path: Path, t0: str) -> bytes:
+    """A real LVK alert with its merger time edited (made for this test: a later revision
+    whose preferred event has another T0, as happens when LVK changes it)."""
+    obj = json.loads(path.read_text())
+    obj["event"]["time"] = t0
+    return json.dumps(obj).encode()
+
+
+def test_gw_revision_moving_t0_out_of_the_window_supersedes_the_coincidence(stage):
+    feed(stage, GW_JSON.read_bytes())
+    (grb,) = feed(stage, moved(GBM_JSON, "2018-11-01T22:22:48.654"))
+    (first,) = docs([grb], "mma.coincidences")
+    (upd,) = feed(stage, _gw_revision_at(DATA / "igwn/userguide/MS181101ab-update.json", "2018-11-01T22:22:56.654Z"))
+    (again,) = docs([upd], "mma.coincidences")
+    jsonschema.validate(again, _schema("coincidence.json"))
+    assert again["id"] == first["id"] and first["coincident"] is True and again["coincident"] is False
+    assert again["dt_s"] == pytest.approx(-8.0) and again["joint_far_hz"] is None
+    assert "no longer coincident" in again["notes"][-1] and first["members"][0]["event_id"] in again["notes"][-1]
+    # each later revision restates it (the latest record of a key is the coincidence's state)
+    (upd2,) = feed(stage, _gw_revision_at(DATA / "igwn/userguide/MS181101ab-initial.json", "2018-11-01T23:22:56.654Z"))
+    assert [d["coincident"] for d in docs([upd2], "mma.coincidences")] == [False]
+
+
+def test_grb_revision_moving_out_of_the_window_supersedes_the_coincidence(stage):
+    feed(stage, GW_JSON.read_bytes())
+    (grb,) = feed(stage, moved(GBM_JSON, "2018-11-01T22:22:48.654"))
+    assert [d["coincident"] for d in docs([grb], "mma.coincidences")] == [True]
+    later = json.loads(moved(GBM_JSON, "2018-11-01T22:23:48.654"))  # moved: a later notice with another T0
+    later["record_number"] = 7
+    (h,) = feed(stage, json.dumps(later).encode())
+    (again,) = docs([h], "mma.coincidences")
+    assert again["coincident"] is False and again["dt_s"] == pytest.approx(62.0)
