@@ -46,7 +46,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -239,6 +239,104 @@ class GroupStore:
             state = self._recompute(conn, real_key)
         return state
 
+    def add_many(self, items: Sequence[tuple[Event, LocalizationRef | None]]) -> list[GroupState]:
+        """Add many revisions in one transaction; the same results as :meth:`add` on each in turn.
+
+        The members are inserted with one multi-row statement (their arrival order is
+        the order of ``items``), the groups touched are row-locked in key order and
+        rewritten once each; the state after each item is computed from the members
+        as :meth:`add` would have left them, so ``add_many(items)[i]`` equals what the
+        ``i``-th of ``[add(e, r) for e, r in items]`` returns, duplicates (an Event
+        already stored, or twice in ``items``) and retractions included. Idempotent.
+
+        Parameters
+        ----------
+        items : sequence of (broker.event.Event, LocalizationRef or None)
+            Events and their stored localizations, in arrival order.
+
+        Returns
+        -------
+        list of GroupState
+            One per item, in the order of ``items``.
+        """
+        if not items:
+            return []
+        keys = [group_key(e) for e, _ in items]
+        first_of_key: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first_of_key.setdefault(k, i)
+        with self.engine.begin() as conn:
+            conn.execute(pg_insert(GROUPS).values([
+                dict(key=k, source=items[i][0].source, category=category_of(items[i][0]), t0=_utc(items[i][0].time),
+                     latest_event_id=items[i][0].id, retracted=False, n_revisions=0)
+                for k, i in first_of_key.items()]).on_conflict_do_nothing())
+            ids = list(dict.fromkeys(e.id for e, _ in items))
+            # an Event already a member keeps its group (add: "its first group stays")
+            owner = dict(conn.execute(sa.select(MEMBERS.c.event_id, MEMBERS.c.group_key)
+                                      .where(MEMBERS.c.event_id.in_(ids))).all())
+            new_rows: dict[str, dict[str, Any]] = {}
+            for (e, r), k in zip(items, keys):
+                if e.id in owner:
+                    continue
+                owner[e.id] = k
+                new_rows[e.id] = dict(event_id=e.id, group_key=k, alert_type=e.alert_type, time=_utc(e.time),
+                                      retraction=e.is_retraction)
+            real_keys = sorted({owner[e.id] for e, _ in items})
+            conn.execute(sa.select(GROUPS.c.key).where(GROUPS.c.key.in_(sorted(set(real_keys) | set(keys))))
+                         .order_by(GROUPS.c.key).with_for_update())
+            cols = (MEMBERS.c.event_id, MEMBERS.c.alert_type, MEMBERS.c.time, MEMBERS.c.retraction,
+                    MEMBERS.c.localization_id, MEMBERS.c.area_90_deg2, MEMBERS.c.group_key)
+            existing = conn.execute(sa.select(*cols).where(MEMBERS.c.group_key.in_(real_keys))
+                                    .order_by(MEMBERS.c.seq)).all()
+            members: dict[str, list[dict[str, Any]]] = {k: [] for k in real_keys}
+            by_id: dict[str, dict[str, Any]] = {}
+            for m in existing:
+                d = dict(m._mapping)
+                members[d["group_key"]].append(d)
+                by_id[d["event_id"]] = d
+            groups = {g.key: g for g in conn.execute(sa.select(GROUPS).where(GROUPS.c.key.in_(real_keys))).all()}
+            loc_ids = {d["localization_id"] for d in by_id.values() if d["localization_id"]}
+            loc_ids |= {r.id for _, r in items if r is not None}
+            refs: dict[str, LocalizationRef] = {}
+            if loc_ids:
+                refs = {x.id: LocalizationRef(x.id, x.kind, x.area_50_deg2, x.area_90_deg2, x.n_tiles)
+                        for x in conn.execute(sa.select(LOCS.c.id, LOCS.c.kind, LOCS.c.area_50_deg2,
+                                                        LOCS.c.area_90_deg2, LOCS.c.n_tiles)
+                                              .where(LOCS.c.id.in_(loc_ids)))}
+            # replay the adds in order, in memory: the state after each is what add() returns
+            out: list[GroupState] = []
+            inserts: list[dict[str, Any]] = []
+            changed: dict[str, dict[str, Any]] = {}
+            for e, r in items:
+                d = by_id.get(e.id)
+                if d is None:
+                    d = dict(new_rows[e.id], localization_id=None if r is None else r.id,
+                             area_90_deg2=None if r is None else r.area_90_deg2)
+                    members[d["group_key"]].append(d)
+                    by_id[e.id] = d
+                    inserts.append(d)
+                elif r is not None:
+                    d["localization_id"], d["area_90_deg2"] = r.id, r.area_90_deg2
+                    if e.id not in new_rows:
+                        changed[e.id] = d
+                k = owner[e.id]
+                out.append(_state_of(k, members[k], groups[k].category, refs))
+            if inserts:
+                conn.execute(pg_insert(MEMBERS).values([
+                    {c: d[c] for c in ("event_id", "group_key", "alert_type", "time", "retraction", "localization_id",
+                                       "area_90_deg2")} for d in inserts]).on_conflict_do_nothing())
+            if changed:
+                conn.execute(sa.update(MEMBERS).where(MEMBERS.c.event_id == sa.bindparam("eid"))
+                             .values(localization_id=sa.bindparam("lid"), area_90_deg2=sa.bindparam("a90")),
+                             [{"eid": d["event_id"], "lid": d["localization_id"], "a90": d["area_90_deg2"]}
+                              for d in changed.values()])
+            conn.execute(sa.update(GROUPS).where(GROUPS.c.key == sa.bindparam("k")).values(
+                t0=sa.bindparam("t0"), latest_event_id=sa.bindparam("latest"),
+                best_localization_id=sa.bindparam("best"), retracted=sa.bindparam("retr"),
+                n_revisions=sa.bindparam("n"), updated_at=sa.func.now()),
+                [_group_values(k, members[k]) for k in real_keys])
+        return out
+
     def _recompute(self, conn: sa.Connection, key: str) -> GroupState:
         rows = conn.execute(sa.select(MEMBERS.c.event_id, MEMBERS.c.alert_type, MEMBERS.c.time, MEMBERS.c.retraction,
                                       MEMBERS.c.localization_id, MEMBERS.c.area_90_deg2)
@@ -324,6 +422,33 @@ class GroupStore:
         with self.engine.connect() as conn:
             keys = list(conn.execute(q).scalars())
             return self._states(conn, keys)
+
+
+class _Row:
+    """A member row held in memory by :meth:`GroupStore.add_many` (attribute access as a SQL row)."""
+
+    __slots__ = ("event_id", "alert_type", "time", "retraction", "localization_id", "area_90_deg2")
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        for c in self.__slots__:
+            setattr(self, c, d[c])
+
+
+def _group_values(key: str, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """``event_groups`` columns of a group with these members in arrival order (as ``_recompute``)."""
+    rows = [_Row(d) for d in members]
+    kept = [r for r in rows if not r.retraction] or rows
+    return {"k": key, "t0": kept[-1].time, "latest": rows[-1].event_id, "best": _best(rows),
+            "retr": any(r.retraction for r in rows), "n": len(rows)}
+
+
+def _state_of(key: str, members: list[dict[str, Any]], category: str,
+              refs: dict[str, LocalizationRef]) -> GroupState:
+    """The :class:`GroupState` ``_recompute`` would read back for these members."""
+    v = _group_values(key, members)
+    return GroupState(key=key, revisions=[d["event_id"] for d in members], latest=v["latest"],
+                      best_localization=refs.get(v["best"]) if v["best"] else None, retracted=v["retr"],
+                      t0=_z(_utc(v["t0"])), category=category, alert_types=[d["alert_type"] for d in members])
 
 
 def _best(rows: list[Any]) -> str | None:

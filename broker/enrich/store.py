@@ -366,6 +366,91 @@ class LocalizationStore:
                     hpx=int(_hpx(np.array([ra]), np.array([dec]))[0])).on_conflict_do_nothing())
         return ref
 
+    def put_many(self, items: Sequence[tuple[str, Any]]) -> list[LocalizationRef]:
+        """:meth:`put` for many Events: the same refs and rows, points in one transaction.
+
+        The points' localizations absent from the table are inserted with one
+        multi-row ``INSERT ... ON CONFLICT DO NOTHING`` and their tiles with one
+        ``COPY``; the links with one multi-row upsert (an Event twice: its last
+        localization, as successive :meth:`put` calls leave it) and the positions with
+        one ``INSERT ... ON CONFLICT DO NOTHING`` (an Event twice: its first). Sky maps
+        go through :meth:`put`, one transaction each. Idempotent.
+
+        Parameters
+        ----------
+        items : sequence of (str, sky)
+            ``(event_id, sky)`` as :meth:`put` takes them, in arrival order.
+
+        Returns
+        -------
+        list of LocalizationRef
+            One per item, in the order of ``items``.
+
+        Raises
+        ------
+        LocalizationError
+            As :meth:`put`, for a sky map that cannot be stored (the points are stored
+            first, in their transaction).
+        """
+        out: list[LocalizationRef | None] = [None] * len(items)
+        pts = [(i, eid, sky, content_id(sky)) for i, (eid, sky) in enumerate(items) if _is_point(sky)]
+        if pts:
+            uniq_ids = list(dict.fromkeys(p[3] for p in pts))
+            with self.engine.begin() as conn:
+                refs = {r.id: LocalizationRef(r.id, r.kind, r.area_50_deg2, r.area_90_deg2, r.n_tiles)
+                        for r in conn.execute(sa.select(LOCS.c.id, LOCS.c.kind, LOCS.c.area_50_deg2,
+                                                        LOCS.c.area_90_deg2, LOCS.c.n_tiles)
+                                              .where(LOCS.c.id.in_(uniq_ids)))}
+                rows, tiles, fresh = [], {}, {}
+                for _, _, sky, ref_id in pts:
+                    if ref_id in refs or ref_id in fresh:
+                        continue
+                    ra, dec, radius, containment = _point_fields(sky)
+                    if radius is None or not radius > 0:
+                        uniq, dens, cum = np.empty(0, np.int64), np.empty(0), np.empty(0)
+                        areas: tuple[float | None, float | None] = (None, None)
+                    else:
+                        uniq, dens, cum = point_tiles(ra, dec, radius, containment)
+                        areas = _point_areas(radius, containment)
+                    rows.append(dict(id=ref_id, kind="point", n_tiles=int(uniq.size), area_50_deg2=areas[0],
+                                     area_90_deg2=areas[1], ra_deg=ra, dec_deg=dec, error_radius_deg=radius,
+                                     containment=containment, has_distance=False, meta={}))
+                    tiles[ref_id] = (uniq, dens, cum)
+                    fresh[ref_id] = LocalizationRef(ref_id, "point", areas[0], areas[1], int(uniq.size))
+                if rows:
+                    inserted = set(conn.execute(pg_insert(LOCS).values(rows).on_conflict_do_nothing()
+                                                .returning(LOCS.c.id)).scalars())
+                    todo = [(rid, *tiles[rid]) for rid in fresh if rid in inserted and tiles[rid][0].size]
+                    if todo:
+                        with conn.connection.dbapi_connection.cursor() as cur:
+                            with cur.copy("COPY localization_tiles (localization_id, hpx, probdensity, cum_prob) "
+                                          "FROM STDIN") as copy:
+                                for rid, uniq, dens, cum in todo:
+                                    lo, hi, _ = _ranges(uniq)
+                                    for a, b, p, c in zip(lo.tolist(), hi.tolist(), np.asarray(dens, float).tolist(),
+                                                          np.asarray(cum, float).tolist()):
+                                        copy.write_row((rid, f"[{a},{b})", p, c))
+                refs.update(fresh)
+                links = {eid: ref_id for _, eid, _, ref_id in pts}  # the last put of an Event wins
+                stmt = pg_insert(LINKS).values([{"event_id": e, "localization_id": r} for e, r in links.items()])
+                conn.execute(stmt.on_conflict_do_update(index_elements=[LINKS.c.event_id],
+                                                        set_={"localization_id": stmt.excluded.localization_id,
+                                                              "stored_at": sa.func.now()}))
+                first: dict[str, Any] = {}
+                for _, eid, sky, _ in pts:
+                    first.setdefault(eid, sky)
+                coords = [_point_fields(sky)[:2] for sky in first.values()]
+                hpx = _hpx(np.array([c[0] for c in coords]), np.array([c[1] for c in coords]))
+                conn.execute(pg_insert(POSITIONS).values([
+                    dict(event_id=eid, source=_source_of(eid), time=None, ra_deg=ra, dec_deg=dec, hpx=int(h))
+                    for eid, (ra, dec), h in zip(first, coords, hpx)]).on_conflict_do_nothing())
+            for i, _, _, ref_id in pts:
+                out[i] = refs[ref_id]
+        for i, (eid, sky) in enumerate(items):
+            if out[i] is None:
+                out[i] = self.put(eid, sky)
+        return out  # type: ignore[return-value]
+
     def _insert(self, conn: sa.Connection, ref_id: str, sky: Any) -> LocalizationRef:
         # a concurrent put of the same content: the loser's insert does nothing
         if _is_point(sky):
