@@ -13,6 +13,8 @@ imports typer only; the commands import SQLAlchemy and the stores when they run.
   position lies in the credible region of a stored localization. ID is a
   localization id (``sha256:...``), an Event id (its localization) or a group key
   (the group's best localization).
+* ``events crossmatch ID [--json]``: the catalog cross-match the enrich stage stored
+  with the Event (table ``event_crossmatches``), ranked as published.
 """
 
 from __future__ import annotations
@@ -156,7 +158,41 @@ def in_region(ident: str = typer.Argument(..., metavar="ID",
         print(printable(f"  {eid}"))
 
 
+def crossmatch(event_id: str = typer.Argument(..., metavar="ID", help="Event id."),
+               as_json: bool = typer.Option(False, "--json", help="One JSON object: catalog name -> stored result.")
+               ) -> None:
+    """The catalog cross-match stored with an Event by the enrich stage (broker.enrich.matchstore)."""
+    from broker.enrich.matchstore import crossmatches_of
+    from broker.errors import BrokerError
+    from broker.text import printable
+
+    _check_id(event_id, "an Event id")
+    stored = crossmatches_of(_engine(), event_id)
+    if as_json:
+        print(json.dumps(stored))
+        return
+    if not stored:
+        raise BrokerError(f"no cross-match stored for {event_id!r} (not enriched yet, or no catalog configured in "
+                          "[enrich] catalogs)")
+    for name, row in stored.items():
+        res = row["result"]
+        where = (f"in the {res.get('level', 0.9):.0%} region" if row["kind"] == "skymap"
+                 else f"within the error at {res.get('containment', 0.9):.0%}")
+        print(printable(f"{name}: {row['n_matched']} source(s) {where} ({row['kind']}, "
+                        f"{(row['localization_id'] or 'no localization')[:19]}…)"))
+        for i, m in enumerate(res.get("matches", []), 1):
+            label = m.get("name") or f"row {m['row']}"
+            if row["kind"] == "skymap":
+                extra = f"searched_prob {m['searched_prob']:.4g}"
+                if m.get("searched_prob_vol") is not None:
+                    extra += f", searched_prob_vol {m['searched_prob_vol']:.4g}"
+            else:
+                extra = f"separation {m['separation_deg']:.4g} deg"
+            print(printable(f"  {i:3d}. {label} (RA {m['ra_deg']:.4f}, Dec {m['dec_deg']:.4f}): {extra}"))
+
+
 def register(events_app: typer.Typer) -> None:
-    """Add ``group`` and ``in-region`` to the ``events`` command group."""
+    """Add ``group``, ``in-region`` and ``crossmatch`` to the ``events`` command group."""
     events_app.command("group")(group)
     events_app.command("in-region")(in_region)
+    events_app.command("crossmatch")(crossmatch)

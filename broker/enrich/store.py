@@ -624,7 +624,7 @@ class LocalizationStore:
             return list(conn.execute(q).scalars())
 
 
-def index_positions(engine: sa.Engine, events: Sequence[Any]) -> int:
+def index_positions(engine: sa.Engine | sa.Connection, events: Sequence[Any]) -> int:
     """Record the position of each point-localized Event (ZTF candidates included).
 
     Upserts ``event_positions`` (event id, source, T0, RA, Dec, order-29 ``hpx``) so that
@@ -633,7 +633,9 @@ def index_positions(engine: sa.Engine, events: Sequence[Any]) -> int:
 
     Parameters
     ----------
-    engine : sqlalchemy.Engine
+    engine : sqlalchemy.Engine or sqlalchemy.Connection
+        An engine (one transaction of its own) or an open connection (the caller's
+        transaction: the enrich stage writes positions and cross-matches together).
     events : sequence of broker.event.Event
 
     Returns
@@ -652,6 +654,9 @@ def index_positions(engine: sa.Engine, events: Sequence[Any]) -> int:
     stmt = pg_insert(POSITIONS)
     stmt = stmt.on_conflict_do_update(index_elements=[POSITIONS.c.event_id],
                                       set_={c: stmt.excluded[c] for c in ("source", "time", "ra_deg", "dec_deg", "hpx")})
-    with engine.begin() as conn:
-        conn.execute(stmt, rows)
+    if isinstance(engine, sa.Connection):
+        engine.execute(stmt, rows)
+    else:
+        with engine.begin() as conn:
+            conn.execute(stmt, rows)
     return len(rows)

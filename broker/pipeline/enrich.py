@@ -416,7 +416,12 @@ class EnrichHandler(BaseStage):
         ``catalogs()`` → list of :class:`CatalogArrays`, ``labels(cat, rows)``.
     index_positions : callable, optional
         ``events → int``: record point positions with their time
-        (:func:`broker.enrich.store.index_positions` bound to the engine).
+        (:func:`broker.enrich.store.index_positions` bound to the engine); used when
+        ``write_batch`` is not given.
+    write_batch : callable, optional
+        ``(events, crossmatch_rows) → None``: the batch's durable write in one
+        transaction, point positions and cross-match rows
+        (:func:`broker.enrich.matchstore.write_enrichment` bound to the engine).
     extract : callable, optional
         ``(event, raw) → Sky | None`` (default
         :func:`broker.enrich.localization.extract_localization`).
@@ -428,12 +433,14 @@ class EnrichHandler(BaseStage):
     def __init__(self, *, localizations: Localizations, groups: Groups, archive: ArchiveReader, settings: Any,
                  enriched_topic: str, coincidences_topic: str, provenance: Provenance, catalogs: Any = None,
                  index_positions: Callable[[Sequence[Event]], int] | None = None,
+                 write_batch: Callable[[Sequence[Event], Sequence[dict[str, Any]]], Any] | None = None,
                  extract: Callable[[Event, bytes], Any] | None = None, codec: EventCodec | None = None) -> None:
         if extract is None:
             from broker.enrich.localization import extract_localization as extract
         self.localizations, self.groups, self.archive, self.settings = localizations, groups, archive, settings
         self.enriched_topic, self.coincidences_topic, self.provenance = enriched_topic, coincidences_topic, provenance
         self.catalogs, self.index_positions, self.extract = catalogs, index_positions, extract
+        self.write_batch = write_batch
         self.codec = codec or EventCodec()
         self.coinc = settings.coincidences
         self.stats = EnrichStats()
@@ -511,13 +518,23 @@ class EnrichHandler(BaseStage):
                                     [("content-type", CONTENT_TYPE.encode()), ("mma.coincidence.id", c["id"].encode()),
                                      ("mma.coincidence.kind", c["kind"].encode())]))
             note.coincidences.append((c["kind"], c["retracted"]))
-        return Handled(msg, outputs, write=[event] if point else None, info=note)
+        from broker.enrich.matchstore import crossmatch_rows
+
+        loc = enrichment["localization"]
+        rows = crossmatch_rows(event.id, enrichment["crossmatch"], loc["id"] if loc else None)
+        todo = _Write([event] if point else [], rows) if point or rows else None
+        return Handled(msg, outputs, write=todo, info=note)
 
     def write(self, batch: list[Handled]) -> None:
-        """Index the positions of the batch's point Events in one transaction
-        (:func:`broker.enrich.store.index_positions`; idempotent)."""
-        events = [e for h in batch for e in (h.write or [])]
-        if events and self.index_positions is not None:
+        """Write the batch durably in one transaction (idempotent): the positions of its
+        point Events and its cross-match results (table ``event_crossmatches``), with
+        ``write_batch``; without it, the positions alone with ``index_positions``."""
+        events = [e for h in batch if h.write is not None for e in h.write.events]
+        rows = [r for h in batch if h.write is not None for r in h.write.crossmatch]
+        if self.write_batch is not None:
+            if events or rows:
+                self.write_batch(events, rows)
+        elif events and self.index_positions is not None:
             self.index_positions(events)
 
     def on_retry(self) -> None:
@@ -923,6 +940,14 @@ class _KeyOnly:
 
 
 @dataclass
+class _Write:
+    """What :meth:`EnrichHandler.write` stores for one message."""
+
+    events: list[Event]  # the Event when it has a point position to index
+    crossmatch: list[dict[str, Any]]  # rows of broker.enrich.matchstore.crossmatch_rows
+
+
+@dataclass
 class _Note:
     event: Event
     error: str | None
@@ -948,7 +973,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     """
     from broker.app import open_archive, provenance
     from broker.enrich.groups import GroupStore
-    from broker.enrich.store import LocalizationStore, index_positions
+    from broker.enrich.matchstore import write_enrichment
+    from broker.enrich.store import LocalizationStore
     from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
     from broker.pipeline.runner import StageRunner
     from broker.stages import StageSpec
@@ -974,7 +1000,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
         localizations=LocalizationStore(archive.engine), groups=GroupStore(archive.engine), archive=archive,
         settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, name),
         catalogs=CatalogCache(archive.engine, e.catalogs),
-        index_positions=functools.partial(index_positions, archive.engine))
+        write_batch=functools.partial(write_enrichment, archive.engine))
     runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
                          poll_timeout_s=e.poll_timeout_s, limits=s.limits, store_raw=archive.store_raw,
                          transactional=s.kafka.transactions,

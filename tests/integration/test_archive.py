@@ -117,6 +117,9 @@ def test_schema_matches_models(pg) -> None:
 
     localization_tables(full)  # migration 0005, another branch from 0001
     group_tables(full)
+    from broker.enrich.matchstore import crossmatch_table
+
+    crossmatch_table(full)  # migration 0006, on 0005
     url, _ = pg
     engine = sa.create_engine(url)
     with engine.connect() as conn:
