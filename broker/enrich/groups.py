@@ -55,7 +55,7 @@ from broker.enrich.store import LOCS, LocalizationRef, _utc
 from broker.errors import BrokerError
 from broker.event import Event, format_time
 
-__all__ = ["GroupState", "GroupStore", "GroupError", "group_key", "category_of", "group_tables"]
+__all__ = ["GroupState", "GroupStore", "GroupBatch", "GroupError", "group_key", "category_of", "group_tables"]
 
 _F8 = sa.Float(precision=53)
 _FRB = {"chime", "dsa110", "dsa-110"}
@@ -422,6 +422,109 @@ class GroupStore:
         with self.engine.connect() as conn:
             keys = list(conn.execute(q).scalars())
             return self._states(conn, keys)
+
+
+class GroupBatch:
+    """Adds held in memory until :meth:`flush` writes them with :meth:`GroupStore.add_many`.
+
+    :meth:`add` returns at once the state :meth:`GroupStore.add` would return — the
+    group's stored members (read once per group per batch) followed by the adds held
+    here — and :meth:`flush` stores them all in one transaction. Meant for one writer
+    per group at a time (the enrich stage: one partition's messages in order); the
+    states :meth:`flush` gets back are compared with those returned by :meth:`add`.
+
+    Parameters
+    ----------
+    store : GroupStore
+    """
+
+    def __init__(self, store: GroupStore) -> None:
+        self.store = store
+        self.items: list[tuple[Event, LocalizationRef | None]] = []
+        self.states: list[GroupState] = []
+        self._members: dict[str, list[dict[str, Any]]] = {}
+        self._owner: dict[str, str] = {}
+        self._category: dict[str, str] = {}
+        self._refs: dict[str, LocalizationRef] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, conn: sa.Connection, event: Event, key: str) -> str:
+        if event.id not in self._owner:
+            k = conn.execute(sa.select(MEMBERS.c.group_key).where(MEMBERS.c.event_id == event.id)).scalar()
+            self._owner[event.id] = key if k is None else k
+        real = self._owner[event.id]
+        if real not in self._members:
+            rows = conn.execute(sa.select(MEMBERS.c.event_id, MEMBERS.c.alert_type, MEMBERS.c.time,
+                                          MEMBERS.c.retraction, MEMBERS.c.localization_id, MEMBERS.c.area_90_deg2,
+                                          MEMBERS.c.group_key).where(MEMBERS.c.group_key == real)
+                                .order_by(MEMBERS.c.seq)).all()
+            self._members[real] = [dict(r._mapping) for r in rows]
+            for d in self._members[real]:
+                self._owner.setdefault(d["event_id"], real)
+            cat = conn.execute(sa.select(GROUPS.c.category).where(GROUPS.c.key == real)).scalar()
+            self._category[real] = cat if cat is not None else category_of(event)
+            ids = {d["localization_id"] for d in self._members[real] if d["localization_id"]} - set(self._refs)
+            if ids:
+                for x in conn.execute(sa.select(LOCS.c.id, LOCS.c.kind, LOCS.c.area_50_deg2, LOCS.c.area_90_deg2,
+                                                LOCS.c.n_tiles).where(LOCS.c.id.in_(ids))):
+                    self._refs[x.id] = LocalizationRef(x.id, x.kind, x.area_50_deg2, x.area_90_deg2, x.n_tiles)
+        return real
+
+    def add(self, event: Event, ref: LocalizationRef | None) -> GroupState:
+        """Hold an add and return the group's state after it (as :meth:`GroupStore.add`)."""
+        key = group_key(event)
+        with self.store.engine.connect() as conn:
+            real = self._load(conn, event, key)
+        self._category.setdefault(key, category_of(event))
+        ms = self._members[real]
+        d = next((m for m in ms if m["event_id"] == event.id), None)
+        if d is None:
+            ms.append(dict(event_id=event.id, group_key=real, alert_type=event.alert_type, time=_utc(event.time),
+                           retraction=event.is_retraction, localization_id=None if ref is None else ref.id,
+                           area_90_deg2=None if ref is None else ref.area_90_deg2))
+        elif ref is not None:
+            d["localization_id"], d["area_90_deg2"] = ref.id, ref.area_90_deg2
+        if ref is not None:
+            self._refs[ref.id] = ref
+        state = _state_of(real, ms, self._category[real], self._refs)
+        self.items.append((event, ref))
+        self.states.append(state)
+        return state
+
+    def flush(self) -> list[GroupState]:
+        """Store the held adds (:meth:`GroupStore.add_many`) and forget them.
+
+        Returns
+        -------
+        list of GroupState
+            The stored states, one per add.
+
+        Raises
+        ------
+        GroupError
+            A stored state differs from the one :meth:`add` returned (another writer
+            added to one of these groups meanwhile).
+        """
+        items, states = self.items, self.states
+        self.clear()
+        if not items:
+            return []
+        got = self.store.add_many(items)
+        for (e, _), a, b in zip(items, states, got):
+            if a != b:
+                raise GroupError(f"group {b.key}: the state stored for {e.id} differs from the one published "
+                                 f"(another writer added to the group meanwhile)")
+        return got
+
+    def clear(self) -> None:
+        """Forget the held adds and what was read (a batch handled again starts afresh)."""
+        self.items, self.states = [], []
+        self._members.clear()
+        self._owner.clear()
+        self._category.clear()
+        self._refs.clear()
 
 
 class _Row:

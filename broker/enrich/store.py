@@ -311,6 +311,21 @@ def _hpx(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
                                                           np.asarray(dec_deg, float) * u.deg), dtype=np.int64))
 
 
+def _prepare_point(ref_id: str, sky: Any) -> tuple[LocalizationRef, dict[str, Any], tuple[Any, Any, Any]]:
+    """(ref, ``localizations`` row, (uniq, probdensity, cum_prob)) of a point, as :meth:`LocalizationStore.put`
+    stores it."""
+    ra, dec, radius, containment = _point_fields(sky)
+    if radius is None or not radius > 0:
+        uniq, dens, cum = np.empty(0, np.int64), np.empty(0), np.empty(0)
+        areas: tuple[float | None, float | None] = (None, None)
+    else:
+        uniq, dens, cum = point_tiles(ra, dec, radius, containment)
+        areas = _point_areas(radius, containment)
+    row = dict(id=ref_id, kind="point", n_tiles=int(uniq.size), area_50_deg2=areas[0], area_90_deg2=areas[1],
+               ra_deg=ra, dec_deg=dec, error_radius_deg=radius, containment=containment, has_distance=False, meta={})
+    return LocalizationRef(ref_id, "point", areas[0], areas[1], int(uniq.size)), row, (uniq, dens, cum)
+
+
 # ------------------------------------------------------------------ store
 class LocalizationStore:
     """Localizations in PostgreSQL (migration 0005), stored once, queried in SQL.
@@ -323,6 +338,7 @@ class LocalizationStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._prepared: dict[str, tuple[LocalizationRef, dict[str, Any], tuple[Any, Any, Any]]] = {}
 
     # ------------------------------------------------------------ writes
     def put(self, event_id: str, sky: Any) -> LocalizationRef:
@@ -366,6 +382,33 @@ class LocalizationStore:
                     hpx=int(_hpx(np.array([ra]), np.array([dec]))[0])).on_conflict_do_nothing())
         return ref
 
+    def point_ref(self, sky: Any) -> LocalizationRef:
+        """The :class:`LocalizationRef` :meth:`put` would return for a point, without writing.
+
+        Read from the table when stored; else computed (its tiles kept for the next
+        :meth:`put_many`, which stores them).
+
+        Raises
+        ------
+        LocalizationError
+            ``sky`` is not a point.
+        """
+        if not _is_point(sky):
+            raise LocalizationError("point_ref: a sky map is not a point")
+        ref_id = content_id(sky)
+        if ref_id in self._prepared:
+            return self._prepared[ref_id][0]
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(LOCS.c.kind, LOCS.c.area_50_deg2, LOCS.c.area_90_deg2, LOCS.c.n_tiles)
+                               .where(LOCS.c.id == ref_id)).first()
+        if row is not None:
+            return LocalizationRef(ref_id, row.kind, row.area_50_deg2, row.area_90_deg2, row.n_tiles)
+        prepared = _prepare_point(ref_id, sky)
+        if len(self._prepared) > 100_000:
+            self._prepared.clear()
+        self._prepared[ref_id] = prepared
+        return prepared[0]
+
     def put_many(self, items: Sequence[tuple[str, Any]]) -> list[LocalizationRef]:
         """:meth:`put` for many Events: the same refs and rows, points in one transaction.
 
@@ -405,18 +448,9 @@ class LocalizationStore:
                 for _, _, sky, ref_id in pts:
                     if ref_id in refs or ref_id in fresh:
                         continue
-                    ra, dec, radius, containment = _point_fields(sky)
-                    if radius is None or not radius > 0:
-                        uniq, dens, cum = np.empty(0, np.int64), np.empty(0), np.empty(0)
-                        areas: tuple[float | None, float | None] = (None, None)
-                    else:
-                        uniq, dens, cum = point_tiles(ra, dec, radius, containment)
-                        areas = _point_areas(radius, containment)
-                    rows.append(dict(id=ref_id, kind="point", n_tiles=int(uniq.size), area_50_deg2=areas[0],
-                                     area_90_deg2=areas[1], ra_deg=ra, dec_deg=dec, error_radius_deg=radius,
-                                     containment=containment, has_distance=False, meta={}))
-                    tiles[ref_id] = (uniq, dens, cum)
-                    fresh[ref_id] = LocalizationRef(ref_id, "point", areas[0], areas[1], int(uniq.size))
+                    ref, row, tiles[ref_id] = self._prepared.pop(ref_id, None) or _prepare_point(ref_id, sky)
+                    rows.append(row)
+                    fresh[ref_id] = ref
                 if rows:
                     inserted = set(conn.execute(pg_insert(LOCS).values(rows).on_conflict_do_nothing()
                                                 .returning(LOCS.c.id)).scalars())

@@ -448,6 +448,12 @@ class EnrichHandler(BaseStage):
         self._events = _Lru(4096)
         self._pending: list[Event] = []  # this batch's point Events, indexed in write()
         self._triggers: dict[int, list[Any]] = {}  # hour → GW/GRB groups before it (this batch only)
+        # ZTF/LSST points: localizations and group adds held until write() (put_many, add_many)
+        self._held_groups = self._held_locs = None
+        if hasattr(localizations, "put_many") and hasattr(localizations, "point_ref") and hasattr(groups, "add_many"):
+            from broker.enrich.groups import GroupBatch
+
+            self._held_groups, self._held_locs = GroupBatch(groups), []
 
     # ------------------------------------------------------------ one message
     def handle(self, msg: Any) -> Handled:
@@ -482,7 +488,13 @@ class EnrichHandler(BaseStage):
             error = f"localization not decoded: raw alert not in the archive ({one_line(str(exc), 200)})"
         except BrokerError as exc:  # RawStoreError: raw bytes missing or corrupt
             error = f"localization not decoded: {type(exc).__name__}: {one_line(str(exc), 300)}"
-        if sky is not None:
+        held = self._held_locs is not None and sky is not None and _held_point(event, sky)
+        if not held:
+            self._write_held()  # what this Event reads (groups, positions) includes the batch so far
+        if held:
+            ref = self.localizations.point_ref(sky)
+            self._held_locs.append((event.id, sky))
+        elif sky is not None:
             try:
                 ref = self.localizations.put(event.id, sky)
             except BrokerError as exc:  # LocalizationError: a map that cannot be stored
@@ -494,7 +506,7 @@ class EnrichHandler(BaseStage):
         point = isinstance(event.localization, PointLocalization)
         if point:
             self._pending.append(event)
-        state = self.groups.add(event, ref)
+        state = self._held_groups.add(event, ref) if held else self.groups.add(event, ref)
         if getattr(state, "category", None) in ("gw", "grb"):
             self._triggers.clear()
         note = _Note(event=event, error=error, raw_read=raw_read, localized=ref is not None)
@@ -529,6 +541,7 @@ class EnrichHandler(BaseStage):
         """Write the batch durably in one transaction (idempotent): the positions of its
         point Events and its cross-match results (table ``event_crossmatches``), with
         ``write_batch``; without it, the positions alone with ``index_positions``."""
+        self._write_held()
         events = [e for h in batch if h.write is not None for e in h.write.events]
         rows = [r for h in batch if h.write is not None for r in h.write.crossmatch]
         if self.write_batch is not None:
@@ -537,9 +550,22 @@ class EnrichHandler(BaseStage):
         elif events and self.index_positions is not None:
             self.index_positions(events)
 
+    def _write_held(self) -> None:
+        """Store the held point localizations and group adds, each in one transaction
+        (:meth:`~broker.enrich.store.LocalizationStore.put_many`,
+        :meth:`~broker.enrich.groups.GroupBatch.flush`); idempotent."""
+        if self._held_locs:
+            self.localizations.put_many(self._held_locs)  # type: ignore[attr-defined]
+            self._held_locs.clear()
+        if self._held_groups is not None and len(self._held_groups):
+            self._held_groups.flush()
+
     def on_retry(self) -> None:
         """The batch is over (or will be handled again): forget its pending positions and windows."""
         self._pending.clear()
+        if self._held_groups is not None:
+            self._held_locs.clear()
+            self._held_groups.clear()
         self._triggers.clear()
 
     def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
@@ -955,6 +981,13 @@ class _Note:
     localized: bool
     matches: int = 0
     coincidences: list[tuple[str, bool]] = field(default_factory=list)
+
+
+def _held_point(event: Event, sky: Any) -> bool:
+    """A ZTF/LSST candidate's position: its localization and group add wait for write()."""
+    from broker.enrich.localization import PointRegion
+
+    return event.source in ("ztf", "lsst") and isinstance(sky, PointRegion) and not may_embed_map(event)
 
 
 def _is_infrastructure(exc: BaseException) -> bool:

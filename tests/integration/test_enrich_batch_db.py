@@ -108,3 +108,40 @@ def test_batch_writes_equal_the_per_alert_writes(engine):
 
 def test_empty_batches(engine):
     assert LocalizationStore(engine).put_many([]) == [] and GroupStore(engine).add_many([]) == []
+
+
+def test_held_adds_return_the_states_stored_later(engine):
+    """The enrich stage's path: ZTF points held (``point_ref``, ``GroupBatch.add``) and
+    written with ``put_many``/``add_many``; other alerts first flush what is held, then
+    use put/add. Same refs, states and rows as put/add for every alert."""
+    from broker.enrich.groups import GroupBatch
+
+    alerts = _alerts()
+    alerts = alerts[:10] + alerts[-8:] + alerts[10:] + alerts[:5]  # GW and GCN alerts between ZTF ones, replays
+    expected = _one_by_one(LocalizationStore(engine), GroupStore(engine), alerts)
+    rows = _dump(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE " + ", ".join(_TABLES) + " RESTART IDENTITY CASCADE"))
+    locs, groups = LocalizationStore(engine), GroupStore(engine)
+    held, pending_locs, refs, states = GroupBatch(groups), [], [], []
+
+    def flush():
+        locs.put_many(pending_locs)
+        pending_locs.clear()
+        held.flush()
+
+    for ev, sky in alerts:
+        if ev.source == "ztf":
+            ref = locs.point_ref(sky)
+            pending_locs.append((ev.id, sky))
+            state = held.add(ev, ref)
+        else:
+            flush()
+            ref = locs.put(ev.id, sky) if sky is not None else None
+            state = groups.add(ev, ref)
+        refs.append(ref)
+        states.append(state)
+    flush()
+    assert (refs, states) == expected
+    assert _dump(engine) == rows
+    assert len(held) == 0 and held.flush() == []
