@@ -37,6 +37,18 @@ class EnrichSettings(Section):
     triggers whose region holds a new ZTF candidate)."""
     max_optical_candidates: int = Field(200, ge=0)
     """At most this many region candidates examined per trigger revision."""
+    fetch_skymap_urls: bool = False
+    """Download the sky map of an alert that gives it only by URL (LVK VOEvents'
+    ``skymap_fits``, GCN ``healpix_url``) when its group has no sky map yet. Off by
+    default: the download runs on the stage's poll thread (up to
+    ``skymap_url_timeout_s`` per connect/read) and needs the network; an unreachable
+    URL is recorded in ``enrichment.error`` and the Event is published all the same."""
+    skymap_url_timeout_s: float = Field(20.0, gt=0, le=600)
+    """Connect and read timeout of a sky map download, s."""
+    skymap_url_max_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """Largest sky map download accepted, bytes as sent (the decode limits apply after)."""
+    skymap_url_schemes: list[str] = Field(default_factory=lambda: ["https", "http"])
+    """URL schemes a sky map may be downloaded with (redirect targets included)."""
     coincidences: CoincidenceSettings = Field(default_factory=CoincidenceSettings)
     """Windows, GRB rate, overlap method and optical criteria of the coincidence searches."""
     batch_size: int = 200

@@ -23,6 +23,10 @@ A bad map is refused with one line naming the event and the field
 negative or infinite densities (all :func:`broker.skymap.read_skymap`'s checks), a map
 whose total probability is zero, pixels that overlap, and a flat map whose
 ``ORDERING`` keyword is the wrong one of RING/NESTED (:func:`check_ordering`).
+
+A map given only by URL (LVK VOEvents' ``skymap_fits``, GCN ``healpix_url``) is
+downloaded by :func:`fetch_localization` when the enrich stage is told to
+(``[enrich] fetch_skymap_urls``); an unreachable URL is :class:`SkymapUnreachable`.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ from typing import Any, Union
 import numpy as np
 
 from broker.enrich.coinc import PointSource
-from broker.errors import DecodeError
-from broker.event import Event, PointLocalization
+from broker.errors import BrokerError, DecodeError
+from broker.event import Event, HealpixLocalization, PointLocalization
 from broker.skymap import MultiOrderSkyMap
 
 __all__ = ["PointRegion", "Sky", "extract_localization", "embedded_skymap_bytes", "check_ordering",
@@ -306,3 +310,127 @@ def extract_localization(event: Event, raw: bytes, *, merge_flat: bool = True) -
         except DecodeError as exc:
             raise DecodeError(f"{event.id}: {where}: {exc}") from None
     return point_region(event)
+
+
+# ------------------------------------------------------------------ maps given by URL
+class SkymapUnreachable(BrokerError):
+    """A sky map URL that could not be fetched (network error, HTTP status, a scheme not
+    allowed, over the size limit). The message is one line starting with the URL."""
+
+
+def skymap_url_of(event: Event) -> str | None:
+    """The URL of the Event's sky map when upstream gives one: LVK VOEvents'
+    ``skymap_fits`` and GCN notices' ``healpix_url`` (both decoded into
+    ``properties["skymap_url"]``), or the HEALPix localization's ``skymap_url``."""
+    url = (event.properties or {}).get("skymap_url")
+    if not url and isinstance(event.localization, HealpixLocalization):
+        url = event.localization.skymap_url
+    return url if isinstance(url, str) and url else None
+
+
+def fetch_skymap_bytes(url: str, *, timeout_s: float = 20.0, max_bytes: int = 256 * 1024 * 1024,
+                       schemes: tuple[str, ...] | list[str] = ("https", "http"), transport: Any = None) -> bytes:
+    """Download a sky map's FITS bytes (gzip or not) with httpx.
+
+    Parameters
+    ----------
+    url : str
+    timeout_s : float
+        Connect and read timeout, s (each; the whole download may take longer while
+        bytes keep arriving).
+    max_bytes : int
+        Largest body accepted, bytes as sent (before any gunzip of a ``.fits.gz``).
+    schemes : sequence of str
+        URL schemes allowed, also for the target of a redirect (at most 5 followed).
+    transport : httpx.BaseTransport, optional
+        For tests.
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    SkymapUnreachable
+        One line ``<url>: <reason>``: a scheme not allowed, a connection or timeout
+        error, an HTTP status other than 200, a body over ``max_bytes``.
+    """
+    import httpx
+
+    from broker.text import one_line
+
+    shown = one_line(url, 200)
+    allowed = {s.lower() for s in schemes}
+
+    def check_scheme(u: Any) -> None:
+        scheme = str(getattr(u, "scheme", "") or "").lower()
+        if scheme not in allowed:
+            raise SkymapUnreachable(f"{shown}: scheme {scheme or '(none)'!r} not allowed "
+                                    f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
+
+    try:
+        check_scheme(httpx.URL(url))
+    except httpx.InvalidURL as exc:
+        raise SkymapUnreachable(f"{shown}: not a URL ({one_line(str(exc), 120)})") from None
+    try:
+        with httpx.Client(timeout=timeout_s, follow_redirects=True, max_redirects=5, transport=transport,
+                          event_hooks={"request": [lambda req: check_scheme(req.url)]}) as client:
+            with client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as resp:
+                if resp.status_code != 200:
+                    raise SkymapUnreachable(f"{shown}: HTTP {resp.status_code} {one_line(resp.reason_phrase, 60)}")
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise SkymapUnreachable(f"{shown}: {int(declared):,} bytes is over the limit {max_bytes:,}")
+                chunks, n = [], 0
+                for chunk in resp.iter_raw():
+                    n += len(chunk)
+                    if n > max_bytes:
+                        raise SkymapUnreachable(f"{shown}: more than {max_bytes:,} bytes (the limit)")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except SkymapUnreachable:
+        raise
+    except httpx.HTTPError as exc:
+        raise SkymapUnreachable(f"{shown}: {type(exc).__name__}: {one_line(str(exc) or 'no detail', 160)}") from None
+
+
+def fetch_localization(event: Event, *, timeout_s: float = 20.0, max_bytes: int = 256 * 1024 * 1024,
+                       schemes: tuple[str, ...] | list[str] = ("https", "http"), merge_flat: bool = True,
+                       transport: Any = None) -> MultiOrderSkyMap | None:
+    """The sky map an Event gives only by URL, downloaded and checked like an embedded one.
+
+    Parameters
+    ----------
+    event : broker.event.Event
+    timeout_s, max_bytes, schemes, transport
+        As :func:`fetch_skymap_bytes`.
+    merge_flat : bool
+        As :func:`extract_localization` (flat maps — LVK O3 VOEvents' ``bayestar.fits.gz``,
+        Fermi GBM's ``healpix_url`` — merged as ``read_sky_map(moc=True)`` does).
+
+    Returns
+    -------
+    MultiOrderSkyMap or None
+        None when the Event gives no URL.
+
+    Raises
+    ------
+    SkymapUnreachable
+        ``<event id>: <url>: <reason>`` (see :func:`fetch_skymap_bytes`).
+    DecodeError
+        ``<event id>: <url>: <what>`` for a map that arrives but is bad (the checks of
+        :func:`read_checked`, the decode limits in force).
+    """
+    url = skymap_url_of(event)
+    if url is None:
+        return None
+    try:
+        data = fetch_skymap_bytes(url, timeout_s=timeout_s, max_bytes=max_bytes, schemes=schemes, transport=transport)
+    except SkymapUnreachable as exc:
+        raise SkymapUnreachable(f"{event.id}: {exc}") from None
+    try:
+        return read_checked(data, merge_flat=merge_flat)
+    except DecodeError as exc:
+        from broker.text import one_line
+
+        raise DecodeError(f"{event.id}: {one_line(url, 200)}: {exc}") from None

@@ -117,6 +117,8 @@ class EnrichStats:
     localized: int = 0
     bad_localizations: int = 0
     raw_reads: int = 0
+    fetched_maps: int = 0
+    """Sky maps downloaded from an alert's URL (``[enrich] fetch_skymap_urls``)."""
     matches: int = 0
     coincidences: Counter = field(default_factory=Counter)
     """kind → coincidence records published (retractions included)."""
@@ -425,6 +427,11 @@ class EnrichHandler(BaseStage):
     extract : callable, optional
         ``(event, raw) → Sky | None`` (default
         :func:`broker.enrich.localization.extract_localization`).
+    fetch : callable, optional
+        ``event → MultiOrderSkyMap | None``: the map of an Event that gives it only by
+        URL, used when ``settings.fetch_skymap_urls`` (default
+        :func:`broker.enrich.localization.fetch_localization` with the settings' timeout,
+        size limit and schemes).
     codec : EventCodec, optional
     """
 
@@ -434,13 +441,21 @@ class EnrichHandler(BaseStage):
                  enriched_topic: str, coincidences_topic: str, provenance: Provenance, catalogs: Any = None,
                  index_positions: Callable[[Sequence[Event]], int] | None = None,
                  write_batch: Callable[[Sequence[Event], Sequence[dict[str, Any]]], Any] | None = None,
-                 extract: Callable[[Event, bytes], Any] | None = None, codec: EventCodec | None = None) -> None:
+                 extract: Callable[[Event, bytes], Any] | None = None,
+                 fetch: Callable[[Event], Any] | None = None, codec: EventCodec | None = None) -> None:
         if extract is None:
             from broker.enrich.localization import extract_localization as extract
         self.localizations, self.groups, self.archive, self.settings = localizations, groups, archive, settings
         self.enriched_topic, self.coincidences_topic, self.provenance = enriched_topic, coincidences_topic, provenance
         self.catalogs, self.index_positions, self.extract = catalogs, index_positions, extract
         self.write_batch = write_batch
+        if fetch is None:
+            from broker.enrich.localization import fetch_localization
+
+            fetch = functools.partial(fetch_localization, timeout_s=settings.skymap_url_timeout_s,
+                                      max_bytes=settings.skymap_url_max_bytes,
+                                      schemes=tuple(settings.skymap_url_schemes))
+        self.fetch = fetch
         self.codec = codec or EventCodec()
         self.coinc = settings.coincidences
         self.stats = EnrichStats()
@@ -471,7 +486,7 @@ class EnrichHandler(BaseStage):
         self._events[event.id] = event
         error = None
         sky = ref = None
-        raw_read = False
+        raw_read = fetched_map = False
         try:
             raw, source = b"", event
             if may_embed_map(event):
@@ -488,6 +503,18 @@ class EnrichHandler(BaseStage):
             error = f"localization not decoded: raw alert not in the archive ({one_line(str(exc), 200)})"
         except BrokerError as exc:  # RawStoreError: raw bytes missing or corrupt
             error = f"localization not decoded: {type(exc).__name__}: {one_line(str(exc), 300)}"
+        if error is None and not hasattr(sky, "uniq") and self._wants_url_map(event):  # no map, or a point only
+            from broker.enrich.localization import SkymapUnreachable
+
+            try:
+                fetched = self.fetch(event)
+            except SkymapUnreachable as exc:
+                error = f"sky map URL not reachable: {one_line(str(exc), 400)}"
+            except DecodeError as exc:
+                error = f"localization not decoded: {one_line(str(exc), 400)}"
+            else:
+                if fetched is not None:
+                    sky, fetched_map = fetched, True
         held = self._held_locs is not None and sky is not None and _held_point(event, sky)
         if not held:
             self._write_held()  # what this Event reads (groups, positions) includes the batch so far
@@ -509,7 +536,7 @@ class EnrichHandler(BaseStage):
         state = self._held_groups.add(event, ref) if held else self.groups.add(event, ref)
         if getattr(state, "category", None) in ("gw", "grb"):
             self._triggers.clear()
-        note = _Note(event=event, error=error, raw_read=raw_read, localized=ref is not None)
+        note = _Note(event=event, error=error, raw_read=raw_read, localized=ref is not None, fetched=fetched_map)
         enrichment: dict[str, Any] = {"localization": None, "group": self._group_json(event, state)}
         if ref is not None:
             enrichment["localization"] = ref.to_json_dict() | {"from_event": event.id}
@@ -536,6 +563,27 @@ class EnrichHandler(BaseStage):
         rows = crossmatch_rows(event.id, enrichment["crossmatch"], loc["id"] if loc else None)
         todo = _Write([event] if point else [], rows) if point or rows else None
         return Handled(msg, outputs, write=todo, info=note)
+
+    def _wants_url_map(self, event: Event) -> bool:
+        """Whether to download the Event's sky map from its URL: ``fetch_skymap_urls`` on,
+        not a retraction, a URL given, and no sky map in its group yet (an LVK VOEvent's
+        JSON form embeds the same map)."""
+        if not getattr(self.settings, "fetch_skymap_urls", False) or event.is_retraction:
+            return False
+        from broker.enrich.localization import skymap_url_of
+
+        if skymap_url_of(event) is None:
+            return False
+        get = getattr(self.groups, "get", None)
+        if get is not None:
+            from broker.enrich.groups import group_key
+
+            self._write_held()  # the group read sees the batch so far
+            state = get(group_key(event))
+            best = getattr(state, "best_localization", None)
+            if best is not None and best.kind == "skymap":
+                return False
+        return True
 
     def write(self, batch: list[Handled]) -> None:
         """Write the batch durably in one transaction (idempotent): the positions of its
@@ -577,6 +625,7 @@ class EnrichHandler(BaseStage):
             st.localized += n.localized
             st.bad_localizations += n.error is not None
             st.raw_reads += n.raw_read
+            st.fetched_maps += n.fetched
             st.matches += n.matches
             for kind, retracted in n.coincidences:
                 st.coincidences[kind] += 1
@@ -981,6 +1030,7 @@ class _Note:
     localized: bool
     matches: int = 0
     coincidences: list[tuple[str, bool]] = field(default_factory=list)
+    fetched: bool = False
 
 
 def _held_point(event: Event, sky: Any) -> bool:
