@@ -43,6 +43,7 @@ LSST), ``user``.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,6 +58,7 @@ from broker.event import Event, format_time
 
 __all__ = ["GroupState", "GroupStore", "GroupBatch", "GroupError", "group_key", "category_of", "group_tables"]
 
+log = logging.getLogger(__name__)
 _F8 = sa.Float(precision=53)
 _FRB = {"chime", "dsa110", "dsa-110"}
 _XRAY = {"einstein-probe", "maxi"}
@@ -431,7 +433,8 @@ class GroupBatch:
     group's stored members (read once per group per batch) followed by the adds held
     here — and :meth:`flush` stores them all in one transaction. Meant for one writer
     per group at a time (the enrich stage: one partition's messages in order); the
-    states :meth:`flush` gets back are compared with those returned by :meth:`add`.
+    states :meth:`flush` gets back are compared with those returned by :meth:`add`
+    (a difference is logged).
 
     Parameters
     ----------
@@ -496,16 +499,15 @@ class GroupBatch:
     def flush(self) -> list[GroupState]:
         """Store the held adds (:meth:`GroupStore.add_many`) and forget them.
 
+        A stored state that differs from the one :meth:`add` returned (another writer
+        added to the group meanwhile, e.g. two enrich processes during a rebalance) is
+        logged as a warning: the table holds the right state, and raising would not
+        undo the committed adds.
+
         Returns
         -------
         list of GroupState
             The stored states, one per add.
-
-        Raises
-        ------
-        GroupError
-            A stored state differs from the one :meth:`add` returned (another writer
-            added to one of these groups meanwhile).
         """
         items, states = self.items, self.states
         self.clear()
@@ -514,8 +516,8 @@ class GroupBatch:
         got = self.store.add_many(items)
         for (e, _), a, b in zip(items, states, got):
             if a != b:
-                raise GroupError(f"group {b.key}: the state stored for {e.id} differs from the one published "
-                                 f"(another writer added to the group meanwhile)")
+                log.warning("group %s: the state stored for %s differs from the one returned when it was held "
+                            "(another writer added to the group meanwhile)", b.key, e.id)
         return got
 
     def clear(self) -> None:

@@ -586,9 +586,11 @@ class EnrichHandler(BaseStage):
         return True
 
     def write(self, batch: list[Handled]) -> None:
-        """Write the batch durably in one transaction (idempotent): the positions of its
-        point Events and its cross-match results (table ``event_crossmatches``), with
-        ``write_batch``; without it, the positions alone with ``index_positions``."""
+        """Write the batch durably (idempotent): first the held ZTF/LSST points and group
+        adds (:meth:`_write_held`, one transaction each), then in one transaction the
+        positions of its point Events and its cross-match results (table
+        ``event_crossmatches``), with ``write_batch``; without it, the positions alone
+        with ``index_positions``."""
         self._write_held()
         events = [e for h in batch if h.write is not None for e in h.write.events]
         rows = [r for h in batch if h.write is not None for r in h.write.crossmatch]

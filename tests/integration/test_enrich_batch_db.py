@@ -145,3 +145,26 @@ def test_held_adds_return_the_states_stored_later(engine):
     assert (refs, states) == expected
     assert _dump(engine) == rows
     assert len(held) == 0 and held.flush() == []
+
+
+def test_another_writer_between_hold_and_flush_is_logged_and_stored(engine, caplog):
+    """Two alerts of one ZTF object: the first held, the second added by another writer
+    meanwhile; the flush stores both in arrival order at the store and logs that the held
+    state (one revision) is not the stored one (two)."""
+    from broker.enrich.groups import GroupBatch
+
+    ztf = [(ev, sky) for ev, sky in _alerts() if ev.source == "ztf"]
+    by_obj: dict[str, list] = {}
+    for ev, sky in ztf:
+        by_obj.setdefault(ev.upstream_id, []).append((ev, sky))
+    (a, sa_), (b, sb) = next(v for v in by_obj.values() if len(v) >= 2)[:2]
+    locs, groups = LocalizationStore(engine), GroupStore(engine)
+    held = GroupBatch(groups)
+    ra = locs.point_ref(sa_)
+    assert held.add(a, ra).revisions == [a.id]
+    groups.add(b, locs.put(b.id, sb))
+    locs.put_many([(a.id, sa_)])
+    with caplog.at_level("WARNING", logger="broker.enrich.groups"):
+        [state] = held.flush()
+    assert state.revisions == [b.id, a.id] and state == groups.of_event(a.id)
+    assert "differs from the one returned" in caplog.text
