@@ -122,6 +122,8 @@ def embedded_skymap_bytes(event: Event, raw: bytes) -> tuple[bytes | None, str]:
     DecodeError
         The map field is present but not base64, or the container is unreadable.
     """
+    if event.is_retraction or not raw:  # a retraction embeds no map; no bytes, nothing to look in
+        return None, ""
     if event.format == "avro":
         if event.source != "igwn":
             return None, ""

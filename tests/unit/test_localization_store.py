@@ -216,3 +216,21 @@ def test_point_tiles_are_the_rayleigh_disc(name):
     a50, a90 = _point_areas(p.error_radius_deg, p.containment)
     r90 = math.radians(radius_at_level(p.error_radius_deg, p.containment, 0.9))
     assert a90 == pytest.approx(2 * math.pi * (1 - math.cos(r90)) * (180 / math.pi) ** 2, rel=1e-12) and a50 < a90
+
+
+def test_retraction_and_unread_raw_embed_no_map():
+    """The enrich stage reads raw bytes only for alerts that may embed a map and passes
+    b"" otherwise: an Avro-form LVK retraction must not be parsed as an Avro container
+    (found on the quickstart: 'unreadable Avro container' for MS181101ab's retraction)."""
+    from broker.enrich.localization import embedded_skymap_bytes, extract_localization
+    from broker.sources import decode
+
+    for name in ("MS181101ab-retraction.avro", "MS181101ab-retraction.json"):
+        raw = (DATA / "igwn" / "userguide" / name).read_bytes()
+        event = decode(raw)[0]
+        assert event.is_retraction
+        assert embedded_skymap_bytes(event, raw) == (None, "")
+        assert extract_localization(event, b"") is None
+        assert extract_localization(event, raw) is None
+    preliminary = (DATA / "igwn" / "userguide" / "MS181101ab-preliminary.avro").read_bytes()
+    assert extract_localization(decode(preliminary)[0], preliminary) is not None
