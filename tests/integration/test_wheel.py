@@ -170,11 +170,13 @@ def test_replay_demo_and_ingest_into_the_archive(venv, user_env):
     env, home = user_env
     replay = _run(["mma-broker", "replay", "--demo"], env=env, cwd=home)
     assert "replayed 92 file(s)" in replay.stderr
-    _run(["mma-broker", "run", "--until-caught-up", "--stage", "ingest"], env=env, cwd=home, timeout=600)
+    run = _run(["mma-broker", "run", "--until-caught-up", "--stage", "ingest"], env=env, cwd=home, timeout=600)
     out = _run(["mma-broker", "events", "list", "--json", "--limit", "100000"], env=env, cwd=home).stdout
     events = [json.loads(line) for line in out.splitlines()]
-    assert len(events) > 0
-    assert {e["source"] for e in events} == {"igwn", "gcn", "ztf"}
-    assert "igwn:MS181101ab:preliminary:20181101T223449Z" in {e["id"] for e in events}
+    # the run's summary and log, to tell a message never consumed from one dead-lettered
+    said = f"run stdout:\n{run.stdout[-3000:]}\nrun stderr:\n{run.stderr[-3000:]}"
+    assert len(events) > 0, said
+    assert {e["source"] for e in events} == {"igwn", "gcn", "ztf"}, said
+    assert "igwn:MS181101ab:preliminary:20181101T223449Z" in {e["id"] for e in events}, said
     # the embedded PostgreSQL lives in the temporary home, not in the venv
     assert (home / "state" / "postgres").is_dir()
