@@ -13,7 +13,11 @@ One loop (consumer group ``<group_id>.enrich``) on the stage runner
    (:meth:`broker.enrich.store.LocalizationStore.put`), the position of a point is
    indexed (:func:`broker.enrich.store.index_positions`, so region queries find ZTF
    candidates) and the Event joins its group
-   (:meth:`broker.enrich.groups.GroupStore.add`). A bad sky map (not FITS, wrong
+   (:meth:`broker.enrich.groups.GroupStore.add`). A ZTF/LSST candidate with only a
+   point is held in memory (:meth:`~broker.enrich.store.LocalizationStore.point_ref`,
+   :class:`broker.enrich.groups.GroupBatch`) and written with the rest of its batch in
+   :meth:`EnrichHandler.write` (``put_many``, ``add_many``, one transaction each); any
+   other Event first flushes what is held, so it sees the whole batch. A bad sky map (not FITS, wrong
    ordering, negative or NaN probabilities, ...) is *not* a dead letter: the Event is
    archived already, so it is published enriched without a localization and
    ``enrichment.error`` says why (counted in ``bad_localizations``).
