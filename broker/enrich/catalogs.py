@@ -1,10 +1,16 @@
 """Catalogs for cross-matching: read from files, stored in PostgreSQL with a HEALPix index.
 
 :func:`read_catalog` reads FITS, CSV (and other astropy ASCII tables), Parquet,
-VOTable or HDF5 through ``astropy.table.Table.read`` and finds the position, distance
-and error columns (given, or by their usual names: ``ra``/``RAJ2000``/``RA_OBJ``...,
-``distmpc``/``bestdist``/``d_L``..., the 4FGL 95 % ellipse
-``Conf_95_SemiMajor/SemiMinor/PosAng``). Units come from the columns when they have
+VOTable or HDF5 through ``astropy.table.Table.read`` and finds the position, distance,
+name and error columns (given, or by their usual names: ``ra``/``RAJ2000``/``RA_OBJ``...,
+``distmpc``/``bestdist``/``d_L``..., ``name``/``objname``/``BAT_NAME``..., the 4FGL
+95 % ellipse ``Conf_95_SemiMajor/SemiMinor/PosAng``). A text file whose suffix names
+no format (``.txt``, ``.dat``, ``.tbl`` ...) is read by astropy's ASCII format guessing
+(``astropy.io.ascii.read``): e.g. a pipe-separated table with a header line and a
+units line commented out with ``#`` (the Swift-BAT 105-month catalog), or an IPAC
+table. Source errors are a radius column, a fixed radius for every row, per-axis
+errors along RA and Dec (an ellipse aligned with the axes, e.g. the VLASS
+``E_RA``/``E_DEC``), or the 4FGL ellipses. Units come from the columns when they have
 them (deg, Mpc), else the defaults (deg, Mpc, ``err_unit``). Rows whose position is
 not finite or out of range are refused, and counted per reason.
 
@@ -38,11 +44,21 @@ from broker.enrich.points import SourceErrors
 RA_NAMES = ("ra", "raj2000", "_raj2000", "ra_obj", "objra", "ra_deg", "radeg", "ra_icrs")
 DEC_NAMES = ("dec", "dej2000", "_dej2000", "dec_obj", "objdec", "dec_deg", "dedeg", "de_icrs", "decj2000")
 DIST_NAMES = ("distmpc", "dist_mpc", "bestdist", "d_l", "dist", "distance")
+NAME_NAMES = ("name", "objname", "component_name", "source_name", "bat_name", "main_id", "glade no",
+              "gwgc name", "objectid", "source_id", "id")
+"""Name-column candidates, in order, compared case-insensitively: the first present is
+the catalog's ``name`` column (the label of its sources in cross-match output)."""
 ELLIPSE_4FGL = ("Conf_95_SemiMajor", "Conf_95_SemiMinor", "Conf_95_PosAng")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
 _FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".csv": "ascii.csv", ".tsv": "ascii.tab",
             ".parquet": "parquet", ".vot": "votable", ".votable": "votable", ".xml": "votable",
-            ".hdf5": "hdf5", ".h5": "hdf5", ".ecsv": "ascii.ecsv"}
+            ".hdf5": "hdf5", ".h5": "hdf5", ".ecsv": "ascii.ecsv", ".txt": "ascii", ".dat": "ascii",
+            ".tbl": "ascii", ".ipac": "ascii.ipac", ".asc": "ascii", ".ascii": "ascii"}
+"""File suffix → astropy format; ``ascii`` is astropy's format guessing over its ASCII
+readers (basic with ``|``, ``,``, tab or space delimiters, IPAC, fixed width ...)."""
+ONE_SIGMA_2D = 1.0 - math.exp(-0.5)
+"""Probability inside the 1σ ellipse of a 2D Gaussian (0.3935): the containment of
+per-axis 1σ errors such as VLASS ``E_RA``/``E_DEC``."""
 
 
 class CatalogError(BrokerError):
@@ -108,7 +124,14 @@ def _read_table(path: Path):
                     if hdu is None:
                         raise CatalogError(f"catalog {path.name}: FITS file without a table HDU")
                     return Table.read(hdu)
-            return Table.read(path, format=fmt) if fmt else Table.read(path)
+            if fmt:
+                return Table.read(path, format=fmt)
+            from astropy.io.registry import IORegistryError
+
+            try:
+                return Table.read(path)
+            except IORegistryError:  # no format from the name or content: guess an ASCII table
+                return Table.read(path, format="ascii")
     except CatalogError:
         raise
     except Exception as exc:  # noqa: BLE001 - astropy raises anything on a bad file
@@ -159,13 +182,16 @@ def _values(table, col: str, unit: str, path: Path) -> np.ndarray:
 
 def read_catalog(path: str | Path, name: str | None = None, *, ra_col: str | None = None,
                  dec_col: str | None = None, dist_col: str | None = None, err_col: str | None = None,
-                 err_unit: str = "deg", err_containment: float | None = None) -> Catalog:
+                 err_unit: str = "deg", err_containment: float | None = None, name_col: str | None = None,
+                 err_radius: float | None = None, err_ra_col: str | None = None,
+                 err_dec_col: str | None = None) -> Catalog:
     """Read a catalog file and check its rows.
 
     Parameters
     ----------
     path : str or pathlib.Path
-        FITS (first table HDU), CSV/ECSV/TSV/ASCII, Parquet, VOTable or HDF5.
+        FITS (first table HDU), CSV/ECSV/TSV, Parquet, VOTable, HDF5, or any text table
+        astropy's ASCII guessing reads (``.txt``, ``.dat``, ``.tbl`` or an unknown suffix).
     name : str, optional
         Catalog name (default: the file name without suffixes).
     ra_col, dec_col : str, optional
@@ -174,13 +200,27 @@ def read_catalog(path: str | Path, name: str | None = None, *, ra_col: str | Non
         Luminosity distance column (Mpc unless it has a unit); found by name otherwise
         (``distmpc``, ``bestdist``, ``d_L`` ...), none if absent.
     err_col : str, optional
-        Error-circle radius column. Without it, a file with the 4FGL columns
+        Error-circle radius column. Without it (and without ``err_radius`` or
+        ``err_ra_col``/``err_dec_col``), a file with the 4FGL columns
         ``Conf_95_SemiMajor/SemiMinor/PosAng`` gets those ellipses (containment 0.95).
     err_unit : str
-        Unit of ``err_col`` when the column has none (``deg``, ``arcmin``, ``arcsec``).
+        Unit of ``err_col``, ``err_ra_col``, ``err_dec_col`` when the column has none, and
+        of ``err_radius`` (``deg``, ``arcmin``, ``arcsec``).
     err_containment : float, optional
-        Containment of the error region (default 0.68 for circles, 0.95 for the 4FGL
-        ellipses).
+        Containment of the error region (default 0.68 for circles and ``err_radius``,
+        0.3935 — the 2D Gaussian 1σ ellipse, :data:`ONE_SIGMA_2D` — for per-axis errors,
+        0.95 for the 4FGL ellipses).
+    name_col : str, optional
+        Source-name column; found by name otherwise (:data:`NAME_NAMES`), none if absent.
+    err_radius : float, optional
+        One error radius for every row, in ``err_unit``: for catalogs that give none per
+        row (the Swift-BAT 105-month catalog). Not with ``err_col``.
+    err_ra_col, err_dec_col : str, optional
+        Per-axis position errors (both or neither), as angles on the sky (the RA error
+        is not divided by cos Dec): stored as an ellipse aligned with the axes,
+        semi-axes the larger and the smaller of the two, position angle 0 (north) when
+        the Dec error is the larger, else 90 deg. A row with one of them missing gets a
+        circle of the other. Not with ``err_col`` or ``err_radius``.
 
     Returns
     -------
@@ -190,15 +230,26 @@ def read_catalog(path: str | Path, name: str | None = None, *, ra_col: str | Non
     ------
     CatalogError
         Unreadable file, unknown or non-numeric column, no position column found, an
-        empty table, or no row with a usable position.
+        empty table, no row with a usable position, a negative or non-finite
+        ``err_radius``, or error options that exclude each other.
     """
     path = Path(path)
+    modes = [m for m, given in (("--err-col", err_col is not None), ("--err-radius", err_radius is not None),
+                                ("--err-ra-col/--err-dec-col", err_ra_col is not None or err_dec_col is not None))
+             if given]
+    if len(modes) > 1:
+        raise CatalogError(f"give one source error: {' or '.join(modes)}, not several")
+    if (err_ra_col is None) != (err_dec_col is None):
+        raise CatalogError("--err-ra-col and --err-dec-col go together")
+    if err_radius is not None and not (math.isfinite(err_radius) and err_radius >= 0):
+        raise CatalogError(f"--err-radius {err_radius!r} must be a finite angle >= 0")
     table = _read_table(path)
     if len(table) == 0:
         raise CatalogError(f"catalog {path.name}: the table has no rows")
     ra_name = _find(table, ra_col, RA_NAMES, "ra", path, True)
     dec_name = _find(table, dec_col, DEC_NAMES, "dec", path, True)
     dist_name = _find(table, dist_col, DIST_NAMES, "dist", path, False)
+    label_name = _find(table, name_col, NAME_NAMES, "name", path, False)
     ra = _values(table, ra_name, "deg", path)
     dec = _values(table, dec_name, "deg", path)
     refused: dict[str, int] = {}
@@ -226,20 +277,36 @@ def read_catalog(path: str | Path, name: str | None = None, *, ra_col: str | Non
         with np.errstate(invalid="ignore"):
             dist = np.where(np.isfinite(dist) & (dist >= 0) & accepted, dist, np.nan)
         columns["dist"] = dist_name
+    if label_name is not None:
+        columns["name"] = label_name
     errors = None
-    if err_col is not None:
-        err_name = _find(table, err_col, (), "err", path, True)
+    if err_col is not None or err_radius is not None or err_ra_col is not None:
         import astropy.units as u
 
         try:
             factor = u.Unit(err_unit).to(u.deg)
-        except (ValueError, u.UnitConversionError):
+        except (ValueError, u.UnitConversionError, TypeError):
             raise CatalogError(f"--err-unit {err_unit!r} is not an angle unit") from None
-        values = _values(table, err_name, "deg", path)
-        if getattr(table[err_name], "unit", None) is None:
-            values = values * factor
-        errors = SourceErrors(major_deg=values, containment=err_containment or 0.68)
-        columns["err"] = err_name
+
+        def angles(col: str) -> np.ndarray:
+            name = _find(table, col, (), "err", path, True)
+            values = _values(table, name, "deg", path)
+            return values * factor if getattr(table[name], "unit", None) is None else values
+
+        if err_col is not None:
+            errors = SourceErrors(major_deg=angles(err_col), containment=err_containment or 0.68)
+            columns["err"] = _find(table, err_col, (), "err", path, True)
+        elif err_radius is not None:
+            errors = SourceErrors(major_deg=np.full(len(table), err_radius * factor),
+                                  containment=err_containment or 0.68)
+            columns["err"] = f"fixed {err_radius:g} {err_unit}"
+        else:
+            e_ra, e_dec = angles(err_ra_col), angles(err_dec_col)
+            major, minor = np.fmax(e_ra, e_dec), np.fmin(e_ra, e_dec)
+            pa = np.where(np.isnan(e_ra) | (e_dec >= e_ra), 0.0, 90.0)
+            errors = SourceErrors(major_deg=major, minor_deg=minor, pa_deg=pa,
+                                  containment=err_containment or ONE_SIGMA_2D)
+            columns["err"] = ",".join(_find(table, c, (), "err", path, True) for c in (err_ra_col, err_dec_col))
     elif all(c in table.colnames for c in ELLIPSE_4FGL):
         a, b, pa = (_values(table, c, "deg", path) for c in ELLIPSE_4FGL)
         errors = SourceErrors(major_deg=a, minor_deg=b, pa_deg=pa, containment=err_containment or 0.95)

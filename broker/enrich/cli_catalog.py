@@ -5,14 +5,15 @@ entry-point group ``mma_broker.cli``; ``mma-broker``'s ``main()`` mounts them. L
 every CLI plugin module this one imports typer and the standard library only; each
 command imports numpy, astropy and SQLAlchemy when it runs.
 
-* ``catalog load NAME FILE [--ra-col --dec-col --dist-col --err-col --err-unit
-  --err-containment --replace]`` reads a catalog file and stores it in the archive's
-  PostgreSQL with a HEALPix index; refused rows are counted per reason on stderr.
+* ``catalog load NAME FILE [--ra-col --dec-col --dist-col --name-col --err-col
+  --err-radius --err-ra-col --err-dec-col --err-unit --err-containment --replace]``
+  reads a catalog file and stores it in the archive's PostgreSQL with a HEALPix index;
+  refused rows are counted per reason on stderr.
 * ``catalog list [--json]`` lists the stored catalogs.
 * ``catalog fetch VIZIER_ID [--name NAME]`` downloads a VizieR table with astroquery
   (network needed) and stores it the same way.
-* ``crossmatch ALERT_OR_MAP --catalog FILE [--ra-col --dec-col --dist-col --err-col]
-  [--json]`` cross-matches a sky map (or an alert's embedded map, or an alert's error
+* ``crossmatch ALERT_OR_MAP --catalog FILE [--ra-col --dec-col --dist-col --name-col
+  --err-col --err-radius --err-ra-col --err-dec-col] [--json]`` cross-matches a sky map (or an alert's embedded map, or an alert's error
   circle) with a catalog file, no server needed.
 
 Errors are one line, ``mma-broker: error: ...``, exit code 1.
@@ -68,27 +69,36 @@ def _store(cat, *, file_name: str | None, sha256: str | None, origin: str | None
         archive.close()
     extra = f", distances from {cat.columns['dist']!r}" if "dist" in cat.columns else ""
     extra += f", errors from {cat.columns['err']!r}" if "err" in cat.columns else ""
+    extra += f", names from {cat.columns['name']!r}" if "name" in cat.columns else ""
     print(f"{cat.name}: stored {n:,} sources of {len(cat):,} rows{extra}")
 
 
 @catalog_app.command("load")
 def catalog_load(
     name: str = typer.Argument(..., help="Name to store the catalog under."),
-    file: Path = typer.Argument(..., help="FITS, CSV, Parquet, VOTable or HDF5 table."),
+    file: Path = typer.Argument(..., help="FITS, CSV, Parquet, VOTable, HDF5 or ASCII text table."),
     ra_col: Optional[str] = typer.Option(None, "--ra-col", help="RA column (deg); found by name if omitted."),
     dec_col: Optional[str] = typer.Option(None, "--dec-col", help="Dec column (deg); found by name if omitted."),
     dist_col: Optional[str] = typer.Option(None, "--dist-col", help="Luminosity distance column (Mpc)."),
+    name_col: Optional[str] = typer.Option(None, "--name-col", help="Source-name column; found by name if omitted."),
     err_col: Optional[str] = typer.Option(None, "--err-col", help="Error-circle radius column."),
-    err_unit: str = typer.Option("deg", "--err-unit", help="Unit of --err-col when the file gives none."),
-    err_containment: Optional[float] = typer.Option(None, "--err-containment", min=0.01, max=0.9999,
-                                                    help="Containment of the errors (0.68; 4FGL ellipses 0.95)."),
+    err_radius: Optional[float] = typer.Option(None, "--err-radius",
+                                               help="One error radius for every row (in --err-unit)."),
+    err_ra_col: Optional[str] = typer.Option(None, "--err-ra-col", help="RA error column (angle on the sky)."),
+    err_dec_col: Optional[str] = typer.Option(None, "--err-dec-col", help="Dec error column."),
+    err_unit: str = typer.Option("deg", "--err-unit",
+                                 help="Unit of --err-radius, and of error columns when the file gives none."),
+    err_containment: Optional[float] = typer.Option(
+        None, "--err-containment", min=0.01, max=0.9999,
+        help="Containment of the errors (0.68; per-axis --err-ra-col/--err-dec-col 0.3935; 4FGL ellipses 0.95)."),
     replace: bool = typer.Option(False, "--replace", help="Replace a catalog of the same name."),
 ) -> None:
     """Load a catalog file into PostgreSQL with a HEALPix index."""
     from broker.enrich.catalogs import file_sha256, read_catalog
 
     cat = read_catalog(file, name, ra_col=ra_col, dec_col=dec_col, dist_col=dist_col, err_col=err_col,
-                       err_unit=err_unit, err_containment=err_containment)
+                       err_unit=err_unit, err_containment=err_containment, name_col=name_col,
+                       err_radius=err_radius, err_ra_col=err_ra_col, err_dec_col=err_dec_col)
     _report_refused(cat)
     _store(cat, file_name=file.name, sha256=file_sha256(file), origin=None, replace=replace)
 
@@ -161,12 +171,21 @@ def _finite(v: float) -> float | None:
 def crossmatch(
     ctx: typer.Context,
     alert_or_map: Path = typer.Argument(..., help="FITS sky map, or alert file (IGWN JSON/Avro, GCN JSON, VOEvent)."),
-    catalog: Path = typer.Option(..., "--catalog", help="Catalog file (FITS, CSV, Parquet, VOTable, HDF5)."),
+    catalog: Path = typer.Option(..., "--catalog", help="Catalog file (FITS, CSV, Parquet, VOTable, HDF5, ASCII)."),
     ra_col: Optional[str] = typer.Option(None, "--ra-col", help="RA column (deg); found by name if omitted."),
     dec_col: Optional[str] = typer.Option(None, "--dec-col", help="Dec column (deg); found by name if omitted."),
     dist_col: Optional[str] = typer.Option(None, "--dist-col", help="Distance column (Mpc): 3D cross-match."),
+    name_col: Optional[str] = typer.Option(None, "--name-col", help="Source-name column; found by name if omitted."),
     err_col: Optional[str] = typer.Option(None, "--err-col", help="Source error radius column (point alerts)."),
-    err_unit: str = typer.Option("deg", "--err-unit", help="Unit of --err-col when the file gives none."),
+    err_radius: Optional[float] = typer.Option(None, "--err-radius",
+                                               help="One source error radius for every row (in --err-unit)."),
+    err_ra_col: Optional[str] = typer.Option(None, "--err-ra-col", help="Source RA error column (angle on the sky)."),
+    err_dec_col: Optional[str] = typer.Option(None, "--err-dec-col", help="Source Dec error column."),
+    err_unit: str = typer.Option("deg", "--err-unit",
+                                 help="Unit of --err-radius, and of error columns when the file gives none."),
+    err_containment: Optional[float] = typer.Option(
+        None, "--err-containment", min=0.01, max=0.9999,
+        help="Containment of the source errors (0.68; per-axis 0.3935; 4FGL ellipses 0.95)."),
     level: float = typer.Option(0.9, "--level", min=0.01, max=0.9999,
                                 help="Credible level (maps) or containment (points) of the listed matches."),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines: one object per catalog row (maps) or match."),
@@ -178,7 +197,9 @@ def crossmatch(
     searched_prob, searched_area_deg2, probdensity_per_deg2 and, with distance layers
     and a distance column, searched_prob_vol and probdensity_vol_per_mpc3 (the
     quantities of ligo.skymap.postprocess.crossmatch). For an alert with an error
-    circle it prints the sources inside the combined error, nearest first.
+    circle it prints the sources inside the combined error, nearest first (--json:
+    row, name when the catalog has a name column, separation_deg, radius_deg,
+    normalized_separation, nearest).
     """
     from broker.enrich.catalogs import CatalogError, read_catalog
     from broker.enrich.inputs import read_alert_or_map
@@ -194,7 +215,8 @@ def crossmatch(
     except DecodeError as exc:
         raise DecodeError(f"{alert_or_map.name}: {exc}") from None
     cat = read_catalog(catalog, ra_col=ra_col, dec_col=dec_col, dist_col=dist_col, err_col=err_col,
-                       err_unit=err_unit)
+                       err_unit=err_unit, err_containment=err_containment, name_col=name_col,
+                       err_radius=err_radius, err_ra_col=err_ra_col, err_dec_col=err_dec_col)
     _report_refused(cat)
     if alert.skymap is not None:
         _print_map_match(alert, cat, level, as_json, limit)
@@ -216,15 +238,29 @@ def _print_map_match(alert, cat, level: float, as_json: bool, limit: int) -> Non
     print(f"{alert.name}: 50 % / 90 % credible areas {match.area_50_deg2:,.1f} / {match.area_90_deg2:,.1f} deg²; "
           f"{len(ranked):,} of {len(match):,} sources of {cat.name} inside the {level:.0%} credible "
           f"{'volume' if three else 'region'}")
-    names = cat.table.colnames
-    label = next((c for c in names if c.lower() in ("name", "objname", "source_name", "glade no", "id")), None)
     for i in ranked[:limit]:
-        who = str(cat.table[label][i]).strip() if label else f"row {i}"
+        who = _label(cat, i) or f"row {i}"
         text = (f"  {who:<24} RA {cat.ra_deg[i]:8.4f} Dec {cat.dec_deg[i]:+8.4f}  "
                 f"searched prob {match.searched_prob[i]:.4f}  area {match.searched_area_deg2[i]:,.1f} deg²")
         if three:
             text += f"  searched prob (3D) {match.searched_prob_vol[i]:.4f}"
         print(text)
+
+
+def _label(cat, row: int) -> str | None:
+    """The source's name from the catalog's name column (``cat.columns['name']``), if any."""
+    import numpy as np
+
+    col = cat.columns.get("name")
+    if col is None:
+        return None
+    value = cat.table[col][row]
+    if value is None or value is np.ma.masked:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = str(value).strip()
+    return text or None
 
 
 def _print_point_match(alert, cat, level: float, as_json: bool, limit: int) -> None:
@@ -234,12 +270,16 @@ def _print_point_match(alert, cat, level: float, as_json: bool, limit: int) -> N
     match = crossmatch_point(p, cat.ra_deg, cat.dec_deg, cat.errors, containment=level)
     if as_json:
         for row in match.to_json_rows():
+            if "name" in cat.columns:
+                row = {"row": row["row"], "name": _label(cat, row["row"]), **{k: v for k, v in row.items() if k != "row"}}
             print(json.dumps(row))
         return
     err = f"{p.error_radius:.4g} deg" if p.error_radius is not None else "no error radius"
     print(f"{alert.name}: RA {p.ra:.4f} Dec {p.dec:+.4f} ({err}); {len(match.rows):,} of {len(cat):,} sources of "
           f"{cat.name} within the combined {level:.0%} error")
     for r, s, x in list(zip(match.rows, match.separation_deg, match.radius_deg))[:limit]:
-        print(f"  row {r:<8} separation {s:.4f} deg  (combined radius {x:.4f} deg)")
+        who = _label(cat, int(r))
+        print(f"  row {r:<8} {who + '  ' if who else ''}separation {s:.4f} deg  (combined radius {x:.4f} deg)")
     if match.nearest_row is not None:
-        print(f"  nearest: row {match.nearest_row} at {match.nearest_separation_deg:.4f} deg")
+        who = _label(cat, match.nearest_row)
+        print(f"  nearest: row {match.nearest_row}{' ' + who if who else ''} at {match.nearest_separation_deg:.4f} deg")

@@ -34,7 +34,7 @@ def test_store_list_and_cone_search_equal_the_exact_separation(engine):
     assert store_catalog(engine, cat, file_name="50MGC_catalog_short.fits", file_sha256="x") == 15424
     [row] = list_catalogs(engine)
     assert (row["name"], row["n_rows"], row["n_sources"]) == ("50mgc", 15424, 15424)
-    assert row["columns"] == {"ra": "ra", "dec": "dec", "dist": "bestdist"}
+    assert row["columns"] == {"ra": "ra", "dec": "dec", "dist": "bestdist", "name": "objname"}
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT count(*), count(dist_mpc) FROM catalog_sources")).one()
         props = conn.execute(sa.text("SELECT properties FROM catalog_sources WHERE row = 0")).scalar_one()
