@@ -173,6 +173,8 @@ class CatalogArrays:
     errors : broker.enrich.points.SourceErrors or None
     loaded_at : object
         The catalog's ``loaded_at`` (a reload is noticed by it).
+    name_col : str or None
+        The catalog's name column (``catalogs.columns['name']``), tried first for labels.
     """
 
     name: str
@@ -183,6 +185,7 @@ class CatalogArrays:
     dist_mpc: Any
     errors: Any
     loaded_at: Any
+    name_col: Any = None
     _tree: Any = None
     _xyz: Any = None
 
@@ -252,7 +255,7 @@ class CatalogCache:
 
         with self.engine.connect() as conn:
             found = {r.name: r for r in conn.execute(sa.select(CATALOGS.c.id, CATALOGS.c.name, CATALOGS.c.loaded_at,
-                                                              CATALOGS.c.err_containment)
+                                                              CATALOGS.c.err_containment, CATALOGS.c.columns)
                                                     .where(CATALOGS.c.name.in_(self.names)))}
         for name in self.names:
             row = found.get(name)
@@ -296,7 +299,7 @@ class CatalogCache:
         return CatalogArrays(name=row.name, catalog_id=row.id, rows=np.array(cols[0], dtype=np.int64),
                              ra_deg=floats(cols[1]), dec_deg=floats(cols[2]),
                              dist_mpc=dist if np.isfinite(dist).any() else None, errors=errors,
-                             loaded_at=row.loaded_at)
+                             loaded_at=row.loaded_at, name_col=(row.columns or {}).get("name"))
 
     def labels(self, cat: CatalogArrays, rows: Sequence[int]) -> dict[int, str]:
         """A name for each file row (the first name-like column of the source), when there is one."""
@@ -312,7 +315,8 @@ class CatalogCache:
                                         .where(SOURCES.c.catalog_id == cat.catalog_id, SOURCES.c.row.in_(todo))).all())
             for r in todo:
                 props = got.get(r) or {}
-                label = next((str(props[k]) for k in _NAME_KEYS if props.get(k) not in (None, "")), None)
+                keys = ((cat.name_col,) if cat.name_col else ()) + _NAME_KEYS
+                label = next((str(props[k]) for k in keys if props.get(k) not in (None, "")), None)
                 self._labels[(cat.name, r)] = label
         out = {}
         for r in rows:
