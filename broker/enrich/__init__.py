@@ -4,6 +4,8 @@
   probability and area, 2D and 3D probability densities of
   ``ligo.skymap.postprocess.crossmatch`` (Singer et al. 2016), computed faster;
 * :mod:`broker.enrich.volume` — the 3D (distance) part of that cross-match;
+* :mod:`broker.enrich.moc` — NUNIQ pixels: order-29 ranges, which pixel holds a position
+  (full- or partial-sky maps), the exact integral of a product of two maps;
 * :mod:`broker.enrich.points` — an alert's error circle against catalog sources with
   their own errors (circles or ellipses, combined in quadrature);
 * :mod:`broker.enrich.inputs` — reading a sky map or a point from an alert file;

@@ -51,8 +51,14 @@ git.ligo.org/lscsoft/raven; LVK user guide, "RAVEN")
 ``method="exact"``
     The integral of the two piecewise-constant maps, exactly: over the common
     refinement of the two pixelizations (HEALPix pixels of two orders are nested or
-    disjoint, so it is a merge of NUNIQ index ranges at order 29), and for a point
-    the density of the pixel that *contains* it.
+    disjoint, so each pixel of one map is summed with the pixels of the other inside
+    it, or with the one holding it: :func:`broker.enrich.moc.product_integral`), and
+    for a point the density of the pixel that *contains* it (0 in no pixel of a
+    partial-sky map).
+
+Which pixel holds a position, and the credible level there, come from
+:mod:`broker.enrich.moc` and :func:`broker.enrich.crossmatch.prepare`, the code the
+cross-match and the localization store use.
 
 GW–neutrino
 -----------
@@ -73,6 +79,7 @@ their history (``jdstarthist`` and ``prv_candidates``): :func:`optical_verdict`.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -84,13 +91,12 @@ from broker.enrich.coinc_settings import (  # noqa: F401 - re-exported: defined 
     BURST_WINDOW_S, CBC_WINDOW_S, GWCELERY_GRB_RATE_PER_YR, NEUTRINO_WINDOW_S, RAVEN_GRB_RATE_PER_YR,
     RAVEN_SUBGRB_RATE_PER_YR, YEAR_S, CoincidenceSettings, Method, Search,
 )
+from broker.enrich.moc import PixelIndex, level_ipix, pixel_area_sr, product_integral
 from broker.errors import BrokerError
 from broker.event import Event, PointLocalization
 from broker.skymap import MultiOrderSkyMap
 
 FOUR_PI = 4.0 * math.pi
-_ORDER29 = 29
-_AREA29_SR = FOUR_PI / (12 * 4**_ORDER29)  # one order-29 pixel
 _JD_UNIX_EPOCH = 2440587.5
 
 
@@ -130,14 +136,7 @@ def is_flat(sky: MultiOrderSkyMap) -> bool:
 
 
 def _levels(uniq: np.ndarray) -> np.ndarray:
-    return _level_ipix(uniq)[0]
-
-
-def _level_ipix(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from astropy_healpix.core import uniq_to_level_ipix
-
-    level, ipix = uniq_to_level_ipix(np.asarray(uniq, dtype=np.int64))
-    return level.astype(np.int64), ipix.astype(np.int64)
+    return level_ipix(uniq)[0]
 
 
 def _checked(sky: MultiOrderSkyMap, what: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -150,107 +149,105 @@ def _checked(sky: MultiOrderSkyMap, what: str) -> tuple[np.ndarray, np.ndarray, 
         raise CoincidenceError(f"{what} sky map: probability density has NaN values")
     if not np.isfinite(rho).all() or rho.min() < 0:
         raise CoincidenceError(f"{what} sky map: probability density has negative or infinite values")
-    if uniq.min() < 4 or uniq.max() >= 16 << 2 * _ORDER29:
-        raise CoincidenceError(f"{what} sky map: NUNIQ index outside 4 .. 16·4**29 - 1")
-    level, _ = _level_ipix(uniq)
+    try:
+        level, _ = level_ipix(uniq)
+    except ValueError as exc:
+        raise CoincidenceError(f"{what} sky map: {exc}") from None
     with np.errstate(over="ignore"):
-        total = float(np.sum(rho * (FOUR_PI / 12.0) * np.ldexp(1.0, -2 * level)))
+        total = float(np.sum(rho * pixel_area_sr(level)))
     if not (math.isfinite(total) and total > 0):
         raise CoincidenceError(f"{what} sky map: total probability is {total:g}; no localization")
     return uniq, rho, total
 
 
-def _ranges(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Order of ``uniq`` by start, and each pixel's [start, end) at order 29 (sorted)."""
-    level, ipix = _level_ipix(uniq)
-    shift = 2 * (_ORDER29 - level)
-    start = ipix << shift
-    order = np.argsort(start, kind="stable")
-    start = start[order]
-    end = (ipix[order] + 1) << shift[order]
-    return order, start, end
-
-
-def _no_overlap(start: np.ndarray, end: np.ndarray, what: str) -> None:
-    if start.size > 1 and (end[:-1] > start[1:]).any():
-        raise CoincidenceError(f"{what} sky map: its pixels overlap (a NUNIQ pixel inside another)")
-
-
-def _lookup(start: np.ndarray, end: np.ndarray, ipix29: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index (into sorted ranges) of the pixel holding each order-29 pixel, and found mask."""
-    i = np.searchsorted(start, ipix29, side="right") - 1
-    found = i >= 0
-    found[found] &= ipix29[found] < end[i[found]]
-    return np.where(found, i, 0), found
-
-
-def _ipix29(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    from astropy import units as u
-    from astropy_healpix.core import lonlat_to_healpix
-
-    return np.asarray(lonlat_to_healpix(np.asarray(ra_deg, float) * u.deg, np.asarray(dec_deg, float) * u.deg,
-                                        1 << _ORDER29, order="nested"), dtype=np.int64)
-
-
 def density_at(sky: MultiOrderSkyMap, ra_deg: Any, dec_deg: Any) -> np.ndarray:
-    """Probability density of the pixel holding each position (0 outside a partial map).
+    """Probability density of the pixel holding each position; 0 where no pixel does.
+
+    The look-up of :class:`broker.enrich.moc.PixelIndex` (ligo.skymap's, at the map's
+    deepest order), which also serves partial-sky maps.
 
     Parameters
     ----------
     sky : MultiOrderSkyMap
-    ra_deg, dec_deg : float or array, shape (m,)
+        Full- or partial-sky map.
+    ra_deg, dec_deg : float or array_like, shape (m,)
         ICRS positions, deg.
 
     Returns
     -------
     numpy.ndarray, shape (m,)
-        Density, sr⁻¹, as stored (not renormalized).
+        Density, sr⁻¹, as stored (not renormalized); 0.0 for a position in no pixel.
+
+    Raises
+    ------
+    ValueError
+        For an invalid NUNIQ index.
     """
-    order, start, end = _ranges(np.asarray(sky.uniq, dtype=np.int64))
-    i, found = _lookup(start, end, _ipix29(np.atleast_1d(ra_deg), np.atleast_1d(dec_deg)))
-    return np.where(found, np.asarray(sky.probdensity, float)[order][i], 0.0)
+    pixel, inside = PixelIndex.of(sky.uniq).locate(ra_deg, dec_deg)
+    return np.where(inside, np.asarray(sky.probdensity, dtype=np.float64)[pixel], 0.0)
 
 
 def credible_level_at(sky: MultiOrderSkyMap, ra_deg: Any, dec_deg: Any) -> np.ndarray:
-    """Smallest credible level whose region contains each position (``searched_prob``).
+    """Smallest credible level whose region contains each position: ligo.skymap's ``searched_prob``.
 
-    The greedy credible regions of ``ligo.skymap.postprocess.crossmatch`` (Singer &
-    Price 2016, PRD 93, 024013): pixels by descending density, cumulative probability
-    up to and including the pixel holding the position, divided by the map's total.
+    :meth:`broker.enrich.crossmatch.PreparedSkyMap.searched_prob_at` on the prepared
+    map (the greedy credible regions of ``ligo.skymap.postprocess.crossmatch``, Singer &
+    Price 2016, PRD 93, 024013): pixels by descending density, ties by descending NUNIQ,
+    flat maps merged as ``read_sky_map(..., moc=True)`` merges them; the cumulative
+    probability up to and including the pixel holding the position, not renormalized
+    (a map whose probabilities sum to 0.999 has no position above 0.999).
+    The same numbers as the stored tiles' ``cum_prob`` (:mod:`broker.enrich.store`), so
+    an optical candidate's verdict and the database's region query agree.
 
     Parameters
     ----------
     sky : MultiOrderSkyMap
-    ra_deg, dec_deg : float or array, shape (m,)
+        Full- or partial-sky map.
+    ra_deg, dec_deg : float or array_like, shape (m,)
         ICRS positions, deg.
 
     Returns
     -------
     numpy.ndarray, shape (m,)
-        0..1; 1.0 for a position outside a partial map.
+        0..1: ``searched_prob`` capped at 1 (the total of a normalized map may exceed 1
+        by rounding, ~1e-15); 1.0 for a position in no pixel of a partial-sky map
+        (outside every credible region).
 
     Raises
     ------
     CoincidenceError
-        For a map with NaN, negative or all-zero density.
+        For a map with NaN, negative or all-zero density, or pixels that cover more
+        than the sky.
     """
-    uniq, rho, total = _checked(sky, "trigger")
-    order, start, end = _ranges(uniq)
-    rho_sorted = rho[order]
-    level, _ = _level_ipix(uniq[order])
-    prob = rho_sorted * (FOUR_PI / 12.0) * np.ldexp(1.0, -2 * level)
-    rank = np.argsort(-rho_sorted, kind="stable")
-    cum = np.empty_like(prob)
-    cum[rank] = np.cumsum(prob[rank]) / total
-    i, found = _lookup(start, end, _ipix29(np.atleast_1d(ra_deg), np.atleast_1d(dec_deg)))
-    return np.where(found, np.minimum(cum[i], 1.0), 1.0)
+    from broker.enrich.crossmatch import prepare
+    from broker.errors import DecodeError
+
+    _checked(sky, "trigger")
+    key = id(sky)
+    hit = _PREPARED.get(key)
+    if hit is None or hit[0]() is not sky:
+        try:
+            hit = (weakref.ref(sky), prepare(sky))
+        except DecodeError as exc:
+            raise CoincidenceError(f"trigger {exc}") from None
+        _PREPARED.pop(key, None)
+        _PREPARED[key] = hit
+        while len(_PREPARED) > _PREPARED_MAX:
+            _PREPARED.pop(next(iter(_PREPARED)))
+    return np.minimum(hit[1].searched_prob_at(ra_deg, dec_deg), 1.0)
+
+
+# the maps credible_level_at prepared last, by identity (an optical verdict per candidate asks
+# the same trigger map again); weak references, so a map is never kept alive here
+_PREPARED: dict[int, tuple[Any, Any]] = {}
+_PREPARED_MAX = 4
 
 
 # ------------------------------------------------------------------ overlap integral
 def _centres(uniq: np.ndarray) -> tuple[Any, Any]:
     from astropy_healpix.core import healpix_to_lonlat
 
-    level, ipix = _level_ipix(uniq)
+    level, ipix = level_ipix(uniq)
     return healpix_to_lonlat(ipix, np.left_shift(1, level), order="nested")
 
 
@@ -268,24 +265,18 @@ def _kdtree(xyz: np.ndarray):
 
 
 def _pixel_area_sr(uniq: np.ndarray) -> np.ndarray:
-    level, _ = _level_ipix(uniq)
-    return (FOUR_PI / 12.0) * np.ldexp(1.0, -2 * level)
+    return pixel_area_sr(_levels(uniq))
 
 
 def _exact_maps(a: MultiOrderSkyMap, b: MultiOrderSkyMap) -> float:
+    """``4π ∫ρ_a ρ_b dΩ / (∫ρ_a dΩ ∫ρ_b dΩ)`` over the common refinement of the two maps
+    (:func:`broker.enrich.moc.product_integral`)."""
     ua, ra_, na = _checked(a, "GW")
     ub, rb, nb = _checked(b, "external")
-    oa, sa, ea = _ranges(ua)
-    ob, sb, eb = _ranges(ub)
-    _no_overlap(sa, ea, "GW")
-    _no_overlap(sb, eb, "external")
-    bounds = np.union1d(np.concatenate((sa, ea)), np.concatenate((sb, eb)))
-    lo, hi = bounds[:-1], bounds[1:]
-    ia, fa = _lookup(sa, ea, lo)
-    ib, fb = _lookup(sb, eb, lo)
-    both = fa & fb
-    length = (hi - lo)[both].astype(np.float64)
-    integral = float(np.sum(ra_[oa][ia[both]] * rb[ob][ib[both]] * length)) * _AREA29_SR
+    try:
+        integral = product_integral(ua, ra_, ub, rb, names=("GW", "external"))
+    except ValueError as exc:
+        raise CoincidenceError(str(exc)) from None
     return FOUR_PI * integral / (na * nb)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from broker.enrich.moc import PixelIndex, level_ipix, pixel_area_sr
 from broker.errors import DecodeError
 from broker.skymap import FULL_SKY_DEG2, SQDEG_PER_SR, MultiOrderSkyMap
 
@@ -55,9 +56,7 @@ def merge_equal_siblings(sky: MultiOrderSkyMap) -> MultiOrderSkyMap:
     -------
     broker.skymap.MultiOrderSkyMap
     """
-    from astropy_healpix import uniq_to_level_ipix
-
-    level, ipix = uniq_to_level_ipix(sky.uniq)
+    level, ipix = level_ipix(sky.uniq)
     order = int(level[0]) if level.size else 0
     npix = 12 << (2 * order)
     if level.size != npix or np.any(level != order) or np.any(ipix != np.arange(npix)):
@@ -114,6 +113,8 @@ class PreparedSkyMap:
         Deepest HEALPix order of the map.
     meta : dict
         The FITS header keywords of the map.
+    pixels : broker.enrich.moc.PixelIndex
+        Which pixel (index into the arrays above) holds a position.
     """
 
     uniq: np.ndarray
@@ -124,8 +125,7 @@ class PreparedSkyMap:
     distance: dict[str, np.ndarray]
     max_order: int
     meta: dict[str, Any]
-    _nested_sorted: np.ndarray
-    _nested_index: np.ndarray
+    pixels: PixelIndex
 
     @property
     def has_distance(self) -> bool:
@@ -143,25 +143,43 @@ class PreparedSkyMap:
         return np.interp(np.asarray(levels, dtype=float), np.pad(self.cum_prob, (1, 0)),
                          np.pad(self.cum_area_deg2, (1, 0)), right=FULL_SKY_DEG2)
 
-    def pixel_of(self, ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-        """Index (into the sorted arrays) of the pixel holding each position.
+    def locate(self, ra_deg, dec_deg) -> tuple[np.ndarray, np.ndarray]:
+        """Index (into the sorted arrays) of the pixel holding each position, and whether one does.
 
-        As ligo.skymap: the position's pixel at the map's deepest order, then the map
-        pixel whose first deepest-order sub-pixel is the last one at or before it.
+        ligo.skymap's look-up (the position's pixel at the map's deepest order, then the
+        map pixel whose first deepest-order sub-pixel is the last one at or before it),
+        checked against that pixel's end (:meth:`broker.enrich.moc.PixelIndex.locate`).
 
         Parameters
         ----------
-        ra_deg, dec_deg : numpy.ndarray, shape (m,)
-            ICRS positions, deg (finite).
-        """
-        import astropy.units as u
-        from astropy_healpix import lonlat_to_healpix
+        ra_deg, dec_deg : array_like, shape (m,)
+            ICRS positions, deg (finite, |dec| ≤ 90).
 
-        nside = 1 << self.max_order
-        target = lonlat_to_healpix(np.asarray(ra_deg, float) * u.deg, np.asarray(dec_deg, float) * u.deg,
-                                   nside, order="nested")
-        pos = np.searchsorted(self._nested_sorted, target, side="right") - 1
-        return self._nested_index[np.clip(pos, 0, None)]
+        Returns
+        -------
+        pixel : numpy.ndarray, shape (m,), int64
+            −1 where ``inside`` is False.
+        inside : numpy.ndarray, shape (m,), bool
+            False only for a position in no pixel of a partial-sky map.
+        """
+        return self.pixels.locate(ra_deg, dec_deg)
+
+    def searched_prob_at(self, ra_deg, dec_deg) -> np.ndarray:
+        """ligo.skymap's ``searched_prob`` at each position: :attr:`cum_prob` of its pixel.
+
+        Parameters
+        ----------
+        ra_deg, dec_deg : array_like, shape (m,)
+            ICRS positions, deg (finite, |dec| ≤ 90).
+
+        Returns
+        -------
+        numpy.ndarray, shape (m,)
+            Probability of the smallest credible region holding the position (not
+            renormalized); 1.0 in no pixel of a partial-sky map (outside every region).
+        """
+        pixel, inside = self.locate(ra_deg, dec_deg)
+        return np.where(inside, self.cum_prob[pixel], 1.0)
 
 
 def prepare(sky: MultiOrderSkyMap) -> PreparedSkyMap:
@@ -180,19 +198,20 @@ def prepare(sky: MultiOrderSkyMap) -> PreparedSkyMap:
     Raises
     ------
     DecodeError
-        When the map's total probability is zero or not finite, or its pixels cover
-        more than the sky.
+        When the map's total probability is zero or not finite, a NUNIQ index is
+        invalid, or its pixels overlap (or cover more than the sky).
     """
-    from astropy_healpix import uniq_to_level_ipix
-
     if str(sky.meta.get("ORDERING", "")).strip().upper() in ("RING", "NESTED", "NEST"):
         sky = merge_equal_siblings(sky)
     # ligo.skymap: np.flipud(np.sort(table, order="PROBDENSITY")) -- ties by UNIQ
     order = np.lexsort((sky.uniq, sky.probdensity))[::-1]
     uniq = sky.uniq[order]
     probdensity = sky.probdensity[order]
-    level, ipix = uniq_to_level_ipix(uniq)
-    area_sr = (math.pi / 3.0) * np.ldexp(1.0, -2 * level.astype(np.int64))
+    try:
+        level, _ = level_ipix(uniq)
+    except ValueError as exc:
+        raise DecodeError(f"sky map: {exc}") from None
+    area_sr = pixel_area_sr(level)
     with np.errstate(over="ignore", invalid="ignore"):
         cum_prob = np.cumsum(probdensity * area_sr)
     cum_area = np.cumsum(area_sr) * SQDEG_PER_SR
@@ -200,12 +219,12 @@ def prepare(sky: MultiOrderSkyMap) -> PreparedSkyMap:
         raise DecodeError(f"sky map: total probability is {cum_prob[-1]:g}, cannot cross-match")
     if cum_area[-1] > FULL_SKY_DEG2 * (1 + 1e-9):
         raise DecodeError(f"sky map: its pixels cover {cum_area[-1]:,.1f} deg², more than the whole sky: they overlap")
-    max_order = int(level.max())
-    nested = ipix << (2 * (max_order - level)).astype(np.int64)
-    srt = np.argsort(nested, kind="stable")
+    pixels = PixelIndex.of(uniq)
+    if not pixels.disjoint:
+        raise DecodeError("sky map: its pixels overlap (a NUNIQ pixel inside another)")
     return PreparedSkyMap(uniq=uniq, probdensity=probdensity, area_sr=area_sr, cum_prob=cum_prob,
                           cum_area_deg2=cum_area, distance={c: v[order] for c, v in sky.distance.items()},
-                          max_order=max_order, meta=dict(sky.meta), _nested_sorted=nested[srt], _nested_index=srt)
+                          max_order=pixels.order, meta=dict(sky.meta), pixels=pixels)
 
 
 @dataclass(frozen=True)
@@ -291,7 +310,10 @@ def crossmatch_skymap(sky: MultiOrderSkyMap | PreparedSkyMap, ra_deg, dec_deg, d
         Numbers equal to ``ligo.skymap.postprocess.crossmatch(read_sky_map(f,
         moc=True), SkyCoord(ra, dec, dist))`` (Singer et al. 2016): ``searched_prob``,
         ``searched_area`` and ``probdensity`` (converted to deg⁻²) exactly, the 3D
-        values to rounding (:mod:`broker.enrich.volume`).
+        values to rounding (:mod:`broker.enrich.volume`). A position in no pixel of a
+        partial-sky map (where ligo.skymap, which assumes the whole sky, reads a
+        neighbouring pixel) lies outside every credible region: ``searched_prob`` 1,
+        ``searched_area_deg2`` the whole sky, densities 0, ``searched_prob_vol`` 1.
 
     Raises
     ------
@@ -311,10 +333,11 @@ def crossmatch_skymap(sky: MultiOrderSkyMap | PreparedSkyMap, ra_deg, dec_deg, d
     n = ra.size
     nan = np.full(n, np.nan)
     searched_prob, searched_area, density = nan.copy(), nan.copy(), nan.copy()
-    idx = prep.pixel_of(ra[ok], dec[ok])
-    searched_prob[ok] = prep.cum_prob[idx]
-    searched_area[ok] = prep.cum_area_deg2[idx]
-    density[ok] = prep.probdensity[idx] / SQDEG_PER_SR
+    idx, held = prep.locate(ra[ok], dec[ok])
+    # a position in no pixel of a partial-sky map: density 0, outside every credible region
+    searched_prob[ok] = np.where(held, prep.cum_prob[idx], 1.0)
+    searched_area[ok] = np.where(held, prep.cum_area_deg2[idx], FULL_SKY_DEG2)
+    density[ok] = np.where(held, prep.probdensity[idx] / SQDEG_PER_SR, 0.0)
     prob_vol = density_vol = None
     if dist_mpc is not None and prep.has_distance:
         dist = np.asarray(dist_mpc, dtype=np.float64).ravel()
@@ -324,6 +347,9 @@ def crossmatch_skymap(sky: MultiOrderSkyMap | PreparedSkyMap, ra_deg, dec_deg, d
         pixel = np.full(n, -1, dtype=np.int64)
         pixel[ok] = idx
         prob_vol, density_vol = nan.copy(), nan.copy()
+        out3 = ok3 & (pixel < 0)
+        prob_vol[out3], density_vol[out3] = 1.0, 0.0
+        ok3 &= pixel >= 0
         if ok3.any():
             d = prep.distance
             prob_vol[ok3], density_vol[ok3] = searched_volume(

@@ -44,13 +44,13 @@ import sqlalchemy as sa
 from healpix_alchemy import Point, Tile
 from sqlalchemy.dialects.postgresql import JSONB, insert as pg_insert
 
+from broker.enrich.moc import ORDER29
 from broker.errors import BrokerError
 from broker.skymap import SQDEG_PER_SR, MultiOrderSkyMap
 
 __all__ = ["LocalizationRef", "LocalizationStore", "LocalizationError", "content_id", "index_positions",
            "localization_tables", "point_tiles", "DEFAULT_POINT_CONTAINMENT"]
 
-ORDER29 = 29
 DEFAULT_POINT_CONTAINMENT = 0.9
 """Containment taken for an error circle whose containment upstream does not state."""
 POINT_COVERAGE = 0.999
@@ -196,20 +196,17 @@ def content_id(sky: Any) -> str:
 
 
 def _ranges(uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from astropy_healpix import uniq_to_level_ipix
+    """Tile ranges ``[lo, hi)`` at order 29 and orders of NUNIQ pixels (:func:`broker.enrich.moc.nested_ranges`)."""
+    from broker.enrich.moc import nested_ranges
 
-    level, ipix = uniq_to_level_ipix(np.asarray(uniq, dtype=np.int64))
-    level = level.astype(np.int64)
-    shift = 2 * (ORDER29 - level)
-    ipix = ipix.astype(np.int64)
-    return ipix << shift, (ipix + 1) << shift, level
+    return nested_ranges(uniq, ORDER29)
 
 
 def _uniq_of_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    length = hi - lo
-    shift = np.log2(length.astype(np.float64)).round().astype(np.int64)  # 2·(29 − order)
-    level = ORDER29 - shift // 2
-    return (4 << (2 * level)) + (lo >> shift)
+    """NUNIQ pixels of stored tile ranges (:func:`broker.enrich.moc.uniq_of_ranges`)."""
+    from broker.enrich.moc import uniq_of_ranges
+
+    return uniq_of_ranges(lo, hi)
 
 
 def _sigma_deg(radius_deg: float, containment: float | None) -> float:
@@ -510,10 +507,11 @@ class LocalizationStore:
             uniq, dens, cum, distance = prep.uniq, prep.probdensity, prep.cum_prob, prep.distance
             a50, a90 = prep.credible_areas_deg2((0.5, 0.9))
             areas = (float(a50), float(a90))
-            from astropy_healpix import uniq_to_level_ipix
             from astropy_healpix.core import healpix_to_lonlat
 
-            level, ipix = uniq_to_level_ipix(uniq[:1])
+            from broker.enrich.moc import level_ipix
+
+            level, ipix = level_ipix(uniq[:1])
             lon, lat = healpix_to_lonlat(ipix, 1 << int(level[0]), order="nested")
             values = dict(kind="skymap", ra_deg=float(lon.deg[0]), dec_deg=float(lat.deg[0]), error_radius_deg=None,
                           containment=None, has_distance=all(c in distance for c in _DISTANCE),
