@@ -171,6 +171,7 @@ def run(
     from broker.errors import BrokerError
     from followup.build import build_cache, build_sources, followup_params, output_directory, request_params
     from followup.messages import FollowupRequest
+    from followup.worker import stored_enrichment, stored_skymap
 
     s = _settings()
     analyses = _analyses(analysis)
@@ -182,23 +183,21 @@ def run(
     if record is None:
         raise BrokerError(f"no event {event_id!r} in the archive (try `mma-broker events list`)")
     event = record.event
+    group, skymap_ref = stored_enrichment(archive.engine, event)
     if not local:
         request = FollowupRequest(kind="analyze", event=event, analyses=analyses, params=request_params(s),
-                                  requested_by="cli", provenance=provenance(s, "followup.cli"))
+                                  requested_by="cli", provenance=provenance(s, "followup.cli"), group=group,
+                                  localization_ref=skymap_ref)
         topic = _publish(s, request)
         typer.echo(f"requested {request.request_id} ({', '.join(analyses)}) for {event.id} on {topic}")
         return
-    from followup.eventdata import skymap_from_raw
+    from broker.enrich.store import LocalizationStore
     from followup.service import run_followup
 
-    skymap = None
-    if event.localization is not None and event.localization.type == "healpix":
-        from broker.archive.raw import RawStoreError
-
-        try:
-            skymap = skymap_from_raw(event, archive.raw(event_id))
-        except RawStoreError as exc:
-            logger.warning("%s: raw alert unreadable (%s); limits at the most probable position", event_id, exc)
+    skymap = stored_skymap(LocalizationStore(archive.engine), skymap_ref, event_id)
+    if skymap is None and event.localization is not None and event.localization.type == "healpix":
+        typer.echo(f"{event_id}: no stored sky map (the enrich stage has not processed it, or its map was "
+                   f"unreadable); limits at the most probable position", err=True)
     result = run_followup(event, analyses, build_sources(s), build_cache(s, archive.engine), followup_params(s),
                           skymap)
     path = None

@@ -97,6 +97,15 @@ class FollowupRequest:
     created_at : str
         ISO UTC; not part of the request id.
     provenance : Provenance or None
+    group : str or None
+        The event group (:func:`broker.enrich.groups.group_key`: one superevent or
+        trigger) as the enrich stage stored it; None on requests made before the
+        enrich stage saw the event (the worker then computes the same key).
+    localization_ref : str or None
+        Id of the stored sky map (``sha256:<hex>``,
+        :class:`broker.enrich.store.LocalizationRef`) the analysis samples: the
+        event's own or its group's best. None: the event's point localization, or
+        its most probable position. Neither field is part of the request id.
     """
 
     kind: RequestKind
@@ -106,6 +115,8 @@ class FollowupRequest:
     requested_by: str
     created_at: str = field(default_factory=utc_now)
     provenance: Provenance | None = None
+    group: str | None = None
+    localization_ref: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -124,6 +135,8 @@ class FollowupRequest:
             "requested_by": self.requested_by,
             "created_at": self.created_at,
             "provenance": asdict(self.provenance) if self.provenance else None,
+            "group": self.group,
+            "localization_ref": self.localization_ref,
         }
 
     def encode(self) -> bytes:
@@ -149,7 +162,11 @@ class FollowupRequest:
                 kind=obj["kind"], event=Event.model_validate(obj["event"]), analyses=tuple(obj["analyses"]),
                 params=obj["params"], requested_by=obj["requested_by"], created_at=obj["created_at"],
                 provenance=Provenance(**prov) if prov else None,
+                group=obj.get("group"), localization_ref=obj.get("localization_ref"),
             )
+            for name in ("group", "localization_ref"):
+                if not isinstance(getattr(req, name), (str, type(None))):
+                    raise ValueError(f"{name} {getattr(req, name)!r} is not a string")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a follow-up request: {' '.join(str(exc).split())[:300]}") from None
         if req.kind not in ("analyze", "withdraw"):

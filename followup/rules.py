@@ -196,31 +196,6 @@ same T0 is not analysed again (``not_visible`` depends on the position and
 ``service_unavailable`` may pass, so those are)."""
 
 
-def group_key(event: Event) -> str:
-    """The follow-up group of an Event: ``"<source>:<mission>:<upstream_id>"``.
-
-    Every revision of one trigger or superevent, and its retraction, has the same key,
-    so it gets one follow-up that later revisions update. The key is the triple that
-    retractions already used (``source``, ``mission`` lower-cased, ``upstream_id``);
-    the instrument is left out on purpose: IGWN alerts list the detectors in it
-    (``H1,L1,V1`` one revision, ``H1,V1`` the next), GCN retractions may carry none,
-    and Swift XRT/UVOT positions reuse the BAT trigger number. Two instruments of one
-    mission with separate numbering (Swift BAT trigger numbers ~1e6, BAT-GUANO ids =
-    Fermi MET seconds ~7e8) would share a group only if their numbers coincided.
-    An LVK alert's JSON (``igwn.gwalert``) and VOEvent forms share source ``igwn``,
-    mission ``LVK`` and the superevent id, so they are one group.
-
-    Parameters
-    ----------
-    event : broker.event.Event
-
-    Returns
-    -------
-    str
-    """
-    return f"{event.source}:{event.mission.lower()}:{event.upstream_id}"
-
-
 def _rayleigh_r90_factor(containment: float | None) -> float:
     """Radius of the 90 % region over the radius of the ``containment`` region.
 

@@ -178,7 +178,8 @@ def run_followup(event: Event, analyses: Sequence[str], sources: FollowupSources
     cache : followup.cache.ProvenanceCache
     params : FollowupParams
     skymap : (uniq, probdensity) or None
-        Full multi-order map for HEALPix events (:func:`followup.eventdata.skymap_from_raw`).
+        Full multi-order map for HEALPix events, as stored by the enrich stage
+        (:func:`followup.worker.stored_skymap`).
 
     Returns
     -------

@@ -12,7 +12,8 @@ Rows have a ``kind``: ``result`` and ``withdrawal`` rows are the messages of
 ``mma.followup.results``; ``skipped`` rows record a request that was not analysed (a
 revision that adds nothing to its group's follow-up, or one of a retracted trigger)
 and are never published. Rows of one trigger or superevent share a ``group_key``
-(:func:`followup.rules.group_key`); a newer result of the group *supersedes* the
+(the enrich stage's event group, :func:`broker.enrich.groups.group_key`;
+migration 0007 rewrote older rows' keys to it); a newer result of the group *supersedes* the
 earlier one (``superseded_by``), in the same transaction that stores it.
 
 ``followup_artifacts`` (migration 0003): PNG plots and user-supplied sky maps,
@@ -67,7 +68,7 @@ def followup_tables(metadata: sa.MetaData) -> sa.Table:
         sa.Column("withdrawn_at", sa.TIMESTAMP(timezone=True), nullable=True),
         sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("published_at", sa.TIMESTAMP(timezone=True), nullable=True),
-        sa.Column("group_key", sa.Text, nullable=True, comment="followup.rules.group_key of the event"),
+        sa.Column("group_key", sa.Text, nullable=True, comment="broker.enrich.groups.group_key of the event"),
         sa.Column("superseded_by", sa.Text, nullable=True, comment="request id of the newer result of the group"),
         sa.Column("superseded_at", sa.TIMESTAMP(timezone=True), nullable=True),
         sa.Index("ix_followup_results_upstream", "source", "upstream_id"),
@@ -222,8 +223,8 @@ class FollowupStore:
         Parameters
         ----------
         group : str
-            :func:`followup.rules.group_key` of the retraction (source, mission and
-            upstream id: a retraction of one GCN mission never withdraws another
+            :func:`broker.enrich.groups.group_key` of the retraction (mission and
+            trigger id for GCN: a retraction of one GCN mission never withdraws another
             mission's results for the same trigger number).
         by : str
             Event id of the retraction.

@@ -1,17 +1,21 @@
-"""The follow-up stage: trigger rules on ``mma.events`` and workers on ``mma.followup.requests``.
+"""The follow-up stage: trigger rules on ``mma.events.enriched`` and workers on ``mma.followup.requests``.
 
 Two consumer groups, each scalable by adding processes:
 
-* ``<group_id>.followup.trigger`` reads ``mma.events`` (Avro, :class:`broker.serde.EventCodec`),
-  applies the trigger rules (:func:`followup.rules.decide`) and publishes follow-up
-  requests to ``mma.followup.requests`` (key = ``upstream_id``, so all revisions and the
-  retraction of one alert stay ordered in one partition). Offsets are committed after
-  Kafka acknowledged the requests.
+* ``<group_id>.followup.trigger`` reads ``mma.events.enriched`` (JSON, the enrich stage's
+  output, :func:`broker.enrich.enriched.decode_enriched`), applies the trigger rules
+  (:func:`followup.rules.decide`) and publishes follow-up requests to
+  ``mma.followup.requests`` (key = ``upstream_id``, so all revisions and the retraction
+  of one alert stay ordered in one partition). A request carries the Event's group
+  (:func:`broker.enrich.groups.group_key`, as the enrich stage stored it) and the id of
+  the stored sky map to sample (the Event's own, or its group's best): nothing
+  downstream decodes raw alert bytes again. Offsets are committed after Kafka
+  acknowledged the requests.
 * ``<group_id>.followup.worker`` reads the requests. Per request: if its deterministic
   id is already stored and published, nothing is done (a replayed alert is not analysed
   again); if stored but not yet published (a crash in between), it is published.
   Otherwise the revision is compared with its group's follow-up (one per trigger or
-  superevent, :func:`followup.rules.group_key`): the first revision, a revision with a
+  superevent, the request's ``group``): the first revision, a revision with a
   new T0 or a better localization, or a request made by hand is analysed
   (:func:`followup.service.run_followup`, through the provenance cache); its result
   names the earlier one it ``supersedes`` and the earlier row gets ``superseded_by``
@@ -19,7 +23,8 @@ Two consumer groups, each scalable by adding processes:
   (:func:`followup.rules.reanalysis_reason` is None) is recorded as a ``skipped`` row
   pointing at the group's result and publishes nothing. The PNG plot goes to the
   archive's content-addressed store (:class:`followup.store.ArtifactStore`) and the
-  result refers to it as ``mma-broker://artifact/sha256/<hex>``. The result is
+  result refers to it as ``mma-broker://artifact/sha256/<hex>``. The sky map is read
+  from the localization store (:meth:`broker.enrich.store.LocalizationStore.load`). The result is
   written to ``followup_results``, published to ``mma.followup.results``, marked
   published, and only then are offsets committed.
   A ``withdraw`` request (from a retraction) marks every result of the group
@@ -57,11 +62,13 @@ from broker.errors import DecodeError
 from broker.kafka import Outgoing
 from broker.limits import DEFAULT_LIMITS
 from broker.pipeline.runner import BaseStage, Handled, StageRunner, with_hop_headers
-from broker.serde import EventCodec, Provenance
+from broker.serde import Provenance
 from followup.messages import (
     CONTENT_TYPE, RESULT_SCHEMA, USER_SOURCE, FollowupRequest, result_message, utc_now,
 )
-from followup.rules import decide, group_key, reanalysis_reason
+from broker.enrich.enriched import decode_enriched
+from broker.enrich.groups import group_key
+from followup.rules import decide, reanalysis_reason
 from followup.service import FollowupParams, run_followup
 from followup.store import ArtifactStore
 
@@ -91,21 +98,21 @@ class FollowupStats:
 
 
 class TriggerHandler(BaseStage):
-    """Rules on ``mma.events`` → requests on ``mma.followup.requests`` (see module docstring)."""
+    """Rules on ``mma.events.enriched`` → requests on ``mma.followup.requests`` (see module docstring)."""
 
     name = "followup.trigger"
 
     def __init__(self, *, requests_topic: str, rules: Sequence[Any], enabled_analyses: Sequence[str],
-                 params: dict[str, Any], provenance: Provenance, stats: FollowupStats,
-                 codec: EventCodec | None = None) -> None:
+                 params: dict[str, Any], provenance: Provenance, stats: FollowupStats) -> None:
         self.requests_topic, self.rules, self.enabled = requests_topic, rules, tuple(enabled_analyses)
-        self.params, self.provenance, self.codec, self.stats = params, provenance, codec or EventCodec(), stats
+        self.params, self.provenance, self.stats = params, provenance, stats
 
     def handle(self, msg: confluent_kafka.Message) -> Handled:
         try:
-            event, _ = self.codec.decode(msg.value() or b"")
-        except (DecodeError, ValueError) as exc:
+            enriched = decode_enriched(msg.value() or b"")
+        except DecodeError as exc:
             raise DecodeError(f"follow-up trigger: {exc}") from None
+        event = enriched.event
         decision = decide(event, self.rules, self.enabled)
         if decision.action == "skip":
             logger.debug("%s: no follow-up for %s (%s)", self.name, event.id, decision.reason)
@@ -113,7 +120,8 @@ class TriggerHandler(BaseStage):
         kind = "withdraw" if decision.action == "withdraw" else "analyze"
         request = FollowupRequest(kind=kind, event=event, analyses=decision.analyses,
                                   params=self.params if kind == "analyze" else {},
-                                  requested_by=f"rule:{decision.rule}", provenance=self.provenance)
+                                  requested_by=f"rule:{decision.rule}", provenance=self.provenance,
+                                  group=enriched.group_key, localization_ref=enriched.skymap_ref)
         key, value, headers = request_record(request)
         logger.info("%s: %s request %s for %s (%s)", self.name, kind, request.request_id, event.id, decision.reason)
         return Handled(msg, [Outgoing(self.requests_topic, key, value, headers)], info=kind)
@@ -140,9 +148,9 @@ class TriggerStage(StageRunner):
 
     def __init__(self, consumer: Any, producer: Any, *, requests_topic: str, dlq_topic: str, rules: Sequence[Any],
                  enabled_analyses: Sequence[str], params: dict[str, Any], provenance: Provenance,
-                 stats: FollowupStats, codec: EventCodec | None = None, **loop: Any) -> None:
+                 stats: FollowupStats, **loop: Any) -> None:
         handler = TriggerHandler(requests_topic=requests_topic, rules=rules, enabled_analyses=enabled_analyses,
-                                 params=params, provenance=provenance, stats=stats, codec=codec)
+                                 params=params, provenance=provenance, stats=stats)
         super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
 
 
@@ -172,13 +180,17 @@ class WorkerHandler(BaseStage):
     sources, cache
         As for :func:`followup.service.run_followup`.
     results_topic : str
+    localizations : broker.enrich.store.LocalizationStore or None
+        Where the request's ``localization_ref`` sky map is read. None: analyses
+        use the Event's point localization or most probable position.
     """
 
     name = "followup.worker"
 
     def __init__(self, *, store: Any, archive: Any, sources: Any, cache: Any, results_topic: str,
-                 provenance: Provenance, stats: FollowupStats) -> None:
+                 provenance: Provenance, stats: FollowupStats, localizations: Any = None) -> None:
         self.store, self.archive, self.sources, self.cache = store, archive, sources, cache
+        self.localizations = localizations
         self.results_topic, self.provenance, self.stats = results_topic, provenance, stats
         self.artifacts = ArtifactStore(archive) if archive is not None else None
         self._lock = threading.Lock()
@@ -249,7 +261,8 @@ class WorkerHandler(BaseStage):
         return {"schema": RESULT_SCHEMA, "kind": kind, "request_id": request.request_id, "event_id": ev.id,
                 "source": ev.source, "upstream_id": ev.upstream_id, "mission": ev.mission,
                 "instrument": ev.instrument, "alert_type": ev.alert_type, "t0": ev.time,
-                "group": group_key(ev), "localization": loc,
+                "group": _group(request), "localization": loc,
+                "localization_ref": request.localization_ref,
                 "requested_by": request.requested_by, "analyses_requested": sorted(request.analyses),
                 "params": dict(request.params), "created_at": utc_now(), "provenance": self.provenance.__dict__}
 
@@ -258,7 +271,7 @@ class WorkerHandler(BaseStage):
         skipped row when an earlier retraction of the group (the other form of one
         LVK retraction: JSON and VOEvent) already withdrew everything."""
         ev = request.event
-        group = group_key(ev)
+        group = _group(request)
         earlier = self.store.withdrawal_for(group, with_request_id=True)
         withdrawn = self.store.withdraw(group, by=ev.id)
         if earlier is not None and not withdrawn:
@@ -277,7 +290,7 @@ class WorkerHandler(BaseStage):
             rec = self.archive.get(ev.id)
             if rec is not None and rec.retracted:
                 return rec.retracted_by
-        return self.store.withdrawal_for(group_key(ev))
+        return self.store.withdrawal_for(_group(request))
 
     def _skip(self, request: FollowupRequest, status: str, text: str, same_as: str | None) -> dict[str, Any]:
         """Store a ``skipped`` row (never published) and return its document."""
@@ -293,12 +306,12 @@ class WorkerHandler(BaseStage):
             logger.info("%s: %s was retracted (%s); %s not analysed", self.name, ev.upstream_id, retracted_by, ev.id)
             return self._skip(request, "retracted", f"{ev.upstream_id} was retracted ({retracted_by}); "
                               f"{ev.id} not analysed.\n", None), "skipped"
-        current = self.store.current(group_key(ev))
+        current = self.store.current(_group(request))
         reason = reanalysis_reason(ev, request.analyses, dict(request.params), request.requested_by,
                                    current.document if current is not None else None)
         if reason is None:
             logger.info("%s: %s adds nothing to the follow-up %s of %s; not analysed again", self.name, ev.id,
-                        current.request_id, group_key(ev))
+                        current.request_id, _group(request))
             return self._skip(request, "unchanged",
                               f"{ev.id} has the T0 and no better localization than {current.event_id}: "
                               f"not analysed again; the follow-up of {ev.upstream_id} is {current.request_id}.\n",
@@ -315,7 +328,7 @@ class WorkerHandler(BaseStage):
         params = FollowupParams(window_s=float(request.params.get("window_s", 300.0)),
                                 max_sky_samples=int(request.params.get("max_sky_samples", 1000)))
         try:
-            result = run_followup(ev, request.analyses, self.sources, self.cache, params, self._skymap(ev))
+            result = run_followup(ev, request.analyses, self.sources, self.cache, params, self._skymap(request))
         except Exception as exc:  # noqa: BLE001 - an analysis bug is recorded, the stream goes on
             logger.exception("%s: follow-up of %s failed", self.name, ev.id)
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
@@ -327,18 +340,25 @@ class WorkerHandler(BaseStage):
             doc["plot"] = self.artifacts.put(result.plot_png, "image/png")
         return doc
 
-    def _skymap(self, event: Any) -> Any:
-        if event.localization is None or event.localization.type != "healpix":
-            return None
-        from broker.archive.raw import RawStoreError
-        from broker.errors import DecodeError
+    def _skymap(self, request: FollowupRequest) -> Any:
+        """(NUNIQ, probability density sr⁻¹) arrays of the sky map the analysis samples, or None.
 
+        An ad-hoc request's map is its artifact; any other comes from the localization
+        store by the request's ``localization_ref`` (never from raw alert bytes).
+        None — the analysis then uses the point localization or the most probable
+        position — when there is no map, or it cannot be read (logged).
+        """
+        event = request.event
         if event.source == USER_SOURCE:  # an ad-hoc request: the map is an artifact
+            if event.localization is None or event.localization.type != "healpix":
+                return None
+            from broker.archive.raw import RawStoreError
+            from broker.errors import DecodeError
+            from broker.skymap import read_multiorder
+
             ref = (event.properties.get("skymap") or {}).get("ref")
             if ref is None or self.artifacts is None:
                 return None
-            from broker.skymap import read_multiorder
-
             try:
                 data, _ = self.artifacts.get(ref)
                 uniq, probdensity, _ = read_multiorder(data)
@@ -347,17 +367,69 @@ class WorkerHandler(BaseStage):
                                self.name, ref, event.id, exc)
                 return None
             return uniq, probdensity
-        if self.archive is None:
-            return None
-        from followup.eventdata import skymap_from_raw
+        return stored_skymap(self.localizations, request.localization_ref, event.id)
 
-        try:
-            raw = self.archive.raw(event.id)
-        except (KeyError, RawStoreError) as exc:
-            logger.warning("%s: raw alert of %s unavailable (%s); using the most probable position",
-                           self.name, event.id, exc)
-            return None
-        return skymap_from_raw(event, raw)
+
+def stored_skymap(localizations: Any, ref: str | None, event_id: str) -> tuple[Any, Any] | None:
+    """(NUNIQ, probability density sr⁻¹) of the stored sky map ``ref``, or None.
+
+    Parameters
+    ----------
+    localizations : broker.enrich.store.LocalizationStore or None
+    ref : str or None
+        ``sha256:<hex>`` id of a stored localization.
+    event_id : str
+        For the log line when the map cannot be read.
+
+    Returns
+    -------
+    tuple of numpy.ndarray, shapes (n,) and (n,), or None
+        None when ``ref`` or the store is None, the id is unknown, or it is a point.
+    """
+    if ref is None or localizations is None:
+        return None
+    from broker.enrich.store import LocalizationError
+
+    try:
+        sky = localizations.load(ref)
+    except LocalizationError as exc:
+        logger.warning("followup: sky map of %s unavailable (%s); using the most probable position", event_id, exc)
+        return None
+    uniq = getattr(sky, "uniq", None)
+    return None if uniq is None else (uniq, sky.probdensity)
+
+
+def stored_enrichment(engine: Any, event: Any) -> tuple[str | None, str | None]:
+    """(group key, stored sky map id) of an archived Event, as the enrich stage left them.
+
+    The same choice as the enrich stage's ``enrichment.localization``: the Event's own
+    sky map, else (not for a retraction) its group's best localization if that is a
+    sky map. For requests made by hand (``mma-broker followup run``).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The archive's.
+    event : broker.event.Event
+
+    Returns
+    -------
+    (str or None, str or None)
+        Both None when the enrich stage has not seen the Event yet.
+    """
+    from broker.enrich.groups import GroupStore
+    from broker.enrich.store import LocalizationStore
+
+    own = LocalizationStore(engine).ref_of(event.id)
+    state = GroupStore(engine).of_event(event.id)
+    ref = own if own is not None else (None if state is None or event.is_retraction else state.best_localization)
+    return (None if state is None else state.key,
+            ref.id if ref is not None and ref.kind == "skymap" else None)
+
+
+def _group(request: FollowupRequest) -> str:
+    """The request's event group: as the enrich stage stored it, else computed the same way."""
+    return request.group or group_key(request.event)
 
 
 class WorkerStage(StageRunner):
@@ -365,9 +437,10 @@ class WorkerStage(StageRunner):
 
     def __init__(self, consumer: Any, producer: Any, *, store: Any, archive: Any, sources: Any, cache: Any,
                  results_topic: str, dlq_topic: str, provenance: Provenance, stats: FollowupStats,
-                 **loop: Any) -> None:
+                 localizations: Any = None, **loop: Any) -> None:
         handler = WorkerHandler(store=store, archive=archive, sources=sources, cache=cache,
-                                results_topic=results_topic, provenance=provenance, stats=stats)
+                                results_topic=results_topic, provenance=provenance, stats=stats,
+                                localizations=localizations)
         super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
 
     def execute(self, request: FollowupRequest) -> tuple[list[Outgoing], Any, Any]:
@@ -380,6 +453,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     Empty when ``[followup] enabled = false``.
     """
     from broker.app import open_archive, provenance
+    from broker.enrich.store import LocalizationStore
     from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
     from broker.stages import StageSpec
     from followup.build import build_cache, build_sources, request_params
@@ -389,7 +463,12 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     f = s.followup
     if not f.enabled:
         return []
-    events, requests, results, dlq = (s.topic(s.events_topic), s.topic(f.requests_topic),
+    if not s.enrich.enabled:
+        from broker.errors import BrokerError
+
+        raise BrokerError("[followup] enabled needs [enrich] enabled: the follow-up trigger reads the enrich "
+                          "stage's topic (event groups and stored sky maps); enable [enrich] or disable [followup]")
+    events, requests, results, dlq = (s.topic(s.enrich.enriched_topic), s.topic(f.requests_topic),
                                       s.topic(f.results_topic), s.topic(s.dlq_topic))
     archive = open_archive(s)
     ensure_topics(s, [events, requests, results, dlq])
@@ -421,16 +500,10 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     worker = WorkerStage(w.pop("consumer"), w.pop("producer"), store=FollowupStore(archive.engine), archive=archive,
                          sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
                          dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
-                         handler_threads=f.workers, **w)
-    return [StageSpec("followup.trigger", trigger, inputs=[events], outputs=[requests], after=[
-                n for n in _feeders(s)]),
+                         handler_threads=f.workers, localizations=LocalizationStore(archive.engine), **w)
+    return [StageSpec("followup.trigger", trigger, inputs=[events], outputs=[requests], after=["enrich"]),
             StageSpec("followup.worker", worker, inputs=[requests], outputs=[results], after=["followup.trigger"],
                       summary=lambda: [stats.summary()], close=lambda: (archive.close(), [x.release() for x in slots]))]
-
-
-def _feeders(settings: Any) -> list[str]:
-    """The loops that write ``mma.events`` in this process (the ingest loops)."""
-    return [f"ingest.{up.name}" for up in settings.upstreams]
 
 
 def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bool = False,
@@ -443,7 +516,7 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     stop : threading.Event
         Set it (SIGTERM) to stop after the current batches (their offsets committed).
     until_caught_up : bool
-        Stop when ``mma.events`` and ``mma.followup.requests`` are consumed and nothing
+        Stop when ``mma.events.enriched`` and ``mma.followup.requests`` are consumed and nothing
         arrived for ``idle_s`` seconds (the worker waits for the trigger to finish).
     idle_s : float
 

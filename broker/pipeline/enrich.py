@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from broker.enrich.enriched import ENRICHED_SCHEMA  # noqa: F401 - re-exported (readers: decode_enriched)
 from broker.errors import BrokerError, DecodeError
 from broker.event import Event, HealpixLocalization, PointLocalization
 from broker.kafka import Outgoing
@@ -79,8 +80,6 @@ from broker.text import one_line
 
 log = logging.getLogger(__name__)
 
-ENRICHED_SCHEMA = "mma.event.enriched/1"
-"""``schema`` of an enriched Event (``broker/schemas/mma/enriched_event.json``)."""
 COINCIDENCE_SCHEMA = "mma.coincidence/1"
 """``schema`` of a coincidence record (``broker/schemas/mma/coincidence.json``)."""
 CONTENT_TYPE = "application/json"

@@ -181,7 +181,7 @@ def test_archive_at_the_core_revision_upgrades_to_the_followup_one(empty_databas
     command.upgrade(alembic_config(empty_database), "0001")
     assert "followup_results" not in _tables(empty_database)
     with Archive(empty_database, PostgresRawStore()) as arch:
-        with pytest.raises(BrokerError, match=r"at revision 0001, this mma-broker needs 0003"):
+        with pytest.raises(BrokerError, match=r"at revision 0001, this mma-broker needs .*0007"):
             check_schema(arch, empty_database)
         arch.migrate()
         check_schema(arch, empty_database)

@@ -26,6 +26,8 @@ import pytest
 
 from broker.archive import Archive
 from broker.archive.raw import SegmentFileStore
+from broker.enrich.localization import extract_localization
+from broker.enrich.store import LocalizationStore
 from broker.event import Event, PointLocalization
 from broker.serde import Provenance
 from broker.sources import decode
@@ -59,7 +61,8 @@ def worker(fresh_db, tmp_path):
     sources = FollowupSources(LocalFitsSource(data), LocalOrbitFiles(data), IsgriClient(mmoda))
     handler = WorkerHandler(store=FollowupStore(archive.engine), archive=archive, sources=sources,
                             cache=DirectoryCache(tmp_path / "cache"), results_topic="mma.followup.results",
-                            provenance=Provenance("followup.worker", "test", "0" * 16), stats=FollowupStats())
+                            provenance=Provenance("followup.worker", "test", "0" * 16), stats=FollowupStats(),
+                            localizations=LocalizationStore(archive.engine))
     yield handler
     archive.close()
 
@@ -159,7 +162,7 @@ def test_adhoc_request_forms_its_own_group(worker):
     import json
 
     doc = json.loads(records[0].value)
-    assert note == "result" and doc["group"] == "user:ad-hoc:GRB 230307A" and doc["source"] == "user"
+    assert note == "result" and doc["group"] == "user:GRB 230307A" and doc["source"] == "user"
     assert doc["analyses"]["spiacs"]["detected"] is True
     assert records[0].key == b"GRB 230307A"
     # the same request again is recognised as done
@@ -174,7 +177,7 @@ def test_user_skymap_is_read_back_from_the_archive(worker):
     artifact = ArtifactStore(worker.archive).put(fits_bytes, "application/fits")
     assert ArtifactStore(worker.archive).put(fits_bytes, "application/fits") == artifact  # stored once
     event = adhoc_event(GRB230307A_T0, "map test", summarize_multiorder(fits_bytes), artifact)
-    uniq, density = worker._skymap(event)
+    uniq, density = worker._skymap(_request(event))
     want_uniq, want_density, _ = read_multiorder(fits_bytes)
     assert (uniq == want_uniq).all() and (density == want_density).all()
 
@@ -194,3 +197,60 @@ def test_lvk_json_and_voevent_forms_give_one_follow_up_and_one_withdrawal(worker
     rows = worker.store.list(upstream_id="MS181101ab", kinds=None)
     assert sum(r.kind == "result" for r in rows) == 1 and sum(r.kind == "withdrawal" for r in rows) == 1
     assert all(r.withdrawn for r in rows if r.kind == "result")
+
+
+def test_the_analysis_gets_the_stored_sky_map(worker, monkeypatch):
+    """A request naming a stored localization is analysed on that map, read from the
+    tables (no raw bytes). The event is *made for this test*: the real MS181101ab
+    preliminary alert moved to GRB 230307A's T0 (where the bundled data have a light
+    curve). The bundled orbit file (revolution 789) gives no attitude then, so the sky
+    sampling itself is tested in test_followup_service.py; here the map handed to the
+    analysis is checked."""
+    import followup.worker as worker_module
+
+    handed = []
+    real_run = worker_module.run_followup
+
+    def spy(event, analyses, sources, cache, params, skymap):
+        handed.append(skymap)
+        return real_run(event, analyses, sources, cache, params, skymap)
+
+    monkeypatch.setattr(worker_module, "run_followup", spy)
+    import json
+
+    import numpy as np
+    from ligo.skymap.io import read_sky_map
+
+    path = Path(__file__).resolve().parents[1] / "data/igwn/userguide/MS181101ab-preliminary.json"
+    real = decode(path.read_bytes())[0]
+    ref = LocalizationStore(worker.archive.engine).put(real.id, extract_localization(real, path.read_bytes()))
+    made = real.model_copy(update={"id": "test:ms181101ab-at-grb230307a", "time": GRB230307A_T0})
+    request = FollowupRequest(kind="analyze", event=made, analyses=("spiacs",), params=dict(PARAMS, max_sky_samples=50),
+                              requested_by="cli", group="test:ms181101ab", localization_ref=ref.id)
+    uniq, density = worker._skymap(request)
+    import base64
+
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".fits") as tmp:  # the map inside the alert, read by ligo.skymap
+        tmp.write(base64.b64decode(json.loads(path.read_bytes())["event"]["skymap"]))
+        tmp.flush()
+        want = read_sky_map(tmp.name, moc=True)
+    order = np.argsort(want["UNIQ"])
+    np.testing.assert_array_equal(uniq, np.asarray(want["UNIQ"])[order])
+    np.testing.assert_allclose(density, np.asarray(want["PROBDENSITY"])[order], rtol=1e-12)
+    (record,), note = _run(worker, request)
+    doc = json.loads(record.value)
+    assert note == "result" and doc["localization_ref"] == ref.id and doc["group"] == "test:ms181101ab"
+    assert doc["status"] == "done" and doc["analyses"]["spiacs"]["detected"] is True
+    (got_uniq, got_density), = handed
+    assert (got_uniq == uniq).all() and (got_density == density).all()
+    # without a stored map the analysis gets none (and falls back to the map's maximum)
+    _run(worker, FollowupRequest(kind="analyze", event=made, analyses=("spiacs",),
+                                 params=dict(PARAMS, max_sky_samples=49), requested_by="cli", group="test:2"))
+    assert handed[1] is None
+    # an unknown id is logged and treated the same way
+    _run(worker, FollowupRequest(kind="analyze", event=made, analyses=("spiacs",),
+                                 params=dict(PARAMS, max_sky_samples=48), requested_by="cli", group="test:3",
+                                 localization_ref="sha256:" + "0" * 64))
+    assert handed[2] is None

@@ -25,7 +25,6 @@ from followup.availability import RetryPolicy
 from followup.bundled import bundled_data_dir
 from followup.cache import DirectoryCache
 from followup.datasources import LocalFitsSource, MmodaSource
-from followup.eventdata import skymap_from_raw
 from followup.isgri import IsgriClient
 from followup.service import FollowupSources, run_followup
 from followup.steps import sky_directions
@@ -119,13 +118,17 @@ def test_ibis_visible_and_mmoda_unreachable(tmp_path):
     assert "ISGRI" in result.summary_text and "unreachable" in result.summary_text
 
 
-def test_skymap_from_raw_and_directions(tmp_path):
+def test_skymap_directions(tmp_path):
+    """Sky directions sampled from the map the enrich stage extracts (and stores) for an alert."""
     from ligo.skymap.io import read_sky_map
+
+    from broker.enrich.localization import extract_localization
 
     path = DATA / "igwn/userguide/MS181101ab-preliminary.json"
     raw = path.read_bytes()
     event = decode(raw)[0]
-    uniq, density = skymap_from_raw(event, raw)
+    sky = extract_localization(event, raw)
+    uniq, density = sky.uniq, sky.probdensity
     blob = base64.b64decode(json.loads(raw)["event"]["skymap"])
     ref_path = tmp_path / "map.fits"
     ref_path.write_bytes(blob)

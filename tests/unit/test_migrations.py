@@ -25,10 +25,12 @@ def test_followup_revisions_are_a_registered_version_location():
 
 def test_revision_graph_has_one_head_and_keeps_the_followup_ids():
     script = ScriptDirectory.from_config(alembic_config())
-    assert "0003" in script.get_heads()  # the follow-up's head (other branches may add theirs)
+    assert "0007" in script.get_heads()  # the follow-up's head (other branches may add theirs)
     revisions = {r.revision: r for r in script.walk_revisions()}
-    assert {"0001", "0002", "0003"} <= set(revisions)
+    assert {"0001", "0002", "0003", "0007"} <= set(revisions)
     assert revisions["0003"].down_revision == "0002"  # follow-up groups and artifacts
+    assert revisions["0007"].down_revision == "0003"  # follow-up groups become the enrich stage's
+    assert Path(revisions["0007"].path).resolve().parent == ROOT / "followup" / "migrations" / "versions"
     assert Path(revisions["0003"].path).resolve().parent == ROOT / "followup" / "migrations" / "versions"
     # the ids and parent of the time when 0002 lived in the core's folder
     assert revisions["0002"].down_revision == "0001"
