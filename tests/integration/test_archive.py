@@ -373,3 +373,40 @@ def test_retraction_of_one_gcn_mission_leaves_another_missions_trigger_alone(arc
     assert archive.write_batch([ArchiveItem(retraction, raw, None)]).retracted == 0
     assert archive.write_batch(gbm[3:]).retracted == 0
     assert not any(a.retracted for a in archive.list(source="gcn") if a.event.mission == "Fermi")
+
+
+def test_followup_group_keys_are_rewritten_to_the_enrich_groups_and_back(empty_database) -> None:
+    """Migration 0007 on a populated archive: stored follow-up group keys become
+    broker.enrich.groups.group_key of their event (computed here by that function), and
+    the downgrade restores the old ones."""
+    from alembic import command
+
+    from broker.enrich.groups import group_key
+
+    command.upgrade(alembic_config(empty_database), "0003")
+    events = [Event(id="gcn:ivo://test/ep#1", source="gcn", messenger="em", mission="Einstein Probe",
+                    instrument="WXT", upstream_id="01709", alert_type="initial", time="2024-01-01T00:00:00Z",
+                    format="json"),
+              Event(id="igwn:S230518h-1", source="igwn", messenger="gw", mission="LVK", upstream_id="S230518h",
+                    alert_type="preliminary", time="2023-05-18T12:59:08Z", format="json")]
+    engine = sa.create_engine(empty_database)
+    with engine.begin() as conn:
+        for n, ev in enumerate(events):
+            doc = {"mission": ev.mission, "event_id": ev.id}
+            conn.execute(sa.text(
+                "INSERT INTO followup_results (request_id, kind, event_id, source, upstream_id, status, document, "
+                "summary_text, group_key) VALUES (:r, 'result', :e, :s, :u, 'done', CAST(:d AS jsonb), '', :g)"),
+                {"r": f"{n:032x}", "e": ev.id, "s": ev.source, "u": ev.upstream_id, "d": json.dumps(doc),
+                 "g": f"{ev.source}:{ev.mission.lower()}:{ev.upstream_id}"})
+
+    def keys() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text("SELECT group_key FROM followup_results ORDER BY request_id")).scalars())
+
+    old = keys()
+    assert old == ["gcn:einstein probe:01709", "igwn:lvk:S230518h"]
+    command.upgrade(alembic_config(empty_database), "heads")
+    assert keys() == [group_key(ev) for ev in events] == ["gcn:einstein-probe:01709", "igwn:S230518h"]
+    command.downgrade(alembic_config(empty_database), "0003")
+    assert keys() == old
+    engine.dispose()
