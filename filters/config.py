@@ -1,0 +1,58 @@
+"""Settings of the filters: the ``[filters]`` section (a settings plugin, like ``[followup]``).
+
+Each enabled filter is one ``[[filters.filters]]`` entry::
+
+    [[filters.filters]]
+    name = "my-bns"                 # instance name: topic mma.filter.my-bns
+    plugin = "gw-significant"       # entry point in mma_broker.filters (default: name)
+    params = {max_far_hz = 3.2e-8, min_has_ns = 0.5}
+    time_budget_ms = 20
+
+or, from the environment, ``MMA_BROKER_FILTERS__FILTERS='[{"name": ..., "params": {...}}]'``.
+Imports only pydantic and :mod:`broker.config`: loading a section must stay cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from broker.config import Section
+
+
+class FilterEntry(Section):
+    """One enabled filter."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    """Instance name: accepted Events go to ``<topic_prefix><name>`` (``mma.filter.<name>``)."""
+    plugin: str | None = None
+    """The filter plugin (entry-point name in ``mma_broker.filters``); default: ``name``."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """The filter's configuration values (checked by its config class at start-up)."""
+    time_budget_ms: float = Field(20.0, gt=0, le=60_000)
+    """A call longer than this is counted and logged; 50× longer is interrupted."""
+    publish: bool = True
+    """Publish accepted Events on the filter's topic (False: decisions archived only)."""
+
+    @property
+    def plugin_name(self) -> str:
+        """The entry-point name of the plugin."""
+        return self.plugin or self.name
+
+
+class FiltersSettings(Section):
+    """The filter stage: which filters run, and how."""
+
+    enabled: bool = True
+    """Run the filter stage (it reads ``mma.events.enriched``)."""
+    filters: list[FilterEntry] = Field(default_factory=list)
+    """The enabled filters, evaluated in this order."""
+    topic_prefix: str = "mma.filter."
+    """Topic of filter NAME: this prefix + NAME (``[kafka] topic_prefix`` goes in front)."""
+    catalogs: list[str] = Field(default_factory=list)
+    """Catalogs (loaded with ``mma-broker catalog load``) that filters may read, by name."""
+    quarantine_after: int = Field(100, ge=1)
+    """Consecutive failed calls after which a filter is skipped until restart."""
+    batch_size: int = Field(500, ge=1, le=100_000)
+    poll_timeout_s: float = Field(0.5, gt=0)

@@ -1,0 +1,277 @@
+"""Running configured filters on one alert, each isolated from the others.
+
+:class:`FilterSet` is the one evaluation path: the filter stage, ``mma-broker filters
+test``, the time machine (``filters run``) and the benchmark all call
+:meth:`FilterSet.evaluate`. Per filter and alert it
+
+* skips the call when the Event's source is not one the filter handles
+  (``source_not_handled``, counted, nothing else);
+* calls :meth:`filters.api.Filter.apply` and times it (``time.perf_counter``);
+* turns an exception into an error decision (``raised``), a return value that is not a
+  :class:`~filters.api.FilterResult` into one (``garbage``), logs it with the Event id
+  and the filter name, and counts it — the other filters and the stream go on;
+* counts a call over the filter's time budget (``over_budget``, logged); after
+  ``quarantine_after`` consecutive failures of any kind the filter is *quarantined*:
+  skipped with the error ``quarantined`` until the process restarts (logged once);
+* stops a call that runs past the hard deadline (``hard_deadline_factor`` × budget)
+  by raising :class:`FilterTimeout` inside it from a watchdog thread
+  (``PyThreadState_SetAsyncExc``): this ends pure-Python loops; a call stuck inside C
+  code cannot be interrupted and holds its thread until it returns.
+
+A decision that is an error is never an acceptance: nothing goes to the filter's
+topic and no follow-up is requested.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from filters.api import Filter, FilterInput, FilterResult
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ConfiguredFilter", "Decision", "FilterSet", "FilterStats", "FilterTimeout"]
+
+
+class FilterTimeout(Exception):
+    """Raised inside a filter call that ran past its hard deadline."""
+
+
+@dataclass(frozen=True)
+class ConfiguredFilter:
+    """One enabled filter: its instance name (topic ``mma.filter.<name>``) and object.
+
+    Attributes
+    ----------
+    name : str
+        Instance name from the settings (may differ from the plugin name when one
+        plugin is enabled twice with other parameters).
+    filter : filters.api.Filter
+    time_budget_ms : float
+        A call over this is counted and logged (``over_budget``).
+    """
+
+    name: str
+    filter: Filter[Any]
+    time_budget_ms: float = 20.0
+
+    @property
+    def plugin(self) -> str:
+        """The plugin (entry point) name."""
+        return self.filter.name
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one filter on one alert.
+
+    Attributes
+    ----------
+    filter : str
+        Instance name.
+    plugin, version, config_hash : str
+        What decided (:class:`filters.api.Filter`).
+    result : FilterResult or None
+        None when ``error`` is set.
+    error : str or None
+        ``raised: <type>: <message>``, ``garbage: <what>``, ``timeout: ...``,
+        ``quarantined``; None when the filter decided.
+    elapsed_ms : float
+    over_budget : bool
+    """
+
+    filter: str
+    plugin: str
+    version: str
+    config_hash: str
+    result: FilterResult | None
+    error: str | None = None
+    elapsed_ms: float = 0.0
+    over_budget: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """True only for a decided acceptance."""
+        return self.error is None and self.result is not None and self.result.accepted
+
+    @property
+    def reason(self) -> str:
+        """The result's reason code, or ``error`` for a failed call."""
+        return self.result.reason if self.result is not None else "error"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-ready form (archived with the Event, published with an accepted one)."""
+        out: dict[str, Any] = {"filter": self.filter, "plugin": self.plugin, "version": self.version,
+                               "config_hash": self.config_hash, "accepted": self.accepted,
+                               "reason": self.reason, "error": self.error,
+                               "elapsed_ms": round(self.elapsed_ms, 4), "over_budget": self.over_budget}
+        if self.result is not None:
+            r = self.result.to_json_dict()
+            out.update(detail=r["detail"], tags=r["tags"], followup=r["followup"])
+        return out
+
+
+@dataclass
+class FilterStats:
+    """Running totals of one filter in one process."""
+
+    calls: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    skipped_source: int = 0
+    raised: int = 0
+    garbage: int = 0
+    timeouts: int = 0
+    over_budget: int = 0
+    quarantined: bool = False
+    total_ms: float = 0.0
+    _strikes: int = field(default=0, repr=False)
+
+    @property
+    def errors(self) -> int:
+        """Calls that did not give a decision."""
+        return self.raised + self.garbage + self.timeouts
+
+
+class _Watchdog:
+    """One daemon thread that raises :class:`FilterTimeout` in calls past their deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[int, tuple[float, int]] = {}  # thread id -> (deadline, call token)
+        self._token = 0
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_call(self, deadline: float) -> int:
+        with self._lock:
+            self._token += 1
+            self._calls[threading.get_ident()] = (deadline, self._token)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="filter-watchdog", daemon=True)
+                self._thread.start()
+            return self._token
+
+    def end_call(self) -> None:
+        with self._lock:
+            self._calls.pop(threading.get_ident(), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.perf_counter()
+            with self._lock:
+                late = [tid for tid, (deadline, _) in self._calls.items() if now > deadline]
+                for tid in late:
+                    self._calls.pop(tid, None)
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(FilterTimeout))
+
+
+_WATCHDOG = _Watchdog()
+
+
+class FilterSet:
+    """Enabled filters, evaluated in order on each alert (see the module docstring).
+
+    Parameters
+    ----------
+    filters : sequence of ConfiguredFilter
+        Instance names must be unique.
+    quarantine_after : int
+        Consecutive failed calls (raised, garbage, timeout, over budget) after which a
+        filter is skipped for the rest of the process.
+    hard_deadline_factor : float
+        A call running longer than this × its budget is interrupted (0: never).
+
+    Raises
+    ------
+    ValueError
+        Two filters with one instance name.
+    """
+
+    def __init__(self, filters: Sequence[ConfiguredFilter], *, quarantine_after: int = 100,
+                 hard_deadline_factor: float = 50.0) -> None:
+        names = [f.name for f in filters]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"filter instance name(s) {', '.join(dup)} enabled twice; give each a distinct name")
+        self.filters = list(filters)
+        self.stats = {f.name: FilterStats() for f in self.filters}
+        self.quarantine_after = quarantine_after
+        self.hard_deadline_factor = hard_deadline_factor
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+    def evaluate(self, alert: FilterInput) -> list[Decision]:
+        """Every enabled filter's decision on ``alert``, in order; never raises for a filter's fault.
+
+        Filters that do not handle the Event's source are left out of the list.
+        """
+        out: list[Decision] = []
+        source = alert.event.source
+        for cf in self.filters:
+            f, st = cf.filter, self.stats[cf.name]
+            if f.sources is not None and source not in f.sources:
+                st.skipped_source += 1
+                continue
+            if st.quarantined:
+                out.append(Decision(cf.name, f.name, f.version, f.config_hash, None, "quarantined"))
+                continue
+            out.append(self._call(cf, st, alert))
+        return out
+
+    def _call(self, cf: ConfiguredFilter, st: FilterStats, alert: FilterInput) -> Decision:
+        f = cf.filter
+        st.calls += 1
+        error: str | None = None
+        result: Any = None
+        hard = self.hard_deadline_factor * cf.time_budget_ms / 1e3 if self.hard_deadline_factor > 0 else 0.0
+        t0 = time.perf_counter()
+        try:
+            if hard > 0:
+                _WATCHDOG.start_call(t0 + hard)
+                try:
+                    result = f.apply(alert)
+                finally:
+                    _WATCHDOG.end_call()
+            else:
+                result = f.apply(alert)
+        except FilterTimeout:
+            st.timeouts += 1
+            error = f"timeout: stopped after {hard * 1e3:.0f} ms ({self.hard_deadline_factor:g} x its budget)"
+        except Exception as exc:  # noqa: BLE001 - a filter's bug is its own decision, the stream goes on
+            st.raised += 1
+            error = f"raised: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        st.total_ms += elapsed_ms
+        if error is None and not isinstance(result, FilterResult):
+            st.garbage += 1
+            error = f"garbage: returned {type(result).__name__}, not FilterResult"
+        over = elapsed_ms > cf.time_budget_ms
+        if over:
+            st.over_budget += 1
+        if error is not None or over:
+            st._strikes += 1
+            what = error or f"over budget: {elapsed_ms:.1f} ms > {cf.time_budget_ms:g} ms"
+            if st.errors + st.over_budget <= 20 or (st.errors + st.over_budget) % 1000 == 0:
+                log.warning("filter %s on %s: %s", cf.name, alert.event.id, what)
+            if st._strikes >= self.quarantine_after and not st.quarantined:
+                st.quarantined = True
+                log.error("filter %s quarantined after %d consecutive failed calls (last: %s); the other filters go on",
+                          cf.name, st._strikes, what)
+        else:
+            st._strikes = 0
+        if error is not None:
+            return Decision(cf.name, f.name, f.version, f.config_hash, None, error, elapsed_ms, over)
+        if result.accepted:
+            st.accepted += 1
+        else:
+            st.rejected += 1
+        return Decision(cf.name, f.name, f.version, f.config_hash, result, None, elapsed_ms, over)
