@@ -41,13 +41,49 @@ class FilterEntry(Section):
         return self.plugin or self.name
 
 
+ONE_PER_MONTH_HZ = 1.0 / (30.0 * 86400.0)
+"""The LVK public-alert significance threshold for CBC searches, 1/month, Hz."""
+
+
+def _rule(name: str, **params: Any) -> FilterEntry:
+    return FilterEntry(name=name, plugin="followup-rule", params=params)
+
+
+def default_filters() -> list[FilterEntry]:
+    """The filters enabled when the settings name none.
+
+    The INTEGRAL follow-up's trigger rules (``followup-rule``, :mod:`followup.filter`):
+    every significant IGWN alert (preliminary, initial, update: the ``significant``
+    flag, or FAR <= 1/month when the flag is absent; early warnings are skipped since
+    the preliminary alert follows with the same T0, and T0 + 300 s of data must exist
+    first) and every GRB notice of Fermi GBM, Swift BAT (and BAT-GUANO), INTEGRAL
+    (SPI-ACS/IBAS, not "weak"), SVOM ECLAIRs/GRM and BurstCube. Einstein Probe WXT
+    (X-ray transients) is not a GRB notice and is not in the defaults; add an entry to
+    follow it up.
+    """
+    return [
+        _rule("followup-igwn-significant", source="igwn", alert_types=["preliminary", "initial", "update"],
+              significant_only=True, max_far_hz=ONE_PER_MONTH_HZ),
+        _rule("followup-fermi-gbm-grb", source="gcn", missions=["Fermi"], instruments=["GBM"],
+              alert_types=["flt_pos", "gnd_pos", "fin_pos", "initial", "update"], grb_only=True),
+        _rule("followup-swift-bat-grb", source="gcn", missions=["Swift"], instruments=["BAT", "BAT-GUANO"],
+              alert_types=["grb_pos_ack", "initial", "update"], grb_only=True),
+        _rule("followup-integral-grb", source="gcn", missions=["INTEGRAL"],
+              alert_types=["spiacs", "wakeup", "refined", "offline"], grb_only=True),
+        _rule("followup-svom-grb", source="gcn", missions=["SVOM"], instruments=["ECLAIRs", "GRM"],
+              alert_types=["wakeup", "initial", "update"], grb_only=True),
+        _rule("followup-burstcube-grb", source="gcn", missions=["BurstCube"], alert_types=["initial", "update"],
+              grb_only=True),
+    ]
+
+
 class FiltersSettings(Section):
     """The filter stage: which filters run, and how."""
 
     enabled: bool = True
     """Run the filter stage (it reads ``mma.events.enriched``)."""
-    filters: list[FilterEntry] = Field(default_factory=list)
-    """The enabled filters, evaluated in this order."""
+    filters: list[FilterEntry] = Field(default_factory=default_filters)
+    """The enabled filters, evaluated in this order (default: :func:`default_filters`)."""
     topic_prefix: str = "mma.filter."
     """Topic of filter NAME: this prefix + NAME (``[kafka] topic_prefix`` goes in front)."""
     catalogs: list[str] = Field(default_factory=list)

@@ -1,4 +1,5 @@
-"""Trigger rules on real alerts decoded by the production decoders (default rule set)."""
+"""Trigger rules (the ``followup-rule`` filter, enabled by default once per rule) on real
+alerts decoded by the production decoders."""
 
 from __future__ import annotations
 
@@ -7,13 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from followup.config import FollowupRuleSettings, FollowupSettings
 from broker.sources import decode
+from filters.api import FilterInput
+from filters.config import FiltersSettings
+from filters.registry import build_filter_set
+from followup.filter import FollowupRule
 from followup.messages import FollowupRequest, json_schema, request_id
-from followup.rules import decide, is_significant, looks_like_grb
+from followup.rules import is_significant, looks_like_grb
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-RULES = FollowupSettings().rules
+
+
+def decide(event, filter_set=None):
+    """(action, first accepting instance, analyses) of the default follow-up rules."""
+    filter_set = filter_set or build_filter_set(FiltersSettings())
+    for d in filter_set.evaluate(FilterInput(event)):
+        assert d.error is None, d.error
+        if d.accepted and d.plugin == "followup-rule":
+            (spec,) = d.result.followup or (None,)
+            if spec is None:
+                return "accepted-no-request", d.filter, ()
+            return spec.kind, d.filter, tuple(sorted(spec.analyses))
+    return "skip", None, ()
 
 
 def event_of(rel: str):
@@ -21,13 +37,13 @@ def event_of(rel: str):
 
 
 @pytest.mark.parametrize("rel, action, rule", [
-    ("voevent/fink-mm/integral/voevent_number=18790.xml", "analyze", "integral-grb"),
-    ("voevent/pygcn/gbm_flt_pos.xml", "analyze", "fermi-gbm-grb"),
-    ("voevent/fink-mm/swift/voevent_number=392.xml", "analyze", "swift-bat-grb"),
+    ("voevent/fink-mm/integral/voevent_number=18790.xml", "analyze", "followup-integral-grb"),
+    ("voevent/pygcn/gbm_flt_pos.xml", "analyze", "followup-fermi-gbm-grb"),
+    ("voevent/fink-mm/swift/voevent_number=392.xml", "analyze", "followup-swift-bat-grb"),
     ("voevent/fink-mm/swift/voevent_number=393.xml", "skip", None),      # Swift FOM_Obs: not a GRB notice
-    ("gcn/gcn-schema/gcn/notices/swift/bat/Guano.example.json", "analyze", "swift-bat-grb"),
-    ("gcn/gcn-schema/gcn/notices/swift/bat/Guano.Retraction.example.json", "withdraw", "swift-bat-grb"),
-    ("voevent/hop-client/S200302c-1-Preliminary.xml", "analyze", "igwn-significant"),  # no flag: FAR decides
+    ("gcn/gcn-schema/gcn/notices/swift/bat/Guano.example.json", "analyze", "followup-swift-bat-grb"),
+    ("gcn/gcn-schema/gcn/notices/swift/bat/Guano.Retraction.example.json", "withdraw", "followup-swift-bat-grb"),
+    ("voevent/hop-client/S200302c-1-Preliminary.xml", "analyze", "followup-igwn-significant"),  # FAR decides
     ("igwn/userguide/MS181101ab-initial.json", "skip", None),           # mock superevent
     ("igwn/userguide/MS181101ab-earlywarning.json", "skip", None),
     ("gcn/gcn-schema/gcn/notices/icecube/lvk_nu_track_search.example.json", "skip", None),
@@ -35,10 +51,10 @@ def event_of(rel: str):
 def test_default_rules_on_real_alerts(rel, action, rule):
     if not (DATA / rel).exists():
         pytest.fail(f"missing sample {rel}")
-    d = decide(event_of(rel), RULES)
-    assert (d.action, d.rule) == (action, rule), d.reason
+    got, name, analyses = decide(event_of(rel))
+    assert (got, name) == (action, rule)
     if action == "analyze":
-        assert d.analyses == ("isgri", "spiacs")
+        assert analyses == ("isgri", "spiacs")
 
 
 def test_significance_reads_the_file_values():
@@ -55,13 +71,22 @@ def test_significance_reads_the_file_values():
 
 
 def test_mock_events_follow_when_tests_are_allowed():
-    rule = FollowupRuleSettings(name="gw", source="igwn", alert_types=["initial"], significant_only=True,
-                                exclude_tests=False, analyses=["spiacs"])
+    rule = FollowupRule.from_params(dict(source="igwn", alert_types=["initial"], significant_only=True,
+                                         exclude_tests=False, analyses=["spiacs"]))
     obj = json.loads((DATA / "igwn/userguide/MS181101ab-initial.json").read_text())
     assert obj["event"]["significant"] is True
-    d = decide(event_of("igwn/userguide/MS181101ab-initial.json"), [rule])
-    assert d.action == "analyze" and d.analyses == ("spiacs",)
-    assert decide(event_of("igwn/userguide/MS181101ab-initial.json"), [rule], ["isgri"]).action == "skip"
+    result = rule.apply(FilterInput(event_of("igwn/userguide/MS181101ab-initial.json")))
+    assert result.accepted and [(f.kind, f.analyses) for f in result.followup] == [("analyze", ("spiacs",))]
+    strict = FollowupRule.from_params(dict(source="igwn", alert_types=["initial"], significant_only=True))
+    result = strict.apply(FilterInput(event_of("igwn/userguide/MS181101ab-initial.json")))
+    assert (result.accepted, result.reason) == (False, "test_alert")
+
+
+def test_a_rule_with_a_misspelt_key_is_a_start_up_error():
+    from filters.api import FilterConfigError
+
+    with pytest.raises(FilterConfigError, match="followup-rule.*max_far: Extra inputs"):
+        FollowupRule.from_params({"max_far": 1e-7})
 
 
 def test_grb_classification():
