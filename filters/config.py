@@ -91,4 +91,6 @@ class FiltersSettings(Section):
     quarantine_after: int = Field(100, ge=1)
     """Consecutive failed calls after which a filter is skipped until restart."""
     batch_size: int = Field(500, ge=1, le=100_000)
+    """Messages per batch of the filter stage (and per Kafka transaction)."""
     poll_timeout_s: float = Field(0.5, gt=0)
+    """Longest wait for a batch to fill, s."""
