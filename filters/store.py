@@ -1,0 +1,266 @@
+"""Every filter decision, archived: ``filter_decisions`` and ``filter_runs`` (migration 0101).
+
+The filter stage (:mod:`filters.stage`) writes each batch's decisions with
+:meth:`DecisionStore.put_many` in its durable write, before the Kafka transaction
+that publishes the accepted Events commits; the time machine (:mod:`filters.rerun`)
+writes its own under its run id. So "why was this alert (not) sent?" has an answer
+(:meth:`DecisionStore.why`, ``mma-broker filters why EVENT_ID``): which filter, which
+plugin version and configuration (hash), accepted or not, the reason code and detail,
+or the error of a call that failed.
+
+One row per (Event id, filter instance, run, config hash). A redelivered batch (a
+crash between this write and the Kafka commit) evaluates its Events again and
+*overwrites* its rows, so the table says what the committed records say; a changed
+configuration (another hash) or a re-run adds rows beside the old ones.
+
+Speed: the rows go in with one binary ``COPY`` into a session-local temporary table
+and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` (the archive's method,
+:mod:`broker.archive.store`): measured in docs/filters.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+__all__ = ["LIVE", "DecisionRow", "DecisionStore", "decision_rows", "DECISIONS", "RUNS"]
+
+LIVE = "live"
+"""``run`` of the filter stage's own decisions (a re-run has its id there)."""
+
+_md = sa.MetaData()
+DECISIONS = sa.Table(
+    "filter_decisions", _md,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("filter", sa.Text, primary_key=True),
+    sa.Column("run", sa.Text, primary_key=True),
+    sa.Column("config_hash", sa.Text, primary_key=True),
+    sa.Column("plugin", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("accepted", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("tags", ARRAY(sa.Text), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("elapsed_ms", sa.Float(precision=53)),
+    sa.Column("followup", JSONB),
+    sa.Column("decided_at", sa.TIMESTAMP(timezone=True), nullable=False),
+)
+"""Migration 0101's ``filter_decisions`` (must match it)."""
+RUNS = sa.Table(
+    "filter_runs", _md,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("filters", JSONB, nullable=False),
+    sa.Column("since", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("until", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("output", sa.Text),
+    sa.Column("started_at", sa.TIMESTAMP(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.TIMESTAMP(timezone=True)),
+    sa.Column("summary", JSONB),
+)
+"""Migration 0101's ``filter_runs``."""
+
+_COLUMNS = ("event_id", "filter", "run", "config_hash", "plugin", "version", "accepted", "reason", "detail", "tags",
+            "error", "elapsed_ms", "followup", "decided_at")
+_TYPES = ("text", "text", "text", "text", "text", "text", "bool", "text", "text", "text[]", "text", "float8",
+          "jsonb", "timestamptz")
+_KEY = ("event_id", "filter", "run", "config_hash")
+_COLS = ", ".join(f'"{c}"' for c in _COLUMNS)
+_UPSERT = (f"INSERT INTO filter_decisions ({_COLS}) SELECT {_COLS} FROM filter_decisions_in "
+           f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+           + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _COLUMNS if c not in _KEY))
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """One row of ``filter_decisions`` (see the module docstring).
+
+    Attributes
+    ----------
+    event_id, filter, run, config_hash, plugin, version : str
+    accepted : bool
+    reason : str
+        The result's code, or ``error`` when the call failed.
+    detail : str or None
+    tags : tuple of str
+    error : str or None
+    elapsed_ms : float
+        Time in the filter's ``apply``, ms.
+    followup : list of dict or None
+        The follow-ups an accepted result asked for.
+    decided_at : datetime
+        UTC, aware.
+    """
+
+    event_id: str
+    filter: str
+    run: str
+    config_hash: str
+    plugin: str
+    version: str
+    accepted: bool
+    reason: str
+    detail: str | None
+    tags: tuple[str, ...]
+    error: str | None
+    elapsed_ms: float
+    followup: list[dict[str, Any]] | None
+    decided_at: datetime
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``decided_at`` ISO 8601 UTC ending in ``Z``)."""
+        d = {c: getattr(self, c) for c in _COLUMNS}
+        d["tags"] = list(self.tags)
+        d["decided_at"] = self.decided_at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z")
+        return d
+
+
+def decision_rows(event_id: str, decisions: Iterable[Any], *, run: str = LIVE,
+                  decided_at: datetime | None = None) -> list[DecisionRow]:
+    """The rows of one Event's decisions (:class:`filters.engine.Decision`).
+
+    Parameters
+    ----------
+    event_id : str
+    decisions : iterable of filters.engine.Decision
+    run : str
+        :data:`LIVE` or a re-run id.
+    decided_at : datetime, optional
+        Default: now (UTC).
+    """
+    at = decided_at or datetime.now(timezone.utc)
+    out = []
+    for d in decisions:
+        r = d.result
+        follow = None
+        if r is not None and d.accepted and r.followup:
+            follow = [{"kind": f.kind, "analyses": list(f.analyses), "window_s": f.window_s} for f in r.followup]
+        out.append(DecisionRow(event_id, d.filter, run, d.config_hash, d.plugin, d.version, d.accepted, d.reason,
+                               r.detail if r is not None else None, tuple(r.tags) if r is not None else (),
+                               d.error, float(d.elapsed_ms), follow, at))
+    return out
+
+
+class DecisionStore:
+    """``filter_decisions`` and ``filter_runs`` in the archive's PostgreSQL (migrated).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------------ writes
+    def put_many(self, rows: Sequence[DecisionRow], conn: sa.Connection | None = None) -> int:
+        """Write rows idempotently, in one transaction (or on ``conn``, inside the caller's).
+
+        A key met twice keeps the last row; a key already stored is overwritten.
+
+        Returns
+        -------
+        int
+            Distinct rows written.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            The database refused the write (nothing written).
+        """
+        if not rows:
+            return 0
+        last = {(r.event_id, r.filter, r.run, r.config_hash): r for r in rows}
+        if conn is None:
+            with self.engine.begin() as c:
+                return self._copy(c, last.values())
+        return self._copy(conn, last.values())
+
+    @staticmethod
+    def _copy(conn: sa.Connection, rows: Iterable[DecisionRow]) -> int:
+        from psycopg.types.json import Jsonb
+
+        dbapi = conn.connection.driver_connection
+        n = 0
+        with dbapi.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS filter_decisions_in "
+                        "(LIKE filter_decisions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            with cur.copy(f"COPY filter_decisions_in ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(list(_TYPES))
+                for r in rows:
+                    copy.write_row((r.event_id, r.filter, r.run, r.config_hash, r.plugin, r.version, r.accepted,
+                                    r.reason, r.detail, list(r.tags), r.error, r.elapsed_ms,
+                                    None if r.followup is None else Jsonb(r.followup), r.decided_at))
+                    n += 1
+            cur.execute(_UPSERT)
+            # ON COMMIT DELETE ROWS empties it at commit; a caller's longer transaction must not see them twice
+            cur.execute("TRUNCATE filter_decisions_in")
+        return n
+
+    def start_run(self, run_id: str, filters: Mapping[str, Any], since: datetime, until: datetime,
+                  output: str | None) -> None:
+        """Record the start of a re-run (``filter_runs``)."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(RUNS).values(id=run_id, filters=dict(filters), since=since, until=until,
+                                                output=output, started_at=datetime.now(timezone.utc)))
+
+    def finish_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        """Record the end of a re-run and its summary."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(RUNS).where(RUNS.c.id == run_id)
+                         .values(finished_at=datetime.now(timezone.utc), summary=dict(summary)))
+
+    # ------------------------------------------------------------------ reads
+    def why(self, event_id: str, *, run: str | None = None) -> list[DecisionRow]:
+        """Every decision archived for one Event: the live ones first, then re-runs, each
+        by decision time and filter.
+
+        Parameters
+        ----------
+        event_id : str
+            ``Event.id``.
+        run : str, optional
+            Only this run (:data:`LIVE` or a re-run id).
+
+        Returns
+        -------
+        list of DecisionRow
+            Empty when no filter saw the Event (not yet, or none handles its source).
+        """
+        d = DECISIONS.c
+        q = sa.select(*(d[c] for c in _COLUMNS)).where(d.event_id == event_id)
+        if run is not None:
+            q = q.where(d.run == run)
+        q = q.order_by(sa.case((d.run == LIVE, 0), else_=1), d.decided_at, d.filter, d.run)
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
+    def decisions(self, *, run: str = LIVE, filter: str | None = None,
+                  accepted: bool | None = None) -> list[DecisionRow]:
+        """The decisions of one run (optionally one filter, accepted or not), by Event id."""
+        d = DECISIONS.c
+        q = sa.select(*(d[c] for c in _COLUMNS)).where(d.run == run)
+        if filter is not None:
+            q = q.where(d.filter == filter)
+        if accepted is not None:
+            q = q.where(d.accepted.is_(accepted))
+        with self.engine.connect() as conn:
+            return [_row(r) for r in conn.execute(q.order_by(d.event_id, d.filter))]
+
+    def run_info(self, run_id: str) -> dict[str, Any] | None:
+        """The ``filter_runs`` row of a re-run, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
+        return dict(row) if row is not None else None
+
+
+def _row(r: Any) -> DecisionRow:
+    v = dict(zip(_COLUMNS, r))
+    v["tags"] = tuple(v["tags"] or ())
+    return DecisionRow(**v)
