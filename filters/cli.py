@@ -483,3 +483,64 @@ def _print_test(cf: Any, params: dict[str, Any], rows: list[tuple[str, str, Any]
     if rows:
         con.print(t)
     con.print(f"{len(rows)} alert(s), {n_acc} accepted")
+
+
+# ------------------------------------------------------------------ why
+@app.command("why")
+def why(
+    event_id: str = typer.Argument(..., metavar="EVENT_ID", help="Event id (mma-broker events list shows them)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Only this run: 'live' or a re-run id."),
+    as_json: bool = typer.Option(False, "--json", help="JSON Lines: one archived decision per line."),
+) -> None:
+    """Every archived filter decision on an Event: live ones first, then re-runs."""
+    from broker.app import open_archive
+    from broker.errors import BrokerError
+    from broker.event import MAX_ID_CHARS
+    from broker.text import printable
+
+    if not 0 < len(event_id) <= MAX_ID_CHARS or printable(event_id) != event_id:
+        raise _fail(f"EVENT_ID: expected 1 to {MAX_ID_CHARS} printable characters")
+    try:
+        archive = open_archive(_settings(), read_only=True)
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    try:
+        from filters.store import DecisionStore
+
+        rows = DecisionStore(archive.engine).why(event_id, run=run)
+        known = bool(rows) or archive.get(event_id) is not None
+    finally:
+        archive.close()
+    if not known:
+        raise _fail(f"{event_id}: no such Event in the archive")
+    if as_json:
+        for r in rows:
+            print(json.dumps(r.to_json_dict(), default=str))
+        return
+    _print_why(event_id, rows)
+
+
+def _print_why(event_id: str, rows: list[Any]) -> None:
+    from rich.table import Table
+
+    con = _console()
+    if not rows:
+        con.print(_text(f"{event_id}: no filter decision archived (the filter stage has not seen it yet, or "
+                        "no enabled filter handles its source)", 2000))
+        return
+    n_acc = sum(r.accepted for r in rows)
+    con.print(_text(f"{event_id}: {len(rows)} decision(s), {n_acc} accepted", 2000))
+    t = Table(box=None, pad_edge=False, show_edge=False)
+    for col in ("run", "filter", "plugin", "config hash", "accepted", "reason", "detail", "decided at"):
+        t.add_column(col, no_wrap=col not in ("detail", "run"), overflow="fold")
+    for r in rows:
+        verdict = "ERROR" if r.error else "yes" if r.accepted else "no"
+        detail = r.error or r.detail or ""
+        if r.tags:
+            detail = f"{detail} [tags: {', '.join(r.tags)}]".strip()
+        if r.followup:
+            detail = f"{detail} [follow-up: {', '.join(f['kind'] for f in r.followup)}]".strip()
+        t.add_row(_text(r.run), _text(r.filter), _text(f"{r.plugin} {r.version}"), _text(r.config_hash),
+                  _text(verdict), _text(r.reason), _text(detail),
+                  _text(r.to_json_dict()["decided_at"]))
+    con.print(t)
