@@ -290,8 +290,7 @@ def list_filters(as_json: bool = typer.Option(False, "--json", help="JSON Lines:
         _error(p["error"])
     for e in enabled:
         if e["error"]:
-            _error(e["error"] if e["error"].startswith(f"filter {e['plugin']!r}") else f"[filters] {e['name']}: "
-                   f"{e['error']}")
+            _error(f"[filters] {e['name']}: {e['error']}")
     if settings_error is not None:
         _error(settings_error)
     raise typer.Exit(1 if failed or settings_error or any(e["error"] for e in enabled) else 0)
@@ -394,7 +393,6 @@ def test(
 ) -> None:
     """Run one filter on alert files offline: decode, enrich what the bytes give, filter."""
     from broker.errors import BrokerError
-    from broker.replay import display_path, expand_paths, failure_reason, read_alert_file
 
     try:
         overrides = parse_set(sets)
@@ -405,14 +403,38 @@ def test(
         fs, params = build_test_filter(name, overrides, settings, time_budget_ms)
     except BrokerError as exc:
         raise _fail(exc) from None
+    import logging
+
     from broker.app import provenance
-    from broker.sources import decode
-    from filters.api import FilterInput
     from filters.offline import OfflineEnricher
 
+    rows: list[tuple[str, str, Any]] = []
     cf = fs.filters[0]
     enricher = OfflineEnricher(provenance(settings, "filters.test").__dict__)
-    rows: list[tuple[str, str, Any]] = []
+    # a filter's failures are reported below, one line each: the engine's warnings would repeat
+    # them (kept with --verbose/--debug); restored after, the process may run other commands
+    engine_log = logging.getLogger("filters.engine")
+    saved_level = engine_log.level
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        engine_log.setLevel(logging.ERROR)
+    try:
+        failed = _run_test(fs, files, settings, enricher, as_json, rows)
+    finally:
+        engine_log.setLevel(saved_level)
+    if not as_json:
+        _print_test(cf, params, rows)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _run_test(fs: Any, files: list[Path], settings: Any, enricher: Any, as_json: bool,
+              rows: list[tuple[str, str, Any]]) -> int:
+    """Decode, enrich and filter each file (``filters test``); the number of failures."""
+    from broker.errors import BrokerError
+    from broker.replay import display_path, expand_paths, failure_reason, read_alert_file
+    from broker.sources import decode
+    from filters.api import FilterInput
+
+    cf = fs.filters[0]
     failed = 0
 
     def report(path: Path | str, reason: str) -> None:
@@ -451,9 +473,7 @@ def test(
                     rows.append((shown, ev.id, d))
         if not found and Path(given).is_dir():
             report(given, "no alert files (.json, .xml, .avro) in this folder")
-    if not as_json:
-        _print_test(cf, params, rows)
-    raise typer.Exit(1 if failed else 0)
+    return failed
 
 
 def _print_test(cf: Any, params: dict[str, Any], rows: list[tuple[str, str, Any]]) -> None:
