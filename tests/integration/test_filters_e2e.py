@@ -12,10 +12,12 @@ Three filters are enabled by settings (``MMA_BROKER_FILTERS__FILTERS``):
   ``prv_candidates`` with a ``candid`` and a ``magpsf``);
 * ``broken``: a plugin that raises on half of the ZTF alerts and returns garbage on
   the others;
+* ``bright``: the example plugin package (examples/mma-broker-example-filter, installed
+  by deploy/setup.sh), ``bright-ztf`` with its default cuts;
 * ``fu-gw``: the built-in ``followup-rule`` for IGWN alerts (the mock superevent
   taken), which asks for an INTEGRAL follow-up and a withdrawal on the retraction.
 
-What ``ztf-good`` must accept is computed here from the files with fastavro, not with
+What ``ztf-good`` and ``bright`` must accept is computed here from the files with fastavro, not with
 the broker's decoders.
 """
 
@@ -103,6 +105,21 @@ def expected_accepted() -> set[str]:
     return out
 
 
+def expected_bright(max_mag: float = 19.0, min_rb: float = 0.65, min_sso_arcsec: float = 20.0) -> set[str]:
+    """Event ids the example's ``bright-ztf`` accepts with its defaults, from the files (fastavro)."""
+    out = set()
+    for path in ZTF_FILES:
+        with path.open("rb") as fh:
+            for rec in fastavro.reader(fh):
+                c = rec["candidate"]
+                sso = c.get("ssdistnr")
+                if (c["isdiffpos"] in ("t", "1") and c.get("magpsf") is not None and c["magpsf"] <= max_mag
+                        and c.get("rb") is not None and c["rb"] >= min_rb
+                        and not (sso is not None and 0.0 <= sso < min_sso_arcsec)):
+                    out.add(f"ztf:{c['candid']}")
+    return out
+
+
 def ztf_ids() -> set[str]:
     out = set()
     for path in ZTF_FILES:
@@ -147,6 +164,7 @@ def filters_env(broker_env, fresh_db, tmp_path) -> dict[str, str]:
     filters = [
         {"name": "ztf-good", "plugin": "test-ztf-good", "params": {"min_rb": MIN_RB, "min_ndet": MIN_NDET}},
         {"name": "broken", "plugin": "test-broken"},
+        {"name": "bright", "plugin": "bright-ztf"},
         {"name": "fu-gw", "plugin": "followup-rule", "params": {"source": "igwn", "exclude_tests": False,
                                                                  "analyses": ["spiacs"]}},
     ]
@@ -181,6 +199,12 @@ def test_filter_topics_hold_exactly_what_each_filter_accepts_and_a_rerun_reprodu
         jsonschema.validate(doc, schema)
         assert key == doc["upstream_id"] and doc["filter"]["version"] == "2" and doc["filter"]["reason"] == "good"
         assert doc["enrichment"]["group"]["key"] == f"ztf:{doc['upstream_id']}"
+    # the example plugin's topic: exactly what its rule accepts
+    bright = [json.loads(m.value()) for m in read_topic(kafka_bootstrap, topic(env, "mma.filter.bright"))]
+    want_bright = expected_bright()
+    assert 0 < len(want_bright) < len(ztf_ids())
+    assert sorted(d["id"] for d in bright) == sorted(want_bright)
+    assert {d["filter"]["plugin"] for d in bright} == {"bright-ztf"}
     # the broken filter published nothing and stopped nothing
     assert read_topic(kafka_bootstrap, topic(env, "mma.filter.broken"), timeout_s=5) == []
     # fu-gw: the preliminary alert asks for SPI-ACS, the retraction withdraws
@@ -198,21 +222,22 @@ def test_filter_topics_hold_exactly_what_each_filter_accepts_and_a_rerun_reprodu
     store = DecisionStore(engine)
     rows = store.decisions()
     by = {(r.event_id, r.filter): r for r in rows}
-    assert len(rows) == len(by) == 2 * len(ztf_ids()) + n_events  # two ZTF filters; fu-gw sees everything
+    assert len(rows) == len(by) == 3 * len(ztf_ids()) + n_events  # three ZTF filters; fu-gw sees everything
     assert {e for (e, f), r in by.items() if f == "ztf-good" and r.accepted} == want
     broken = [r for (e, f), r in by.items() if f == "broken"]
     assert len(broken) == len(ztf_ids()) and all(not r.accepted and r.error for r in broken)
     assert {r.error.split(":")[0] for r in broken} == {"raised", "garbage"}
     some = sorted(want)[0]
     assert [(r.filter, r.run, r.accepted) for r in store.why(some)] == [
-        ("broken", "live", False), ("fu-gw", "live", False), ("ztf-good", "live", True)]
+        ("bright", "live", some in want_bright), ("broken", "live", False), ("fu-gw", "live", False),
+        ("ztf-good", "live", True)]
 
     # the time machine over the whole archive reproduces the live topic
     script = textwrap.dedent("""
         import json, sys
         from broker.config import load_settings
         from filters.rerun import rerun
-        s = rerun(load_settings(), ["ztf-good", "broken"], "2000-01-01", "2100-01-01", to_topic="rerun-out",
+        s = rerun(load_settings(), ["ztf-good", "broken", "bright"], "2000-01-01", "2100-01-01", to_topic="rerun-out",
                   run_id="rerun-test-1", progress=lambda d, t: print("progress", d, t, file=sys.stderr))
         print(json.dumps(s.to_json_dict()))
     """)
@@ -221,13 +246,15 @@ def test_filter_topics_hold_exactly_what_each_filter_accepts_and_a_rerun_reprodu
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["alerts"] == n_events and summary["bare"] == 0 and summary["not_redecoded"] == 0
-    assert summary["accepted"] == {"ztf-good": len(want)} and summary["errors"] == {"broken": len(ztf_ids())}
+    assert summary["accepted"] == {"ztf-good": len(want), "bright": len(want_bright)}
+    assert summary["errors"] == {"broken": len(ztf_ids())}
     assert f"progress {n_events} {n_events}" in res.stderr
-    again = {d["id"]: d for d in (json.loads(m.value()) for m in read_topic(kafka_bootstrap, topic(env, "rerun-out")))}
-    assert sorted(again) == sorted(want)
-    for _, doc in live:
-        r = again[doc["id"]]
-        assert r["rerun"]["id"] == "rerun-test-1" and r["filter"]["version"] == "2"
+    again = {(d["filter"]["filter"], d["id"]): d
+             for d in (json.loads(m.value()) for m in read_topic(kafka_bootstrap, topic(env, "rerun-out")))}
+    assert sorted(again) == sorted([("ztf-good", e) for e in want] + [("bright", e) for e in want_bright])
+    for doc in [d for _, d in live] + bright:
+        r = again[(doc["filter"]["filter"], doc["id"])]
+        assert r["rerun"]["id"] == "rerun-test-1" and r["filter"]["version"] == doc["filter"]["version"]
         assert r["filter"]["config_hash"] == doc["filter"]["config_hash"]
         for k in ("group", "localization", "crossmatch"):
             assert r["enrichment"][k] == doc["enrichment"][k], (doc["id"], k)
@@ -236,6 +263,6 @@ def test_filter_topics_hold_exactly_what_each_filter_accepts_and_a_rerun_reprodu
     rerun_rows = {(r.event_id, r.filter): r for r in store.decisions(run="rerun-test-1")}
     assert {k: (r.accepted, r.reason) for k, r in rerun_rows.items()} == {
         k: (r.accepted, r.reason) for k, r in by.items() if k[1] != "fu-gw"}
-    assert store.run_info("rerun-test-1")["summary"]["accepted"] == {"ztf-good": len(want)}
+    assert store.run_info("rerun-test-1")["summary"]["accepted"] == {"ztf-good": len(want), "bright": len(want_bright)}
     engine.dispose()
     assert time.monotonic() - t0 < 60
