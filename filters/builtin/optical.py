@@ -12,7 +12,7 @@ candidate itself:
 1. a coincidence of a selected kind (``no_coincidence``); with the records carried
    (``enrichment.coincidence_records``, see :mod:`filters.builtin.coinc`) also not
    retracted (``coincidence_withdrawn``), credible level at most ``max_credible_level``
-   (``outside_region``), ``dt_days`` at most ``max_dt_days`` (``too_late``) and, with
+   (``outside_region``; sky-map triggers only), ``dt_days`` at most ``max_dt_days`` (``too_late``) and, with
    ``require_history_checked``, the candidate's history read (``history_not_checked``);
    a cut that needs the records rejects without them (``coincidence_details_missing``);
 2. positive subtraction, ``isdiffpos`` (``negative_subtraction``);
@@ -55,8 +55,9 @@ class OpticalCounterpartConfig(FilterConfig):
     kinds: tuple[Literal["gw-optical", "grb-optical"], ...] = ("gw-optical", "grb-optical")
     """Coincidence kinds accepted: with a GW candidate's or a GRB's region."""
     max_credible_level: float | None = Field(None, gt=0, le=1)
-    """Tighter credible region than the enrich stage's (``optical_level``, 0.9), 0..1;
-    needs the coincidence records. None: the enrich stage's."""
+    """Tighter credible region than the enrich stage's (``optical_level``, 0.9), 0..1, for
+    sky-map triggers (a point trigger's record has no credible level); needs the
+    coincidence records. None: the enrich stage's."""
     max_dt_days: float | None = Field(None, gt=0)
     """Latest detection after T0, days (the enrich stage's ``optical_days``, 3, is the
     widest); needs the records. None: the enrich stage's."""
@@ -102,7 +103,7 @@ class OpticalCounterpart(Filter[OpticalCounterpartConfig]):
             level, dt = number(rec.get("credible_level")), number(rec.get("dt_days"))
             if rec.get("retracted") or rec.get("coincident") is False:
                 first = first or ("coincidence_withdrawn", cid)
-            elif c.max_credible_level is not None and (level is None or level > c.max_credible_level):
+            elif c.max_credible_level is not None and level is not None and level > c.max_credible_level:
                 first = first or ("outside_region", f"{cid}: credible level {level} > {c.max_credible_level:g}")
             elif c.max_dt_days is not None and (dt is None or dt > c.max_dt_days):
                 first = first or ("too_late", f"{cid}: {dt} d after T0 > {c.max_dt_days:g} d")

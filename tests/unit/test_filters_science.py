@@ -321,6 +321,11 @@ def test_a_new_ztf_source_in_a_grb_error_circle_after_t0_is_a_counterpart(grb_op
     assert run("optical-counterpart", {"max_dt_days": 0.49}, cand).reason == "too_late"
     assert run("optical-counterpart", {"max_dt_days": 1}, _ids_only(cand)).reason == "coincidence_details_missing"
     assert run("optical-counterpart", {"kinds": ["gw-optical"]}, cand).reason == "no_coincidence"
+    assert run("optical-counterpart", {"max_credible_level": 0.1}, cand).accepted  # a point trigger has no level
+    (rec,) = cand.enrichment["coincidence_records"]
+    mapped = FilterInput(cand.event, {**cand.enrichment, "coincidence_records": [{**rec, "credible_level": 0.85}]})
+    assert run("optical-counterpart", {"max_credible_level": 0.85}, mapped).accepted
+    assert run("optical-counterpart", {"max_credible_level": 0.8}, mapped).reason == "outside_region"
     assert run("optical-counterpart", {"min_rb": 0.6999}, cand).accepted  # rb: float32 0.7 = 0.69999999
     assert run("optical-counterpart", {"min_rb": 0.7}, cand).reason == "rb_below_threshold"
     assert run("optical-counterpart", {"min_drb": 0.9995}, cand).reason == "drb_below_threshold"  # 0.99945
