@@ -105,7 +105,8 @@ class GwGrbCoincidence(Filter[GwGrbCoincidenceConfig]):
     def _check(self, rec: Mapping[str, Any]) -> tuple[str, str | None]:
         """``("accepted", detail)`` or ``(reason, detail)`` for one coincidence."""
         c = self.config
-        needs = c.max_joint_far_hz is not None or c.max_temporal_far_hz is not None or set(c.searches) != {"cbc", "burst"}
+        needs = (c.max_joint_far_hz is not None or c.max_temporal_far_hz is not None
+                 or set(c.searches) != {"cbc", "burst"})
         if not has_details(rec):
             return ("coincidence_details_missing", "the enrichment lists the id only") if needs else ("accepted", None)
         if rec.get("retracted") or rec.get("coincident") is False:
@@ -116,7 +117,8 @@ class GwGrbCoincidence(Filter[GwGrbCoincidenceConfig]):
         if c.max_joint_far_hz is not None:
             far = joint if joint is not None or c.require_joint_far else temporal
             if far is None or far > c.max_joint_far_hz:
-                return "joint_far_above_threshold", f"joint FAR {joint} Hz (temporal {temporal} Hz) vs {c.max_joint_far_hz:g} Hz"
+                return ("joint_far_above_threshold",
+                        f"joint FAR {joint} Hz (temporal {temporal} Hz) vs {c.max_joint_far_hz:g} Hz")
         if c.max_temporal_far_hz is not None and (temporal is None or temporal > c.max_temporal_far_hz):
             return "temporal_far_above_threshold", f"temporal FAR {temporal} Hz > {c.max_temporal_far_hz:g} Hz"
         return "accepted", f"dt {rec.get('dt_s')} s, joint FAR {joint} Hz, temporal FAR {temporal} Hz"

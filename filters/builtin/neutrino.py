@@ -33,7 +33,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from broker.event import PointLocalization
+from broker.enrich.coinc import track_stream  # the enrich stage's reader; imported when the plugin loads,
+from broker.event import PointLocalization     # not in apply(), where its import time would count
 from filters.api import Filter, FilterConfig, FilterInput, FilterResult
 from filters.builtin import is_test_notice, number
 
@@ -82,8 +83,6 @@ class NeutrinoTrack(Filter[NeutrinoTrackConfig]):
             Accepted (``gold_track`` / ``bronze_track``) with tags ``neutrino``, ``track``
             and the stream.
         """
-        from broker.enrich.coinc import track_stream  # the enrich stage's stream reader (imports numpy)
-
         c, ev = self.config, alert.event
         p = ev.properties
         if ev.is_retraction:
@@ -115,7 +114,8 @@ class NeutrinoTrack(Filter[NeutrinoTrackConfig]):
             if far_yr is None:
                 return FilterResult.reject("far_missing")
             if far_yr > c.max_far_per_yr:
-                return FilterResult.reject("far_above_threshold", detail=f"FAR {far_yr:.3g}/yr > {c.max_far_per_yr:g}/yr")
+                return FilterResult.reject("far_above_threshold",
+                                           detail=f"FAR {far_yr:.5g}/yr > {c.max_far_per_yr:g}/yr")
         if c.max_error_radius_deg is not None:
             loc = ev.localization
             radius = loc.error_radius if isinstance(loc, PointLocalization) else None
