@@ -555,6 +555,10 @@ class EnrichHandler(BaseStage):
         enrichment["crossmatch"] = self._crossmatch(event, match_sky, note) if match_sky is not None else {}
         coincidences = self._coincidences(event, sky, ref, state)
         enrichment["coincidences"] = [c["id"] for c in coincidences]
+        # the records themselves (as on mma.coincidences, less their provenance), so a
+        # filter can cut on the joint FAR or see `coincident: false` / `retracted`
+        enrichment["coincidence_records"] = [{k: v for k, v in c.items() if k != "provenance"}
+                                             for c in coincidences]
         enrichment["error"] = error
         enrichment["provenance"] = self.provenance.__dict__
         outputs = [self._enriched_record(event, enrichment)]
