@@ -323,3 +323,94 @@ def test_why_prints_every_archived_decision_live_first(fresh_db, tmp_path):
 
     missing = run("why", "ztf:1", env=env)
     assert missing.exit_code == 1 and missing.stderr.strip() == PREFIX + "ztf:1: no such Event in the archive"
+
+
+# ------------------------------------------------------------------ run (time machine)
+@pytest.mark.parametrize("args, named", [
+    (["--since", "yesterday", "--until", "2030-01-01"], "--since 'yesterday': not an ISO 8601 time"),
+    (["--since", "2030-01-01", "--until", "2020-01-01"], "is not before --until"),
+    (["--since", "2020-01-01", "--until", "2030-01-01", "--to-topic", "x", "--out", "y.jsonl"],
+     "give --to-topic or --out, not both"),
+    (["--since", "2020-01-01", "--until", "2030-01-01", "--set", "max_mag=1"], "--set max_mag: filter 'bright-ztf' "
+                                                                              "has no parameter 'max_mag'"),
+])
+def test_run_refuses_bad_options_in_one_line(args, named, tmp_path):
+    result = run("run", "bright-ztf", *args, env={"MMA_BROKER_HOME": str(tmp_path)})
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(PREFIX) and named in line
+
+
+def test_run_re_decides_the_archived_alerts_of_a_period_to_a_file(fresh_db, tmp_path):
+    from broker.archive import Archive
+    from broker.archive.raw import PostgresRawStore
+    from broker.archive.rows import ArchiveItem
+    from broker.sources import decode
+
+    archive = Archive(fresh_db, raw_store=PostgresRawStore())
+    archive.migrate()
+    items = []
+    for path in sorted(DEMO_ZTF.rglob("*.avro")):
+        data = path.read_bytes()
+        items += [ArchiveItem(ev, data) for ev in decode(data)]
+    archive.write_batch(items)
+    archive.close()
+    raw = raw_candidates()
+    times = {it.event.id: it.event.time for it in items}
+    since, until = "2019-01-01T00:00:00Z", "2024-01-01T00:00:00Z"
+    in_period = {i for i, t in times.items() if since <= t < until}
+    assert 0 < len(in_period) < len(items)  # the period leaves some out
+    env = {"MMA_BROKER_ARCHIVE__DATABASE_URL": fresh_db, "MMA_BROKER_HOME": str(tmp_path),
+           "MMA_BROKER_ARCHIVE__RAW_STORE": "postgres"}
+    out = tmp_path / "rerun.jsonl"
+    result = run("run", "bright-ztf", "--since", since, "--until", until, "--set", "min_rb=0.6", "--out", out,
+                 "--json", env=env)
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    want = {i for i in in_period if expected(raw[i], min_rb=0.6) == "bright_candidate"}
+    assert summary["alerts"] == len(in_period) and summary["accepted"] == {"bright-ztf": len(want)}
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["id"] for r in records} == want and len(want) >= 1
+    assert summary["not_redecoded"] == 0 and "ztf:2475433850015015000" in want  # rb 0.614: --set applied
+    for r in records:
+        assert r["rerun"]["id"] == summary["run_id"] and r["filter"]["version"] == "1"
+        assert r["filter"]["config_hash"] == summary["filters"]["bright-ztf"]["config_hash"]
+    why = json_lines(run("why", sorted(want)[0], "--json", "--run", summary["run_id"], env=env).stdout)
+    assert [(d["filter"], d["accepted"], d["reason"]) for d in why] == [("bright-ztf", True, "bright_candidate")]
+
+
+# ------------------------------------------------------------------ offline enrichment
+def test_offline_localizations_are_the_ones_the_store_keeps(fresh_db):
+    """filters test's localization id, areas and tiles equal LocalizationStore.put's on
+    a real sky map (IGWN), a GCN error circle and a ZTF position; the group counts the
+    revisions given in order."""
+    from broker.archive import Archive
+    from broker.archive.raw import PostgresRawStore
+    from broker.enrich.localization import extract_localization
+    from broker.enrich.store import LocalizationStore
+    from broker.sources import decode
+    from filters.offline import OfflineEnricher
+
+    archive = Archive(fresh_db, raw_store=PostgresRawStore())
+    archive.migrate()
+    store = LocalizationStore(archive.engine)
+    enricher = OfflineEnricher({"component": "test"})
+    files = [GW_JSON, ROOT / "broker/data/demo/igwn/userguide/MS181101ab-2-Preliminary.xml",
+             DATA / "voevent/pygcn/gbm_flt_pos.xml", DEMO_ZTF / "ztf-avro-alert/472263571115115000.avro"]
+    got = []
+    for path in files:
+        data = path.read_bytes()
+        (ev,) = decode(data)
+        enrichment = enricher.enrich(ev, data)
+        got.append(enrichment)
+        sky = extract_localization(ev, data)
+        if enrichment["localization"]["from_event"] is None:  # the VOEvent gives no map: its group's
+            assert enrichment["localization"]["from_group"] == "igwn:MS181101ab"
+            assert enrichment["localization"]["id"] == got[0]["localization"]["id"]
+            continue
+        ref = store.put(ev.id, sky)
+        assert enrichment["localization"] == ref.to_json_dict() | {"from_event": ev.id}
+    archive.engine.dispose()
+    assert got[0]["localization"]["kind"] == "skymap" and got[0]["localization"]["area_90_deg2"] > 0
+    assert [g["group"]["revision"] for g in got[:2]] == [1, 2] and got[1]["group"]["n_revisions"] == 2
+    assert all(g["crossmatch"] == {} and g["coincidences"] == [] and g["error"] is None for g in got)
