@@ -35,6 +35,7 @@ hash (:attr:`Filter.config_hash`), so "why was this alert (not) sent?" has an an
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import json
 import re
@@ -332,9 +333,12 @@ class Filter(abc.ABC, Generic[C]):
             raise FilterConfigError(f"filter {name!r}: bad parameters: {exc}") from None
         return cls(config)
 
-    @property
+    @functools.cached_property
     def config_hash(self) -> str:
-        """First 16 hex digits of sha256 over name, version and the canonical JSON config."""
+        """First 16 hex digits of sha256 over name, version and the canonical JSON config.
+
+        Computed once per filter object (the config is frozen): every decision carries it.
+        """
         doc = {"name": self.name, "version": self.version, "config": self.config.model_dump(mode="json")}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 

@@ -13,17 +13,19 @@ crash between this write and the Kafka commit) evaluates its Events again and
 *overwrites* its rows, so the table says what the committed records say; a changed
 configuration (another hash) or a re-run adds rows beside the old ones.
 
-Speed: the rows go in with one binary ``COPY`` into a session-local temporary table
-and one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE`` (the archive's method,
-:mod:`broker.archive.store`): measured in docs/filters.md.
+Speed: one ``DELETE`` of the batch's keys (nothing, unless the batch was consumed
+before) and one binary ``COPY`` of its rows straight into the table, in one
+transaction. Measured (``benchmarks/bench_filter_stage.py``, docs/filters.md): about
+twice the rows/s of a binary ``COPY`` into a temporary table followed by ``INSERT ...
+SELECT ... ON CONFLICT DO UPDATE`` (the archive's method), and several times
+SQLAlchemy's ``executemany`` of that upsert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -69,16 +71,12 @@ _COLUMNS = ("event_id", "filter", "run", "config_hash", "plugin", "version", "ac
             "error", "elapsed_ms", "followup", "decided_at")
 _TYPES = ("text", "text", "text", "text", "text", "text", "bool", "text", "text", "text[]", "text", "float8",
           "jsonb", "timestamptz")
-_KEY = ("event_id", "filter", "run", "config_hash")
 _COLS = ", ".join(f'"{c}"' for c in _COLUMNS)
-_UPSERT = (f"INSERT INTO filter_decisions ({_COLS}) SELECT {_COLS} FROM filter_decisions_in "
-           f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-           + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _COLUMNS if c not in _KEY))
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """One row of ``filter_decisions`` (see the module docstring).
+class DecisionRow(NamedTuple):
+    """One row of ``filter_decisions`` (see the module docstring); a named tuple (a
+    batch of 500 ZTF alerts and 20 filters makes 10,000 of them).
 
     Attributes
     ----------
@@ -114,7 +112,7 @@ class DecisionRow:
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``decided_at`` ISO 8601 UTC ending in ``Z``)."""
-        d = {c: getattr(self, c) for c in _COLUMNS}
+        d = self._asdict()
         d["tags"] = list(self.tags)
         d["decided_at"] = self.decided_at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace(
             "+00:00", "Z")
@@ -139,11 +137,15 @@ def decision_rows(event_id: str, decisions: Iterable[Any], *, run: str = LIVE,
     for d in decisions:
         r = d.result
         follow = None
-        if r is not None and d.accepted and r.followup:
+        if r is not None and r.followup and r.accepted and d.error is None:
             follow = [{"kind": f.kind, "analyses": list(f.analyses), "window_s": f.window_s} for f in r.followup]
-        out.append(DecisionRow(event_id, d.filter, run, d.config_hash, d.plugin, d.version, d.accepted, d.reason,
-                               r.detail if r is not None else None, tuple(r.tags) if r is not None else (),
-                               d.error, float(d.elapsed_ms), follow, at))
+        if r is None:
+            out.append(DecisionRow(event_id, d.filter, run, d.config_hash, d.plugin, d.version, False, "error",
+                                   None, (), d.error, d.elapsed_ms, None, at))
+        else:
+            out.append(DecisionRow(event_id, d.filter, run, d.config_hash, d.plugin, d.version,
+                                   r.accepted and d.error is None, r.reason, r.detail, r.tags, d.error,
+                                   d.elapsed_ms, follow, at))
     return out
 
 
@@ -186,22 +188,23 @@ class DecisionStore:
     def _copy(conn: sa.Connection, rows: Iterable[DecisionRow]) -> int:
         from psycopg.types.json import Jsonb
 
+        rows = list(rows)
+        ids = sorted({r.event_id for r in rows})
+        runs = sorted({r.run for r in rows})
+        names = sorted({r.filter for r in rows})
+        hashes = sorted({r.config_hash for r in rows})
         dbapi = conn.connection.driver_connection
-        n = 0
         with dbapi.cursor() as cur:
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS filter_decisions_in "
-                        "(LIKE filter_decisions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY filter_decisions_in ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+            # the rows a batch consumed again wrote before (same keys); then the new ones
+            cur.execute("DELETE FROM filter_decisions WHERE event_id = ANY(%s) AND run = ANY(%s) "
+                        "AND filter = ANY(%s) AND config_hash = ANY(%s)", (ids, runs, names, hashes))
+            with cur.copy(f"COPY filter_decisions ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(list(_TYPES))
                 for r in rows:
                     copy.write_row((r.event_id, r.filter, r.run, r.config_hash, r.plugin, r.version, r.accepted,
                                     r.reason, r.detail, list(r.tags), r.error, r.elapsed_ms,
                                     None if r.followup is None else Jsonb(r.followup), r.decided_at))
-                    n += 1
-            cur.execute(_UPSERT)
-            # ON COMMIT DELETE ROWS empties it at commit; a caller's longer transaction must not see them twice
-            cur.execute("TRUNCATE filter_decisions_in")
-        return n
+        return len(rows)
 
     def start_run(self, run_id: str, filters: Mapping[str, Any], since: datetime, until: datetime,
                   output: str | None) -> None:
