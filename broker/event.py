@@ -234,6 +234,12 @@ class Event(BaseModel):
         Source-specific science values, units in key names (``far_hz``, ``magpsf``...).
     format : {"json", "voevent", "avro"}
         Wire format of the upstream message.
+    category, category_rule : str or None
+        Normalized class (``grb``, ``gw_cbc``, ``known_source``, ...) and the id of the
+        rule that decided it (:mod:`broker.category`, docs/categories.md); set for every
+        decoded Event by :func:`broker.sources.decode` (and by ``EventCodec.decode`` for
+        records written before categories existed). None: not categorized (an Event built
+        by hand or by one decoder module called directly, or rebuilt from an archive row).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -249,6 +255,8 @@ class Event(BaseModel):
     localization: Localization | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
     format: Format
+    category: str | None = None
+    category_rule: str | None = None
 
     @field_validator("alert_type")
     @classmethod

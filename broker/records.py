@@ -356,7 +356,7 @@ class Decoder:
 
             self._codec = EventCodec()
         header = self._codec.header
-        if value[:10] != header:
+        if not self._codec.can_read(value):  # this schema version or an earlier one
             declared = meta.header("mma.schema")
             return UnreadableRecord(meta=meta, value=value, error=(
                 f"not readable: Avro schema fingerprint {value[2:10].hex()}, this mma-broker reads "

@@ -6,6 +6,13 @@ encoding* (Avro 1.8+ specification, "Single object encoding": the two bytes
 the Avro binary body). The fingerprint lets a reader pick the schema version without
 a schema registry; the schema is ``broker/schemas/mma/event.avsc``, package data read
 with :mod:`importlib.resources`.
+
+Schema evolution: every schema version this package ever wrote stays readable. The
+earlier versions are kept as ``broker/schemas/mma/past/event-<fingerprint>.avsc``; a
+record written with one of them is read with Avro schema resolution into the current
+schema (fields added since then take their defaults). Fields are only ever added, at
+the end, optional with a null default: a reader that knows only an older version reads
+the fields it knows and ignores the bytes after them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from broker.event import Event
 
 EVENT_SCHEMA_PATH: Traversable = files("broker") / "schemas" / "mma" / "event.avsc"
 """The Avro schema of ``mma.events`` (package data)."""
+PAST_SCHEMAS_DIR: Traversable = files("broker") / "schemas" / "mma" / "past"
+"""Earlier versions of the ``mma.events`` schema, ``event-<CRC-64-AVRO hex>.avsc``: still read."""
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 EVENT_CONTENT_TYPE = "application/vnd.mma-broker.event+avro; version=1"
 
@@ -47,10 +56,23 @@ class EventCodec:
     ----------
     schema_path : Path or Traversable
         The Avro schema (default :data:`EVENT_SCHEMA_PATH`, ``broker/schemas/mma/event.avsc``).
+        With the default, records written with the earlier versions in
+        :data:`PAST_SCHEMAS_DIR` are read too.
     """
 
     def __init__(self, schema_path: Path | Traversable = EVENT_SCHEMA_PATH) -> None:
         self._schema = fastavro.parse_schema(json.loads(schema_path.read_text(encoding="utf-8")))
+        #: single-object header → writer schema (None: the current one, no resolution needed)
+        self._writers: dict[bytes, Any] = {self.header: None}
+        if schema_path == EVENT_SCHEMA_PATH:
+            for past in sorted(PAST_SCHEMAS_DIR.iterdir(), key=lambda t: t.name):
+                if past.name.endswith(".avsc"):
+                    writer = fastavro.parse_schema(json.loads(past.read_text(encoding="utf-8")))
+                    self._writers.setdefault(_header_of(writer), writer)
+
+    def can_read(self, data: bytes) -> bool:
+        """True if ``data`` starts with the single-object header of a schema version this codec reads."""
+        return data[:10] in self._writers
 
     @cached_property
     def header(self) -> bytes:
@@ -82,6 +104,8 @@ class EventCodec:
                 "version": provenance.version,
                 "config_hash": provenance.config_hash,
             },
+            "category": event.category,
+            "category_rule": event.category_rule,
         }
         buf = io.BytesIO()
         buf.write(self.header)
@@ -89,17 +113,26 @@ class EventCodec:
         return buf.getvalue()
 
     def decode(self, data: bytes) -> tuple[Event, Provenance]:
-        """Inverse of :meth:`encode`.
+        """Inverse of :meth:`encode`; also reads records of the earlier schema versions.
+
+        A record of a version before ``category`` existed gets the category the rules
+        give its Event now (:func:`broker.category.set_category`; they read only the
+        Event's fields).
 
         Raises
         ------
         DecodeError
-            If the bytes do not start with this schema's single-object header.
+            If the bytes do not start with the single-object header of a known schema version.
         """
-        if data[:10] != self.header:
+        header = data[:10]
+        if header not in self._writers:
             raise DecodeError("not an mma.events v1 message (single-object header/fingerprint mismatch)")
+        writer = self._writers[header]
         try:
-            rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[10:]), self._schema)
+            if writer is None:
+                rec: dict[str, Any] = fastavro.schemaless_reader(io.BytesIO(data[10:]), self._schema)
+            else:
+                rec = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, self._schema)
         except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise DecodeError(f"truncated or corrupt mma.events v1 message ({type(exc).__name__}: {exc})") from None
         loc = rec["localization"]
@@ -119,8 +152,18 @@ class EventCodec:
             localization=loc,
             properties=json.loads(rec["properties_json"]),
             format=rec["format"],
+            category=rec.get("category"),
+            category_rule=rec.get("category_rule"),
         )
+        if event.category is None:
+            from broker.category import set_category
+
+            set_category(event)
         return event, prov
+
+
+def _header_of(parsed_schema: Any) -> bytes:
+    return SINGLE_OBJECT_MAGIC + bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed_schema), "CRC-64-AVRO"))
 
 
 SCHEMA_HEADER = "mma.schema"

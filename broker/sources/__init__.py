@@ -28,6 +28,7 @@ from functools import lru_cache
 
 from pydantic import ValidationError
 
+from broker.category import set_category
 from broker.errors import DecodeError
 from broker.event import Event, validation_reason
 from broker.limits import DecodeLimits, decode_scope, over_limit
@@ -235,7 +236,10 @@ def decode_unguarded(data: bytes) -> list[Event]:
 def _dispatch(data: bytes) -> list[Event]:
     fmt = sniff_format(data)
     decoder, parsed = _choose(fmt, data)
-    return decoder.decode(data, parsed)
+    events = decoder.decode(data, parsed)
+    for event in events:  # the one place every decoded Event gets its category (broker.category)
+        set_category(event)
+    return events
 
 
 def upstream_topic(data: bytes) -> str:

@@ -112,7 +112,9 @@ _TEXT = {
     "Rev": "revision",
 }
 #: Param name → property name, for booleans.
-_FLAGS = {"Def_NOT_a_GRB": "not_a_grb", "GRB_Identified": "grb_identified", "Point_Source": "point_source"}
+_FLAGS = {"Def_NOT_a_GRB": "not_a_grb", "GRB_Identified": "grb_identified", "Point_Source": "point_source",
+          # Swift solution status: the source is in the on-board / ground catalog (a known source)
+          "Target_in_Flt_Catalog": "in_flight_catalog", "Target_in_Gnd_Catalog": "in_ground_catalog"}
 
 
 def _local(el: Any) -> str:
