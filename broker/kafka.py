@@ -149,28 +149,137 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> conflu
     return confluent_kafka.Consumer(cfg)
 
 
-def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4, timeout_s: float = 30.0) -> None:
-    """Create our topics if missing (idempotent; an existing topic is left as it is).
+def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4, timeout_s: float = 30.0,
+                  *, admin: Any = None) -> None:
+    """Create our topics if missing (idempotent; an existing topic is left as it is), and
+    return only once every partition of each of ``names`` takes writes (:func:`wait_writable`).
+
+    Kafka answers CreateTopics when its controller has recorded the topic; the broker
+    that leads a partition creates its log afterwards (seconds later on a loaded
+    broker), and until then answers a produce with NOT_LEADER_OR_FOLLOWER. An
+    idempotent producer (ours, librdkafka) that sends into that window loses messages
+    with a *successful* delivery report: its first batch is refused, a later batch
+    in flight reaches the partition once it is online, the broker (with no state yet
+    for that producer there) accepts it as the first, and librdkafka takes the
+    refused batch as "implicitly acknowledged" (librdkafka debug: ``IMPLICITACK``;
+    confluent-kafka-go issue 921). Waiting until the partitions are writable closes
+    that window for every topic we create and then produce into at once (``mma-broker
+    replay``, a stage's outputs, ``followup request``).
+
+    Parameters
+    ----------
+    settings : Settings
+    names : iterable of str
+        Full topic names (prefix included).
+    partitions : int
+        Partitions of a topic created here.
+    timeout_s : float
+        Longest wait for Kafka to answer, and again for the partitions to be writable, s.
+    admin : confluent_kafka.admin.AdminClient, optional
+        Default: a new one on ``settings``' cluster (tests pass a fake).
 
     Raises
     ------
     BrokerError
-        If Kafka does not answer or refuses to create a topic.
+        If Kafka does not answer, refuses to create a topic, or a partition is still
+        not writable after ``timeout_s``.
     """
-    admin = AdminClient(client_config(settings))
+    names = list(dict.fromkeys(names))
+    admin = admin if admin is not None else AdminClient(client_config(settings))
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except confluent_kafka.KafkaException as exc:
         raise BrokerError(f"Kafka at {settings.kafka.bootstrap_servers} did not answer: {exc}") from None
     todo = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
-    if not todo:
-        return
-    for name, fut in admin.create_topics(todo, request_timeout=timeout_s).items():
+    if todo:
+        for name, fut in admin.create_topics(todo, request_timeout=timeout_s).items():
+            try:
+                fut.result()
+            except confluent_kafka.KafkaException as exc:
+                if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BrokerError(f"cannot create topic {name}: {exc}") from None
+    wait_writable(admin, names, timeout_s)
+
+
+NOT_WRITABLE_YET = frozenset({
+    confluent_kafka.KafkaError.NOT_LEADER_FOR_PARTITION,  # NOT_LEADER_OR_FOLLOWER: log not created yet
+    confluent_kafka.KafkaError.LEADER_NOT_AVAILABLE,
+    confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+    confluent_kafka.KafkaError.REPLICA_NOT_AVAILABLE,
+    # the client's metadata has a newer leader epoch than the broker has applied yet
+    confluent_kafka.KafkaError.UNKNOWN_LEADER_EPOCH,
+    confluent_kafka.KafkaError.FENCED_LEADER_EPOCH,
+    confluent_kafka.KafkaError.OFFSET_NOT_AVAILABLE,
+    confluent_kafka.KafkaError._NOENT,  # the admin client's metadata does not hold the topic yet
+    confluent_kafka.KafkaError._UNKNOWN_TOPIC,
+    confluent_kafka.KafkaError._UNKNOWN_PARTITION,
+    confluent_kafka.KafkaError._TIMED_OUT,
+    confluent_kafka.KafkaError.REQUEST_TIMED_OUT,
+})
+"""ListOffsets errors that mean "this partition is not online on its leader yet"."""
+
+
+def wait_writable(admin: Any, names: Sequence[str], timeout_s: float = 30.0, *, poll_s: float = 0.1,
+                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once every partition of each topic in ``names`` is online on its leader.
+
+    A partition is online when its leader answers a ListOffsets request for it (the
+    broker serves it and a produce from the same checks: the partition must be hosted
+    and led there), so after this returns a produce is not refused for the partition
+    not being there yet (see :func:`ensure_topics` for what such a refusal costs).
+    One metadata request and one ListOffsets request per round, a round every
+    ``poll_s`` s.
+
+    Raises
+    ------
+    BrokerError
+        When a partition is still not online after ``timeout_s`` (the message names up
+        to five), or ListOffsets fails for another reason than "not online yet" (e.g.
+        not authorized).
+    """
+    deadline = clock() + timeout_s
+    while True:
+        pending = _not_writable(admin, names, timeout_s)
+        if not pending:
+            return
+        if clock() >= deadline:
+            raise BrokerError(f"{len(pending)} topic partition(s) still not writable after {timeout_s:.0f} s, "
+                              f"first: {', '.join(pending[:5])}")
+        sleep(poll_s)
+
+
+def _not_writable(admin: Any, names: Sequence[str], timeout_s: float) -> list[str]:
+    """What of ``names`` does not take writes yet, as readable lines (empty: all do)."""
+    from confluent_kafka.admin import OffsetSpec
+
+    try:
+        topics = admin.list_topics(timeout=timeout_s).topics
+    except confluent_kafka.KafkaException as exc:
+        return [f"metadata ({exc.args[0].str()})"]
+    pending: list[str] = []
+    parts = []
+    for name in names:
+        meta = topics.get(name)
+        if meta is None or meta.error is not None or not meta.partitions:
+            why = "not in the metadata yet" if meta is None or meta.error is None else meta.error.str()
+            pending.append(f"{name} ({why})")
+            continue
+        parts += [confluent_kafka.TopicPartition(name, p) for p in sorted(meta.partitions)]
+    if not parts:
+        return pending
+    try:
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in parts}, request_timeout=timeout_s)
+    except confluent_kafka.KafkaException as exc:
+        return pending + [f"ListOffsets ({exc.args[0].str()})"]
+    for tp, fut in futures.items():
         try:
             fut.result()
         except confluent_kafka.KafkaException as exc:
-            if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
-                raise BrokerError(f"cannot create topic {name}: {exc}") from None
+            err = exc.args[0]
+            if err.code() not in NOT_WRITABLE_YET:
+                raise BrokerError(f"cannot read the end offset of {tp.topic} [{tp.partition}]: {err.str()}") from None
+            pending.append(f"{tp.topic} [{tp.partition}] ({err.str()})")
+    return pending
 
 
 class DeliveryTracker:

@@ -318,11 +318,48 @@ class StageRunner:
         if self.transactional:
             lost = self._deliver_transaction(good, dead, offsets)
             if lost:
+                self._rewind(valid)
                 return
         else:
             self._deliver_then_commit(good, dead, offsets)
         self.stage.committed(good, dead)
         self._count(valid, good, dead, time.monotonic() - started)
+
+    def _rewind(self, msgs: Sequence[Any]) -> None:
+        """After a transaction fenced by a rebalance: consume the batch again where this
+        consumer still owns its partitions.
+
+        With the cooperative-sticky assignor a rebalance (a topic the subscription
+        pattern newly matches, a member joining) leaves most partitions where they were,
+        yet fails the transaction's offset commit (ILLEGAL_GENERATION,
+        REBALANCE_IN_PROGRESS). The consumer's position is already past the batch: left
+        there, the batch would never be handled, the next batch's commit (or the idle
+        commit of :meth:`_commit_idle_positions`) would move the committed offset over
+        it, and ``--until-caught-up`` would stop "caught up" without it. So each
+        partition still assigned is sought back to the batch's first offset (librdkafka
+        drops what it had fetched beyond), and messages of those partitions kept for the
+        next batch are dropped too (they come again). A partition that really moved is
+        left to its new owner, which starts at the committed offset.
+        """
+        first: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            first[key] = min(first.get(key, m.offset()), m.offset())
+        try:
+            owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        except confluent_kafka.KafkaException as exc:
+            log.warning("%s: cannot read the assignment to consume the batch again (%s)", self.name, exc)
+            owned = set()
+        back = {k: o for k, o in first.items() if k in owned}
+        for (topic, partition), offset in back.items():
+            try:
+                self.consumer.seek(confluent_kafka.TopicPartition(topic, partition, offset))
+            except confluent_kafka.KafkaException as exc:  # revoked meanwhile: its new owner has it
+                log.warning("%s: cannot seek %s [%d] back to %d (%s)", self.name, topic, partition, offset, exc)
+        if back:
+            log.info("%s: consuming the batch again from %s", self.name,
+                     ", ".join(f"{t} [{p}] @ {o}" for (t, p), o in sorted(back.items())))
+        self._carry = [m for m in self._carry if (m.topic(), m.partition()) not in first]
 
     def _count(self, valid: list[Any], good: list[Handled], dead: list[tuple[Any, str]], seconds: float) -> None:
         st = self.stats
