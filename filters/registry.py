@@ -76,7 +76,10 @@ def build_filter_set(section: Any) -> FilterSet:
     if dup:
         raise FilterConfigError(f"[filters] filters: instance name(s) {', '.join(dup)} given twice")
     for entry in section.filters:
-        cls = filter_class(entry.plugin_name)
+        try:
+            cls = filter_class(entry.plugin_name)
+        except FilterConfigError as exc:
+            raise FilterConfigError(f"[filters] {entry.name}: {exc}") from None
         try:
             f = cls.from_params(entry.params)
         except FilterConfigError as exc:

@@ -350,3 +350,34 @@ def test_raw_batch_reads_from_the_asking_alert_on():
     assert rb.get("ztf:2") == b"2" and rb.get("ztf:3") == b"3"
     assert src.calls == [["ztf:2", "ztf:3"]]
     assert rb.get("ztf:9") is None and src.calls[-1] == ["ztf:9"]  # not in the batch: read alone
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([{"name": "x", "plugin": "no-such-plugin"}], "[filters] x: no filter plugin 'no-such-plugin' (installed: "),
+    ([{"name": "x", "plugin": "followup-rule", "params": {"max_far_hz": -1}}],
+     "[filters] x: filter 'followup-rule': bad parameters: max_far_hz: Input should be greater than or equal to 0"),
+    ([{"name": "x", "plugin": "followup-rule", "params": {"no_such_key": 1}}],
+     "[filters] x: filter 'followup-rule': bad parameters: no_such_key: Extra inputs are not permitted"),
+    ([{"name": "x", "plugin": "followup-rule"}, {"name": "x", "plugin": "followup-rule"}],
+     "[filters] filters: instance name(s) x given twice"),
+], ids=["unknown-plugin", "bad-value", "unknown-key", "duplicate"])
+def test_a_bad_filter_configuration_is_a_one_line_start_up_error(tmp_path, entries, message):
+    from broker.app import App
+    from broker.config import settings_class
+    from filters.api import FilterConfigError
+    from filters.stage import stages
+
+    settings = settings_class()(home=tmp_path, filters={"filters": entries})
+    with pytest.raises(FilterConfigError) as err:
+        stages(App(settings))  # fails before any connection is made
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(message), text
+
+
+def test_no_loop_when_filters_are_disabled_or_none_configured(tmp_path):
+    from broker.app import App
+    from broker.config import settings_class
+    from filters.stage import stages
+
+    assert stages(App(settings_class()(home=tmp_path, filters={"enabled": False}))) == []
+    assert stages(App(settings_class()(home=tmp_path, filters={"filters": []}))) == []
