@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from filters import ztf_history  # noqa: F401 - compiles the history scan when the filter is loaded, not in its first call
 from filters.api import Filter, FilterConfig, FilterInput, FilterResult
 
 __all__ = ["ZtfDecentConfig", "ZtfDecent", "galactic_latitude_deg", "gaia_is_star"]
@@ -261,10 +262,9 @@ class ZtfDecent(Filter[ZtfDecentConfig]):
         if hist is None:
             return FilterResult.reject("no_ztf_history", detail="raw ZTF alert bytes not available")
 
-        det = hist.detection_jd()
-        if det.size < cfg.min_ndet:
-            return FilterResult.reject("ndet_below_min", detail=f"{det.size} detections < {cfg.min_ndet}")
-        tspan = float(det.max() - det.min())
+        ndet, tspan = hist.detection_span()
+        if ndet < cfg.min_ndet:
+            return FilterResult.reject("ndet_below_min", detail=f"{ndet} detections < {cfg.min_ndet}")
         if not (cfg.min_tspan <= tspan <= cfg.max_tspan):
             return FilterResult.reject("tspan_out_of_range", detail=f"detection span {tspan:.5f} d")
 
@@ -308,4 +308,4 @@ class ZtfDecent(Filter[ZtfDecentConfig]):
             idx, dist = index.cone(c["ra"], c["dec"], cfg.gaia_rs)
             if gaia_is_star({k: v[idx] for k, v in index.cols.items()}, dist, cfg):
                 return FilterResult.reject("gaia_star", detail=f"a moving Gaia source within {cfg.gaia_rs:g} arcsec")
-        return FilterResult.accept("decent", detail=f"{det.size} detections over {tspan:.4f} d", tags=("ztf",))
+        return FilterResult.accept("decent", detail=f"{ndet} detections over {tspan:.4f} d", tags=("ztf",))

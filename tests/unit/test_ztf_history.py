@@ -69,8 +69,9 @@ def _check(hist: ZtfHistory, rec: dict) -> int:
                 else:
                     assert arr.dtype == np.int64 and int(arr[i]) == v, (table, i, name)
                 n += 1
-            for i in range(min(len(rows), 3)):  # row() gives fastavro's values too
-                assert all(_same(rows[i][k], cols.row(i)[k]) for k in rows[i])
+        for i in range(min(len(rows), 3)):  # row() gives fastavro's values too
+            row = cols.row(i)
+            assert all(_same(rows[i][k], row[k]) for k in rows[i])
     return n
 
 
