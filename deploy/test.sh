@@ -10,6 +10,10 @@ VENV=$("$ROOT/deploy/setup.sh")
 export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
 export MMA_BROKER_HOME="$ROOT/.mma-broker"   # Kafka's state; the tests give each run its own home
 export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}}
+# AMPEL (ampel-ztf from PyPI) in its own venv: the reference ztf-decent is checked against
+# (tests/unit/test_ztf_decent_ampel.py); made once, reused while it holds the pinned version
+export MMA_BROKER_AMPEL_VENV=${MMA_BROKER_AMPEL_VENV:-$MMA_BROKER_HOME/ampel-venv}
+"$VENV/bin/python" "$ROOT/benchmarks/ampel_venv.py" "$MMA_BROKER_AMPEL_VENV" >/dev/null
 
 started=0
 if ! "$ROOT/deploy/kafka/kafka.sh" status >/dev/null 2>&1; then
