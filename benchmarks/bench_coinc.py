@@ -12,7 +12,14 @@ nearest pixel centre) and "exact" is the published formula that ``overlap_integr
 Then, for multi-order × point, how often ligo-raven's nearest pixel centre and the pixel
 holding the point (the published formula) differ, for positions drawn from each GW map.
 
-Usage: python benchmarks/bench_coinc.py [--repeat 5] [--points 2000]
+Then the exact integral (``method="exact"``) against hpmoc 1.0's independent product of
+multi-order maps (``PartialUniqSkymap(ρ_a, uniq_a) * PartialUniqSkymap(ρ_b, uniq_b)``,
+summed over its pixels) on the same parsed maps, same run, including S190814bv's flat
+NSIDE-1024 LALInference map (12.6 million pixels; tests/data/igwn/unseen) against
+multi-order maps, a pair ligo-raven has no branch for (``--no-flat`` leaves it out: reading
+it takes ~1.4 GB and ~15 s).
+
+Usage: python benchmarks/bench_coinc.py [--repeat 5] [--points 2000] [--no-flat]
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--points", type=int, default=2000, help="positions per GW map for the point comparison")
+    ap.add_argument("--no-flat", action="store_true", help="leave out the flat NSIDE-1024 map of S190814bv")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from ligo.raven.search import skymap_overlap_integral
@@ -118,6 +126,56 @@ def main() -> None:
     console = Console(width=200)
     console.print(table)
     console.print(point_agreement(maps, gw_names, args.points))
+    console.print(exact_against_hpmoc(maps, args.repeat, flat=not args.no_flat))
+
+
+def hpmoc_exact(a, b) -> float:
+    """``I_Ω`` with hpmoc's product of the two maps (Ashton et al. 2018 eq. 8, exact)."""
+    import numpy as np
+    from hpmoc import PartialUniqSkymap
+
+    from broker.enrich.moc import level_ipix, pixel_area_sr
+
+    prod = PartialUniqSkymap(a.probdensity, a.uniq) * PartialUniqSkymap(b.probdensity, b.uniq)
+    na = np.sum(a.probdensity * pixel_area_sr(level_ipix(a.uniq)[0]))
+    nb = np.sum(b.probdensity * pixel_area_sr(level_ipix(b.uniq)[0]))
+    return float(4 * np.pi * np.sum(np.asarray(prod.s) * pixel_area_sr(level_ipix(np.asarray(prod.u))[0])) / na / nb)
+
+
+def exact_against_hpmoc(maps, repeat, flat=True):
+    """The exact overlap integral against hpmoc's product on the same maps, best of
+    ``repeat`` (at most 3 for the 12.6-million-pixel flat map), same run."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from broker.enrich.coinc import overlap_integral
+    from broker.enrich.inputs import FILE_LIMITS
+    from broker.limits import decode_scope
+    from broker.skymap import read_skymap
+
+    maps = dict(maps)
+    cases = [("MS181101ab", "Swift"), ("MS220722v", "Swift"), ("MS181101ab", "MS220722v"), ("GBM", "MS220722v")]
+    if flat:
+        with decode_scope(FILE_LIMITS):  # 402 MB gunzipped: over the stage's max_skymap_bytes
+            maps["S190814bv (flat)"] = read_skymap((DATA / "igwn/unseen/S190814bv_5_LALInference.v1.fits.gz")
+                                                   .read_bytes())
+        cases += [("S190814bv (flat)", "Swift"), ("S190814bv (flat)", "MS220722v"), ("MS230518e", "S190814bv (flat)")]
+    table = Table(title=f"Exact overlap integral: ours vs hpmoc 1.0's product of maps (best of {repeat}; "
+                        "3 at most for the flat map)")
+    for col in ("GW map", "external", "pixels", "ours", "hpmoc", "rel. diff", "t ours [s]", "t hpmoc [s]",
+                "hpmoc / ours"):
+        table.add_column(col, justify="left" if col in ("GW map", "external") else "right")
+    with Progress(transient=True) as progress:
+        task = progress.add_task("exact integrals vs hpmoc", total=len(cases))
+        for a, b in cases:
+            n = min(repeat, 3) if "flat" in a + b else repeat
+            v_o, t_o = best(lambda: overlap_integral(maps[a], maps[b], "exact"), n)
+            v_h, t_h = best(lambda: hpmoc_exact(maps[a], maps[b]), n)
+            table.add_row(a, b, f"{maps[a].uniq.size:,} × {maps[b].uniq.size:,}", f"{v_o:.10g}", f"{v_h:.10g}",
+                          f"{abs(v_o / v_h - 1) if v_h else abs(v_o):.1e}", f"{t_o:.3f}", f"{t_h:.3f}",
+                          f"{t_h / t_o:.1f}×")
+            progress.advance(task)
+    return table
 
 
 def point_agreement(maps, gw_names, n):

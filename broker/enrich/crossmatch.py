@@ -170,7 +170,7 @@ class PreparedSkyMap:
         Parameters
         ----------
         ra_deg, dec_deg : array_like, shape (m,)
-            ICRS positions, deg (finite, |dec| ≤ 90).
+            As :meth:`locate`.
 
         Returns
         -------

@@ -247,7 +247,8 @@ def product_integral(uniq_a, rho_a, uniq_b, rho_b, *, names: tuple[str, str] = (
     the pixels of ``a`` that start inside it lie inside it (term ``ρ_b,j Σ_i ρ_a,i ΔΩ_i``,
     summed with ``numpy.add.reduceat``: no differences of prefix sums, so no
     cancellation). Sky covered by only one map adds nothing. ``O(n_a + n_b log n_a)``
-    after sorting; a flat map, already in NESTED order, sorts in one pass.
+    after sorting, with ``a`` the larger map; a flat map, already in NESTED order, sorts
+    in one pass.
 
     Parameters
     ----------
@@ -269,6 +270,8 @@ def product_integral(uniq_a, rho_a, uniq_b, rho_b, *, names: tuple[str, str] = (
     ValueError
         If a map has an invalid NUNIQ index, or pixels inside one another.
     """
+    if np.size(uniq_b) > np.size(uniq_a):  # the larger map is summed in one pass, the smaller one looked up
+        uniq_a, rho_a, uniq_b, rho_b, names = uniq_b, rho_b, uniq_a, rho_a, names[::-1]
     sa, ea, la, ia = _sorted_ranges(uniq_a, names[0])
     sb, eb, lb, ib = _sorted_ranges(uniq_b, names[1])
     ra = np.asarray(rho_a, dtype=np.float64)[ia]

@@ -60,3 +60,14 @@ def test_overlap_with_a_point_is_the_density_there(skies):
     assert ours == pytest.approx(_raven(sky, point=(ra, dec)), rel=1e-6)
     prob = np.asarray(sky.probdensity) / np.sum(sky.probdensity)  # equal pixels: p_i = ρ_i / Σρ
     assert ours == pytest.approx(prob[i] * sky.uniq.size, rel=1e-6)  # 4π p(Ω) / ∫p with ∫p = 1, Ω_pix = 4π/N
+
+
+@pytest.mark.parametrize("gw,ext", [("S190814bv", "swift"), ("S190814bv", "MS220722v"), ("swift", "S190814bv")])
+def test_exact_overlap_of_the_flat_map_equals_hpmoc(skies, gw, ext):
+    """Flat S190814bv × a multi-order map, which ligo-raven cannot take ('Wrong pixel
+    number'): the exact integral equals hpmoc's independent product of the maps."""
+    from tests.unit.test_coinc import _hpmoc_exact
+
+    ours = overlap_integral(skies[gw], skies[ext], "exact")
+    assert ours == pytest.approx(_hpmoc_exact(skies[gw], skies[ext]), rel=1e-9)
+    assert ours == pytest.approx(overlap_integral(skies[ext], skies[gw], "exact"), rel=1e-9)
