@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--filters", type=int, default=20, help="filter instances enabled")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--store-repeat", type=int, default=15, help="batches written per method in (1)")
     ap.add_argument("--bootstrap", default=os.environ.get("MMA_BROKER_TEST_KAFKA", "127.0.0.1:9092"))
     args = ap.parse_args()
     console = Console()
@@ -176,8 +177,8 @@ def main() -> None:
     run_id = uuid.uuid4().hex[:6]
     rows = []
     try:
-        console.print(f"decision writes: {args.repeat} x {args.batch} Events x {args.filters} filters ...")
-        store = bench_store(server, args.batch, args.filters, max(6, args.repeat * 3))
+        console.print(f"decision writes: {args.store_repeat} x {args.batch} Events x {args.filters} filters ...")
+        store = bench_store(server, args.batch, args.filters, args.store_repeat)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("repeats", total=args.repeat)
             for r in range(args.repeat):

@@ -263,4 +263,10 @@ def test_filter_topics_hold_exactly_what_each_filter_accepts_and_a_rerun_reprodu
     assert {k: (r.accepted, r.reason) for k, r in rerun_rows.items()} == {
         k: (r.accepted, r.reason) for k, r in by.items() if k[1] != "fu-gw"}
     assert store.run_info("rerun-test-1")["summary"]["accepted"] == {"ztf-good": len(want), "bright": len(want_bright)}
+    # a batch written again (consumed again after a crash) replaces its own rows, nothing more
+    again_rows = [r._replace(detail="written again") for r in rows[:50]]
+    store.put_many(again_rows + again_rows[:5])
+    after = store.decisions()
+    assert len(after) == len(rows)
+    assert sum(r.detail == "written again" for r in after) == 50
     engine.dispose()
