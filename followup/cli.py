@@ -421,7 +421,7 @@ def worker(
     until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all input is consumed."),
     idle: float = typer.Option(3.0, "--idle", help="With --until-caught-up: idle seconds before stopping."),
 ) -> None:
-    """Run the follow-up stage: trigger rules on mma.events and workers on mma.followup.requests."""
+    """Run the follow-up workers on mma.followup.requests (the filters stage and `followup run|request` write them)."""
     import signal
     import threading
 

@@ -15,9 +15,9 @@ it happens every time settings are built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from broker.config import Section
 from followup.bundled import bundled_data_dir
@@ -40,69 +40,13 @@ class LightCurveSourceSettings(Section):
     """Light-curve bin requested from MMODA, s."""
 
 
-class FollowupRuleSettings(Section):
-    """One trigger rule: which Events start an INTEGRAL follow-up (``followup.rules``).
-
-    Every non-empty list must contain the Event's value (case-insensitive); an empty
-    list matches anything. Retractions match on ``source``/``missions`` alone.
-    """
-
-    name: str
-    """Label stamped on the requests the rule makes."""
-    source: Literal["igwn", "gcn", "ztf", "lsst"] | None = None
-    """The Event's ``source``; unset: any."""
-    missions: list[str] = Field(default_factory=list)
-    """Missions to match (``Fermi``, ``Swift``, ...)."""
-    instruments: list[str] = Field(default_factory=list)
-    """Instruments to match (``GBM``, ``BAT``, ...)."""
-    alert_types: list[str] = Field(default_factory=list)
-    """Alert types to match (lower case: ``preliminary``, ``gnd_pos``, ...)."""
-    significant_only: bool = False
-    """Require ``properties.significant`` true; when upstream gives no flag, require
-    ``far_hz <= max_far_hz`` instead."""
-    max_far_hz: float | None = None
-    """False-alarm-rate ceiling, Hz (applies when the flag is absent, or alone)."""
-    grb_only: bool = False
-    """Skip notices that say they are not a GRB (``not_a_grb``, GBM ``most_likely``,
-    or a ``classification`` whose most probable class is not GRB)."""
-    exclude_tests: bool = True
-    """Skip test notices (``role = "test"``) and LVK mock superevents (ids ``M...``)."""
-    analyses: list[Literal["spiacs", "isgri"]] = Field(default_factory=lambda: ["spiacs", "isgri"])
-    """Analyses the rule requests (intersected with ``[followup] analyses``; empty: no request)."""
-
-
-ONE_PER_MONTH_HZ = 1.0 / (30.0 * 86400.0)
-"""The LVK public-alert significance threshold for CBC searches, 1/month, Hz."""
-
-
-def _default_followup_rules() -> list[FollowupRuleSettings]:
-    r = FollowupRuleSettings
-    return [
-        r(name="igwn-significant", source="igwn", alert_types=["preliminary", "initial", "update"],
-          significant_only=True, max_far_hz=ONE_PER_MONTH_HZ),
-        r(name="fermi-gbm-grb", source="gcn", missions=["Fermi"], instruments=["GBM"],
-          alert_types=["flt_pos", "gnd_pos", "fin_pos", "initial", "update"], grb_only=True),
-        r(name="swift-bat-grb", source="gcn", missions=["Swift"], instruments=["BAT", "BAT-GUANO"],
-          alert_types=["grb_pos_ack", "initial", "update"], grb_only=True),
-        r(name="integral-grb", source="gcn", missions=["INTEGRAL"],
-          alert_types=["spiacs", "wakeup", "refined", "offline"], grb_only=True),
-        r(name="svom-grb", source="gcn", missions=["SVOM"], instruments=["ECLAIRs", "GRM"],
-          alert_types=["wakeup", "initial", "update"], grb_only=True),
-        r(name="burstcube-grb", source="gcn", missions=["BurstCube"], alert_types=["initial", "update"],
-          grb_only=True),
-    ]
-
-
 class FollowupSettings(Section):
-    """The INTEGRAL follow-up stage (``followup.worker``): sources, cache, trigger rules.
+    """The INTEGRAL follow-up stage (``followup.worker``): data sources, cache, workers.
 
-    Default rules: every significant IGWN alert (preliminary, initial, update: the
-    ``significant`` flag, or FAR <= 1/month when the flag is absent; early warnings are
-    skipped since the preliminary alert follows with the same T0, and T0 + 300 s of
-    data must exist first) and every GRB notice of Fermi GBM, Swift BAT (and
-    BAT-GUANO), INTEGRAL (SPI-ACS/IBAS, not "weak"), SVOM ECLAIRs/GRM and BurstCube.
-    Einstein Probe WXT (X-ray transients) is not a GRB notice and is not in the
-    defaults; add a rule to follow it up.
+    Which alerts are followed up is decided by filters (``[[filters.filters]]``
+    entries with ``plugin = "followup-rule"``, :mod:`followup.filter`; the defaults
+    follow every significant IGWN alert and the GRB notices of Fermi GBM, Swift BAT,
+    INTEGRAL, SVOM and BurstCube).
     """
 
     enabled: bool = True
@@ -132,9 +76,8 @@ class FollowupSettings(Section):
     """Top-probability sky-map pixels used as source directions."""
     retry_attempts: int = 3
     """Attempts per data-service request (exponential backoff in between)."""
-    rules: list[FollowupRuleSettings] = Field(default_factory=_default_followup_rules)
     batch_size: int = 50
-    """Messages per batch of the trigger and of the worker (and per Kafka transaction)."""
+    """Messages per batch of the worker (and per Kafka transaction)."""
     poll_timeout_s: float = 0.5
     """Longest wait for a batch to fill, s."""
     workers: int = Field(4, ge=1, le=64)
@@ -142,9 +85,18 @@ class FollowupSettings(Section):
     alert in order, different alerts in parallel): an analysis waiting minutes for
     MMODA holds up neither the consumer nor the other alerts."""
     requests_topic: str = "mma.followup.requests"
-    """Topic of follow-up requests (trigger rules and ``followup run`` → workers)."""
+    """Topic of follow-up requests (filters and ``followup run|request`` → workers)."""
     results_topic: str = "mma.followup.results"
     """Topic of follow-up results (workers → subscribers)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rules_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "rules" in data:
+            raise ValueError("rules: the follow-up trigger rules are filters now: give each as a "
+                             "[[filters.filters]] entry with plugin = \"followup-rule\" and its keys (without "
+                             "name) under params (docs/filters-builtin.md, docs/configuration.md)")
+        return data
 
     secrets_file_keys: ClassVar[dict[str, str]] = {"mmoda_token": "mmoda_token"}
     """Keys of the ``secrets_file`` that fill fields of this section (key → field),

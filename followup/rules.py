@@ -1,15 +1,16 @@
-"""Trigger rules: which Events start an INTEGRAL follow-up, and with which analyses.
+"""Trigger rules: which Events start an INTEGRAL follow-up, and when a revision is analysed again.
 
-Pure functions of an :class:`broker.event.Event` and the rules of
-:class:`followup.config.FollowupSettings` (``FollowupRuleSettings``: data, not code,
-so a deployment changes them in its TOML preset). The first matching rule wins.
+Pure functions of an :class:`broker.event.Event` and a rule's settings
+(:class:`followup.filter.FollowupRuleConfig`: data, not code, so a deployment changes
+them in its TOML preset); the ``followup-rule`` filter (:mod:`followup.filter`) applies
+them, once per enabled ``[[filters.filters]]`` entry.
 
 * An ordinary revision matches a rule when every non-empty list of the rule (source,
   missions, instruments, alert types) holds the Event's value, case-insensitively, and
   the significance / GRB / test conditions hold (see :func:`match_rule`).
 * A retraction (``alert_type == "retraction"``) matches on source and mission alone:
   it carries no significance, and it must withdraw whatever the earlier revisions of
-  the same ``upstream_id`` started (:func:`decide` returns ``action = "withdraw"``).
+  the same ``upstream_id`` started (the filter asks for a ``withdraw`` request).
 
 Significance of IGWN alerts follows the LVK public-alert policy (LVK user guide,
 "Significance"): ``significant = true`` for CBC alerts with FAR below one per month
@@ -21,36 +22,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Sequence
 
 from broker.event import Event
 
 logger = logging.getLogger(__name__)
-
-Action = Literal["analyze", "withdraw", "skip"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with one Event.
-
-    Attributes
-    ----------
-    action : {"analyze", "withdraw", "skip"}
-    rule : str or None
-        Name of the matching rule.
-    analyses : tuple of str
-        Analyses to run (``"spiacs"``, ``"isgri"``), sorted; empty unless analyzing.
-    reason : str
-        One line saying why (for logs and the request record).
-    """
-
-    action: Action
-    rule: str | None
-    analyses: tuple[str, ...]
-    reason: str
-
 
 def _norm(values: Iterable[str]) -> set[str]:
     return {v.lower() for v in values}
@@ -114,7 +90,7 @@ def match_rule(event: Event, rule: Any) -> str | None:
     Parameters
     ----------
     event : broker.event.Event
-    rule : followup.config.FollowupRuleSettings
+    rule : followup.filter.FollowupRuleConfig
     """
     if rule.source is not None and event.source != rule.source:
         return f"source {event.source} is not {rule.source}"
@@ -140,43 +116,9 @@ def match_rule(event: Event, rule: Any) -> str | None:
     return None
 
 
-def decide(event: Event, rules: Sequence[Any], enabled_analyses: Iterable[str] = ("spiacs", "isgri")) -> Decision:
-    """Apply the rules to one Event.
-
-    Parameters
-    ----------
-    event : broker.event.Event
-    rules : sequence of followup.config.FollowupRuleSettings
-        Tried in order; the first match decides.
-    enabled_analyses : iterable of str
-        Analyses this deployment runs; a rule's list is intersected with it.
-
-    Returns
-    -------
-    Decision
-        ``withdraw`` for a retraction matching a rule; ``analyze`` with the sorted
-        analyses for a matching revision; ``skip`` otherwise (also when the
-        intersection of analyses is empty).
-    """
-    enabled = _norm(enabled_analyses)
-    reasons = []
-    for rule in rules:
-        why_not = match_rule(event, rule)
-        if why_not is not None:
-            reasons.append(f"{rule.name}: {why_not}")
-            continue
-        if event.is_retraction:
-            return Decision("withdraw", rule.name, (), f"retraction of {event.upstream_id} ({rule.name})")
-        analyses = tuple(sorted(_norm(rule.analyses) & enabled))
-        if not analyses:
-            return Decision("skip", rule.name, (), f"{rule.name}: no enabled analysis")
-        return Decision("analyze", rule.name, analyses, f"matched {rule.name}")
-    return Decision("skip", None, (), "; ".join(reasons) or "no rules")
-
-
 # --------------------------------------------------------------------------- groups
-# One follow-up per trigger or superevent. Until the enrichment stage gives event groups
-# (DESIGN.md, "event groups"), the revisions of one alert are grouped by upstream id.
+# One follow-up per trigger or superevent: the revisions of one event group
+# (broker.enrich.groups) are compared with the group's current result.
 
 T0_TOLERANCE_S = 1.0
 """A revision whose T0 moved by more than this (s) is analysed again. Below it the

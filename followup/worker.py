@@ -1,16 +1,14 @@
-"""The follow-up stage: trigger rules on ``mma.events.enriched`` and workers on ``mma.followup.requests``.
+"""The follow-up stage: workers on ``mma.followup.requests``.
 
-Two consumer groups, each scalable by adding processes:
+Requests come from the filter stage (:mod:`filters.stage`: an accepted decision of a
+filter that asks for a follow-up, such as the default ``followup-rule`` instances,
+:mod:`followup.filter`) and from people (``mma-broker followup run|request``). A
+request carries the Event's group (:func:`broker.enrich.groups.group_key`, as the
+enrich stage stored it) and the id of the stored sky map to sample (the Event's own,
+or its group's best): nothing here decodes raw alert bytes again.
 
-* ``<group_id>.followup.trigger`` reads ``mma.events.enriched`` (JSON, the enrich stage's
-  output, :func:`broker.enrich.enriched.decode_enriched`), applies the trigger rules
-  (:func:`followup.rules.decide`) and publishes follow-up requests to
-  ``mma.followup.requests`` (key = ``upstream_id``, so all revisions and the retraction
-  of one alert stay ordered in one partition). A request carries the Event's group
-  (:func:`broker.enrich.groups.group_key`, as the enrich stage stored it) and the id of
-  the stored sky map to sample (the Event's own, or its group's best): nothing
-  downstream decodes raw alert bytes again. Offsets are committed after Kafka
-  acknowledged the requests.
+One consumer group, scalable by adding processes:
+
 * ``<group_id>.followup.worker`` reads the requests. Per request: if its deterministic
   id is already stored and published, nothing is done (a replayed alert is not analysed
   again); if stored but not yet published (a crash in between), it is published.
@@ -33,8 +31,8 @@ Two consumer groups, each scalable by adding processes:
   nothing left to withdraw); a revision of an already retracted trigger is recorded
   as skipped without running.
 
-Both run on the stage runner (:mod:`broker.pipeline.runner`), like the ingest
-stage: no single message can stop either loop (a message that does not decode, or
+It runs on the stage runner (:mod:`broker.pipeline.runner`), like the ingest
+stage: no single message can stop the loop (a message that does not decode, or
 whose handling raises, goes to ``mma.dlq`` with its reason and the batch goes on);
 while Kafka or the database is away the loop waits and resumes; each batch's
 outputs and offsets are committed in one Kafka transaction, so each request appears
@@ -52,7 +50,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,15 +58,13 @@ import confluent_kafka
 
 from broker.errors import DecodeError
 from broker.kafka import Outgoing
-from broker.limits import DEFAULT_LIMITS
 from broker.pipeline.runner import BaseStage, Handled, StageRunner, with_hop_headers
 from broker.serde import Provenance
 from followup.messages import (
     CONTENT_TYPE, RESULT_SCHEMA, USER_SOURCE, FollowupRequest, result_message, utc_now,
 )
-from broker.enrich.enriched import decode_enriched
 from broker.enrich.groups import group_key
-from followup.rules import decide, reanalysis_reason
+from followup.rules import reanalysis_reason
 from followup.service import FollowupParams, run_followup
 from followup.store import ArtifactStore
 
@@ -79,9 +75,7 @@ logger = logging.getLogger(__name__)
 class FollowupStats:
     """Running totals of one follow-up stage process."""
 
-    events: int = 0
     requests: int = 0
-    withdraw_requests: int = 0
     results: int = 0
     withdrawals: int = 0
     duplicates_skipped: int = 0
@@ -90,47 +84,10 @@ class FollowupStats:
 
     def summary(self) -> str:
         """One line for people."""
-        return (f"follow-up: {self.events} event(s) seen, {self.requests} request(s), "
-                f"{self.withdraw_requests} withdraw request(s); {self.results} result(s), "
+        return (f"follow-up: {self.requests} request(s) read; {self.results} result(s), "
                 f"{self.withdrawals} withdrawal(s), {self.duplicates_skipped} duplicate(s) skipped, "
                 f"{self.revisions_skipped} request(s) adding nothing to their trigger's follow-up (not published), "
                 f"{self.dead_letters} dead letter(s)")
-
-
-class TriggerHandler(BaseStage):
-    """Rules on ``mma.events.enriched`` → requests on ``mma.followup.requests`` (see module docstring)."""
-
-    name = "followup.trigger"
-
-    def __init__(self, *, requests_topic: str, rules: Sequence[Any], enabled_analyses: Sequence[str],
-                 params: dict[str, Any], provenance: Provenance, stats: FollowupStats) -> None:
-        self.requests_topic, self.rules, self.enabled = requests_topic, rules, tuple(enabled_analyses)
-        self.params, self.provenance, self.stats = params, provenance, stats
-
-    def handle(self, msg: confluent_kafka.Message) -> Handled:
-        try:
-            enriched = decode_enriched(msg.value() or b"")
-        except DecodeError as exc:
-            raise DecodeError(f"follow-up trigger: {exc}") from None
-        event = enriched.event
-        decision = decide(event, self.rules, self.enabled)
-        if decision.action == "skip":
-            logger.debug("%s: no follow-up for %s (%s)", self.name, event.id, decision.reason)
-            return Handled(msg, info=None)
-        kind = "withdraw" if decision.action == "withdraw" else "analyze"
-        request = FollowupRequest(kind=kind, event=event, analyses=decision.analyses,
-                                  params=self.params if kind == "analyze" else {},
-                                  requested_by=f"rule:{decision.rule}", provenance=self.provenance,
-                                  group=enriched.group_key, localization_ref=enriched.skymap_ref)
-        key, value, headers = request_record(request)
-        logger.info("%s: %s request %s for %s (%s)", self.name, kind, request.request_id, event.id, decision.reason)
-        return Handled(msg, [Outgoing(self.requests_topic, key, value, headers)], info=kind)
-
-    def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
-        self.stats.events += len(batch)
-        self.stats.requests += sum(1 for h in batch if h.info == "analyze")
-        self.stats.withdraw_requests += sum(1 for h in batch if h.info == "withdraw")
-        self.stats.dead_letters += len(dead)
 
 
 def _loop_kwargs(loop: dict[str, Any]) -> dict[str, Any]:
@@ -141,17 +98,6 @@ def _loop_kwargs(loop: dict[str, Any]) -> dict[str, Any]:
 
         loop["limits"] = DecodeLimits(max_dlq_bytes=loop.pop("max_dlq_bytes"))
     return loop
-
-
-class TriggerStage(StageRunner):
-    """A :class:`TriggerHandler` on a :class:`~broker.pipeline.runner.StageRunner`."""
-
-    def __init__(self, consumer: Any, producer: Any, *, requests_topic: str, dlq_topic: str, rules: Sequence[Any],
-                 enabled_analyses: Sequence[str], params: dict[str, Any], provenance: Provenance,
-                 stats: FollowupStats, **loop: Any) -> None:
-        handler = TriggerHandler(requests_topic=requests_topic, rules=rules, enabled_analyses=enabled_analyses,
-                                 params=params, provenance=provenance, stats=stats)
-        super().__init__(handler, consumer, producer, dlq_topic=dlq_topic, **_loop_kwargs(loop))
 
 
 def request_record(request: FollowupRequest) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -237,6 +183,7 @@ class WorkerHandler(BaseStage):
     def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
         done = [h.info[1] for h in batch if h.info and h.info[0] not in ("duplicate", "skipped")]
         self.store.mark_published(done)
+        self.stats.requests += len(batch)
         for h in batch:
             note = h.info[0] if h.info else None
             if note == "result":
@@ -448,15 +395,21 @@ class WorkerStage(StageRunner):
 
 
 def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
-    """The follow-up's loops, trigger and worker (``mma_broker.stages`` entry ``followup``).
+    """The follow-up's loop, the worker (``mma_broker.stages`` entry ``followup``).
 
     Empty when ``[followup] enabled = false``.
+
+    Raises
+    ------
+    broker.errors.BrokerError
+        ``[enrich]`` is disabled: requests name stored sky maps and groups, which only
+        the enrich stage writes.
     """
     from broker.app import open_archive, provenance
     from broker.enrich.store import LocalizationStore
     from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
     from broker.stages import StageSpec
-    from followup.build import build_cache, build_sources, request_params
+    from followup.build import build_cache, build_sources
     from followup.store import FollowupStore
 
     s = app.settings
@@ -466,49 +419,36 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     if not s.enrich.enabled:
         from broker.errors import BrokerError
 
-        raise BrokerError("[followup] enabled needs [enrich] enabled: the follow-up trigger reads the enrich "
-                          "stage's topic (event groups and stored sky maps); enable [enrich] or disable [followup]")
-    events, requests, results, dlq = (s.topic(s.enrich.enriched_topic), s.topic(f.requests_topic),
-                                      s.topic(f.results_topic), s.topic(s.dlq_topic))
+        raise BrokerError("[followup] enabled needs [enrich] enabled: follow-up requests name the event groups "
+                          "and stored sky maps the enrich stage writes; enable [enrich] or disable [followup]")
+    requests, results, dlq = s.topic(f.requests_topic), s.topic(f.results_topic), s.topic(s.dlq_topic)
     archive = open_archive(s)
-    ensure_topics(s, [events, requests, results, dlq])
+    ensure_topics(s, [requests, results, dlq])
     stats = FollowupStats()
     admin = None
     if until_caught_up:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(client_config(s))
-
-    slots = []
-
-    def loop(name: str, topic: str) -> dict[str, Any]:
-        consumer = make_consumer(s, f"{s.group_id}.{name}")
-        consumer.subscribe([topic])
-        slot = claim_instance(s, name)
-        slots.append(slot)
-        return {"batch_size": f.batch_size, "poll_timeout_s": f.poll_timeout_s, "limits": s.limits,
-                "store_raw": archive.store_raw, "transactional": s.kafka.transactions,
-                "producer_factory": functools.partial(stage_producer, s, name, slot), "admin": admin,
-                "subscription": [topic], "metrics": app.metrics.stage(name), "consumer": consumer,
-                "producer": stage_producer(s, name, slot)}
-
-    t = loop("followup.trigger", events)
-    trigger = TriggerStage(t.pop("consumer"), t.pop("producer"), requests_topic=requests, dlq_topic=dlq,
-                           rules=f.rules, enabled_analyses=f.analyses, params=request_params(s),
-                           provenance=provenance(s, "followup.trigger"), stats=stats, **t)
-    w = loop("followup.worker", requests)
-    worker = WorkerStage(w.pop("consumer"), w.pop("producer"), store=FollowupStore(archive.engine), archive=archive,
-                         sources=build_sources(s), cache=build_cache(s, archive.engine), results_topic=results,
-                         dlq_topic=dlq, provenance=provenance(s, "followup.worker"), stats=stats,
-                         handler_threads=f.workers, localizations=LocalizationStore(archive.engine), **w)
-    return [StageSpec("followup.trigger", trigger, inputs=[events], outputs=[requests], after=["enrich"]),
-            StageSpec("followup.worker", worker, inputs=[requests], outputs=[results], after=["followup.trigger"],
-                      summary=lambda: [stats.summary()], close=lambda: (archive.close(), [x.release() for x in slots]))]
+    name = "followup.worker"
+    consumer = make_consumer(s, f"{s.group_id}.{name}")
+    consumer.subscribe([requests])
+    slot = claim_instance(s, name)
+    worker = WorkerStage(consumer, stage_producer(s, name, slot), store=FollowupStore(archive.engine),
+                         archive=archive, sources=build_sources(s), cache=build_cache(s, archive.engine),
+                         results_topic=results, dlq_topic=dlq, provenance=provenance(s, name), stats=stats,
+                         handler_threads=f.workers, localizations=LocalizationStore(archive.engine),
+                         batch_size=f.batch_size, poll_timeout_s=f.poll_timeout_s, limits=s.limits,
+                         store_raw=archive.store_raw, transactional=s.kafka.transactions,
+                         producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
+                         subscription=[requests], metrics=app.metrics.stage(name))
+    return [StageSpec(name, worker, inputs=[requests], outputs=[results], after=["filters"],
+                      summary=lambda: [stats.summary()], close=lambda: (archive.close(), slot.release()))]
 
 
 def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bool = False,
                        idle_s: float = 3.0) -> FollowupStats:
-    """Run the trigger and the worker (one thread each) until ``stop`` or caught up.
+    """Run the worker until ``stop`` or caught up.
 
     Parameters
     ----------
@@ -516,8 +456,8 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     stop : threading.Event
         Set it (SIGTERM) to stop after the current batches (their offsets committed).
     until_caught_up : bool
-        Stop when ``mma.events.enriched`` and ``mma.followup.requests`` are consumed and nothing
-        arrived for ``idle_s`` seconds (the worker waits for the trigger to finish).
+        Stop when ``mma.followup.requests`` is consumed and nothing arrived for
+        ``idle_s`` seconds.
     idle_s : float
 
     Returns
@@ -530,7 +470,7 @@ def run_followup_stage(settings: Any, stop: threading.Event, until_caught_up: bo
     specs = stages(App(settings), until_caught_up=until_caught_up)
     if not specs:
         return FollowupStats()
-    stats = specs[0].runner.stage.stats  # the TriggerHandler's FollowupStats, shared with the worker
+    stats = specs[0].runner.stage.stats
     try:
         stage_runner.run(specs, stop, until_caught_up=until_caught_up, idle_s=idle_s)
     finally:

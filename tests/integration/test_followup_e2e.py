@@ -1,6 +1,6 @@
 """INTEGRAL follow-up end to end on the real Kafka and PostgreSQL.
 
-A real GRB notice that matches the default trigger rules is replayed, ingested
+A real GRB notice that matches the default trigger rules (followup-rule filters) is replayed, ingested
 (``mma-broker run``) and followed up (``mma-broker followup worker``, which runs
 :func:`followup.worker.run_followup_stage`); then the same alert is replayed and both
 stages run again. Exactly one result must be on ``mma.followup.results`` and in
@@ -95,7 +95,8 @@ def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootst
     ingested = []
     for _ in range(2):  # upstream sends the alert twice
         run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
-        ingested.append(run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "3"))
+        ingested.append(run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--stage", "filters", "--until-caught-up",
+                        "--idle", "3"))
         run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
     assert "1 message(s) → 1 event(s) published" in ingested[0].stdout
     assert "1 message(s) → 0 event(s) published" in ingested[1].stdout  # archived already: not published again
@@ -139,7 +140,8 @@ def test_retraction_withdraws_the_followups(followup_env, kafka_bootstrap, pg_ur
     trigger = json.loads(notices[-1].read_text())["id"][0]  # read without our decoders
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     run_cli(followup_env, "replay", *map(str, notices))
-    run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "3")
+    run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--stage", "filters", "--until-caught-up",
+                        "--idle", "3")
     run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
 
     docs = [json.loads(m.value()) for m in read_all(kafka_bootstrap, f"{prefix}mma.followup.results")]
@@ -171,6 +173,7 @@ def test_cli_run_publishes_and_runs_locally(followup_env, kafka_bootstrap):
     event_id = f"gcn:{root.get('ivorn')}"
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
+    # archived and enriched, not filtered: the only request is the one made by hand
     run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "3")
 
     proc = run_cli(followup_env, "followup", "run", event_id, "--analysis", "spiacs")

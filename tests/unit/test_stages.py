@@ -36,12 +36,12 @@ def test_run_refuses_an_unknown_stage_before_touching_any_server():
 
 def test_loops_are_ordered_after_the_loops_that_feed_them():
     spec = stages.StageSpec
-    specs = [spec("followup.worker", None, after=["followup.trigger"]),
-             spec("followup.trigger", None, after=["ingest.notices", "ingest.ztf"]),
+    specs = [spec("followup.worker", None, after=["filters"]), spec("filters", None, after=["enrich"]),
+             spec("enrich", None, after=["ingest.notices", "ingest.ztf"]),
              spec("ingest.ztf", None), spec("ingest.notices", None)]
     names = [s.name for s in stages._feeders_first(specs)]
-    assert names.index("followup.trigger") > max(names.index("ingest.ztf"), names.index("ingest.notices"))
-    assert names.index("followup.worker") > names.index("followup.trigger")
+    assert names.index("enrich") > max(names.index("ingest.ztf"), names.index("ingest.notices"))
+    assert names.index("followup.worker") > names.index("filters") > names.index("enrich")
 
 
 def test_hop_headers_are_added_once_and_say_the_format():
