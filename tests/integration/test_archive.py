@@ -120,6 +120,10 @@ def test_schema_matches_models(pg) -> None:
     from broker.enrich.matchstore import crossmatch_table
 
     crossmatch_table(full)  # migration 0006, on 0005
+    from filters.store import DECISIONS, RUNS
+
+    DECISIONS.to_metadata(full)  # the filters' migration 0101, a branch from 0001
+    RUNS.to_metadata(full)
     url, _ = pg
     engine = sa.create_engine(url)
     with engine.connect() as conn:

@@ -14,6 +14,7 @@ Revises: 0003
 Create Date: 2026-11-30
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
@@ -29,8 +30,12 @@ def upgrade() -> None:
     op.execute("UPDATE followup_results SET group_key = CASE WHEN source = 'gcn' "
                f"THEN 'gcn:' || {_MISSION_SLUG} || ':' || upstream_id "
                "ELSE source || ':' || upstream_id END")
+    op.alter_column("followup_results", "group_key", existing_type=sa.Text, existing_nullable=True,
+                    comment="broker.enrich.groups.group_key of the event")
 
 
 def downgrade() -> None:
+    op.alter_column("followup_results", "group_key", existing_type=sa.Text, existing_nullable=True,
+                    comment="followup.rules.group_key of the event")
     op.execute("UPDATE followup_results SET group_key = source || ':' || "
                "lower(coalesce(document->>'mission', '')) || ':' || upstream_id")
