@@ -257,9 +257,11 @@ def replay_files(files: list[Path], producer, *, topic_prefix: str = "", topic: 
         Called with the number of files done after each file (progress bar hook).
     create_topics : callable, optional
         Called once with the set of topic names before anything is produced, to
-        create them (e.g. :func:`broker.kafka.ensure_topics`). Producing into topics
-        that Kafka auto-creates on the first message lost that first message once in
-        our CI runs (Kafka 4.1, fresh cluster), with a successful delivery report.
+        create them (e.g. :func:`broker.kafka.ensure_topics`, which also waits until
+        every partition takes writes). A partition that refuses the first batch while
+        a later batch in flight is accepted makes librdkafka's idempotent producer
+        report the refused batch delivered (confluent-kafka-go issue 921): the first
+        message of a fresh topic was lost that way, with a successful delivery report.
     on_error : callable, optional
         Also called with (path, reason) as each file fails (e.g. to print it at once,
         before a Kafka error could end the replay).
