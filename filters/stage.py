@@ -402,15 +402,8 @@ class FilterHandler(BaseStage):
             self.raw.clear()
 
 
-class FilterRunner(StageRunner):
-    """The stage runner, telling the handler each batch's messages before they are handled
-    (:meth:`FilterHandler.begin_batch`: which raw bytes to read together)."""
-
-    def _handle_all(self, msgs: list[Any], dead: list[tuple[Any, str]]) -> list[Handled]:
-        begin = getattr(self.stage, "begin_batch", None)
-        if begin is not None:
-            begin(msgs)
-        return super()._handle_all(msgs, dead)
+FilterRunner = StageRunner
+"""The stage runner (it calls :meth:`FilterHandler.begin_batch` before each batch)."""
 
 
 # ------------------------------------------------------------------ building it

@@ -115,6 +115,9 @@ class Stage(Protocol):
 
     name: str
 
+    def begin_batch(self, msgs: Sequence[Any]) -> None:
+        """The batch's messages, before any is handled (e.g. to fetch what they need in one query)."""
+
     def handle(self, msg: Any) -> Handled:
         """One message → :class:`Handled`. Raise :class:`DecodeError` (reason) to dead-letter it."""
 
@@ -134,6 +137,9 @@ class BaseStage:
     write_done = "written"
     """How a dead letter's reason says the message was written before Kafka refused
     its output (``"<write_done>, but Kafka refused ..."``)."""
+
+    def begin_batch(self, msgs: Sequence[Any]) -> None:
+        """Nothing to prepare."""
 
     def handle(self, msg: Any) -> Handled:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -400,6 +406,9 @@ class StageRunner:
         return h
 
     def _handle_all(self, msgs: list[Any], dead: list[tuple[Any, str]]) -> list[Handled]:
+        begin = getattr(self.stage, "begin_batch", None)  # stages written against the Protocol may lack it
+        if begin is not None:
+            begin(msgs)
         if self.handler_threads <= 0 or len(msgs) == 1:
             results = [self._handle_one(m) for m in msgs]
         else:
