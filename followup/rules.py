@@ -131,6 +131,10 @@ than the one the group's follow-up used (rounding and re-fits of the same positi
 not start an analysis; 7.15° → 1.34° or a first position do)."""
 
 
+AUTOMATIC = ("filter:", "rule:")
+"""``requested_by`` prefixes of automatic requests (a filter's, or a trigger rule's of
+earlier versions): only these are compared with the group's follow-up."""
+
 POSITION_BLIND_NO_DATA = frozenset({"outside_mission", "data_gap"})
 """"No data" kinds that no localization can change: outside the mission, or no light
 curve / orbit data at T0. After a result with only these, a better localization at the
@@ -201,8 +205,9 @@ def reanalysis_reason(event: Event, analyses: Sequence[str], params: dict[str, A
     params : dict
         The request's parameters (``window_s``, ``max_sky_samples``).
     requested_by : str
-        ``"rule:<name>"`` for automatic requests; anything else (``"cli"``) was asked
-        for by a person and always runs.
+        ``"filter:<name>"`` (or ``"rule:<name>"``, before the trigger rules became
+        filters) for automatic requests; anything else (``"cli"``) was asked for by a
+        person and always runs.
     previous : dict or None
         The document of the group's current (latest, not superseded) result.
 
@@ -217,7 +222,7 @@ def reanalysis_reason(event: Event, analyses: Sequence[str], params: dict[str, A
     """
     if previous is None:
         return "first follow-up of this trigger"
-    if not requested_by.startswith("rule:"):
+    if not requested_by.startswith(AUTOMATIC):
         return f"requested by hand ({requested_by})"
     if previous.get("status") == "failed":
         return "the previous analysis failed"

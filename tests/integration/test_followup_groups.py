@@ -67,7 +67,7 @@ def worker(fresh_db, tmp_path):
     archive.close()
 
 
-def _request(event: Event, by: str = "rule:test", kind: str = "analyze") -> FollowupRequest:
+def _request(event: Event, by: str = "filter:followup-test", kind: str = "analyze") -> FollowupRequest:
     return FollowupRequest(kind=kind, event=event, analyses=("spiacs",), params=PARAMS if kind == "analyze" else {},
                            requested_by=by)
 

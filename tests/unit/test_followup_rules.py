@@ -175,7 +175,7 @@ def _previous(t0="2024-08-24T02:14:40.430Z", loc=None, status="done", analyses=N
     return doc | extra
 
 
-def _reason(event, previous, by="rule:fermi-gbm-grb", analyses=("spiacs",), params=None):
+def _reason(event, previous, by="filter:followup-fermi-gbm-grb", analyses=("spiacs",), params=None):
     return reanalysis_reason(event, analyses, params or {"window_s": 300.0}, by, previous)
 
 
