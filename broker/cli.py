@@ -389,6 +389,8 @@ def _where(loc) -> str:
 @events_app.command("list")
 def events_list(
     source: Optional[SourceName] = typer.Option(None, "--source", help="Only this source.", case_sensitive=False),
+    category: Optional[str] = typer.Option(None, "--category", help="Only this category (grb, gw_cbc, "
+                                           "neutrino_track, ...: docs/categories.md)."),
     since: Optional[str] = typer.Option(None, "--since", help="Only events with T0 at/after this ISO time."),
     limit: int = typer.Option(50, "--limit", min=1, max=100_000, help="At most this many."),
     as_json: bool = typer.Option(False, "--json", help="JSON Lines."),
@@ -398,14 +400,19 @@ def events_list(
 
     The table fits the terminal (COLUMNS): long ids are cut in the middle, keeping
     their head and tail; --wide shows everything. "where" is RA Dec (deg) of a point
-    localization or the 90% area of a sky map.
+    localization or the 90% area of a sky map. "category" is "-" for events archived
+    before categories existed (`mma-broker events recategorize` fills them).
     """
     from broker.app import open_archive
+    from broker.category import CATEGORIES
     from broker.tables import Column, render
 
     since_t = _parse_since(since)  # every argument is checked before the database is asked
+    if category is not None and category not in CATEGORIES:
+        raise typer.BadParameter(f"unknown category {one_line(repr(category), 60)}; one of "
+                                 f"{', '.join(CATEGORIES)}", param_hint="'--category'")
     rows = open_archive(settings(), read_only=True).list(source=source.value if source else None,
-                                                        since=since_t, limit=limit)
+                                                        since=since_t, limit=limit, category=category)
     if as_json:
         for r in rows:
             d = r.event.to_json_dict()
@@ -417,14 +424,16 @@ def events_list(
     if not rows:
         return
     columns = [Column("T0"), Column("id", cut="middle"), Column("mission", cut="end"), Column("type", cut="end"),
-               Column("where", right=True), Column("R")]
+               Column("category", cut="end"), Column("where", right=True), Column("R")]
     cells = []
     for r in rows:
         ev = r.event
         t0 = ev.time if wide else ev.time[:16].replace("T", " ")
         cells.append([printable(c) for c in (t0, ev.id, ev.mission + (f"/{ev.instrument}" if ev.instrument else ""),
-                                             ev.alert_type, _where(ev.localization), "R" if r.retracted else "")])
-    order = [(2, 12), (3, 12), (1, 20), (2, 7), (3, 8), (1, 12)]  # mission, type, then the id gives way
+                                             ev.alert_type, ev.category or "-", _where(ev.localization),
+                                             "R" if r.retracted else "")])
+    # mission, type, category, then the id give way
+    order = [(2, 12), (3, 12), (4, 12), (1, 20), (2, 7), (3, 8), (4, 8), (1, 12)]
     print(render(columns, cells, wide=wide, order=order))
 
 
@@ -454,6 +463,41 @@ def events_show(event_id: str = typer.Argument(...), raw: bool = typer.Option(Fa
         "raw_sha256": rec.raw.sha256,
     }
     print(json.dumps(d, indent=2))
+
+
+@events_app.command("recategorize")
+def events_recategorize(
+    all_rows: bool = typer.Option(False, "--all", help="Recompute every row (after a change of the rules), "
+                                  "not only those archived before categories existed."),
+    page_size: int = typer.Option(2000, "--page-size", min=1, max=100_000, help="Rows per transaction."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Fill the category of archived events that have none (archived before migration 0008).
+
+    The category is computed from the archived Event's own columns (docs/categories.md);
+    no raw bytes are decoded. Pages commit one by one: an interrupted pass keeps what it
+    wrote, and running it again goes on with the rows still without a category.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from broker.app import open_archive
+    from broker.archive.recategorize import recategorize
+
+    archive = open_archive(settings())  # a writer: upgrades the schema to 0008 first
+    try:
+        with Progress(TextColumn("recategorize"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err.real, disable=not err.is_terminal) as bar:
+            task = bar.add_task("recategorize", total=None)
+            result = recategorize(archive.engine, all_rows=all_rows, page_size=page_size,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    finally:
+        archive.close()
+    if as_json:
+        print(json.dumps(result.to_json_dict()))
+        return
+    print(f"{result.examined} event(s) examined, {result.updated} updated")
+    for name, n in sorted(result.categories.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {name}: {n}")
 
 
 # events group / events in-region (issue 9): defined beside the stores they read

@@ -239,7 +239,8 @@ class Event(BaseModel):
         rule that decided it (:mod:`broker.category`, docs/categories.md); set for every
         decoded Event by :func:`broker.sources.decode` (and by ``EventCodec.decode`` for
         records written before categories existed). None: not categorized (an Event built
-        by hand or by one decoder module called directly, or rebuilt from an archive row).
+        by hand or by one decoder module called directly, or rebuilt from an archive row
+        written before migration 0008 and not recategorized since).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

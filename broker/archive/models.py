@@ -37,6 +37,9 @@ events = sa.Table(
     sa.Column("localization", JSONB, nullable=True),
     sa.Column("properties", JSONB, nullable=False),
     sa.Column("format", sa.Text, nullable=False),
+    sa.Column("category", sa.Text, nullable=True,
+              comment="normalized class (broker.category); NULL: archived before 0008"),
+    sa.Column("category_rule", sa.Text, nullable=True, comment="id of the rule that decided the category"),
     # --- derived from the localization, for queries ---
     sa.Column("ra_deg", sa.Float(precision=53), nullable=True, comment="ICRS RA of point or max-probability pixel"),
     sa.Column("dec_deg", sa.Float(precision=53), nullable=True, comment="ICRS Dec of point or max-probability pixel"),
@@ -59,6 +62,7 @@ events = sa.Table(
     sa.Index("ix_events_upstream_id", "upstream_id"),
     sa.Index("ix_events_time", "time"),
     sa.Index("ix_events_hpx", "hpx"),
+    sa.Index("ix_events_category_time", "category", "time"),  # migration 0008: events list --category
     sa.Index(
         "ix_events_retractions",
         "source",

@@ -61,7 +61,9 @@ class ArchivedEvent:
     Attributes
     ----------
     event : Event
-        Rebuilt from the row; ``time`` is formatted with millisecond precision.
+        Rebuilt from the row; ``time`` is formatted with millisecond precision;
+        ``category``/``category_rule`` are None for rows archived before migration 0008
+        and not recategorized since (:mod:`broker.archive.recategorize`).
     retracted : bool
         True once a retraction of the same (source, upstream_id) is archived.
     retracted_by : str or None
@@ -213,6 +215,8 @@ def event_rows(items: Sequence[ArchiveItem], refs: Sequence[RawRef]) -> list[dic
                 "localization": loc_json,
                 "properties": ev.properties,
                 "format": ev.format,
+                "category": ev.category,
+                "category_rule": ev.category_rule,
                 "ra_deg": ra,
                 "dec_deg": dec,
                 "error_radius_deg": err,
@@ -251,6 +255,9 @@ def archived_from_row(row: Mapping[str, Any]) -> ArchivedEvent:
         localization=_as_dict(row["localization"]),
         properties=_as_dict(row["properties"]) or {},
         format=row["format"],
+        # NULL in rows archived before migration 0008 (`mma-broker events recategorize` fills them)
+        category=row["category"],
+        category_rule=row["category_rule"],
     )
     kafka = None
     if row["kafka_topic"] is not None:

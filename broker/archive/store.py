@@ -344,6 +344,7 @@ class Archive:
         until: datetime | None = None,
         limit: int = 100,
         include_retracted: bool = True,
+        category: str | None = None,
     ) -> list[ArchivedEvent]:
         """Archived Events, most recent event time first.
 
@@ -357,10 +358,15 @@ class Archive:
             At most this many.
         include_retracted : bool
             False drops retracted revisions (retractions themselves stay).
+        category : str or None
+            Only Events of this category (``Event.category``, docs/categories.md); rows
+            archived before migration 0008 and not recategorized (NULL) never match.
         """
         q = sa.select(events)
         if source is not None:
             q = q.where(events.c.source == source)
+        if category is not None:
+            q = q.where(events.c.category == category)
         if since is not None:
             q = q.where(events.c.time >= _aware(since))
         if until is not None:
@@ -391,7 +397,8 @@ def _aware(t: datetime) -> datetime:
 _COPY_TYPES = {
     "id": "text", "source": "text", "messenger": "text", "mission": "text", "instrument": "text",
     "upstream_id": "text", "alert_type": "text", "time": "timestamptz", "localization": "jsonb",
-    "properties": "jsonb", "format": "text", "ra_deg": "float8", "dec_deg": "float8",
+    "properties": "jsonb", "format": "text", "category": "text", "category_rule": "text", "ra_deg": "float8",
+    "dec_deg": "float8",
     "error_radius_deg": "float8", "hpx": "int8", "area_90_deg2": "float8", "kafka_topic": "text",
     "kafka_partition": "int4", "kafka_offset": "int8", "raw_sha256": "text", "raw_segment": "text",
     "raw_offset": "int8", "raw_length": "int8",

@@ -414,3 +414,84 @@ def test_followup_group_keys_are_rewritten_to_the_enrich_groups_and_back(empty_d
     command.downgrade(alembic_config(empty_database), "0003")
     assert keys() == old
     engine.dispose()
+
+
+# ---------------------------------------------------------------- categories (migration 0008)
+def _decoded_items() -> list[ArchiveItem]:
+    """Real alerts through the production dispatcher (broker.sources.decode sets the category)."""
+    from broker.sources import decode
+
+    items = []
+    for path in (GBM, IGWN / "MS181101ab-preliminary.json", IGWN / "MS181101ab-retraction.json", ZTF_MULTI):
+        raw = path.read_bytes()
+        items += [ArchiveItem(ev, raw, None) for ev in decode(raw)]
+    return items
+
+
+def test_category_is_archived_listed_and_recategorized(archive: Archive) -> None:
+    from broker.archive.recategorize import recategorize
+    from broker.category import categorize
+
+    items = _decoded_items()
+    expected = {it.event.id: (it.event.category, it.event.category_rule) for it in items}
+    assert all(c is not None for c, _ in expected.values())
+    assert len({c for c, _ in expected.values()}) >= 4  # grb, gw_cbc, unknown (the retraction), optical_transient
+    archive.write_batch(items)
+    for it in items:
+        got = archive.get(it.event.id).event
+        assert got == it.event and (got.category, got.category_rule) == expected[it.event.id]
+    for category in {c for c, _ in expected.values()}:
+        listed = {a.event.id for a in archive.list(category=category, limit=1000)}
+        assert listed == {i for i, (c, _) in expected.items() if c == category}
+    assert [a.event.id for a in archive.list(source="igwn", category="grb")] == []
+
+    # rows as archived before migration 0008: NULL, read back as None, never listed by category
+    with archive.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE events SET category = NULL, category_rule = NULL"))
+    assert archive.get(items[0].event.id).event.category is None
+    assert archive.list(category="grb") == []
+    seen: list[tuple[int, int]] = []
+    result = recategorize(archive.engine, page_size=2, progress=lambda d, t: seen.append((d, t)))
+    assert (result.examined, result.updated) == (len(items), len(items))
+    assert seen[0] == (0, len(items)) and seen[-1] == (len(items), len(items))
+    assert sum(result.categories.values()) == len(items)
+    for it in items:
+        got = archive.get(it.event.id).event
+        assert (got.category, got.category_rule) == expected[it.event.id] == categorize(got)
+    again = recategorize(archive.engine)
+    assert (again.examined, again.updated) == (0, 0)  # nothing left NULL
+    # --all: every row examined; a stale stored rule is rewritten, the others untouched
+    with archive.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE events SET category_rule = 'fallback' WHERE id = :id"),
+                     {"id": items[0].event.id})
+    everything = recategorize(archive.engine, all_rows=True, page_size=3)
+    assert (everything.examined, everything.updated) == (len(items), 1)
+    assert archive.get(items[0].event.id).event.category_rule == expected[items[0].event.id][1]
+
+
+def test_rows_archived_at_0001_upgrade_to_null_category_then_recategorize(empty_database) -> None:
+    """An archive written before migration 0008 upgrades in place: its rows keep NULL."""
+    from alembic import command
+
+    from broker.archive.raw import RawRef
+    from broker.archive.recategorize import recategorize
+    from broker.archive.rows import event_rows
+
+    command.upgrade(alembic_config(empty_database), "0001")
+    items = _decoded_items()
+    rows = event_rows(items, [RawRef(sha256="ab" * 32, length=1)] * len(items))
+    engine = sa.create_engine(empty_database)
+    try:
+        old = sa.Table("events", sa.MetaData(), autoload_with=engine)  # the table as 0001 made it
+        assert "category" not in old.c
+        with engine.begin() as conn:
+            conn.execute(old.insert(), [{k: v for k, v in r.items() if k in old.c} for r in rows])
+    finally:
+        engine.dispose()
+    with Archive(empty_database, PostgresRawStore()) as arch:
+        arch.migrate()
+        assert all(arch.get(it.event.id).event.category is None for it in items)
+        result = recategorize(arch.engine)
+        assert result.updated == len(items)
+        for it in items:
+            assert arch.get(it.event.id).event == it.event  # category and rule as decoded

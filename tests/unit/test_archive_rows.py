@@ -65,6 +65,14 @@ def igwn_event() -> Event:
     return igwn.decode_json(json.loads((DATA / "igwn/userguide/MS181101ab-preliminary.json").read_bytes()))
 
 
+def decoded_gbm_event() -> Event:
+    """The same VOEvent through the production decoders: category and rule set."""
+    from broker.sources import decode
+
+    (ev,) = decode(GBM.read_bytes())
+    return ev
+
+
 def as_db_row(row: dict) -> dict:
     """What the database adds to an inserted row (server defaults)."""
     return {**row, "retracted": False, "retracted_by": None, "ingested_at": datetime.now(timezone.utc)}
@@ -114,13 +122,15 @@ def test_healpix_localization_row_uses_max_pixel_and_area() -> None:
     assert (row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]) == (None, None, None)
 
 
-@pytest.mark.parametrize("make", [gbm_event, igwn_event])
+@pytest.mark.parametrize("make", [gbm_event, igwn_event, decoded_gbm_event])
 def test_round_trip(make) -> None:
     ev = make()
     kafka = KafkaMeta("t", 3, 99)
     (row,) = event_rows([ArchiveItem(ev, b"raw", kafka)], [REF])
+    assert (row["category"], row["category_rule"]) == (ev.category, ev.category_rule)
     back = archived_from_row(as_db_row(row))
     assert back.event == ev
+    assert (back.event.category, back.event.category_rule) == (ev.category, ev.category_rule)
     assert back.kafka == kafka
     assert back.raw == REF
     assert back.retracted is False and back.retracted_by is None
@@ -147,3 +157,19 @@ def test_no_localization() -> None:
     (row,) = event_rows([ArchiveItem(ev, b"raw")], [REF])
     assert row["localization"] is None
     assert row["ra_deg"] is row["dec_deg"] is row["hpx"] is None
+
+
+def test_category_is_kept_and_null_rows_read_back_without_one() -> None:
+    from broker.category import categorize
+
+    ev = decoded_gbm_event()
+    # the real GBM flight position: its Most_Likely_Index (flight-software class) is a GRB
+    assert (ev.category, ev.category_rule) == ("grb", "gbm_most_likely") == categorize(ev)
+    (row,) = event_rows([ArchiveItem(ev, b"raw")], [REF])
+    assert archived_from_row(as_db_row(row)).event.category == ev.category
+    # a row archived before migration 0008: NULL stays None (not guessed on read)
+    old = as_db_row({**row, "category": None, "category_rule": None})
+    back = archived_from_row(old).event
+    assert back.category is None and back.category_rule is None
+    assert back == ev.model_copy(update={"category": None, "category_rule": None})
+    assert categorize(back) == (ev.category, ev.category_rule)  # what `events recategorize` stores

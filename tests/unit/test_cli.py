@@ -156,6 +156,7 @@ def test_usage_errors_keep_the_hint_and_print_one_error_line(args, says):
 @pytest.mark.parametrize("args, says", [
     (["events", "list", "--since", "yesterday"], "--since 'yesterday': expected an ISO 8601"),
     (["events", "list", "--since", "\udcff"], "--since"),
+    (["events", "list", "--category", "GRB!"], "unknown category 'GRB!'"),
     (["subscribe", "mma.events", "--since", "2023-02-30"], "--since '2023-02-30': expected an ISO 8601"),
     (["subscribe", "mma.events", "--since", "1969-07-20T20:17Z"], "before 1970"),
     (["followup", "results", "--limit", "0"], "'--limit'"),

@@ -36,3 +36,12 @@ def test_revision_graph_has_one_head_and_keeps_the_followup_ids():
     assert revisions["0002"].down_revision == "0001"
     assert Path(revisions["0002"].path).resolve().parent == ROOT / "followup" / "migrations" / "versions"
     assert Path(revisions["0001"].path).resolve().parent == ROOT / "broker" / "archive" / "migrations" / "versions"
+
+
+def test_event_category_revision_is_a_core_branch_from_0001():
+    script = ScriptDirectory.from_config(alembic_config())
+    rev = script.get_revision("0008")
+    assert rev.down_revision == "0001" and "0008" in script.get_heads()
+    assert Path(rev.path).resolve().parent == ROOT / "broker" / "archive" / "migrations" / "versions"
+    ids = [r.revision for r in script.walk_revisions()]
+    assert len(ids) == len(set(ids))  # revision ids are global across the version locations
