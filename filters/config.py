@@ -52,7 +52,10 @@ def _rule(name: str, **params: Any) -> FilterEntry:
 def default_filters() -> list[FilterEntry]:
     """The filters enabled when the settings name none.
 
-    The INTEGRAL follow-up's trigger rules (``followup-rule``, :mod:`followup.filter`):
+    The built-in science filters (``gw-significant``, ``grb-short``,
+    ``gw-grb-coincidence``, ``neutrino-track``, ``optical-counterpart``, ``ztf-decent``)
+    with their default parameters, each publishing on ``mma.filter.<name>``, and the
+    INTEGRAL follow-up's trigger rules (``followup-rule``, :mod:`followup.filter`):
     every significant IGWN alert (preliminary, initial, update: the ``significant``
     flag, or FAR <= 1/month when the flag is absent; early warnings are skipped since
     the preliminary alert follows with the same T0, and T0 + 300 s of data must exist
@@ -74,6 +77,9 @@ def default_filters() -> list[FilterEntry]:
               alert_types=["wakeup", "initial", "update"], grb_only=True),
         _rule("followup-burstcube-grb", source="gcn", missions=["BurstCube"], alert_types=["initial", "update"],
               grb_only=True),
+        # the built-in science filters with their default parameters (docs/filters-builtin.md)
+        *(FilterEntry(name=n) for n in ("gw-significant", "grb-short", "gw-grb-coincidence", "neutrino-track",
+                                        "optical-counterpart", "ztf-decent")),
     ]
 
 
