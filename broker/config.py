@@ -64,10 +64,10 @@ class SettingsError(BrokerError):
     """
 
 
-_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|database_url|sasl", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|database_url|sasl|api_key", re.IGNORECASE)
 _URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s/:@]*:)(?!<password>@)[^\s@]*@")
 _SECRET_ASSIGNMENT = re.compile(
-    r"(?P<head>(?:secret|password|passwd|token)[\w.-]*['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}\]]+", re.IGNORECASE)
+    r"(?P<head>(?:secret|password|passwd|token|api_key)[\w.-]*['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}\]]+", re.IGNORECASE)
 
 
 def scrub_secrets(text: str) -> str:
@@ -433,6 +433,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         for name in type(settings).model_fields.keys() - Settings.model_fields.keys():
             section = getattr(settings, name)
             for key, field in getattr(type(section), "secrets_file_keys", {}).items():
-                if key in secrets and getattr(section, field, None) is None:
-                    setattr(section, field, SecretStr(secrets[key]))
+                *parents, field = field.split(".")  # "hermes.password": a field of a sub-section
+                target = section
+                for p in parents:
+                    target = getattr(target, p, None)
+                if key in secrets and target is not None and getattr(target, field, None) is None:
+                    setattr(target, field, SecretStr(secrets[key]))
     return settings
