@@ -99,6 +99,15 @@ def build_channels(settings: Any, *, names: list[str] | None = None) -> dict[str
     return out
 
 
+def make_outbox(settings: Any, engine: Any, *, channels: dict[str, Any] | None = None) -> Any:
+    """The :class:`broker.sinks.outbox.Outbox` of the archive ``engine`` with the operator's
+    approval policy (``[publish.approval]``) and, when given, the channels whose
+    ``validate`` checks each payload before it is stored. What the reports stage uses."""
+    from broker.sinks.outbox import Outbox
+
+    return Outbox(engine, channels=channels, approval=settings.publish.requires_approval)
+
+
 def our_kafka_config(settings: Any) -> dict[str, Any]:
     """librdkafka settings of our own Kafka (``[kafka]``), for channels that publish there."""
     from broker.kafka import client_config

@@ -223,15 +223,21 @@ class KafkaChannel(BaseChannel):
         payload → record key (bytes or str) or None.
     timeout_s : float
         Longest wait for the acknowledgement, s.
+    ensure : callable, optional
+        Called once before the first send, e.g. ``ensure_topics`` on our own Kafka: an
+        idempotent producer writing into a partition not yet online can lose records
+        with a successful delivery report (see :func:`broker.kafka.ensure_topics`).
     """
 
     def __init__(self, name: str, topic: str, config: dict[str, Any], *,
-                 key_of: Callable[[dict], bytes | str | None] | None = None, timeout_s: float = 30.0) -> None:
+                 key_of: Callable[[dict], bytes | str | None] | None = None, timeout_s: float = 30.0,
+                 ensure: Callable[[], None] | None = None) -> None:
         self.name = name
         self.topic = topic
         self.config = dict(config)
         self.key_of = key_of
         self.timeout_s = timeout_s
+        self._ensure = ensure
         self._producer = None
 
     def producer(self):
@@ -262,6 +268,12 @@ class KafkaChannel(BaseChannel):
         def delivered(err, msg) -> None:
             result["err"], result["msg"] = err, msg
 
+        if self._ensure is not None:
+            try:
+                self._ensure()
+            except Exception as exc:  # noqa: BLE001 - Kafka away: tried again later
+                raise ChannelError(f"{self.name}: topic {self.topic} not ready: {exc}") from None
+            self._ensure = None
         key = self.key_of(entry.payload) if self.key_of else None
         try:
             self.producer().produce(self.topic, value=self.encode(entry.payload), key=key,

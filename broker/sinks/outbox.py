@@ -41,7 +41,7 @@ import json
 import logging
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -224,20 +224,26 @@ class Outbox:
         before writing (an invalid message is refused before it is stored).
     token : int, optional
         Claim token of this instance (random by default): see the module docstring.
+    approval : callable, optional
+        ``approval(channel, payload) -> bool``: whether the operator's settings require
+        approval for such an entry (:meth:`broker.sinks.config.PublishSettings.requires_approval`;
+        :func:`broker.sinks.build.make_outbox` passes it). It is a floor: ``put`` cannot
+        waive it.
     """
 
     def __init__(self, engine: sa.Engine, *, channels: dict[str, Any] | None = None,
-                 token: int | None = None) -> None:
+                 token: int | None = None, approval: Callable[[str, dict], bool] | None = None) -> None:
         self.engine = engine
         self.t = OUTBOX
         self.channels = channels
+        self.approval = approval
         self.token = token if token is not None else random.SystemRandom().randrange(1, 2**31 - 1)
         self._lock_conn: sa.Connection | None = None
         self._lock_guard = threading.Lock()
 
     # ------------------------------------------------------------------ writing
     def put(self, key: str, channel: str, payload: dict, *, source_event_id: str | None = None,
-            group_key: str | None = None, requires_approval: bool = False,
+            group_key: str | None = None, requires_approval: bool | None = None,
             replaces: str | None = None) -> OutboxEntry:
         """Write an entry (``queued``, or ``pending_approval``), idempotently on ``key``.
 
@@ -249,8 +255,10 @@ class Outbox:
         payload : dict
             JSON-ready message.
         source_event_id, group_key : str, optional
-        requires_approval : bool
-            Starts in ``pending_approval``; sent only after :meth:`approve`.
+        requires_approval : bool, optional
+            True: starts in ``pending_approval``, sent only after :meth:`approve`. The
+            operator's policy (``approval``) applies in any case: an entry it requires
+            approval for needs it whatever is passed here.
         replaces : str, optional
             Key of an earlier entry this one supersedes: if that one is still unsent
             it is withdrawn in the same transaction (``decision`` names this key).
@@ -275,6 +283,7 @@ class Outbox:
         digest = canonical_sha256(payload)
         if self.channels is not None and channel in self.channels:
             self.channels[channel].validate(payload)
+        requires_approval = bool(requires_approval) or bool(self.approval and self.approval(channel, payload))
         state = "pending_approval" if requires_approval else "queued"
         now = _now()
         t = self.t

@@ -234,7 +234,13 @@ class Sender:
                 for rest in batch[i:]:
                     self._record(lambda e=rest: self.outbox.requeue(e.id, ""), rest.id)
                 break
-            self.send_one(entry, stop)
+            try:
+                self.send_one(entry, stop)
+            except Exception:
+                # the database went away while recording: the entries not begun go back
+                # to the queue first thing when it is back (none of them was sent)
+                self._unrecorded += [(lambda e=rest: self.outbox.requeue(e.id, ""), rest.id) for rest in batch[i + 1:]]
+                raise
             n += 1
         if batch:
             self.metrics.batch(time.monotonic() - t0, len(batch))
@@ -446,7 +452,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
         return []
     channels = build_channels(s)
     archive = open_archive(s)
-    outbox = Outbox(archive.engine, channels=channels)
+    outbox = Outbox(archive.engine, channels=channels, approval=p.requires_approval)
     sender = Sender(outbox, channels, p, metrics=app.metrics.stage("publish"))
     log.info("publish: channels %s", ", ".join(sorted(channels)) or "none")
 
