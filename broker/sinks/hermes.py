@@ -280,8 +280,11 @@ class HermesChannel:
         with self._lock:
             try:
                 producer = self._open()
-                producer.write(payload, headers=[(KEY_HEADER, entry.key.encode())], topic=topic,
-                               key=entry.key.encode(), delivery_callback=delivered)
+                # packed here (as Producer.write does) to know the record's hop _id: the
+                # delivery report carries no headers
+                packed, headers = producer.pack(payload, [(KEY_HEADER, entry.key.encode())],
+                                                auth=self.auth or None)
+                producer.write_raw(packed, headers, delivery_callback=delivered, topic=topic, key=entry.key.encode())
                 producer.flush(timedelta(seconds=self.timeout_s))
             except Exception as exc:  # noqa: BLE001 - any client failure is a failed send
                 self._reset()
@@ -293,11 +296,7 @@ class HermesChannel:
                                retryable=True)
         if outcome["err"] is not None:
             raise ChannelError(f"Kafka refused the message to {topic}: {outcome['err']}", retryable=True)
-        return self._receipt(outcome["msg"])
-
-    def _receipt(self, msg: Any) -> dict[str, Any]:
-        headers = dict(msg.headers() or [])
-        hop_id = headers.get("_id")
+        msg, hop_id = outcome["msg"], dict(headers).get("_id")
         return {"url": self.url, "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                 "hop_uuid": str(uuid.UUID(bytes=hop_id)) if hop_id else None}
 
