@@ -115,9 +115,24 @@ class TnsSettings(Section):
     """TNS bot id (the ``tns_marker`` User-Agent names it)."""
     bot_name: str | None = None
     reporting_group: str = ""
-    """Reporting group name or id of the AT reports."""
+    """TNS id (digits) of the group the AT reports are made for (``reporting_group_id``);
+    required to report. TNS lists its groups by id."""
     source_group: str = ""
-    """Data source group name or id."""
+    """TNS id of the discovery data-source group (``discovery_data_source_id``); empty:
+    ZTF's (48), whose public alerts the candidates come from."""
+    reporter: str = ""
+    """``reporter`` of the AT reports: names and affiliations ("A. Person (Inst.) on
+    behalf of ..."); required to report."""
+    at_type: str = "PSN"
+    """AT type by TNS name (``PSN``, ``PNV``, ``AGN``, ``NUC``, ``Other``) or id."""
+    observer: str = "Robot"
+    """``observer`` of the photometry (ZTF's bots say "Robot")."""
+    remarks: str = ""
+    """Text put before the generated remarks (which name the multi-messenger event)."""
+    report_path: str = "bulk-report"
+    """Report endpoint under ``base_url`` (``set/bulk-report`` on TNS's newer API paths)."""
+    reply_path: str = "bulk-report-reply"
+    """Reply endpoint under ``base_url`` (``get/bulk-report-reply`` on the newer paths)."""
     timeout_s: float = Field(30.0, gt=0, le=600)
     poll_interval_s: float = Field(30.0, gt=0)
     """How often a pending bulk report's reply is asked for, s."""

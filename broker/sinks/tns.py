@@ -313,6 +313,7 @@ class TnsChannel(BaseChannel):
         self._api_key = settings.api_key.get_secret_value() if hasattr(settings.api_key, "get_secret_value") \
             else str(settings.api_key)
         self.timeout_s = float(getattr(settings, "timeout_s", 30.0))
+        self.poll_interval_s = float(getattr(settings, "poll_interval_s", 30.0))
         self.user_agent = tns_marker(settings.bot_id, settings.bot_name)
         self.report_path = getattr(settings, "report_path", None) or REPORT_PATH
         self.reply_path = getattr(settings, "reply_path", None) or REPLY_PATH
@@ -463,6 +464,11 @@ class TnsChannel(BaseChannel):
 
 
 def tns_channel(settings: Any) -> TnsChannel | None:
-    """The channel from ``[publish]`` (or its ``tns`` section); None when ``enabled`` is false."""
-    tns = getattr(settings, "tns", settings)
+    """The channel from the settings (root, ``[publish]`` or its ``tns`` section); None when
+    ``[publish.tns] enabled`` is false (the default). Entry point ``mma_broker.channels``
+    ``tns`` (:mod:`broker.sinks.build`)."""
+    tns = getattr(getattr(settings, "publish", settings), "tns", settings)
     return TnsChannel(tns) if getattr(tns, "enabled", False) else None
+
+
+build = tns_channel
