@@ -280,7 +280,7 @@ def optical_topics(settings: Any) -> list[str]:
     f = settings.filters
     names = {OPTICAL_PLUGIN}
     if f.enabled:
-        names |= {e.name for e in f.filters if e.plugin_name() == OPTICAL_PLUGIN and e.publish}
+        names |= {e.name for e in f.filters if e.plugin_name == OPTICAL_PLUGIN and e.publish}
     return sorted(settings.topic(f.topic_prefix + n) for n in names)
 
 

@@ -374,3 +374,15 @@ def test_missing_builders_are_skipped_with_a_log_line(caplog, monkeypatch):
         builders = load_builders({"hermes", "gcn-notice", "gcn-circular", "tns"})
     assert sorted(builders) == ["hermes:coincidence", "hermes:followup", "hermes:optical"]
     assert sum("gets no entries" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_optical_topics_follow_the_filter_instances():
+    from broker.config import load_settings
+    from followup.reports.stage import optical_topics
+
+    s = load_settings()
+    assert optical_topics(s) == ["mma.filter.optical-counterpart"]  # not a default filter: its topic anyway
+    entries = [*s.filters.filters, {"name": "ztf-near-gw", "plugin": "optical-counterpart"}]
+    s2 = s.model_copy(update={"filters": s.filters.model_copy(update={"filters": [
+        e if not isinstance(e, dict) else type(s.filters.filters[0]).model_validate(e) for e in entries]})})
+    assert optical_topics(s2) == ["mma.filter.optical-counterpart", "mma.filter.ztf-near-gw"]
