@@ -30,7 +30,7 @@ Per round (:meth:`Sender.round`):
    (:meth:`Outbox.claim`, ``SKIP LOCKED``), and for each: ``validate`` (a ValueError →
    ``failed`` with no ``retry_at``: an invalid message is never sent), then ``send``
    with up to ``attempts_per_claim`` tries, exponential backoff with jitter in between
-   (tenacity: ``wait_exponential_jitter``), only while the error is retryable; success →
+   (tenacity: ``wait_exponential`` + ``wait_random``), only while the error is retryable; success →
    ``sent`` with the receipt; else ``failed`` with ``retry_at`` = now + ``failed_retry_initial_s``
    × 2^(failed claims − 1) (capped at ``failed_retry_max_s``, plus jitter), or no
    ``retry_at`` once ``max_attempts`` sends were tried or the error is not retryable.
@@ -277,8 +277,8 @@ class Sender:
         str
             ``"sent"``, ``"failed"`` or ``"invalid"``.
         """
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set, \
-            wait_exponential_jitter
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_when_event_set, wait_exponential, \
+            wait_random
 
         stop = stop or self.stop
         ch = self.channels[entry.channel]
@@ -302,7 +302,8 @@ class Sender:
 
         retrying = Retrying(
             stop=stop_after_attempt(p.attempts_per_claim) | stop_when_event_set(stop),
-            wait=wait_exponential_jitter(initial=p.retry_initial_s, max=p.retry_max_s, jitter=p.retry_initial_s),
+            # retry_initial_s * 2**(try - 1), capped, plus a uniform jitter of up to retry_initial_s
+            wait=wait_exponential(multiplier=p.retry_initial_s, max=p.retry_max_s) + wait_random(0, p.retry_initial_s),
             retry=retry_if_exception(_retryable), sleep=lambda s: self._sleep(s, stop), reraise=True,
             before_sleep=lambda rs: log.warning("outbox entry %s (%s): try %d failed (%s); again in %.1f s",
                                                 entry.id, entry.channel, rs.attempt_number,

@@ -124,6 +124,9 @@ def test_schema_matches_models(pg) -> None:
 
     DECISIONS.to_metadata(full)  # the filters' migration 0101, a branch from 0001
     RUNS.to_metadata(full)
+    from broker.sinks.outbox import outbox_table
+
+    outbox_table(full)  # migration 0009, a core branch from 0001
     url, _ = pg
     engine = sa.create_engine(url)
     with engine.connect() as conn:

@@ -161,3 +161,17 @@ def test_serve_app_answers_artifacts_by_sha256():
     err = client.get("/artifacts/sha256/" + "f" * 64)
     assert err.status_code == 500 and "/secret" not in err.text
     assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_outbox_revision_is_a_core_branch_from_0001():
+    from pathlib import Path
+
+    from alembic.script import ScriptDirectory
+
+    from broker.archive.store import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    rev = script.get_revision("0009")
+    assert rev.down_revision == "0001" and "0009" in script.get_heads()
+    root = Path(__file__).resolve().parents[2]
+    assert Path(rev.path).resolve().parent == root / "broker" / "archive" / "migrations" / "versions"

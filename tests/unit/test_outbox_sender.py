@@ -156,7 +156,7 @@ def test_retries_with_exponential_backoff_and_jitter_then_success():
     assert ch.sent == ["k1"] and ch.tries == 4
     row = ob.rows[e.id]
     assert row.state == "sent" and row.attempts == 4 and row.receipt == {"n": 1}
-    # tenacity wait_exponential_jitter: initial * 2**n + U(0, jitter), jitter = initial
+    # initial * 2**n + U(0, initial)
     assert len(sleeps) == 3
     for n, s in enumerate(sleeps):
         assert 2**n <= s <= 2**n + 1.0
