@@ -92,8 +92,12 @@ def _validator(schema_id: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-def _where(error: jsonschema.ValidationError) -> str:
-    return error.json_path
+def _first_error(errors: list[jsonschema.ValidationError]) -> jsonschema.ValidationError | None:
+    """The error to report: the best match among those that name a field, before
+    ``unevaluatedProperties`` (a property of a failing ``allOf`` branch counts as
+    unevaluated, which would hide the real error behind the root path)."""
+    named = [e for e in errors if e.validator != "unevaluatedProperties"]
+    return jsonschema.exceptions.best_match(named or errors)
 
 
 def validate_notice(payload: Mapping[str, Any]) -> None:
@@ -122,9 +126,9 @@ def validate_notice(payload: Mapping[str, Any]) -> None:
         json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"GCN notice invalid at $: not JSON ({exc})") from None
-    error = jsonschema.exceptions.best_match(_validator(schema_id).iter_errors(payload))
+    error = _first_error(list(_validator(schema_id).iter_errors(payload)))
     if error is not None:
-        raise ValueError(f"GCN notice invalid at {_where(error)}: {error.message}")
+        raise ValueError(f"GCN notice invalid at {error.json_path}: {error.message}")
 
 
 def validate_circular(payload: Mapping[str, Any]) -> None:
@@ -472,7 +476,7 @@ class GcnCircularChannel:
                     smtp.starttls(context=context)
                     smtp.ehlo()
                 if self.username:
-                    smtp.login(self.username, _secret(self._password) or "")
+                    self._login(smtp)
                 refused = smtp.send_message(msg)
         except smtplib.SMTPAuthenticationError as exc:
             raise ChannelError(f"gcn-circular: {where} refused the log-in of {self.username!r} "
@@ -489,6 +493,18 @@ class GcnCircularChannel:
         log.info("gcn-circular: %s submitted to %s through %s", msg["Message-ID"], ", ".join(self.to), where)
         return {"message_id": msg["Message-ID"], "to": list(self.to), "smtp_host": where,
                 "refused": sorted(refused)}
+
+    def _login(self, smtp: smtplib.SMTP) -> None:
+        """AUTH PLAIN when offered (one exchange), else smtplib's choice of mechanism."""
+        password = _secret(self._password) or ""
+        if "plain" in smtp.esmtp_features.get("auth", "").lower().split():
+            smtp.user, smtp.password = self.username, password
+            try:
+                smtp.auth("PLAIN", smtp.auth_plain)
+            finally:
+                smtp.password = ""
+        else:
+            smtp.login(self.username or "", password)
 
     def recover(self, entry: Any) -> dict | None:
         """An e-mail cannot be looked up once sent: always unknowable.
