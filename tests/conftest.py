@@ -76,7 +76,7 @@ def fresh_db(pg_url):
 
 
 @pytest.fixture()
-def broker_env(tmp_path, kafka_bootstrap, pg_url) -> dict[str, str]:
+def broker_env(tmp_path, kafka_bootstrap, pg_url):
     """Environment for running ``mma-broker`` as a subprocess in isolation: its own
     topic prefix, consumer group and state folder, the session's PostgreSQL."""
     tag = uuid.uuid4().hex[:8]
@@ -92,7 +92,24 @@ def broker_env(tmp_path, kafka_bootstrap, pg_url) -> dict[str, str]:
         MMA_BROKER_ARCHIVE__DATABASE_URL=pg_url,
         PYTHONUNBUFFERED="1",
     )
-    return env
+    yield env
+    delete_topics(kafka_bootstrap, f"t{tag}.")
+
+
+def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the topics a test made under its prefix: a broker holding every test's
+    topics (about 20 topics of 4 partitions per broker run, the filter topics included)
+    grows slower at creating and listing them as the suite goes on."""
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+        if names:
+            for fut in admin.delete_topics(names, operation_timeout=10).values():
+                fut.result(timeout=15)
+    except Exception as exc:  # noqa: BLE001 - clean-up only; the test's result stands
+        print(f"conftest: topics under {prefix} not deleted: {exc}")
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
