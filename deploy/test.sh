@@ -23,4 +23,5 @@ fi
 cleanup() { if [ "$started" = 1 ]; then "$ROOT/deploy/kafka/kafka.sh" stop || true; fi; }
 trap cleanup EXIT
 export MMA_BROKER_TEST_KAFKA=$MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" tests
+# the 25 slowest tests are listed at the end: the whole run must stay under 20 min on 2 cores
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=25 "$@" tests
