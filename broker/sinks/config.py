@@ -165,7 +165,9 @@ class PublishSettings(Section):
     batch_size: int = Field(20, ge=1, le=10_000)
     """Entries claimed per round of the sender."""
     poll_interval_s: float = Field(0.5, gt=0, le=60)
-    """Sleep of the sender between rounds when nothing is due, s."""
+    """Longest wait of the sender between rounds when nothing is due, s. A new due entry
+    (put, approved, retried) wakes it at once (PostgreSQL ``NOTIFY``); entries that
+    become due by their ``retry_at`` and replies to poll are found within this."""
     attempts_per_claim: int = Field(3, ge=1, le=20)
     """Sends tried per claim (exponential backoff with jitter in between) before the
     entry goes to ``failed`` with a ``retry_at``."""

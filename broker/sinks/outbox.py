@@ -70,6 +70,11 @@ OUTBOX_LOCK_CLASS = 0x6D6D6131
 
 MAX_ERROR_CHARS = 2000
 
+NOTIFY_CHANNEL = "mma_outbox"
+"""PostgreSQL ``NOTIFY`` channel: a transaction that makes an entry due (``put`` of a
+queued entry, ``approve``, ``retry``) notifies it on commit, and the senders, which
+``LISTEN`` on it (:meth:`Outbox.wait`), wake at once instead of at their next poll."""
+
 
 class OutboxError(BrokerError):
     """An outbox operation that cannot be done (no such entry, wrong state)."""
@@ -308,6 +313,8 @@ class Outbox:
                 conn.execute(t.update().where(t.c.key == replaces, t.c.state.in_(UNSENT_STATES))
                              .values(state="withdrawn", decided_by=f"replaced by {key}", retry_at=None,
                                      decision="replaced", updated_at=now))
+            if state == "queued":
+                _notify(conn)
             return OutboxEntry.from_row(row)
 
     # ------------------------------------------------------------------ reading
@@ -370,6 +377,8 @@ class Outbox:
         with self.engine.begin() as conn:
             row = conn.execute(t.update().where(t.c.id == int(id), t.c.state.in_(allowed)).values(**values)
                                .returning(*t.c)).first()
+            if row is not None and values.get("state") == "queued":
+                _notify(conn)
             if row is None:
                 cur = conn.execute(sa.select(t.c.state).where(t.c.id == int(id))).scalar_one_or_none()
                 if cur is None:
@@ -469,6 +478,7 @@ class Outbox:
             if self._lock_conn is not None:
                 try:
                     self._lock_conn.execute(sa.text("SELECT 1"))
+                    self._lock_conn.rollback()  # idle, not in a transaction: NOTIFYs are delivered only then
                     return
                 except sa.exc.DBAPIError:
                     log.warning("outbox: the claim-lock connection was lost; taking the lock again")
@@ -480,11 +490,37 @@ class Outbox:
             conn = self.engine.connect()
             try:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:c, :t)"), {"c": OUTBOX_LOCK_CLASS, "t": self.token})
+                conn.execute(sa.text(f"LISTEN {NOTIFY_CHANNEL}"))
                 conn.commit()
             except BaseException:
                 conn.close()
                 raise
             self._lock_conn = conn
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for an entry to become due (``NOTIFY`` :data:`NOTIFY_CHANNEL`).
+
+        Listens on the claim-lock connection (:meth:`hold_lock`). Returns True when a
+        notification came (the caller claims at once), False after the timeout.
+        Entries that become due by time alone (``retry_at``) send no notification: the
+        caller's timeout is what finds them.
+
+        Raises
+        ------
+        psycopg.OperationalError
+            The connection was lost (an infrastructure error; the next :meth:`claim`
+            connects again).
+        """
+        self.hold_lock()
+        with self._lock_guard:
+            pg = self._lock_conn.connection.driver_connection
+            got = False
+            for _ in pg.notifies(timeout=timeout_s, stop_after=1):
+                got = True
+            if got:  # drain what else arrived: one claim serves them all
+                for _ in pg.notifies(timeout=0):
+                    pass
+            return got
 
     def close(self) -> None:
         """Release the claim-token lock (entries still ``sending`` become orphans)."""
@@ -645,6 +681,11 @@ class Outbox:
                         conn.execute(sa.text("SELECT pg_advisory_unlock(:c, :t)"), {"c": OUTBOX_LOCK_CLASS, "t": tok})
                         conn.commit()
         return sorted(taken, key=lambda e: e.id)
+
+
+def _notify(conn: sa.Connection) -> None:
+    """``NOTIFY`` the senders when ``conn``'s transaction commits."""
+    conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
 
 
 def _seconds(s: float):

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import sqlalchemy.exc as sa_exc
+
 from broker.sinks.channels import ChannelError
 from broker.sinks.outbox import Outbox, OutboxEntry
 from broker.text import one_line
@@ -190,7 +192,7 @@ class Sender:
                 if (until_caught_up and upstream_done() and time.monotonic() - last >= idle_s
                         and not self._unrecorded and self.outbox.due_count(channels=self.channels) == 0):
                     break
-                stop.wait(self.settings.poll_interval_s)
+                self._idle(stop)
             self.metrics.state("stopped")
         except StageStopped as exc:
             log.info("%s", exc)
@@ -199,6 +201,21 @@ class Sender:
             self.metrics.state("failed", error=one_line(error_text(exc), 300))
             raise
         return self.stats
+
+    def _idle(self, stop: threading.Event) -> None:
+        """Nothing was due: wait for a NOTIFY of a new due entry, at most ``poll_interval_s``."""
+        from broker.archive.retry import is_infrastructure_error
+
+        wait = getattr(self.outbox, "wait", None)
+        if wait is None:
+            stop.wait(self.settings.poll_interval_s)
+            return
+        try:
+            wait(self.settings.poll_interval_s)
+        except Exception as exc:
+            if not is_infrastructure_error(exc) and not isinstance(exc, sa_exc.DBAPIError):
+                raise
+            stop.wait(self.settings.poll_interval_s)  # the next round waits out the database
 
     def close(self) -> None:
         """Release the claim lock and the channels' clients."""
@@ -302,8 +319,10 @@ class Sender:
 
         retrying = Retrying(
             stop=stop_after_attempt(p.attempts_per_claim) | stop_when_event_set(stop),
-            # retry_initial_s * 2**(try - 1), capped, plus a uniform jitter of up to retry_initial_s
-            wait=wait_exponential(multiplier=p.retry_initial_s, max=p.retry_max_s) + wait_random(0, p.retry_initial_s),
+            # retry_initial_s * 2**(try - 1), capped, plus a uniform jitter of up to retry_initial_s;
+            # at least what the other side asked for (an error's retry_after_s: TNS's rate limit)
+            wait=_at_least_retry_after(wait_exponential(multiplier=p.retry_initial_s, max=p.retry_max_s)
+                                       + wait_random(0, p.retry_initial_s)),
             retry=retry_if_exception(_retryable), sleep=lambda s: self._sleep(s, stop), reraise=True,
             before_sleep=lambda rs: log.warning("outbox entry %s (%s): try %d failed (%s); again in %.1f s",
                                                 entry.id, entry.channel, rs.attempt_number,
@@ -314,6 +333,9 @@ class Sender:
             retryable = _retryable(exc)
             total = entry.attempts + tries
             retry_at = self.next_retry(total) if retryable and total < p.max_attempts else None
+            after = getattr(exc, "retry_after_s", None)
+            if retry_at is not None and after:
+                retry_at = max(retry_at, datetime.now(timezone.utc) + timedelta(seconds=float(after)))
             why = _scrub(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ChannelError) else str(exc))
             log.warning("outbox entry %s (%s, %s): failed after %d tries: %s; %s", entry.id, entry.channel,
                         entry.key, tries, why,
@@ -409,6 +431,16 @@ class Sender:
             n += 1
             log.info("outbox entry %s (%s): reply %s", entry.id, entry.key, _receipt_text(receipt))
         return n
+
+
+def _at_least_retry_after(wait: Callable[[Any], float]) -> Callable[[Any], float]:
+    """A tenacity wait that is never shorter than the failed try's ``retry_after_s``."""
+
+    def w(retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        return max(wait(retry_state), float(getattr(exc, "retry_after_s", 0) or 0))
+
+    return w
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -321,3 +321,19 @@ def test_kafka_channel_recovers_a_send_the_killed_sender_did_not_record(db, env,
     for k, value, p, off in seen:
         assert value == {"text": k, "n": keys.index(k)}
         assert (rows[k].receipt["partition"], rows[k].receipt["offset"]) == (p, off)
+
+
+def test_a_due_entry_wakes_a_waiting_sender(db):
+    _, engine = db
+    listener, writer = Outbox(engine), Outbox(engine)
+    t0 = time.monotonic()
+    assert listener.wait(0.2) is False and time.monotonic() - t0 >= 0.2
+    threading.Timer(0.3, lambda: writer.put("k", "fake", {"text": "x"})).start()
+    t0 = time.monotonic()
+    assert listener.wait(10) is True and time.monotonic() - t0 < 5
+    pending = writer.put("k2", "gcn-circular", {"text": "y"}, requires_approval=True)
+    assert listener.wait(0.3) is False  # waiting for approval: nothing due
+    threading.Timer(0.2, lambda: writer.approve(pending.id, "me")).start()
+    assert listener.wait(10) is True
+    listener.close()
+    writer.close()

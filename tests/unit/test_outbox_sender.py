@@ -314,3 +314,19 @@ def test_a_bug_in_the_loop_fails_the_stage():
     sender, _ = make_sender(ob, [ch])
     with pytest.raises(KeyError):
         sender.run(threading.Event())
+
+
+def test_the_wait_is_at_least_what_the_other_side_asked_for():
+    class RateLimited(ChannelError):
+        def __init__(self):
+            super().__init__("HTTP 429: rate limit", retryable=True)
+            self.retry_after_s = 7.5
+
+    ob = MemoryOutbox()
+    ch = FakeChannel(failures=10, error=RateLimited())
+    e = ob.add("k1")
+    sender, sleeps = make_sender(ob, [ch], attempts_per_claim=2, retry_initial_s=0.1, failed_retry_initial_s=1)
+    t0 = now()
+    sender.round(threading.Event())
+    assert sleeps == [7.5]
+    assert ob.rows[e.id].retry_at >= t0 + timedelta(seconds=7.5)
