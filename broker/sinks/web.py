@@ -26,9 +26,12 @@ The core does not import ``followup/``: the artifact index is read by its table 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -95,7 +98,8 @@ def make_app(fetch: Fetch, public_base_url: str) -> Any:
             raise HTTPException(400, "an artifact is named by 64 lower-case hex digits (its sha256)")
         try:
             found = fetch(name)
-        except Exception:  # noqa: BLE001 - never a traceback, a path or a secret to the client
+        except Exception as exc:  # noqa: BLE001 - never a traceback, a path or a secret to the client
+            log.warning("artifact %s unreadable: %s", name[:12], type(exc).__name__)
             raise HTTPException(500, "artifact unreadable") from None
         if found is None:
             raise HTTPException(404, "no such artifact")

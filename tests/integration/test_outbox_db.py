@@ -337,3 +337,44 @@ def test_a_due_entry_wakes_a_waiting_sender(db):
     assert listener.wait(10) is True
     listener.close()
     writer.close()
+
+
+def test_serve_answers_a_stored_artifact_by_its_sha256(db, env):
+    import socket
+
+    import httpx
+
+    from followup.store import ArtifactStore
+
+    url, _ = db
+    archive = Archive(url, PostgresRawStore())
+    png = (ROOT / "tests" / "data").glob("**/*.png")
+    data = next(png, None)
+    data = data.read_bytes() if data is not None else b"\x89PNG\r\n\x1a\n" + os.urandom(1000)
+    art = ArtifactStore(archive).put(data, "image/png")
+    archive.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    e = dict(env, MMA_BROKER_PUBLISH__PUBLIC_BASE_URL="https://broker.example.org",
+             MMA_BROKER_ARCHIVE__RAW_STORE="postgres")  # where the artifact's bytes were stored above
+    proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--port", str(port)], env=e, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"{base}/artifacts/sha256/{art['sha256']}", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.content == data and r.headers["content-type"] == "image/png"
+        meta = httpx.get(f"{base}/artifacts/sha256/{art['sha256']}.json", timeout=5).json()
+        assert meta["url"] == f"https://broker.example.org/artifacts/sha256/{art['sha256']}"
+        assert httpx.get(f"{base}/artifacts/sha256/{'0' * 64}", timeout=5).status_code == 404
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert "/tmp" not in out + err and str(ROOT) not in out
