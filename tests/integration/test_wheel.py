@@ -30,7 +30,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-SOURCES = ("pyproject.toml", "README.md", "broker", "followup")
+SOURCES = ("pyproject.toml", "README.md", "broker", "followup", "filters")
 """What the wheel is built from (the rest of the clone is not part of the package)."""
 
 
