@@ -68,8 +68,10 @@ class GcnNoticeSettings(Section):
     """
 
     enabled: bool = True
-    topic: str = "gcn.notices.mma_broker.integral"
-    """Topic of the notices. On our own Kafka ``[kafka] topic_prefix`` goes in front."""
+    topic: str = "mma.gcn.notices.integral"
+    """Topic of the notices. On our own Kafka ``[kafka] topic_prefix`` goes in front. Not
+    under ``gcn.``: the default notices upstream subscribes to ``^gcn\\..+`` on the same
+    Kafka, and would read our own notices back as alerts. For GCN, the topic GCN assigns."""
     bootstrap_servers: str | None = None
     """None: our own Kafka (``[kafka] bootstrap_servers``, with ``[kafka] config``)."""
     config: dict[str, Any] = Field(default_factory=dict)

@@ -39,11 +39,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from broker.errors import DecodeError
 from broker.pipeline.runner import BaseStage, Handled
+from broker.text import one_line
 
 from followup.reports import hermes as hermes_reports
 
@@ -82,10 +84,17 @@ class ReportsStats:
     withdrawals: int = 0
     retractions: int = 0
     by_channel: dict[str, int] = field(default_factory=dict)
+    not_publishable: Counter = field(default_factory=Counter)
+    """Records a channel does not publish (e.g. no circular for "no data"), per channel."""
+    build_errors: Counter = field(default_factory=Counter)
+    """Records whose message a channel's builder could not make, per channel."""
 
     def summary(self) -> str:
         per = ", ".join(f"{c} {n}" for c, n in sorted(self.by_channel.items())) or "none"
+        skipped = ", ".join(f"{c} {n}" for c, n in sorted(self.not_publishable.items())) or "none"
+        errors = ", ".join(f"{c} {n}" for c, n in sorted(self.build_errors.items())) or "none"
         return (f"reports: {self.records} record(s) read; {self.entries} outbox entr(y/ies) put ({per}); "
+                f"not for a channel: {skipped}; builder errors: {errors}; "
                 f"{self.withdrawals} withdrawal(s), {self.retractions} retraction message(s)")
 
 
@@ -184,20 +193,34 @@ class ReportsHandler(BaseStage):
             channel, what = slot.split(":")
             if what != "followup":
                 continue
-            if channel == "hermes":
-                payload = build(doc, self.options)
-            elif channel == "gcn-notice":
-                event = event if event is not None else self.load_event(doc["event_id"])
-                payload = build(doc, event)
-            else:
-                event = event if event is not None else self.load_event(doc["event_id"])
-                payload = build(doc, event, self.settings)
+            if channel != "hermes" and event is None:
+                event = self.load_event(doc["event_id"])
+            payload = self._build(channel, doc.get("request_id"), lambda: (
+                build(doc, self.options) if channel == "hermes" else
+                build(doc, event) if channel == "gcn-notice" else build(doc, event, self.settings)))
             if payload is None:
                 continue
             sup = doc.get("supersedes")
             out.append(Put(f"{channel}:followup:{rid}", channel, payload, doc["event_id"], group,
                            f"{channel}:followup:{sup}" if sup else None))
         return out
+
+    def _build(self, channel: str, what: Any, make: Callable[[], Any]) -> Any:
+        """One channel's message for one record, or None: a record a channel does not
+        publish (``NotPublishable``: a skipped or failed result, "no data" a circular
+        would not report) is skipped for that channel alone, and so is one its builder
+        cannot make (logged with the record and the reason); the other channels go on."""
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001 - one channel's builder never blocks the others
+            if type(exc).__name__ == "NotPublishable":
+                log.info("reports: %s: nothing for %s (%s)", what, channel, one_line(str(exc), 300))
+                self.stats.not_publishable[channel] += 1
+            else:
+                log.warning("reports: %s: no %s message: %s: %s", what, channel, type(exc).__name__,
+                            one_line(str(exc), 300))
+                self.stats.build_errors[channel] += 1
+            return None
 
     def _plan_coincidence(self, rec: dict[str, Any]) -> list[Put | Withdraw]:
         cid = rec["id"]
@@ -206,7 +229,7 @@ class ReportsHandler(BaseStage):
                    else f"a new revision ({rec.get('computed_from')}) moved the pair out of coincidence")
             return [Withdraw(cid, rec.get("retracted_by") or rec.get("computed_from") or cid, why)]
         build = self.builders.get("hermes:coincidence")
-        payload = build(rec, self.options) if build else None
+        payload = self._build("hermes", cid, lambda: build(rec, self.options)) if build else None
         if payload is None:
             return []
         return [Put(f"hermes:coincidence:{cid}:{rec.get('computed_from')}", "hermes", payload,
@@ -224,8 +247,8 @@ class ReportsHandler(BaseStage):
                 continue
             if history is None:
                 history = self.load_history(rec)
-            payload = (build(rec, self.options, history) if channel == "hermes"
-                       else build(rec, history, self.settings))
+            payload = self._build(channel, rec.get("id"), lambda: (
+                build(rec, self.options, history) if channel == "hermes" else build(rec, history, self.settings)))
             if payload is not None:
                 out.append(Put(f"{channel}:optical:{rec['id']}", channel, payload, rec["id"], group))
         return out

@@ -386,3 +386,23 @@ def test_optical_topics_follow_the_filter_instances():
     s2 = s.model_copy(update={"filters": s.filters.model_copy(update={"filters": [
         e if not isinstance(e, dict) else type(s.filters.filters[0]).model_validate(e) for e in entries]})})
     assert optical_topics(s2) == ["mma.filter.optical-counterpart", "mma.filter.ztf-near-gw"]
+
+
+def test_a_channel_that_does_not_publish_a_record_or_fails_leaves_the_others(grb_doc):
+    """NotPublishable (GCN's "nothing for GCN") skips that channel; a builder's bug is
+    logged and counted; neither dead-letters the record nor stops HERMES."""
+    from followup.reports.gcn import NotPublishable
+
+    def no_circular(doc, event, settings):
+        raise NotPublishable("no SPI-ACS data; nothing for GCN")
+
+    def broken_notice(doc, event):
+        raise KeyError("upper_limits")
+
+    builders = load_builders({"hermes"}) | {"gcn-circular:followup": no_circular, "gcn-notice:followup": broken_notice}
+    h = ReportsHandler(outbox=FakeOutbox(), topics={"r": "followup"}, builders=builders, options=OPTS,
+                       load_event=lambda event_id: None)
+    (put,) = h.handle(_Msg("r", grb_doc)).write
+    assert put.channel == "hermes"
+    assert h.stats.not_publishable == {"gcn-circular": 1} and h.stats.build_errors == {"gcn-notice": 1}
+    assert "not for a channel: gcn-circular 1; builder errors: gcn-notice 1" in h.stats.summary()

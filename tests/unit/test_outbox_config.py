@@ -175,3 +175,19 @@ def test_outbox_revision_is_a_core_branch_from_0001():
     assert rev.down_revision == "0001" and "0009" in script.get_heads()
     root = Path(__file__).resolve().parents[2]
     assert Path(rev.path).resolve().parent == root / "broker" / "archive" / "migrations" / "versions"
+
+
+def test_our_published_topics_are_not_read_back_by_the_default_upstreams():
+    """The GCN notices and HERMES messages we produce on our own Kafka must not match an
+    ingest subscription: a quickstart once dead-lettered its own 13 notices that way."""
+    import re
+
+    from broker.config import load_settings
+
+    s = load_settings()
+    ours = [s.topic(s.publish.gcn_notice.topic), s.publish.hermes.topic]
+    patterns = [p for up in s.upstreams for p in up.topics]
+    for topic in ours:
+        for p in patterns:
+            assert not (re.fullmatch(p[1:] if p.startswith("^") else p, topic) if p.startswith("^") else p == topic), \
+                (topic, p)
