@@ -60,6 +60,9 @@ echo "=== GRB 230307A, requested by name and T0 from the published GCN values (n
 (cd "$PLOT_DIR" && mma-broker followup show "$GRB_ID" --plot grb230307a-integral.png)
 [ "$PLOT_DIR" = "$START_DIR" ] || echo "(in your home folder: ~/grb230307a-integral.png)"
 echo
+echo "=== GRB 230307A: what the broker published (HERMES, GCN notice) and drafted (GCN Circular) ==="
+"$VENV/bin/python" "$ROOT/deploy/published_lines.py" "$GRB_ID"
+echo
 echo "=== GRB 250702D, after INTEGRAL's end of science operations (2025-02-28) ==="
 mma-broker followup show "$LATE_ID"
 cat >&2 <<MSG
@@ -73,5 +76,8 @@ Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL keep ru
   mma-broker followup results                  # one follow-up per trigger; --all also lists revisions not analysed again
   mma-broker followup show ${GRB_ID:0:12} --json
   mma-broker followup request --t0 2023-03-07T15:44:06.67 --name "my test"   # any T0 2002-10-17 .. 2025-02-28
+  mma-broker outbox list                       # every message sent or waiting: HERMES, GCN notices, circular drafts
+  hop subscribe --no-auth -s EARLIEST -e kafka://$MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS/hermes.test   # the HERMES messages
+  mma-broker filters list                      # the filters enabled (each publishes on mma.filter.<name>)
 Stop everything with: deploy/stop.sh
 MSG
