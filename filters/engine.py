@@ -144,32 +144,28 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls: dict[int, tuple[float, int]] = {}  # thread id -> (deadline, call token)
-        self._token = 0
-        self._wake = threading.Event()
+        self._calls: dict[int, float] = {}  # thread id -> deadline (perf_counter s) of its running call
         self._thread: threading.Thread | None = None
 
-    def start_call(self, deadline: float) -> int:
-        with self._lock:
-            self._token += 1
-            self._calls[threading.get_ident()] = (deadline, self._token)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="filter-watchdog", daemon=True)
-                self._thread.start()
-            return self._token
+    def start_call(self, deadline: float) -> None:
+        # one dict store per call (atomic under the GIL): this runs for every filter call
+        self._calls[threading.get_ident()] = deadline
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="filter-watchdog", daemon=True)
+                    self._thread.start()
 
     def end_call(self) -> None:
-        with self._lock:
-            self._calls.pop(threading.get_ident(), None)
+        self._calls.pop(threading.get_ident(), None)
 
     def _run(self) -> None:
         while True:
             time.sleep(0.05)
             now = time.perf_counter()
-            with self._lock:
-                late = [tid for tid, (deadline, _) in self._calls.items() if now > deadline]
-                for tid in late:
-                    self._calls.pop(tid, None)
+            for tid, deadline in list(self._calls.items()):
+                # pop first: a call that ended meanwhile (or a new one of the thread) is not hit
+                if now > deadline and self._calls.pop(tid, None) == deadline:
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(FilterTimeout))
 
 

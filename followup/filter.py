@@ -69,6 +69,11 @@ class FollowupRule(Filter[FollowupRuleConfig]):
     name = "followup-rule"
     version = "1"
 
+    def __init__(self, config: FollowupRuleConfig | None = None) -> None:
+        super().__init__(config)
+        if self.config.source is not None:  # Events of other sources are not even offered to apply()
+            self.sources = frozenset({self.config.source})
+
     def apply(self, alert: FilterInput) -> FilterResult:
         """Accept a matching revision with an ``analyze`` request, a matching retraction
         with a ``withdraw`` request; reject the rest with the first unmet condition."""
