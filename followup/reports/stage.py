@@ -25,7 +25,10 @@ earlier entry in ``replaces`` (withdrawn if still unsent).
 Withdrawals: a follow-up withdrawal (a retraction of the trigger) and a coincidence that
 is retracted or no longer coincident call :meth:`Outbox.withdraw_group`; each HERMES
 message of the group already sent gets a retraction message
-(:func:`~followup.reports.hermes.retraction_message`, key ``hermes:retraction:<key>``).
+(:func:`~followup.reports.hermes.retraction_message`, key ``hermes:retraction:<key>``),
+and when a GCN notice of the group went out, the withdrawal's own GCN notice
+(``gcn.gcn_notice``, ``alert_type: retraction``, key ``gcn-notice:followup:<request_id>``
+of the withdrawal) follows it.
 
 The GCN and TNS builders (``followup.reports.gcn``, ``followup.reports.tns``) are
 imported when the stage starts; a missing one is logged once and its channel skipped.
@@ -68,11 +71,18 @@ class Put:
 
 @dataclass(frozen=True)
 class Withdraw:
-    """Withdraw a group's entries; HERMES messages already sent get a retraction."""
+    """Withdraw a group's entries; HERMES messages already sent get a retraction.
+
+    ``retractions``: messages of channels whose builder makes their own retraction (the
+    GCN notice of a withdrawal, ``alert_type: retraction``), each put only when the group
+    has an entry of that channel that went out (``sent``, ``sending`` or ``unknown``):
+    nothing to retract otherwise.
+    """
 
     group_key: str
     by_event_id: str
     reason: str
+    retractions: tuple[Put, ...] = ()
 
 
 @dataclass
@@ -182,8 +192,16 @@ class ReportsHandler(BaseStage):
 
     def _plan_followup(self, doc: dict[str, Any]) -> list[Put | Withdraw]:
         if doc.get("kind") == "withdrawal":
-            return [Withdraw(doc.get("group") or doc["upstream_id"], doc.get("retracted_by") or doc["event_id"],
-                             f"its source event was retracted ({doc.get('retracted_by') or doc['event_id']})")]
+            by = doc.get("retracted_by") or doc["event_id"]
+            retractions: list[Put] = []
+            build = self.builders.get("gcn-notice:followup")
+            if build is not None:  # the GCN notice has a retraction (alert_type: retraction)
+                event = self.load_event(doc["event_id"])
+                payload = self._build("gcn-notice", doc.get("request_id"), lambda: build(doc, event))
+                if payload is not None:  # no group_key: a later withdrawal of the group must not withdraw it
+                    retractions.append(Put(f"gcn-notice:followup:{doc['request_id']}", "gcn-notice", payload, by))
+            return [Withdraw(doc.get("group") or doc["upstream_id"], by, f"its source event was retracted ({by})",
+                             tuple(retractions))]
         if doc.get("kind") != "result" or doc.get("status") not in ("done", "no_data"):
             return []
         rid, group = doc["request_id"], doc.get("group")
@@ -285,6 +303,11 @@ class ReportsHandler(BaseStage):
                                                         reason=op.reason)
             self.outbox.put(f"hermes:retraction:{entry.key}", "hermes", payload, source_event_id=op.by_event_id,
                             group_key=None, requires_approval=self._approval("hermes", payload))
+            self.stats.retractions += 1
+        for put in op.retractions:
+            if any(e.channel == put.channel and e.key != put.key for e in sent):
+                self._put(put)
+                self.stats.retractions += 1
 
     def committed(self, batch: list[Handled], dead: list[tuple[Any, str]]) -> None:
         st = self.stats

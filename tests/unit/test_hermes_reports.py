@@ -352,6 +352,39 @@ def test_stage_puts_entries_and_withdraws_with_retraction(grb_doc):
     assert f"hermes:retraction:{coinc_key}" not in outbox.entries
 
 
+def test_withdrawal_retracts_a_sent_gcn_notice_with_its_own_notice(grb_doc):
+    """The GCN notice has a retraction (alert_type retraction): put when the group's notice
+    went out, not when it was withdrawn unsent (found by tests/integration/test_publish_e2e.py:
+    the stage never put one)."""
+    from broker.sinks.gcn import validate_notice
+
+    notice_key = f"gcn-notice:followup:{grb_doc['request_id']}"
+    withdrawal = {k: grb_doc[k] for k in ("schema", "event_id", "source", "upstream_id", "mission", "instrument",
+                                          "alert_type", "t0", "created_at", "provenance", "localization", "group")}
+    withdrawal |= {"kind": "withdrawal", "status": "withdrawn", "request_id": "e" * 32,
+                   "withdrawn_request_ids": [grb_doc["request_id"]], "retracted_by": "user:GRB 230307A:retraction",
+                   "summary_text": "retracted"}
+    retraction_key = f"gcn-notice:followup:{'e' * 32}"
+    for sent in (False, True):
+        outbox = FakeOutbox()
+        h = _handler(outbox, load_builders({"hermes", "gcn-notice"}))
+        h.write([h.handle(_Msg("r", grb_doc))])
+        assert outbox.entries[notice_key].group_key == grb_doc["group"]
+        if sent:
+            outbox.entries[notice_key] = dataclasses.replace(outbox.entries[notice_key], state="sent")
+        (op,) = h.plan("followup", withdrawal)
+        assert isinstance(op, Withdraw) and [p.key for p in op.retractions] == [retraction_key]
+        h.write([h.handle(_Msg("r", withdrawal))])
+        if not sent:  # nothing went out: withdrawn, nothing to retract
+            assert outbox.entries[notice_key].state == "withdrawn" and retraction_key not in outbox.entries
+            continue
+        entry = outbox.entries[retraction_key]
+        validate_notice(entry.payload)
+        assert entry.payload["alert_type"] == "retraction" and entry.group_key is None
+        assert entry.payload["withdrawn_followup_ids"] == [grb_doc["request_id"]]
+        assert entry.source_event_id == "user:GRB 230307A:retraction" and h.stats.retractions == 1
+
+
 def test_superseding_result_replaces_the_earlier_entry(grb_doc):
     doc = grb_doc | {"request_id": "f" * 32, "supersedes": grb_doc["request_id"]}
     (put,) = _handler(FakeOutbox()).plan("followup", doc)
