@@ -89,6 +89,9 @@ def broker_env(tmp_path, kafka_bootstrap, pg_url):
         MMA_BROKER_GROUP_ID=f"test-{tag}",
         MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=kafka_bootstrap,
         MMA_BROKER_KAFKA__TOPIC_PREFIX=f"t{tag}.",
+        # HERMES's topic is not prefixed (it is HERMES's name): each test gets its own
+        MMA_BROKER_PUBLISH__HERMES__TOPIC=f"t{tag}.hermes.test",
+        MMA_BROKER_PUBLISH__HERMES__TEST_TOPICS=f'["t{tag}.hermes.test"]',
         MMA_BROKER_ARCHIVE__DATABASE_URL=pg_url,
         PYTHONUNBUFFERED="1",
     )

@@ -352,7 +352,8 @@ def _event_loader(archive: Any) -> Callable[[str], Any]:
 
 
 def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
-    """The reports loop (``mma_broker.stages`` entry ``reports``); empty when no channel is enabled."""
+    """The reports loop (``mma_broker.stages`` entry ``reports``); empty when ``[publish] enabled =
+    false`` (nothing would send what it puts) or no channel is enabled."""
     import functools
 
     from broker.app import open_archive
@@ -364,7 +365,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     s = app.settings
     p = s.publish
     enabled = {name for name in ("hermes", "gcn-notice", "gcn-circular", "tns") if p.channel_settings(name).enabled}
-    if not enabled:
+    if not p.enabled or not enabled:
         return []
     topics = {s.topic(s.followup.results_topic): "followup", s.topic(s.enrich.coincidences_topic): "coincidence"}
     topics |= {t: "optical" for t in optical_topics(s)}

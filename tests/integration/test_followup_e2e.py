@@ -42,6 +42,7 @@ def followup_env(broker_env) -> dict[str, str]:
         MMA_BROKER_FOLLOWUP__ORBIT_DIRECTORY=data,
         MMA_BROKER_FOLLOWUP__MMODA_URL="http://127.0.0.1:9/dispatch-data",
         MMA_BROKER_FOLLOWUP__RETRY_ATTEMPTS="1",
+        MMA_BROKER_PUBLISH__ENABLED="false",  # publishing has its own tests (test_publish_e2e.py)
     )
 
 
