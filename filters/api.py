@@ -57,6 +57,20 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 """A filter name: lower case, digits and ``-`` (it becomes the topic ``mma.filter.<name>``)."""
 
 
+_CODES: set[str] = set()
+"""Reason and tag codes already checked against :data:`REASON_PATTERN` (a filter returns
+the same few codes millions of times: each is matched once)."""
+
+
+def _code(text: str) -> bool:
+    """True (and remembered) when ``text`` matches :data:`REASON_PATTERN`."""
+    if REASON_PATTERN.match(text):
+        if len(_CODES) < 100_000:
+            _CODES.add(text)
+        return True
+    return False
+
+
 class FilterConfigError(BrokerError):
     """A filter's configuration is invalid, or a filter class is malformed (one line)."""
 
@@ -131,15 +145,14 @@ class FilterResult:
     def __post_init__(self) -> None:
         if not isinstance(self.accepted, bool):
             raise ValueError(f"FilterResult.accepted is {type(self.accepted).__name__}, not bool")
-        if not isinstance(self.reason, str) or not REASON_PATTERN.match(self.reason):
+        if type(self.reason) is not str or (self.reason not in _CODES and not _code(self.reason)):
             raise ValueError(f"FilterResult.reason {str(self.reason)[:40]!r} is not a code matching "
                              f"{REASON_PATTERN.pattern}")
         if self.detail is not None and (not isinstance(self.detail, str) or len(self.detail) > 300):
             raise ValueError("FilterResult.detail must be a str of at most 300 characters")
-        if not isinstance(self.tags, tuple) or not all(isinstance(t, str) and REASON_PATTERN.match(t)
-                                                       for t in self.tags):
+        if type(self.tags) is not tuple or not all(type(t) is str and (t in _CODES or _code(t)) for t in self.tags):
             raise ValueError("FilterResult.tags must be a tuple of lower-case codes")
-        if not isinstance(self.followup, tuple) or not all(isinstance(f, FollowupSpec) for f in self.followup):
+        if type(self.followup) is not tuple or not all(isinstance(f, FollowupSpec) for f in self.followup):
             raise ValueError("FilterResult.followup must be a tuple of FollowupSpec")
 
     @classmethod
