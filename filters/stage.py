@@ -262,19 +262,26 @@ class FilterStageStats:
 
 
 def filter_table(filter_set: FilterSet) -> Any:
-    """A rich table of each filter's calls, decisions, errors and mean time."""
+    """A rich table of each filter's calls, decisions, errors and mean time.
+
+    Narrow enough for an 80-column terminal or log: the filter's name is never cut
+    (its plugin and version are in ``mma-broker filters list`` and every decision).
+    """
+    from rich import box
     from rich.table import Table
 
-    t = Table(title="filters")
-    for c in ("filter", "plugin", "version", "calls", "accepted", "rejected", "errors", "over budget",
-              "skipped (source)", "mean ms", "quarantined"):
-        t.add_column(c, justify="right" if c not in ("filter", "plugin", "version") else "left")
+    t = Table(title="filters: calls; accepted, rejected, errors; over budget; other sources skipped; "
+                    "mean ms per call; quarantined (off)",
+              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    t.add_column("filter", no_wrap=True, min_width=max([len(cf.name) for cf in filter_set.filters], default=6))
+    for c in ("calls", "acc", "rej", "err", "slow", "skip", "ms"):
+        t.add_column(c, justify="right", no_wrap=True, min_width=len(c))
+    t.add_column("off", no_wrap=True, min_width=3)
     for cf in filter_set.filters:
         st = filter_set.stats[cf.name]
         mean = st.total_ms / st.calls if st.calls else 0.0
-        t.add_row(cf.name, cf.plugin, cf.filter.version, str(st.calls), str(st.accepted), str(st.rejected),
-                  str(st.errors), str(st.over_budget), str(st.skipped_source), f"{mean:.3f}",
-                  "yes" if st.quarantined else "")
+        t.add_row(cf.name, str(st.calls), str(st.accepted), str(st.rejected), str(st.errors), str(st.over_budget),
+                  str(st.skipped_source), f"{mean:.3f}", "yes" if st.quarantined else "")
     return t
 
 
