@@ -119,10 +119,14 @@ def outbox_show(
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
 ) -> None:
     """Show one entry: its state, history fields, payload (as it will be sent) and receipt."""
+    try:
+        id_or_key.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail("the entry id or key is not valid UTF-8 text")
     with _Opened() as ob:
         e = ob.get(id_or_key)
     if e is None:
-        _fail(f"no outbox entry {id_or_key!r}")
+        _fail(f"no outbox entry {id_or_key[:120]!r}{'…' if len(id_or_key) > 120 else ''}")
     doc = e.to_json()
     if as_json:
         print(json.dumps(doc, ensure_ascii=False))
