@@ -241,7 +241,9 @@ class ReportsHandler(BaseStage):
             return None
 
     def _plan_coincidence(self, rec: dict[str, Any]) -> list[Put | Withdraw]:
-        cid = rec["id"]
+        cid = rec.get("id")
+        if not isinstance(cid, str) or not cid.strip() or len(cid) > 1024:
+            raise DecodeError(f"reports: coincidence record without a usable id ({str(cid)[:60]!r})")
         if rec.get("retracted") or not rec.get("coincident", True):
             why = (f"a member was retracted ({rec.get('retracted_by')})" if rec.get("retracted")
                    else f"a new revision ({rec.get('computed_from')}) moved the pair out of coincidence")

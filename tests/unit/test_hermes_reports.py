@@ -439,3 +439,13 @@ def test_a_channel_that_does_not_publish_a_record_or_fails_leaves_the_others(grb
     assert put.channel == "hermes"
     assert h.stats.not_publishable == {"gcn-circular": 1} and h.stats.build_errors == {"gcn-notice": 1}
     assert "not for a channel: gcn-circular 1; builder errors: gcn-notice 1" in h.stats.summary()
+
+
+@pytest.mark.parametrize("bad_id", [None, "", 12, "x" * 2000])
+def test_a_coincidence_record_without_a_usable_id_is_a_dead_letter_not_an_outbox_key(bad_id):
+    from broker.errors import DecodeError
+
+    h = _handler(FakeOutbox())
+    with pytest.raises(DecodeError, match="coincidence record without a usable id"):
+        h.handle(_Msg("c", _coincidence() | {"id": bad_id}))
+    assert h.handle(_Msg("c", _coincidence())).write  # a good one still plans its message
