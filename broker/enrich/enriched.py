@@ -57,6 +57,11 @@ class EnrichedEvent:
         return loc["id"] if loc is not None and loc.get("kind") == "skymap" else None
 
 
+def _no_constant(name: str) -> Any:
+    # RFC 8259 JSON has no NaN/Infinity; our stages never write them (allow_nan=False)
+    raise ValueError(f"{name} is not a JSON value (RFC 8259)")
+
+
 def decode_enriched(data: bytes) -> EnrichedEvent:
     """Parse one ``mma.events.enriched`` message value.
 
@@ -72,12 +77,12 @@ def decode_enriched(data: bytes) -> EnrichedEvent:
     Raises
     ------
     broker.errors.DecodeError
-        Not JSON, not an object, a ``schema`` tag other than :data:`ENRICHED_SCHEMA`,
+        Not JSON (``NaN`` and ``Infinity`` included: RFC 8259 has neither), not an object, a ``schema`` tag other than :data:`ENRICHED_SCHEMA`,
         no ``enrichment`` object, or an Event that does not validate (one line: what
         and where).
     """
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"enriched event: not JSON ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(obj, dict):

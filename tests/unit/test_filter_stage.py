@@ -290,16 +290,20 @@ def test_a_retraction_accepted_with_a_followup_gives_a_withdraw_request(alerts):
 def test_undecodable_records_are_dead_letters_and_the_batch_goes_on(alerts):
     gbm = alerts["gbm"]
     avro = EventCodec().encode(gbm, PROV)  # an mma.events record, not an enriched one
+    nan = json.loads(msg(0, gbm).value())
+    nan["properties"]["fluence"] = float("nan")  # Python's json writes NaN; RFC 8259 has none
     bad = [FakeMessage(IN, 0, 1, b"\xc3\x01garbage", key=b"x"), FakeMessage(IN, 0, 2, avro),
-           FakeMessage(IN, 0, 3, json.dumps({"schema": ENRICHED_SCHEMA, "id": "x"}).encode())]
+           FakeMessage(IN, 0, 3, json.dumps({"schema": ENRICHED_SCHEMA, "id": "x"}).encode()),
+           FakeMessage(IN, 0, 4, json.dumps(nan).encode())]
     r, producer, store, consumer = runner([cf(BySource())])
-    r.process([msg(0, gbm), *bad, msg(4, gbm)])
+    r.process([msg(0, gbm), *bad, msg(5, gbm)])
     dlq = on(producer, "t.mma.dlq")
-    assert len(dlq) == 3 and [d["value"] for d in dlq] == [m.value() for m in bad]
+    assert "NaN is not a JSON value" in dict(dlq[3]["headers"])["mma.dlq.reason"].decode()
+    assert len(dlq) == 4 and [d["value"] for d in dlq] == [m.value() for m in bad]
     reasons = [dict(d["headers"]).get("mma.dlq.reason", b"").decode() for d in dlq]
     assert all(x.startswith("filters: enriched event:") for x in reasons), reasons
     assert len(on(producer, "t.mma.filter.by-source")) == 2 and len(store.rows) == 2
-    assert consumer.commits == [{(IN, 0): 5}]
+    assert consumer.commits == [{(IN, 0): 6}]
 
 
 def test_ztf_raw_bytes_are_read_once_per_batch_and_only_when_a_filter_asks(alerts):
