@@ -39,7 +39,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
@@ -202,7 +202,7 @@ class FilterInput:
     enrichment : Mapping
     """
 
-    __slots__ = ("event", "enrichment", "_raw", "_history", "_history_decoder", "_catalogs")
+    __slots__ = ("event", "enrichment", "_raw", "_history", "_history_decoder", "_catalogs", "_shared")
 
     def __init__(self, event: Event, enrichment: Mapping[str, Any] | None = None, *,
                  raw: bytes | Callable[[], bytes | None] | None = None,
@@ -214,6 +214,42 @@ class FilterInput:
         self._history: Any = _UNSET
         self._history_decoder = history_decoder
         self._catalogs = catalogs or {}
+        self._shared: dict[Hashable, Any] | None = None
+
+    # ------------------------------------------------------------------ shared values
+    def shared(self, key: Hashable, compute: Callable[["FilterInput"], T]) -> T:
+        """A value derived from this alert alone, computed once however many filters ask.
+
+        Several filters (or several instances of one filter with other parameters)
+        often need the same derived quantities of an alert — ``ztf-decent`` needs the
+        detection count and span, a dozen candidate fields and the galactic latitude
+        whatever its thresholds are. The first call runs ``compute(self)`` and keeps its
+        result under ``key``; later calls with the same key, from any filter, return it.
+
+        Parameters
+        ----------
+        key : hashable
+            Names the computation, not the filter instance: give every computation
+            its own key (include your filter's name and version, e.g.
+            ``("ztf-decent", "1", "features")``), and only use it for values that depend
+            on the alert and nothing else (no configuration value).
+        compute : callable
+            ``FilterInput -> value``; should not raise for a well-formed alert (an
+            exception propagates to the asking filter, and nothing is kept, so the
+            next filter asking computes again).
+
+        Returns
+        -------
+        object
+            What ``compute`` returned (shared: treat it as read-only).
+        """
+        memo = self._shared
+        if memo is None:
+            memo = self._shared = {}
+        elif key in memo:
+            return memo[key]
+        value = memo[key] = compute(self)
+        return value
 
     # ------------------------------------------------------------------ enrichment
     @property
@@ -284,6 +320,7 @@ class FilterInput:
 
 _UNSET = object()
 C = TypeVar("C", bound=FilterConfig)
+T = TypeVar("T")
 
 
 class Filter(abc.ABC, Generic[C]):

@@ -246,6 +246,105 @@ def gaia_is_star(cols: dict[str, np.ndarray], dist_arcsec: np.ndarray, cfg: ZtfD
     return bool(np.any(prox & clean & moving))
 
 
+#: Candidate fields the cuts read: KEYS_TO_CHECK, then the optional ones (drb, archive span).
+_READ = KEYS_TO_CHECK + ("drb", "jdendhist", "jdstarthist")
+_KEY_INDEX = {k: i for i, k in enumerate(_READ)}
+_FEATURES = ("ztf-decent", "1", "features")
+"""Key of the per-alert values every ztf-decent instance reads (:meth:`FilterInput.shared`)."""
+
+
+class _Features:
+    """What DecentFilter's cuts read of one alert, whatever their thresholds (computed once per alert).
+
+    Attributes
+    ----------
+    ndet : int
+        Detections: the candidate and the prv_candidates with a candid.
+    tspan : float
+        Last minus first detection jd, days (NaN without detections).
+    missing : str or None
+        The first of :data:`KEYS_TO_CHECK` that is null or absent, in DecentFilter's order.
+    v : tuple
+        The values of ``_READ`` (None where null or absent).
+    has_drb, has_archive : bool
+        The writer schema has ``drb``; has ``jdendhist`` and ``jdstarthist``.
+    archive : float or None
+        jdendhist - jdstarthist, days (None when either is null or absent).
+    b : float or None
+        Galactic latitude, deg (None when ``missing``).
+    max_dist, max_sg_dev : float or None
+        max(distpsnr1..3), arcsec; max |sgscore_i - 0.5| (None when ``missing``).
+    results : dict
+        The results built for this alert, by (reason, the configuration value the
+        detail states): instances reaching the same cut share one (immutable)
+        FilterResult instead of building and checking it again.
+    """
+
+    __slots__ = ("ndet", "tspan", "missing", "v", "has_drb", "has_archive", "archive", "b", "max_dist", "max_sg_dev",
+                 "results")
+
+    def __init__(self, hist: Any) -> None:
+        self.ndet, self.tspan = hist.detection_span()
+        cols = hist.candidate_columns
+        self.v = v = cols.pick(_READ) if cols.n else (None,) * len(_READ)
+        self.missing = next((k for k, x in zip(KEYS_TO_CHECK, v) if x is None), None)
+        self.has_drb = "drb" in cols
+        self.has_archive = "jdendhist" in cols and "jdstarthist" in cols
+        i = _KEY_INDEX
+        end, start = v[i["jdendhist"]], v[i["jdstarthist"]]
+        self.archive = None if end is None or start is None else end - start
+        self.b = self.max_dist = self.max_sg_dev = None
+        self.results: dict[tuple[str, Any], FilterResult] = {}
+        if self.missing is None:
+            self.b = galactic_latitude_deg(v[i["ra"]], v[i["dec"]])
+            self.max_dist = max(v[i["distpsnr1"]], v[i["distpsnr2"]], v[i["distpsnr3"]])
+            self.max_sg_dev = max(abs(v[i["sgscore1"]] - 0.5), abs(v[i["sgscore2"]] - 0.5), abs(v[i["sgscore3"]] - 0.5))
+
+
+    def result(self, reason: str, param: Any = None) -> FilterResult:
+        """The result ``reason`` for this alert (``param``: ``min_ndet`` or ``gaia_rs``, which its detail states)."""
+        key = (reason, param)
+        got = self.results.get(key)
+        if got is None:
+            detail = _DETAIL[reason](self, param)
+            got = (FilterResult.accept("decent", detail=detail, tags=("ztf",)) if reason == "decent"
+                   else FilterResult.reject(reason, detail=detail))
+            self.results[key] = got
+        return got
+
+
+def _features(alert: FilterInput) -> _Features | None:
+    hist = alert.ztf_history()
+    return None if hist is None else _Features(hist)
+
+
+(_FWHM, _ELONG, _MAGDIFF, _DIST1, _SG1, _ISDIFFPOS, _RA, _DEC, _RB, _SSDIST, _DRB, _JDEND, _JDSTART) = (
+    _KEY_INDEX[k] for k in ("fwhm", "elong", "magdiff", "distpsnr1", "sgscore1", "isdiffpos", "ra", "dec", "rb",
+                            "ssdistnr", "drb", "jdendhist", "jdstarthist"))
+
+
+_DETAIL: dict[str, Any] = {  # reason -> (features, param) -> the result's detail
+    "ndet_below_min": lambda f, p: f"{f.ndet} detections < {p}",
+    "tspan_out_of_range": lambda f, p: f"detection span {f.tspan:.5f} d",
+    "missing_field": lambda f, p: f"candidate.{f.missing} is null or absent",
+    "negative_subtraction": lambda f, p: f"isdiffpos {f.v[_ISDIFFPOS]!r}",
+    "rb_below_min": lambda f, p: f"rb {f.v[_RB]:.4g}",
+    "drb_missing": lambda f, p: "candidate.drb is null",
+    "drb_below_min": lambda f, p: f"drb {f.v[_DRB]:.4g}",
+    "fwhm_above_max": lambda f, p: f"fwhm {f.v[_FWHM]:.4g} pix",
+    "elong_above_max": lambda f, p: f"elong {f.v[_ELONG]:.4g}",
+    "magdiff_above_max": lambda f, p: f"magdiff {f.v[_MAGDIFF]:.4g} mag",
+    "archive_tspan_missing": lambda f, p: "jdstarthist or jdendhist is null",
+    "archive_tspan_out_of_range": lambda f, p: f"archive span {f.archive:.5f} d",
+    "near_solar_system_object": lambda f, p: f"ssdistnr {f.v[_SSDIST]:.4g} arcsec",
+    "galactic_plane": lambda f, p: f"b {f.b:.4f} deg",
+    "ps1_star": lambda f, p: f"distpsnr1 {f.v[_DIST1]:.3g} arcsec, sgscore1 {f.v[_SG1]:.3g}",
+    "ps1_confusion": lambda f, p: None,
+    "gaia_star": lambda f, p: f"a moving Gaia source within {p:g} arcsec",
+    "decent": lambda f, p: f"{f.ndet} detections over {f.tspan:.4f} d",
+}
+
+
 class ZtfDecent(Filter[ZtfDecentConfig]):
     """AMPEL DecentFilter's cuts on a ZTF alert: history length and span, image quality, solar-system objects, galactic plane, PS1 and Gaia stars."""
 
@@ -257,55 +356,55 @@ class ZtfDecent(Filter[ZtfDecentConfig]):
         return ("gaia",) if self.config.gaia_rs > 0 else ()
 
     def apply(self, alert: FilterInput) -> FilterResult:
+        """DecentFilter's cuts in its order (module docstring).
+
+        What the cuts read of the alert (detections, candidate fields, galactic
+        latitude) is computed once per alert for every ``ztf-decent`` instance
+        (:meth:`FilterInput.shared`), and so is each distinct result: an instance
+        costs its comparisons.
+        """
         cfg = self.config
-        hist = alert.ztf_history()
-        if hist is None:
+        f = alert.shared(_FEATURES, _features)
+        if f is None:
             return FilterResult.reject("no_ztf_history", detail="raw ZTF alert bytes not available")
-
-        ndet, tspan = hist.detection_span()
-        if ndet < cfg.min_ndet:
-            return FilterResult.reject("ndet_below_min", detail=f"{ndet} detections < {cfg.min_ndet}")
-        if not (cfg.min_tspan <= tspan <= cfg.max_tspan):
-            return FilterResult.reject("tspan_out_of_range", detail=f"detection span {tspan:.5f} d")
-
-        c = hist.candidate
-        for key in KEYS_TO_CHECK:
-            if c.get(key) is None:
-                return FilterResult.reject("missing_field", detail=f"candidate.{key} is null or absent")
-        if c["isdiffpos"] == "f" or c["isdiffpos"] == "0":
-            return FilterResult.reject("negative_subtraction", detail=f"isdiffpos {c['isdiffpos']!r}")
-        if c["rb"] < cfg.min_rb:
-            return FilterResult.reject("rb_below_min", detail=f"rb {c['rb']:.4g}")
-        if "drb" in c and cfg.min_drb > 0.0:
-            if c["drb"] is None:
-                return FilterResult.reject("drb_missing", detail="candidate.drb is null")
-            if c["drb"] < cfg.min_drb:
-                return FilterResult.reject("drb_below_min", detail=f"drb {c['drb']:.4g}")
-        if c["fwhm"] > cfg.max_fwhm:
-            return FilterResult.reject("fwhm_above_max", detail=f"fwhm {c['fwhm']:.4g} pix")
-        if c["elong"] > cfg.max_elong:
-            return FilterResult.reject("elong_above_max", detail=f"elong {c['elong']:.4g}")
-        if abs(c["magdiff"]) > cfg.max_magdiff:
-            return FilterResult.reject("magdiff_above_max", detail=f"magdiff {c['magdiff']:.4g} mag")
-        if "jdendhist" in c and "jdstarthist" in c:
-            if c["jdendhist"] is None or c["jdstarthist"] is None:
-                return FilterResult.reject("archive_tspan_missing", detail="jdstarthist or jdendhist is null")
-            archive = c["jdendhist"] - c["jdstarthist"]
-            if not (cfg.min_archive_tspan < archive < cfg.max_archive_tspan):
-                return FilterResult.reject("archive_tspan_out_of_range", detail=f"archive span {archive:.5f} d")
-        if 0 <= c["ssdistnr"] < cfg.min_sso_dist:
-            return FilterResult.reject("near_solar_system_object", detail=f"ssdistnr {c['ssdistnr']:.4g} arcsec")
-        b = galactic_latitude_deg(c["ra"], c["dec"])
-        if abs(b) < cfg.min_gal_lat:
-            return FilterResult.reject("galactic_plane", detail=f"b {b:.4f} deg")
-        if c["distpsnr1"] < cfg.ps1_sgveto_rad and c["sgscore1"] > cfg.ps1_sgveto_th:
-            return FilterResult.reject("ps1_star", detail=f"distpsnr1 {c['distpsnr1']:.3g} arcsec, sgscore1 {c['sgscore1']:.3g}")
-        if (max(c["distpsnr1"], c["distpsnr2"], c["distpsnr3"]) < cfg.ps1_confusion_rad
-                and max(abs(c["sgscore1"] - 0.5), abs(c["sgscore2"] - 0.5), abs(c["sgscore3"] - 0.5)) < cfg.ps1_confusion_sg_tol):
-            return FilterResult.reject("ps1_confusion")
+        if f.ndet < cfg.min_ndet:
+            return f.result("ndet_below_min", cfg.min_ndet)
+        if not (cfg.min_tspan <= f.tspan <= cfg.max_tspan):
+            return f.result("tspan_out_of_range")
+        if f.missing is not None:
+            return f.result("missing_field")
+        v = f.v
+        if v[_ISDIFFPOS] == "f" or v[_ISDIFFPOS] == "0":
+            return f.result("negative_subtraction")
+        if v[_RB] < cfg.min_rb:
+            return f.result("rb_below_min")
+        if f.has_drb and cfg.min_drb > 0.0:
+            if v[_DRB] is None:
+                return f.result("drb_missing")
+            if v[_DRB] < cfg.min_drb:
+                return f.result("drb_below_min")
+        if v[_FWHM] > cfg.max_fwhm:
+            return f.result("fwhm_above_max")
+        if v[_ELONG] > cfg.max_elong:
+            return f.result("elong_above_max")
+        if abs(v[_MAGDIFF]) > cfg.max_magdiff:
+            return f.result("magdiff_above_max")
+        if f.has_archive:
+            if f.archive is None:
+                return f.result("archive_tspan_missing")
+            if not (cfg.min_archive_tspan < f.archive < cfg.max_archive_tspan):
+                return f.result("archive_tspan_out_of_range")
+        if 0 <= v[_SSDIST] < cfg.min_sso_dist:
+            return f.result("near_solar_system_object")
+        if abs(f.b) < cfg.min_gal_lat:
+            return f.result("galactic_plane")
+        if v[_DIST1] < cfg.ps1_sgveto_rad and v[_SG1] > cfg.ps1_sgveto_th:
+            return f.result("ps1_star")
+        if f.max_dist < cfg.ps1_confusion_rad and f.max_sg_dev < cfg.ps1_confusion_sg_tol:
+            return f.result("ps1_confusion")
         if cfg.gaia_rs > 0:
             index = _gaia_index(alert.catalog("gaia"))
-            idx, dist = index.cone(c["ra"], c["dec"], cfg.gaia_rs)
-            if gaia_is_star({k: v[idx] for k, v in index.cols.items()}, dist, cfg):
-                return FilterResult.reject("gaia_star", detail=f"a moving Gaia source within {cfg.gaia_rs:g} arcsec")
-        return FilterResult.accept("decent", detail=f"{ndet} detections over {tspan:.4f} d", tags=("ztf",))
+            idx, dist = index.cone(v[_RA], v[_DEC], cfg.gaia_rs)
+            if gaia_is_star({k: x[idx] for k, x in index.cols.items()}, dist, cfg):
+                return f.result("gaia_star", cfg.gaia_rs)
+        return f.result("decent")
