@@ -116,6 +116,9 @@ def inspect(
         _error(f"{display_path(path)}: {reason}")
 
     limits = settings().limits
+    from broker.sources import lsst
+
+    lsst.configure(getattr(settings(), "lsst", None))  # Rubin schemas by id: registry if configured, else bundled
     for path in expand_paths(paths, on_error=report):
         try:
             events = decode(read_alert_file(path), limits)

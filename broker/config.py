@@ -167,7 +167,10 @@ def _default_upstreams() -> list[UpstreamSettings]:
         UpstreamSettings(
             name="notices", kind="kafka", topics=[r"^(igwn\.gwalert|gcn\..+)$"], batch_size=50, poll_timeout_s=0.05
         ),
-        UpstreamSettings(name="ztf", kind="kafka", topics=[r"^ztf_[0-9]{8}_programid[0-9]+$"]),
+        # optical surveys share the large-batch consumer: ZTF (and ZTF alerts relayed by
+        # brokers, replayed onto the original's topic) and Rubin (lsst-alerts-v<M>.<m>)
+        UpstreamSettings(name="ztf", kind="kafka",
+                         topics=[r"^(ztf_[0-9]{8}_programid[0-9]+|lsst-alerts-v[0-9]+\.[0-9]+)$"]),
     ]
 
 

@@ -1098,7 +1098,10 @@ def decode_history(raw: bytes, event: Any = None, *, candid: int | None = None) 
         raise over_limit("max_message_bytes", len(raw), "ZTF alert message")
     header = _read_header(raw, limits)
     if header.schema_name != "ztf.alert":
-        raise DecodeError(f"not a ZTF alert: writer schema {header.schema_name or 'unnamed'!r}")
+        from broker.sources.ztf import relayed_layout  # noqa: PLC0415 - a ZTF alert relayed by Fink or another broker
+
+        if relayed_layout(header.schema_json) is None:
+            raise DecodeError(f"not a ZTF alert: writer schema {header.schema_name or 'unnamed'!r}")
     want = candid
     if want is None and event is not None:
         want = (getattr(event, "properties", None) or {}).get("candid")

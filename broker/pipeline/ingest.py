@@ -311,6 +311,9 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     from broker.upstreams import make_admin, make_upstream_consumer, upstream_topics
 
     s = app.settings
+    from broker.sources import lsst
+
+    lsst.configure(getattr(s, "lsst", None))  # Rubin schemas by id: [lsst] schema_registry_url, else bundled
     archive = open_archive(s)
     events, dlq = s.topic(s.events_topic), s.topic(s.dlq_topic)
     ensure_topics(s, [events, dlq])

@@ -7,7 +7,8 @@ One module per upstream protocol, each registered as an alert decoder plugin
 * :mod:`broker.sources.igwn`    — IGWN ``igwn.gwalert`` JSON and Avro (LVK alerts)
 * :mod:`broker.sources.gcn`     — GCN Kafka JSON notices of the unified schema
 * :mod:`broker.sources.voevent` — GCN Classic VOEvent XML (LVC VOEvents handed to igwn)
-* :mod:`broker.sources.ztf`     — ZTF Avro alert packets
+* :mod:`broker.sources.ztf`     — ZTF Avro alert packets, and ZTF alerts relayed by Fink and other brokers
+* :mod:`broker.sources.lsst`    — Rubin/LSST alerts (Confluent wire format, schemas by id)
 * :mod:`broker.sources.avro`    — Avro object-container header parsing shared by the above
 
 Every decoder takes the raw bytes exactly as upstream sent them and returns a list of
@@ -43,12 +44,19 @@ AVRO_MAGIC = b"Obj\x01"
 def sniff_format(data: bytes) -> str:
     """Return ``"avro"``, ``"voevent"`` or ``"json"`` from the first bytes of a message.
 
+    ``"avro"`` is an Avro object container (``Obj\\x01``) or a message in the Confluent
+    wire format (byte 0, a 4-byte big-endian schema id, one Avro datum: Rubin/LSST)
+    whose schema id is below 2**24 (a registry numbers its schemas from 1: no registry
+    holds 16 million), so that other binary starting with a NUL byte is not taken for it.
+
     Raises
     ------
     DecodeError
         If the bytes are none of the three (empty, binary of another kind, text).
     """
     if data[:4] == AVRO_MAGIC:
+        return "avro"
+    if data[:2] == b"\x00\x00" and len(data) > 5:  # broker.sources.avro.is_wire_format
         return "avro"
     head = data[:64].lstrip()
     if head.startswith(b"\xef\xbb\xbf"):
@@ -59,7 +67,7 @@ def sniff_format(data: bytes) -> str:
         return "json"
     if not data:
         raise DecodeError("empty message")
-    raise DecodeError(f"unknown format: starts with {data[:16]!r}, expected Avro container, XML or JSON")
+    raise DecodeError(f"unknown format: starts with {data[:16]!r}, expected Avro (container or Confluent wire format), XML or JSON")
 
 
 _FEW_STRINGS = 20_000  # quotes up to which the bytes between strings are copied out and scanned
@@ -265,7 +273,8 @@ def _choose(fmt: str, data: bytes) -> tuple[AlertDecoder, object]:
     if fmt == "avro":
         from broker.sources import avro
 
-        parsed: object = avro.read_header(data)
+        # an object container's header, or a Confluent wire-format message's schema id
+        parsed: object = avro.read_header(data) if data[:4] == AVRO_MAGIC else avro.read_wire_header(data)
     elif fmt == "json":
         parsed = _load_json(data)
     else:

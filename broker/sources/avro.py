@@ -977,3 +977,203 @@ def read_records(data: bytes, header: AvroHeader) -> list[Any]:
                 ) from None
             check_cpu(f"decoding Avro block {index}")  # per record: alerts are few and large
     return records
+
+
+# ----------------------------------------------------------------------------- Confluent wire format
+CONFLUENT_MAGIC = 0
+"""First byte of a message in the Confluent wire format (Confluent Schema Registry
+documentation, "Wire format": magic byte 0, then the schema id as a 4-byte big-endian
+integer, then the Avro binary encoding of one datum, without a container header)."""
+
+CONFLUENT_HEADER_BYTES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class WireHeader:
+    """The 5-byte header of a message in the Confluent wire format.
+
+    Attributes
+    ----------
+    schema_id : int
+        The writer schema's id in the producer's schema registry (unsigned 32-bit,
+        big-endian on the wire). Rubin registers alert schema ``lsst.vM_m`` under the
+        id ``M * 100 + m`` (``lsst.alert.packet.Schema.get_schema_id``: 1101 for v11.1).
+    payload_offset : int
+        Where the Avro datum starts (always 5).
+    """
+
+    schema_id: int
+    payload_offset: int = CONFLUENT_HEADER_BYTES
+
+    @property
+    def schema_name(self) -> str:
+        """What the message says of its schema before it is resolved (for error messages)."""
+        return f"Confluent wire format, schema id {self.schema_id}"
+
+
+def is_wire_format(data: bytes) -> bool:
+    """True when ``data`` starts like a Confluent wire-format message (byte 0 then an id).
+
+    A message of at least 6 bytes whose first byte is 0 and whose schema id is below
+    2**24 (its first byte 0 too: a registry numbers schemas from 1). No Avro container,
+    JSON or XML text starts with a NUL byte, so the test cannot take one of those for it.
+    """
+    return len(data) > CONFLUENT_HEADER_BYTES and data[0] == CONFLUENT_MAGIC and data[1] == 0
+
+
+def read_wire_header(data: bytes) -> WireHeader:
+    """Parse the header of a Confluent wire-format message.
+
+    Parameters
+    ----------
+    data : bytes
+        The Kafka message value.
+
+    Returns
+    -------
+    WireHeader
+
+    Raises
+    ------
+    DecodeError
+        If the first byte is not 0 or the message has no datum after the 5 header bytes.
+    """
+    if not data or data[0] != CONFLUENT_MAGIC:
+        raise DecodeError(f"not a Confluent wire-format message: starts with {data[:1]!r}, expected b'\\x00'")
+    if len(data) <= CONFLUENT_HEADER_BYTES:
+        raise DecodeError(f"truncated Confluent wire-format message: {len(data)} bytes, no Avro datum after the 5-byte header")
+    return WireHeader(int.from_bytes(data[1:CONFLUENT_HEADER_BYTES], "big"))
+
+
+# ----------------------------------------------------------------------------- reading some fields only
+@dataclass(frozen=True, slots=True)
+class FieldReader:
+    """How to decode the wanted top-level fields of one writer schema and skip the others.
+
+    Avro writes a record's fields in schema order, each in full, so a reader must get
+    past every field to reach the next. Runs of consecutive unwanted fields (a
+    photometric history, cutouts) are skipped through fastavro's schema resolution
+    against a reader record with no fields, which builds no Python value and is about
+    twice as fast as decoding them; runs of wanted fields are decoded with a sub-schema.
+    A trailing run of unwanted fields is skipped only when another record follows.
+
+    Attributes
+    ----------
+    steps : tuple of (bool, dict, dict or None)
+        Per run of fields: whether it is decoded, the parsed writer sub-schema, and the
+        parsed empty reader record that skips it (None for decoded runs).
+    full : dict
+        The parsed full writer schema (for :class:`ItemBudget` and full decodes).
+    shape : SchemaShape
+        Bounds of the full records.
+    fields : tuple of str
+        Every top-level field name in writer order.
+    """
+
+    steps: tuple[tuple[bool, Any, Any], ...]
+    full: Any
+    shape: SchemaShape
+    fields: tuple[str, ...]
+
+    def read(self, fo: io.BytesIO, last: bool = True) -> dict[str, Any]:
+        """Decode one record from ``fo``: a dict of the wanted fields only.
+
+        Parameters
+        ----------
+        fo : io.BytesIO
+            Positioned at the record's first byte; left after it (after its wanted
+            fields only when ``last`` and the record ends with unwanted fields).
+        last : bool
+            True when no record follows, so a trailing unwanted run need not be skipped.
+        """
+        out: dict[str, Any] = {}
+        reader = fastavro.schemaless_reader
+        n = len(self.steps)
+        for i, (wanted, writer, skip) in enumerate(self.steps):
+            if wanted:
+                out.update(reader(fo, writer, None))
+            elif not (last and i == n - 1):
+                reader(fo, writer, skip)
+        return out
+
+
+@lru_cache(maxsize=SCHEMA_CACHE_SIZE)
+def field_reader(schema_json: bytes, wanted: frozenset[str]) -> FieldReader:
+    """Compile a :class:`FieldReader` for a writer schema (memoized by its JSON bytes).
+
+    Parameters
+    ----------
+    schema_json : bytes
+        The writer schema JSON (``avro.schema`` of a container, or a registry's schema).
+    wanted : frozenset of str
+        Top-level field names to decode; the others are skipped.
+
+    Returns
+    -------
+    FieldReader
+
+    Raises
+    ------
+    DecodeError
+        If the schema is invalid or hostile (:func:`read_header`'s checks), or its top
+        level is not a record.
+    """
+    schema, parsed, name, shape, depth = _compile_schema(schema_json)
+    if depth > current_limits().max_json_depth:
+        raise over_limit("max_json_depth", depth, "nesting of the Avro writer schema JSON")
+    shape.check()
+    fields = schema.get("fields") if isinstance(schema, dict) else None
+    if schema.get("type") != "record" or not isinstance(fields, list) or not all(isinstance(f, dict) for f in fields):
+        raise DecodeError(f"Avro writer schema {name or '(unnamed)'!r} is not a record")
+    names = tuple(str(f.get("name")) for f in fields)
+    runs: list[tuple[bool, list[dict[str, Any]]]] = []
+    for f, n in zip(fields, names):
+        w = n in wanted
+        if runs and runs[-1][0] == w:
+            runs[-1][1].append(f)
+        else:
+            runs.append((w, [f]))
+    full_name = name or "record"
+    named: dict[str, Any] = {}
+    steps = []
+    try:
+        for i, (w, run) in enumerate(runs):
+            part = {"type": "record", "name": f"{full_name}__part{i}", "fields": run}
+            if "." not in full_name and isinstance(schema.get("namespace"), str):
+                part["namespace"] = schema["namespace"]
+            writer = fastavro.parse_schema(part, named_schemas=named)
+            skip = None if w else fastavro.parse_schema(dict(part, fields=[]), named_schemas={})
+            steps.append((w, writer, skip))
+    except Exception as exc:  # an odd but valid layout: decode in full, keep the wanted fields
+        steps = [(True, parsed, None)]
+        import logging
+
+        logging.getLogger(__name__).info("schema %s: no field plan (%s), decoding in full", name, _one_line(exc))
+    return FieldReader(tuple(steps), parsed, shape, names)
+
+
+def read_fields(block: bytes, count: int, index: int, plan: FieldReader, budget: ItemBudget | None = None,
+                what: str = "Avro") -> Iterator[dict[str, Any]]:
+    """Yield the wanted fields of each of ``count`` records serialized in ``block``.
+
+    The block is admitted to ``budget`` (a new :class:`ItemBudget` when None) with the
+    full writer schema first: the values of skipped fields count against
+    ``max_array_items`` too (fastavro walks a skipped array item by item).
+
+    Raises
+    ------
+    DecodeError
+        ``corrupt <what>: record i of Avro block b does not decode (...)``, or over a limit.
+    """
+    (budget or ItemBudget()).admit_block(block, count, index, plan.full, plan.shape)
+    fo = io.BytesIO(block)
+    for i in range(count):
+        if i and not i & 15:
+            check_cpu(f"{what} block {index}, record {i}")
+        try:
+            rec = plan.read(fo, last=i + 1 == count)
+        except Exception as exc:  # EOFError, IndexError, UnicodeDecodeError, ValueError, struct.error...
+            raise DecodeError(
+                f"corrupt {what}: record {i} of Avro block {index} does not decode ({type(exc).__name__}: {_one_line(exc)})"
+            ) from None
+        yield rec

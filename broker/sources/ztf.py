@@ -29,6 +29,23 @@ normalize is ≈ 0.06–0.1 ms per alert (``benchmarks/bench_decode.py``):
 * :func:`decode_history` decodes the history and cutouts on demand, for the stages
   that need them.
 
+ZTF alerts relayed by other brokers
+-----------------------------------
+Fink (and other brokers that re-publish ZTF alerts as Avro containers written by Spark,
+top-level schema ``topLevelRecord`` or ``topLevelRecord.value``) keep the ZTF fields
+(``candid, objectId, candidate, prv_candidates``, cutouts; ``schemavsn`` and
+``publisher`` when present, in any order) and add their own columns (``cdsxmatch,
+rf_snia_vs_nonia, snn_*, mulens, roid``, anomaly scores, ...). Any container whose
+top-level record has ``objectId``, ``candid`` and a ``candidate`` record with ``jd``,
+``ra`` and ``dec`` is read as a relayed ZTF alert (:func:`relayed_layout`): the Event is
+the one the original alert gives — ``source`` ``"ztf"``, ``id`` ``"ztf:<candid>"`` (so
+the archive keeps one row however many brokers relayed it) — plus ``relayed_by`` (the
+broker, from its ``publisher`` column lower-cased, else ``"relay"``) and the broker's
+columns under ``properties.annotations.<broker>``, made JSON-safe (NaN and ±Inf → null,
+timestamps → ISO 8601 strings, bytes → null). The history and cutouts are skipped
+(:class:`broker.sources.avro.FieldReader`); :func:`decode_history` and
+:func:`filters.ztf_history.decode_history` read them as for ZTF's own packets.
+
 Hostile input
 -------------
 The writer schema travels with every message, so a sender can type any field as it
@@ -164,9 +181,77 @@ def is_ztf_schema(header: AvroHeader) -> bool:
     Returns
     -------
     bool
-        Whether the top-level schema's full name is ``ztf.alert`` (every version).
+        Whether the top-level schema's full name is ``ztf.alert`` (every version), or
+        the schema is a ZTF alert relayed by another broker (:func:`relayed_layout`).
     """
-    return header.schema_name == SCHEMA_NAME
+    if header.schema_name == SCHEMA_NAME:
+        return True
+    schema_json = getattr(header, "schema_json", None)  # a Confluent wire-format header has none
+    return schema_json is not None and relayed_layout(schema_json) is not None
+
+
+#: Top-level fields of ZTF's own alert schemas (3.x, 4.x); in a relayed alert every
+#: other field is the relaying broker's.
+ZTF_FIELDS = frozenset(NEEDED_FIELDS) | HISTORY_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedLayout:
+    """How to read ZTF alerts relayed by another broker (one writer schema)."""
+
+    reader: avro.FieldReader  # decodes the ZTF fields the Event needs and the broker's columns
+    optional: tuple[str, ...]  # members of _OPTIONAL_FLOAT_PROPS the candidate has
+    annotations: tuple[str, ...]  # the broker's added columns, in writer order
+
+
+@lru_cache(maxsize=avro.SCHEMA_CACHE_SIZE)
+def relayed_layout(schema_json: bytes) -> RelayedLayout | None:
+    """The layout of a relayed-ZTF writer schema, or None when the schema is not one.
+
+    A relayed ZTF alert is a top-level record, not named ``ztf.alert``, with the fields
+    ``objectId``, ``candid`` and ``candidate``, the last a record (or nullable record)
+    with ``jd``, ``ra`` and ``dec``: what Fink's ``topLevelRecord`` has.
+
+    Parameters
+    ----------
+    schema_json : bytes
+        The container's ``avro.schema``.
+    """
+    try:
+        schema, _, name = avro.parse_schema_json(schema_json)
+    except DecodeError:
+        return None
+    fields = schema.get("fields") if isinstance(schema, dict) else None
+    if name == SCHEMA_NAME or schema.get("type") != "record" or not isinstance(fields, list):
+        return None
+    by_name = {f.get("name"): f for f in fields if isinstance(f, dict)}
+    if not {"objectId", "candid", "candidate"} <= by_name.keys():
+        return None
+    cand = by_name["candidate"].get("type")
+    cand = next((b for b in (cand if isinstance(cand, list) else [cand]) if isinstance(b, dict)), None)
+    if cand is None or cand.get("type") != "record":
+        return None
+    cand_names = {f.get("name") for f in cand.get("fields", ()) if isinstance(f, dict)}
+    if not {"jd", "ra", "dec"} <= cand_names:
+        return None
+    annotations = tuple(n for n in by_name if isinstance(n, str) and n not in ZTF_FIELDS)
+    reader = avro.field_reader(schema_json, frozenset(NEEDED_FIELDS) | frozenset(annotations))
+    return RelayedLayout(reader, tuple(n for n in _OPTIONAL_FLOAT_PROPS if n in cand_names), annotations)
+
+
+def _relayed_records(data: bytes, header: AvroHeader, layout: RelayedLayout) -> Any:
+    """Yield the needed ZTF fields and the broker's columns of every relayed alert."""
+    budget = avro.ItemBudget()
+    for b, (count, block) in enumerate(avro.iter_blocks(data, header)):
+        yield from avro.read_fields(block, count, b, layout.reader, budget, what="relayed ZTF alert")
+
+
+def _annotations(rec: dict[str, Any], layout: RelayedLayout) -> dict[str, Any]:
+    """``relayed_by`` and ``annotations.<broker>`` of a relayed alert (JSON-safe)."""
+    from broker.sources.lsst import broker_name, json_safe
+
+    name = broker_name(rec.get("publisher"), "")
+    return {"relayed_by": name, "annotations": {name: {k: json_safe(rec.get(k)) for k in layout.annotations}}}
 
 
 def _records(data: bytes, header: AvroHeader, full: bool) -> Any:
@@ -291,7 +376,7 @@ def jd_to_iso(jd: float) -> str:
     return format_time(_EPOCH + timedelta(milliseconds=round(jd_to_unix(jd) * 1000.0)))
 
 
-def _normalize(rec: dict[str, Any], optional: tuple[str, ...]) -> Event:
+def _normalize(rec: dict[str, Any], optional: tuple[str, ...], extra: dict[str, Any] | None = None) -> Event:
     oid = rec.get("objectId")
     if not isinstance(oid, str):
         raise DecodeError(f"ZTF alert: objectId is {type(oid).__name__}, not a string")
@@ -321,6 +406,8 @@ def _normalize(rec: dict[str, Any], optional: tuple[str, ...]) -> Event:
     props["ssnamenr"] = None if ssname == "null" else ssname
     props["schemavsn"] = _str(rec.get("schemavsn"))
     props["publisher"] = _str(rec.get("publisher"))
+    if extra:
+        props.update(extra)
     try:
         return _event(rec, candid, time, ra, dec, props)
     except ValidationError as exc:
@@ -382,6 +469,11 @@ def decode(data: bytes, header: AvroHeader) -> list[Event]:
         the message is over a limit (:mod:`broker.limits`), or a candidate has no
         usable ``jd`` (finite, 1900–2200), ``ra`` (0–360°) or ``dec`` (±90°).
     """
+    if header.schema_name != SCHEMA_NAME:
+        layout = relayed_layout(header.schema_json)
+        if layout is not None:
+            return [_normalize(rec, layout.optional, _annotations(rec, layout))
+                    for rec in _relayed_records(data, header, layout)]
     return [_normalize(rec, plan.optional) for rec, plan in _records(data, header, full=False)]
 
 
@@ -411,7 +503,9 @@ def decode_history(data: bytes, header: AvroHeader, candid: int | None = None) -
     DecodeError
         If the container is corrupt, or no alert has the requested ``candid``.
     """
-    for rec, _ in _records(data, header, full=True):
+    relayed = header.schema_name != SCHEMA_NAME and relayed_layout(header.schema_json) is not None
+    records = ((r, None) for r in avro.read_records(data, header)) if relayed else _records(data, header, full=True)
+    for rec, _ in records:
         if candid is None or rec["candid"] == candid:
             cutouts = {}
             for key, field in (("science", "cutoutScience"), ("template", "cutoutTemplate"), ("difference", "cutoutDifference")):
@@ -431,14 +525,19 @@ def upstream_topic(data: bytes, header: AvroHeader) -> str:
     """The ZTF public Kafka topic of this alert: ``ztf_YYYYMMDD_programidN``.
 
     ZTF names its topics by the UTC date of the night (Palomar nights fall within one
-    UTC date) and the program id; both are taken from the first alert's candidate.
+    UTC date) and the program id; both are taken from the first alert's candidate. A
+    relayed alert goes to the topic of the original alert (it is the same alert).
 
     Raises
     ------
     DecodeError
         If the container is corrupt or holds no alert.
     """
-    for rec, _ in _records(data, header, full=False):
+    if header.schema_name != SCHEMA_NAME and relayed_layout(header.schema_json) is not None:
+        records = ((r, None) for r in _relayed_records(data, header, relayed_layout(header.schema_json)))
+    else:
+        records = _records(data, header, full=False)
+    for rec, _ in records:
         c, jd = _candidate(rec)
         day = _EPOCH + timedelta(seconds=jd_to_unix(jd))
         return f"ztf_{day:%Y%m%d}_programid{_int(c.get('programid'))}"
@@ -446,5 +545,5 @@ def upstream_topic(data: bytes, header: AvroHeader) -> str:
 
 
 DECODER = AlertDecoder(name="ztf", format="avro", accepts=is_ztf_schema, decode=decode, upstream_topic=upstream_topic,
-                       priority=10, describes="a ZTF alert packet (schema 'ztf.alert')")
+                       priority=10, describes="a ZTF alert packet (schema 'ztf.alert', or relayed by a broker)")
 """The ZTF decoder plugin (entry point ``ztf`` of ``mma_broker.sources``)."""

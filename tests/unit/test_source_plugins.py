@@ -54,7 +54,7 @@ def extra_sources(monkeypatch):
 def test_builtin_decoders_are_registered_in_the_dispatch_order():
     assert {"ztf", "igwn.avro", "igwn.json", "gcn", "voevent"} <= set(plugins.available(plugins.SOURCES))
     names = {fmt: [d.name for d in found] for fmt, found in decoders().items()}
-    assert names == {"avro": ["ztf", "igwn.avro"], "json": ["igwn.json", "gcn"], "voevent": ["voevent"]}
+    assert names == {"avro": ["ztf", "igwn.avro", "lsst"], "json": ["igwn.json", "gcn"], "voevent": ["voevent"]}
 
 
 @pytest.mark.parametrize("path, source", [(IGWN_JSON, "igwn"), (IGWN_AVRO, "igwn"), (GCN_JSON, "gcn"),
