@@ -21,4 +21,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT/examples/mma-broker-example-filter" >&2
   echo "$want" > "$stamp"
 fi
+# kubeconform (tests/unit/test_deploy_manifests.py validates deploy/k8s with it), built once from
+# the Go module proxy into the venv; without Go the test says it skipped and why
+KUBECONFORM_VERSION=v0.7.0
+if [ ! -x "$VENV/bin/kubeconform" ] && command -v go >/dev/null 2>&1; then
+  echo "setup: building kubeconform $KUBECONFORM_VERSION into $VENV/bin (once)" >&2
+  GOBIN="$VENV/bin" GOFLAGS=-buildvcs=false go install \
+    "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2 \
+    || echo "setup: warning: could not build kubeconform; the manifest validation tests will skip" >&2
+fi
 echo "$VENV"
