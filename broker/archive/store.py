@@ -35,6 +35,7 @@ from broker.archive.models import events
 from broker.archive.raw import RawRef, RawStore
 from broker.archive.retry import retry_transient
 from broker.archive.rows import ArchivedEvent, ArchiveItem, KafkaMeta, archived_from_row, event_rows, parse_time
+from broker.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,43 @@ def alembic_config(url: str | None = None):
     return cfg
 
 
+class SchemaTooNewError(BrokerError):
+    """The archive's schema is at a revision this mma-broker does not know (a newer
+    mma-broker, or a plugin that is not installed here, migrated it)."""
+
+
+def check_not_newer(current: set[str] | list[str], script: Any = None) -> None:
+    """Refuse an archive whose ``alembic_version`` holds a revision unknown here.
+
+    Alembic would stop with "Can't locate revision"; a stage must not run against
+    tables whose layout it does not know (it could write rows a newer stage misreads).
+
+    Parameters
+    ----------
+    current : set of str
+        The archive's ``alembic_version`` rows.
+    script : alembic.script.ScriptDirectory, optional
+        Default: the one of :func:`alembic_config` (core and plugin revisions).
+
+    Raises
+    ------
+    SchemaTooNewError
+        One line naming the revision found, the newest known, and what to do.
+    """
+    from alembic.script import ScriptDirectory
+
+    script = script if script is not None else ScriptDirectory.from_config(alembic_config())
+    known = {r.revision for r in script.walk_revisions()}
+    unknown = sorted(set(current) - known)
+    if unknown:
+        heads = ", ".join(sorted(script.get_heads()))
+        raise SchemaTooNewError(
+            f"the archive's schema is at revision {', '.join(unknown)}, which this mma-broker does not know "
+            f"(the newest it knows: {heads}): a newer mma-broker, or a plugin not installed here, migrated it. "
+            "Install that version (or the plugin) here too; to go back to this version instead, restore a "
+            "backup made before the upgrade (docs/operations.md#upgrades)")
+
+
 class Archive:
     """PostgreSQL archive of Events plus a raw-bytes store.
 
@@ -185,6 +223,12 @@ class Archive:
         Safe to call from several processes at once: the upgrade runs under a
         session-level ``pg_advisory_lock``, so the second caller waits and then
         finds nothing to do. Retries while the database is unreachable, like writes.
+
+        Raises
+        ------
+        SchemaTooNewError
+            The archive is at a revision this mma-broker does not know (:func:`check_not_newer`):
+            nothing is changed, and the stage must not start.
         """
         from alembic import command
 
@@ -194,6 +238,11 @@ class Archive:
                 conn.commit()
                 try:
                     cfg = alembic_config()
+                    has_version = conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar()
+                    if has_version is not None:
+                        check_not_newer(set(conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+                                            .scalars()))
+                    conn.commit()
                     cfg.attributes["connection"] = conn
                     with conn.begin():
                         # "heads": every branch, should a plugin's revisions ever fork from the core's
@@ -249,6 +298,10 @@ class Archive:
         retractions = [it.event for it in batch if it.event.is_retraction]
 
         def txn() -> WriteResult:
+            nonlocal rows
+            if rows is not None and not _touch_segments(store, rows):
+                # ``archive gc`` took the segment while this batch waited (broker.archive.gc): write it again
+                rows = event_rows(batch, store.put_many(blobs))
             with self.engine.begin() as conn:
                 lock = "pg_advisory_xact_lock" if retractions else "pg_advisory_xact_lock_shared"
                 conn.execute(sa.text(f"SELECT {lock}(:k)"), {"k": RETRACTION_LOCK_KEY})
@@ -388,6 +441,24 @@ class Archive:
         """Number of archived Events."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+
+
+def _touch_segments(store: RawStore, rows: list[dict[str, Any]]) -> bool:
+    """Set the modification time of the segment files ``rows`` refer to, at the start of
+    a transaction attempt, so that ``archive gc`` sees them young while they are not yet
+    referenced (broker/archive/gc.py); False if one is gone (the gc took it)."""
+    import os
+
+    directory = getattr(store, "directory", None)
+    if directory is None:
+        return True
+    for seg in {r["raw_segment"] for r in rows if r.get("raw_segment")}:
+        try:
+            os.utime(directory / seg)
+        except FileNotFoundError:
+            log.warning("raw segment %s was collected before its batch committed: writing it again", seg)
+            return False
+    return True
 
 
 def _aware(t: datetime) -> datetime:
