@@ -209,9 +209,13 @@ def check_schema(archive, url: str) -> None:
     except sa.exc.DBAPIError as exc:
         reason = describe(exc, archive.engine.url.password)
         raise BrokerError(f"cannot reach the archive database at {where}: {reason}") from None
-    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
     if not current:
         raise BrokerError(NOT_INITIALIZED)
+    from broker.archive.store import check_not_newer
+
+    check_not_newer(current, script)  # a newer schema: "run mma-broker run" would not help
     if current != heads:
         raise BrokerError(f"archive schema is at revision {', '.join(sorted(current))}, this mma-broker needs "
                           f"{', '.join(sorted(heads))}: run `mma-broker run` once to upgrade it")

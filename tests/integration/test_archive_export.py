@@ -85,7 +85,7 @@ def populate(archive: Archive) -> dict[str, int]:
     grb = next(ev for ev in events if ev.source == "gcn" and ev.mission.lower().startswith("fermi"))
     plot = ArtifactStore(archive).put(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
     results = FollowupStore(eng)
-    doc = {"request_id": "a" * 64, "kind": "result", "event_id": grb.id, "source": grb.source,
+    doc = {"request_id": "a" * 64, "kind": "result", "event_id": grb.id, "source": grb.source, "mission": grb.mission,
            "upstream_id": grb.upstream_id, "status": "done", "summary_text": "SPI-ACS: no excess; upper limit",
            "group": states[events.index(grb)].key, "plot": plot, "fluence_ul_erg_cm2": 1.234e-7}
     assert results.insert(doc, plot_png=b"old-layout-bytes\x00\xff")
