@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from broker.text import CONTROL_CHARACTERS
 
-Source = Literal["igwn", "gcn", "ztf", "lsst", "user"]
+Source = Literal["igwn", "gcn", "ztf", "lsst", "user", "voevent"]
 """Where an Event came from; ``user``: a hand-made event of an ad-hoc follow-up request
-(``mma-broker followup request``), never read from an upstream nor put on ``mma.events``."""
+(``mma-broker followup request``), never read from an upstream nor put on ``mma.events``;
+``voevent``: a VOEvent of a stream other than GCN's and LVC's (Gaia, ASAS-SN; see
+:mod:`broker.sources.voevent`)."""
 Messenger = Literal["gw", "em", "neutrino"]
 Format = Literal["json", "voevent", "avro"]
 

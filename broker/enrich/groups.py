@@ -32,13 +32,16 @@ State of a group (:class:`GroupState`)
   GBM ground position beats the flight one, an LVK update map beats the preliminary
   when it is smaller; None when no revision has one with an area;
 * ``retracted``: any revision is a retraction (an LVK or GCN retraction is final);
-* ``t0``: the T0 of the latest revision that is not a retraction.
+* ``t0``: the T0 of the latest revision that is not a retraction; for a GCN trigger
+  (``gcn:`` key) the earliest T0 of those revisions: its follow-up notices (Swift XRT and
+  UVOT) carry the trigger's T0 when the decoder saw the trigger, else their own
+  observation start (:mod:`broker.sources.gcn`, ``time_source``), which must not move it.
 
 Categories (:func:`category_of`), for :meth:`GroupStore.in_time_window`: ``gw``
 (IGWN), ``neutrino`` (GCN neutrino messenger: IceCube, KM3NeT, Super-K, SNEWS),
 ``frb`` (CHIME, DSA-110), ``xray`` (Einstein Probe, MAXI), ``grb`` (the other GCN
 electromagnetic missions: Fermi, Swift, INTEGRAL, SVOM, ...), ``optical`` (ZTF,
-LSST), ``user``.
+LSST, electromagnetic VOEvents of non-GCN streams: Gaia, ASAS-SN), ``user``.
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ def category_of(event: Event) -> str:
         return "user"
     if event.messenger == "neutrino":
         return "neutrino"
+    if event.source == "voevent":  # VOEvent streams besides GCN's: Gaia, ASAS-SN (optical transients)
+        return "optical"
     mission = _slug(event.mission)
     if mission in _FRB:
         return "frb"
@@ -162,7 +167,7 @@ class GroupState:
         Smallest 90 % area among the revisions.
     retracted : bool
     t0 : str
-        T0 of the latest non-retraction revision, ISO 8601 UTC ending in ``Z``.
+        T0 of the latest non-retraction revision (GCN triggers: the earliest), ISO 8601 UTC ending in ``Z``.
     category : str
         :func:`category_of`.
     alert_types : list of str
@@ -344,9 +349,8 @@ class GroupStore:
                                       MEMBERS.c.localization_id, MEMBERS.c.area_90_deg2)
                             .where(MEMBERS.c.group_key == key).order_by(MEMBERS.c.seq)).all()
         best_id = _best(rows)
-        kept = [r for r in rows if not r.retraction] or rows
         conn.execute(sa.update(GROUPS).where(GROUPS.c.key == key).values(
-            t0=kept[-1].time, latest_event_id=rows[-1].event_id, best_localization_id=best_id,
+            t0=_t0_of(key, rows), latest_event_id=rows[-1].event_id, best_localization_id=best_id,
             retracted=any(r.retraction for r in rows), n_revisions=len(rows), updated_at=sa.func.now()))
         return self._states(conn, [key])[0]
 
@@ -542,8 +546,7 @@ class _Row:
 def _group_values(key: str, members: list[dict[str, Any]]) -> dict[str, Any]:
     """``event_groups`` columns of a group with these members in arrival order (as ``_recompute``)."""
     rows = [_Row(d) for d in members]
-    kept = [r for r in rows if not r.retraction] or rows
-    return {"k": key, "t0": kept[-1].time, "latest": rows[-1].event_id, "best": _best(rows),
+    return {"k": key, "t0": _t0_of(key, rows), "latest": rows[-1].event_id, "best": _best(rows),
             "retr": any(r.retraction for r in rows), "n": len(rows)}
 
 
@@ -554,6 +557,16 @@ def _state_of(key: str, members: list[dict[str, Any]], category: str,
     return GroupState(key=key, revisions=[d["event_id"] for d in members], latest=v["latest"],
                       best_localization=refs.get(v["best"]) if v["best"] else None, retracted=v["retr"],
                       t0=_z(_utc(v["t0"])), category=category, alert_types=[d["alert_type"] for d in members])
+
+
+def _t0_of(key: str, rows: list[Any]) -> Any:
+    """A group's T0 from its member rows in arrival order (module docstring): the latest
+    non-retraction revision's; for a GCN trigger (``gcn:`` key) the earliest, so that a
+    follow-up notice whose T0 is its own observation start (a Swift XRT/UVOT notice
+    decoded without its BAT trigger, ``time_source="observation_start"``) never moves the
+    trigger's T0 later."""
+    kept = [r for r in rows if not r.retraction] or rows
+    return min(r.time for r in kept) if key.startswith("gcn:") else kept[-1].time
 
 
 def _best(rows: list[Any]) -> str | None:

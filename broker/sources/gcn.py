@@ -8,11 +8,22 @@ fixture has no ``$schema``, so real Guano messages may lack it.
 
 Normalization rules
 -------------------
-* ``time``: ``trigger_time`` (core/DateTime). Schemas that have no trigger time use
-  their own T0 field (``SCHEMAS[...].time_field``: Fermi LAT flares and HEASARC
-  archive alerts → ``observation_start``). Missing → DecodeError naming the field.
-  Times without a zone are UTC (GCN's convention). A T0 outside 1900-01-01 .. 2200-01-01
-  is a DecodeError naming the field.
+* ``time`` (T0), first found of (``properties["time_source"]`` says which):
+  ``trigger_time`` (core/DateTime); the parent trigger's ``trigger_time`` (``parent_trigger``:
+  a follow-up notice, e.g. Swift XRT/UVOT, whose ``id`` is the trigger's and whose
+  trigger notice was decoded before in this process, :func:`remember_trigger`);
+  ``observation_start``; ``alert_datetime``; the schema's own time field
+  (``SCHEMAS[...].time_field``: the ALEXIS map's ``end_datetime``). None → DecodeError
+  naming them all. A follow-up's own ``observation_start`` is kept in ``properties``
+  when T0 is another time. Times without a zone are UTC (GCN's convention). A T0
+  outside 1900-01-01 .. 2200-01-01 is a DecodeError naming the field. The parent's T0
+  depends on what this process decoded before: a follow-up decoded alone has its
+  ``observation_start`` as T0, and its event group (:mod:`broker.enrich.groups`, the
+  same key as the trigger's) keeps the earliest T0 of its revisions.
+* Notice types we hold no schema for (a ``$schema`` under ``gcn/notices/`` added after our
+  copy) decode with the core fields: mission and instrument from the notice, else from
+  the path (``gcn/notices/<mission>/<instrument>/<notice>``); position when ``ra``/``dec``
+  are present, or the one target of ``data.targets`` (BOOM).
 * ``localization``: ``healpix_file`` (base64 FITS) → :func:`broker.skymap.summarize_multiorder`;
   otherwise ``ra``/``dec`` with ``ra_dec_error`` → point. ``ra_dec_error`` may be a radius,
   ``[radius]`` or an ellipse ``[a, b, angle]`` (the circle of radius max(a, b) is used and
@@ -48,6 +59,8 @@ import json
 import logging
 import math
 import re
+import threading
+from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
@@ -110,7 +123,7 @@ SCHEMAS: dict[str, SchemaInfo] = {
     "swift/bat": SchemaInfo("Swift", "BAT", "em"),
     # Proposed JSON for GCN Classic notices (gcn-schema PR #161, unreleased).
     "classic/agile": SchemaInfo("AGILE", None, "em"),
-    "classic/alexis": SchemaInfo("ALEXIS", None, "em"),
+    "classic/alexis": SchemaInfo("ALEXIS", None, "em", time_field="end_datetime"),
     "classic/amon": SchemaInfo("AMON", None, "neutrino"),
     "classic/bepposax": SchemaInfo("BeppoSAX", None, "em"),
     "classic/calet_gbm": SchemaInfo("CALET", "GBM", "em"),
@@ -431,6 +444,112 @@ def _text_field(obj: dict, key: str, default: str | None, where: str) -> str | N
     return value
 
 
+TIME_FIELDS = ("trigger_time", "observation_start", "alert_datetime")
+"""The notice fields T0 is taken from, in order of preference (the parent trigger's
+``trigger_time`` comes between the first and the second; see :func:`_t0`)."""
+PARENT_TRIGGER = "parent_trigger"
+"""``time_source`` of a follow-up notice whose T0 is its trigger's ``trigger_time``."""
+MAX_REMEMBERED_TRIGGERS = 10_000
+"""Trigger times kept for follow-up notices (oldest forgotten first): at GCN's rate of
+a few hundred triggers a day, weeks of triggers."""
+
+_triggers: "OrderedDict[tuple[str, str], datetime]" = OrderedDict()
+_triggers_lock = threading.Lock()
+
+
+def _trigger_key(mission: str, trigger_id: Any) -> tuple[str, str]:
+    """(mission as in the event-group key, trigger id): Swift, SWIFT and swift are one mission."""
+    return re.sub(r"[^a-z0-9]+", "-", str(mission).lower()).strip("-"), str(trigger_id).strip()
+
+
+def remember_trigger(mission: str, trigger_id: Any, t0: datetime) -> None:
+    """Keep a trigger's T0, for the follow-up notices that carry only its id.
+
+    Called by the decoders for every notice whose T0 is its own trigger time (GCN JSON
+    ``trigger_time``, a GCN Classic VOEvent's ``ISOTime``). Bounded to
+    :data:`MAX_REMEMBERED_TRIGGERS` per process, oldest forgotten first; thread-safe.
+
+    Parameters
+    ----------
+    mission : str
+        Mission of the notice (any case: ``SWIFT`` and ``Swift`` are one).
+    trigger_id : str or int
+        The trigger's ``id`` (JSON) or ``TrigID`` (VOEvent).
+    t0 : datetime
+        Trigger time, aware UTC.
+    """
+    key = _trigger_key(mission, trigger_id)
+    with _triggers_lock:
+        _triggers[key] = t0
+        _triggers.move_to_end(key)
+        while len(_triggers) > MAX_REMEMBERED_TRIGGERS:
+            _triggers.popitem(last=False)
+
+
+def parent_trigger_time(mission: str, trigger_id: Any) -> datetime | None:
+    """T0 of the trigger ``trigger_id`` of ``mission`` if a notice of it was decoded in
+    this process (:func:`remember_trigger`), else None."""
+    with _triggers_lock:
+        return _triggers.get(_trigger_key(mission, trigger_id))
+
+
+def forget_triggers() -> None:
+    """Forget every remembered trigger time (tests; a process starting afresh)."""
+    with _triggers_lock:
+        _triggers.clear()
+
+
+def _t0(obj: dict, info: SchemaInfo, mission: str, upstream_id: Any, where: str) -> tuple[datetime, str]:
+    """(T0, time source) of a notice: ``trigger_time``; else the parent trigger's T0 (the
+    notice's ``id`` is its trigger's, e.g. Swift XRT/UVOT follow-ups of a BAT trigger);
+    else ``observation_start``; else ``alert_datetime``; else the schema's own time field
+    (:attr:`SchemaInfo.time_field`, e.g. the ALEXIS map's ``end_datetime``).
+
+    Raises
+    ------
+    DecodeError
+        When none is present (naming all of them), or the one chosen does not parse or
+        lies outside 1900..2200.
+    """
+    def parsed(key: str) -> datetime:
+        return _check_t0(parse_utc(obj[key], f"{where} {key}"), f"{where} {key}")
+
+    if "trigger_time" in obj:
+        return parsed("trigger_time"), "trigger_time"
+    if upstream_id is not None:
+        parent = parent_trigger_time(mission, upstream_id)
+        if parent is not None:
+            return parent, PARENT_TRIGGER
+    for key in TIME_FIELDS[1:] + ((info.time_field,) if info.time_field not in TIME_FIELDS else ()):
+        if key in obj:
+            return parsed(key), key
+    named = ", ".join(f"'{k}'" for k in TIME_FIELDS)
+    parent = f", nor a trigger notice of id {_short(str(upstream_id))} seen before" if upstream_id is not None else ""
+    raise DecodeError(f"{where}: no event time T0: none of {named}{parent}")
+
+
+def _info_from_path(path: str | None) -> SchemaInfo:
+    """Defaults of a notice schema we do not know (a notice type added upstream later):
+    mission and instrument from the ``$schema`` path, ``gcn/notices/<mission>/<instrument>/
+    <notice>``; a path of two parts names the mission only."""
+    parts = [p for p in (path or "").split("/") if p]
+    mission = parts[0] if len(parts) >= 2 else None
+    instrument = parts[1] if len(parts) >= 3 else None
+    return SchemaInfo(mission, instrument, "neutrino" if mission == "neutrino" else "em")
+
+
+def _single_target(obj: dict) -> dict | None:
+    """The one target of a BOOM-style notice (``data.targets`` holding exactly one object
+    with numeric ``ra``/``dec``), else None."""
+    data = obj.get("data")
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if isinstance(targets, list) and len(targets) == 1 and isinstance(targets[0], dict):
+        t = targets[0]
+        if _is_number(t.get("ra")) and _is_number(t.get("dec")):
+            return t
+    return None
+
+
 def decode(obj: dict) -> Event:
     """Normalize one GCN unified-schema JSON notice.
 
@@ -453,24 +572,31 @@ def decode(obj: dict) -> Event:
     path = schema_path(obj)
     where = f"GCN notice {_plain(str(path or obj.get('mission', '?')))}"
     _, info = _schema_info(path)
-    info = info or SchemaInfo(None, None, "em")
+    info = info or _info_from_path(path)
     mission = _text_field(obj, "mission", info.mission, where)
     if not mission:
         raise DecodeError(f"{where}: no 'mission' field and schema {_short(path)} does not imply one")
     instrument = _text_field(obj, "instrument", info.instrument, where)
     messenger = _MESSENGERS.get(str(obj.get("messenger", "")).lower(), info.messenger)
 
-    time_field = "trigger_time" if "trigger_time" in obj else info.time_field
-    if time_field not in obj:
-        raise DecodeError(f"{where}: no '{time_field}' (event time T0)")
-    t0 = _check_t0(parse_utc(obj[time_field], f"{where} {time_field}"), f"{where} {time_field}")
-
     stem = path.rsplit("/", 1)[-1].split(".")[0].lower() if path else "notice"
     alert_type = re.sub(r"[^a-z0-9]+", "_", str(obj.get("alert_type") or obj.get("notice_type") or stem).lower()).strip("_")
-    upstream_id = _first(obj.get("id")) or _first(obj.get("event_name")) or obj.get("ref_ID")
+    target = _single_target(obj)
+    upstream_id = (_first(obj.get("id")) or _first(obj.get("event_name")) or obj.get("ref_ID")
+                   or (target or {}).get("event_name"))
+    if isinstance(upstream_id, (dict, list)):
+        upstream_id = None  # not an identifier (a hostile or future shape): the digest names the notice
+
+    t0, time_source = _t0(obj, info, mission, upstream_id, where)
 
     is_test = obj.get("alert_tense") == "test" or stem == "test"
-    props: dict[str, Any] = {"role": "test" if is_test else "observation"}
+    props: dict[str, Any] = {"role": "test" if is_test else "observation", "time_source": time_source}
+    for key in ("observation_start",):  # a follow-up's own time, when T0 is another
+        if key in obj and key != time_source and isinstance(obj[key], str):
+            try:
+                props[key] = format_time(_check_t0(parse_utc(obj[key], f"{where} {key}"), f"{where} {key}"))
+            except DecodeError:
+                pass  # a second time that does not parse is not this notice's T0: leave it out
     if path:
         props["schema"] = path
     if isinstance(obj.get("id"), list) and len(obj["id"]) > 1:
@@ -495,6 +621,12 @@ def decode(obj: dict) -> Event:
     localization = _healpix(obj, where, props) if obj.get("healpix_file") else None
     if localization is None:
         localization = _point(obj, props, where)
+    if localization is None and target is not None:  # BOOM: the one target of data.targets
+        localization = _point(target, props, where + " data.targets[0]")
+        props["target"] = {k: v for k, v in target.items() if k in ("event_name", "ra", "dec", "classification_scores",
+                                                                      "gcn_crossmatch")}
+    if time_source == "trigger_time" and upstream_id is not None:
+        remember_trigger(mission, upstream_id, t0)
 
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     # surrogatepass: a lone surrogate ("\ud800" in the JSON) must not stop the digest;

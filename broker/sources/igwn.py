@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 TOPIC = "igwn.gwalert"
 ALERT_TYPES = ("earlywarning", "preliminary", "initial", "update", "retraction")
 VOEVENT_IVORN_PREFIX = "ivo://gwnet/LVC"
+VOEVENT_IVORN_PREFIXES = (VOEVENT_IVORN_PREFIX, "ivo://gwnet/gcn_sender", "ivo://nasa.gsfc.gcn/LVC#")
+"""LVC VOEvent streams of every era: LVC-issued ``gcn_sender`` (O2, until December 2018)
+and ``LVC`` (since), and GCN's own re-issue ``ivo://nasa.gsfc.gcn/LVC#`` of each notice."""
 _SCHEMA_NAME = re.compile(r"^igwn\.alerts(\.v\d+(_\d+)*)?\.Alert$")
 
 
@@ -364,7 +367,7 @@ def _voevent_time(text: str, what: str) -> datetime:
 
 
 def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Event:
-    """Normalize an LVC GCN Classic VOEvent (``ivo://gwnet/LVC#...``).
+    """Normalize an LVC GCN Classic VOEvent of any era (:data:`VOEVENT_IVORN_PREFIXES`).
 
     Parameters
     ----------
@@ -379,7 +382,9 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
     Returns
     -------
     Event
-        ``id = "igwn:" + ivorn``, ``format="voevent"``; ``time`` from
+        ``id = "igwn:" + ivorn``, ``format="voevent"``; ``alert_type`` from ``AlertType``,
+        or ``retraction`` when Param ``Retraction`` is true (the O2/2018 form, which kept
+        the retracted notice's AlertType); ``time`` from
         ``WhereWhen//ISOTime`` (``Who/Date`` if absent, noted in ``time_source``);
         ``properties`` as for gwalerts, plus ``skymap_url``, ``pkt_ser_num``,
         ``packet_type`` and ``role``.
@@ -395,8 +400,8 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
     from broker.event import MAX_ID_CHARS, validation_reason
 
     ivorn = (root.get("ivorn") or "").strip()
-    if not ivorn.startswith(VOEVENT_IVORN_PREFIX):
-        raise DecodeError(f"VOEvent ivorn {ivorn[:80]!r} is not an LVC one ({VOEVENT_IVORN_PREFIX}#...)")
+    if not ivorn.startswith(VOEVENT_IVORN_PREFIXES):
+        raise DecodeError(f"VOEvent ivorn {ivorn[:80]!r} is not an LVC one ({', '.join(VOEVENT_IVORN_PREFIXES)}...)")
     if len(ivorn) > MAX_ID_CHARS - len("igwn:"):  # in every message below and in Event.id
         raise DecodeError(f"VOEvent ?: ivorn is {len(ivorn):,} characters long, over {MAX_ID_CHARS - len('igwn:')}")
     top, groups = _voevent_params(root)
@@ -404,6 +409,8 @@ def decode_voevent(root, data: bytes, *, skymap_fits: bytes | None = None) -> Ev
     if not sid:
         raise DecodeError(f"VOEvent {ivorn}: Param GraceID missing")
     alert_type = top.get("AlertType", "").lower()
+    if top.get("Retraction", "").lower() in ("true", "1"):
+        alert_type = "retraction"  # until O3 a retraction kept the AlertType of what it retracted
     if alert_type not in ALERT_TYPES:
         raise DecodeError(f"VOEvent {ivorn}: Param AlertType {top.get('AlertType')!r} is not one of "
                           f"{', '.join(ALERT_TYPES)}")

@@ -14,14 +14,24 @@ Streams accepted
   through :data:`broker.sources.gcn_packets.PACKET_TYPES`;
 * ``ivo://org.svom/...`` — SVOM notices, distributed by GCN as VOEvents on
   ``gcn.notices.svom.voevent.<instrument>`` (their packet types 20x are not Classic);
-* ``ivo://gwnet/LVC...`` — LVC/LVK notices, handed to :func:`broker.sources.igwn.decode_voevent`.
+* LVC/LVK notices of every era (:func:`is_lvc`): ``ivo://gwnet/gcn_sender`` (O2, GW170817,
+  until December 2018), ``ivo://gwnet/LVC`` (since) and GCN's re-issue
+  ``ivo://nasa.gsfc.gcn/LVC#`` — handed to :func:`broker.sources.igwn.decode_voevent`, which
+  gives the superevent id and alert type of their igwn.gwalert JSON counterparts;
+* anything else, read generically (:func:`_decode_generic`) when it carries what an Event
+  needs — the WhereWhen ``ISOTime`` (T0) and a ``Position2D`` or a sky map URL Param —
+  else rejected with a reason naming what is missing: GCN streams without ``Packet_Type``
+  or of a packet type we do not describe (AMON/ANTARES, ``source="gcn"``), and VOEvents of
+  other brokers (Gaia ``ivo://gaia.cam.uk``, ASAS-SN via ``ivo://voevent.4pisky.org``,
+  ``source="voevent"``), mission from :data:`STREAMS` or the stream's name, every named
+  Param kept under ``properties["params"]``, the time system (``AstroCoordSystem`` id:
+  Gaia's is ``TDB-ICRS-BARY``, kept as given, not converted) under ``time_system``.
 
-Everything else (e.g. Gaia ``ivo://gaia.cam.uk``, ASAS-SN via ``ivo://voevent.4pisky.org``)
-is a real VOEvent from another broker that this GCN decoder does not describe: rejected
-with ``DecodeError("unsupported VOEvent stream ivo://...")`` so it lands in the DLQ with
-a reason instead of being mislabelled ``source="gcn"``. ``role="utility"`` VOEvents
-(GCN's IM_ALIVE heartbeats) carry no alert and are rejected too; ``role="test"`` notices
-are kept and marked (``properties["role"] == "test"``).
+``role="utility"`` VOEvents (GCN's IM_ALIVE heartbeats) carry no alert and are rejected;
+``role="test"`` notices are kept and marked (``properties["role"] == "test"``). A GCN
+Classic notice's ``ISOTime`` is its trigger's time (also in XRT/UVOT follow-ups): it is
+remembered (:func:`broker.sources.gcn.remember_trigger`) as the parent T0 of GCN JSON
+follow-up notices of the same trigger number.
 
 Normalization
 -------------
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +60,7 @@ from pydantic import ValidationError
 from broker.errors import DecodeError
 from broker.event import MAX_ID_CHARS, Event, PointLocalization, format_time, validation_reason
 from broker.limits import check_cpu, current_limits, over_limit
-from broker.sources.gcn import parse_utc
+from broker.sources.gcn import parse_utc, remember_trigger
 from broker.sources.gcn_packets import CONTAINMENT, GBM_SOURCE_CLASSES, PACKET_TYPES, PacketType
 from broker.sources.decoder import AlertDecoder
 
@@ -58,6 +69,20 @@ logger = logging.getLogger(__name__)
 GCN_PREFIX = "ivo://nasa.gsfc.gcn/"
 SVOM_PREFIX = "ivo://org.svom/"
 LVC_PREFIX = "ivo://gwnet/LVC"
+LVC_PREFIXES = ("ivo://gwnet/LVC", "ivo://gwnet/gcn_sender")
+"""LVC-issued VOEvent streams: ``gcn_sender`` until December 2018 (O2, GW170817), ``LVC`` since."""
+MAX_GENERIC_PARAMS = 200
+"""Named Params kept under ``properties["params"]`` of a VOEvent without packet description."""
+MAX_PARAM_CHARS = 1000
+"""Characters kept of each such Param value (and of the ``Why`` description)."""
+#: Streams without a GCN Classic packet type: stream → (mission, instrument, messenger).
+STREAMS: dict[str, tuple[str, str | None, str]] = {
+    "ivo://gaia.cam.uk/alerts": ("Gaia", None, "em"),
+    "ivo://voevent.4pisky.org/ASASSN": ("ASAS-SN", None, "em"),
+    "ivo://nasa.gsfc.gcn/Antares_Alert": ("ANTARES", None, "neutrino"),
+    "ivo://amon/icecube_hese": ("IceCube", None, "neutrino"),
+    "ivo://amon/icecube_ehe": ("IceCube", None, "neutrino"),
+}
 _YEAR_S = 365.25 * 86400.0
 _TRUE = {"true", "1", "yes"}
 _TEST_FLAGS = ("Test_Submission", "Test", "Test_Notice", "InternalTest")
@@ -263,28 +288,74 @@ def _root_and_ivorn(data: bytes) -> tuple[Any, str]:
     return root, ivorn
 
 
-def _check_stream(ivorn: str) -> None:
-    if not (ivorn.startswith(GCN_PREFIX) or ivorn.startswith(SVOM_PREFIX)):
-        stream = ivorn.split("#", 1)[0]
-        raise DecodeError(f"unsupported VOEvent stream {stream}: not a GCN or SVOM notice ({ivorn})")
+def _stream(ivorn: str) -> str:
+    """The stream of an ivorn: everything before ``#`` (``ivo://gaia.cam.uk/alerts``)."""
+    return ivorn.split("#", 1)[0]
+
+
+def is_lvc(ivorn: str, p: dict) -> bool:
+    """True for an LVC/LVK notice, of any era, decoded by :func:`broker.sources.igwn.decode_voevent`.
+
+    ``ivo://gwnet/gcn_sender#`` (LVC-issued, O2 and until December 2018),
+    ``ivo://gwnet/LVC#`` (LVC-issued, O3 on), and GCN's own re-issue
+    ``ivo://nasa.gsfc.gcn/LVC#`` of a GW packet type (150-153, 163, 164) with a
+    ``GraceID`` (LVC_COUNTERPART, 154, is a GCN notice about a counterpart, not a GW alert).
+    """
+    if ivorn.startswith(LVC_PREFIXES):
+        return True
+    if ivorn.startswith(GCN_PREFIX + "LVC#") and p.get("GraceID", (None, None))[0]:
+        info = PACKET_TYPES.get(_integer(p.get("Packet_Type", (None, None))[0]) or -1)
+        return info is not None and info.messenger == "gw"
+    return False
+
+
+def _generic_info(ivorn: str, source: str) -> PacketType:
+    """Mission, instrument and messenger of a stream without a GCN Classic packet type:
+    :data:`STREAMS` when known, else the stream's last path segment (or its authority)."""
+    stream = _stream(ivorn)
+    if stream in STREAMS:
+        mission, instrument, messenger = STREAMS[stream]
+    else:
+        rest = stream.removeprefix("ivo://").strip("/")
+        mission = (rest.rsplit("/", 1)[-1] if "/" in rest else rest) or "unknown"
+        instrument = None
+        messenger = "neutrino" if any(k in stream.lower() for k in ("antares", "icecube", "km3net", "amon")) else "em"
+    name = re.sub(r"[^A-Z0-9]+", "_", mission.upper()).strip("_") or "UNKNOWN"
+    return PacketType(name, mission, instrument, messenger, "alert")
 
 
 def upstream_topic(data: bytes) -> str:
-    """GCN Kafka topic of a VOEvent: ``gcn.classic.voevent.<NOTICE_TYPE_NAME>``.
+    """Topic of a VOEvent: GCN Kafka's ``gcn.classic.voevent.<NOTICE_TYPE_NAME>``.
 
-    SVOM VOEvents → ``gcn.notices.svom.voevent.<instrument>`` (their real GCN topic).
+    SVOM VOEvents → ``gcn.notices.svom.voevent.<instrument>`` (their real GCN topic); a GCN
+    stream without a known packet type → ``gcn.classic.voevent.<STREAM>`` (no such topic
+    exists upstream: the name says where it came from); a non-GCN stream →
+    ``voevent.<authority>.<path>`` (``voevent.gaia.cam.uk.alerts``: these arrive over
+    VOEvent transport, not GCN Kafka).
 
     Raises
     ------
     DecodeError
-        Malformed XML, no ivorn, a non-GCN stream or an unknown packet type.
+        Malformed XML or no ivorn.
     """
     root, ivorn = _root_and_ivorn(data)
     p = params(root)
-    if ivorn.startswith(LVC_PREFIX):
+    if is_lvc(ivorn, p) or _packet_type(ivorn, p) is not None:
         return _describe(root, ivorn, p)[1]
-    _check_stream(ivorn)
-    return _describe(root, ivorn, p)[1]
+    if ivorn.startswith(GCN_PREFIX):
+        return f"gcn.classic.voevent.{_generic_info(ivorn, 'gcn').name}"
+    rest = _stream(ivorn).removeprefix("ivo://").strip("/")
+    return "voevent." + (re.sub(r"[^a-z0-9.]+", ".", rest.lower().replace("/", ".")).strip(".") or "unknown")
+
+
+def _packet_type(ivorn: str, p: dict) -> int | None:
+    """The GCN Classic packet type of a GCN or SVOM notice when it is one we describe, else None."""
+    if ivorn.startswith(SVOM_PREFIX):
+        return 0
+    if not ivorn.startswith(GCN_PREFIX):
+        return None
+    number = _integer(p.get("Packet_Type", (None, None))[0])
+    return number if number in PACKET_TYPES else None
 
 
 def _localization(root: Any, info: PacketType, ivorn: str) -> PointLocalization | None:
@@ -374,42 +445,117 @@ def _upstream_id(ivorn: str, p: dict) -> str:
     return ivorn.rsplit("#", 1)[-1]
 
 
+def _sky_map_url(p: dict) -> str | None:
+    """A sky map reference among the Params (``skymap_fits``, ``HealPix_URL``, ...): the
+    first Param whose name holds ``skymap`` or ``healpix`` and whose value is a URL."""
+    for name, (value, _unit) in p.items():
+        low = name.lower()
+        if ("skymap" in low or "healpix" in low) and value and value.strip().lower().startswith(("http://", "https://")):
+            return value.strip()
+    return None
+
+
+def _generic_properties(root: Any, ivorn: str, role: str, p: dict) -> dict[str, Any]:
+    """Properties of a VOEvent we have no packet description for: the known science Params
+    (as for GCN notices), then every named Param under ``params`` (at most
+    :data:`MAX_GENERIC_PARAMS`, values cut at :data:`MAX_PARAM_CHARS`), the stream, the
+    time system (``AstroCoordSystem`` id, e.g. ``TDB-ICRS-BARY`` for Gaia) and the
+    ``Why`` inference's description."""
+    props: dict[str, Any] = {"ivorn": ivorn, "role": role, "stream": _stream(ivorn), "time_source": "ISOTime"}
+    for name, (value, _unit) in p.items():
+        if name in _NUMERIC and (x := _float(value)) is not None:
+            props.setdefault(_NUMERIC[name], x)
+        elif name in _TEXT and value:
+            props.setdefault(_TEXT[name], value.strip())
+    props["params"] = {name: (value or "")[:MAX_PARAM_CHARS] for name, (value, _unit) in list(p.items())[:MAX_GENERIC_PARAMS]}
+    system = _find(root, "WhereWhen", "AstroCoordSystem")
+    if system is not None and system.get("id"):
+        props["time_system"] = _one_line(system.get("id"), 80)
+    why = _find(root, "Why")
+    if why is not None:
+        text = " ".join(t.strip() for t in why.itertext() if t.strip())
+        if text:
+            props["why"] = _one_line(text, MAX_PARAM_CHARS)
+    is_test = role == "test" or any((p.get(f, (None, None))[0] or "").lower() in _TRUE for f in _TEST_FLAGS)
+    if is_test:
+        props["role"] = "test"
+    return props
+
+
+def _decode_generic(root: Any, ivorn: str, role: str, p: dict, source: str) -> Event:
+    """A VOEvent without a GCN Classic packet type we describe: a GCN stream without
+    ``Packet_Type`` (ANTARES) or of an unknown type, or a non-GCN stream (Gaia, ASAS-SN).
+
+    Read when it carries what an Event needs, else rejected saying what is missing: the
+    event time (WhereWhen ``ISOTime``) and a position (``Position2D``) or a sky map
+    reference (a ``skymap``/``healpix`` URL Param). ``role`` was checked by the caller.
+    """
+    info = _generic_info(ivorn, source)
+    iso = _find(root, "WhereWhen", "ISOTime")
+    if iso is None or not (iso.text or "").strip():
+        raise DecodeError(f"VOEvent {ivorn}: no WhereWhen ISOTime: an Event needs the event time T0")
+    t0 = _utc(iso.text.strip(), f"VOEvent {ivorn} ISOTime")
+    localization = _localization(root, info, ivorn)
+    skymap_url = _sky_map_url(p)
+    if localization is None and skymap_url is None:
+        raise DecodeError(f"VOEvent {ivorn}: no WhereWhen Position2D and no sky map URL Param: "
+                          "an Event needs a position or a sky map")
+    props = _generic_properties(root, ivorn, role, p)
+    if skymap_url is not None:
+        props.setdefault("skymap_url", skymap_url)
+    number = _integer(p.get("Packet_Type", (None, None))[0])
+    if number is not None:
+        props["packet_type"] = number
+    alert_type = "retraction" if (p.get("Retraction", (None, None))[0] or "").strip().lower() in _TRUE else "alert"
+    try:
+        return Event(id=f"{source}:{ivorn}", source=source, messenger=info.messenger, mission=info.mission,
+                     instrument=info.instrument, upstream_id=_upstream_id(ivorn, p), alert_type=alert_type,
+                     time=format_time(t0), localization=localization, properties=props, format="voevent")
+    except ValidationError as exc:
+        raise DecodeError(f"VOEvent {ivorn}: {validation_reason(exc)}") from None
+
+
 def decode(data: bytes) -> list[Event]:
     """Decode and normalize one VOEvent message.
 
     Parameters
     ----------
     data : bytes
-        The VOEvent XML exactly as received (GCN Kafka ``gcn.classic.voevent.*`` value).
+        The VOEvent XML exactly as received (GCN Kafka ``gcn.classic.voevent.*`` value,
+        or a VOEvent of another stream).
 
     Returns
     -------
     list of Event
-        One Event (``source="gcn"``, ``format="voevent"``); LVC VOEvents are decoded by
-        :func:`broker.sources.igwn.decode_voevent` (``source="igwn"``).
+        One Event, ``format="voevent"``: ``source="gcn"`` for GCN and SVOM notices,
+        ``source="voevent"`` for other streams (Gaia, ASAS-SN); LVC VOEvents of every era
+        are decoded by :func:`broker.sources.igwn.decode_voevent` (``source="igwn"``).
 
     Raises
     ------
     DecodeError
-        One line naming the ivorn (or ``?``): malformed XML, no ivorn, no WhereWhen time,
-        an unsupported stream, a utility (heartbeat) VOEvent or an unknown packet type.
+        One line naming the ivorn (or ``?``): malformed XML, no ivorn, a utility
+        (heartbeat) VOEvent, or a VOEvent missing what an Event needs (the WhereWhen
+        time; for streams without a GCN packet description, a position or sky map URL).
     """
     root, ivorn = _root_and_ivorn(data)
-    if ivorn.startswith(LVC_PREFIX):
+    p = params(root)
+    if is_lvc(ivorn, p):
         from broker.sources import igwn
 
         result = igwn.decode_voevent(root, data)
         return list(result) if isinstance(result, (list, tuple)) else [result]
-    _check_stream(ivorn)
     role = (root.get("role") or "observation").strip().lower()
     if role == "utility":
         raise DecodeError(f"VOEvent {ivorn}: role 'utility' (heartbeat) carries no alert")
-    p = params(root)
+    if _packet_type(ivorn, p) is None:
+        source = "gcn" if ivorn.startswith(GCN_PREFIX) else "voevent"
+        return [_decode_generic(root, ivorn, role, p, source)]
     info, _topic = _describe(root, ivorn, p)
 
     iso = _find(root, "WhereWhen", "ISOTime")
     if iso is None or not (iso.text or "").strip():
-        raise DecodeError(f"VOEvent {ivorn}: no WhereWhen/ObsDataLocation time")
+        raise DecodeError(f"VOEvent {ivorn}: no WhereWhen ISOTime: an Event needs the event time T0")
     t0 = _utc(iso.text.strip(), f"VOEvent {ivorn} ISOTime")
 
     alert_type = info.alert_type
@@ -417,24 +563,28 @@ def decode(data: bytes) -> list[Event]:
         alert_type = "retraction"
     localization = _localization(root, info, ivorn)
     properties = _properties(ivorn, role, info, p)
+    properties["time_source"] = "ISOTime"
+    upstream_id = _upstream_id(ivorn, p)
     try:
-        return [
-            Event(
-                id=f"gcn:{ivorn}",
-                source="gcn",
-                messenger=info.messenger,
-                mission=info.mission,
-                instrument=info.instrument,
-                upstream_id=_upstream_id(ivorn, p),
-                alert_type=alert_type,
-                time=format_time(t0),
-                localization=localization,
-                properties=properties,
-                format="voevent",
-            )
-        ]
+        event = Event(
+            id=f"gcn:{ivorn}",
+            source="gcn",
+            messenger=info.messenger,
+            mission=info.mission,
+            instrument=info.instrument,
+            upstream_id=upstream_id,
+            alert_type=alert_type,
+            time=format_time(t0),
+            localization=localization,
+            properties=properties,
+            format="voevent",
+        )
     except ValidationError as exc:
         raise DecodeError(f"VOEvent {ivorn}: {validation_reason(exc)}") from None
+    if p.get("TrigID", (None, None))[0] and alert_type != "retraction" and properties.get("role") != "test":
+        # GCN Classic: ISOTime is the trigger's time (Burst_TJD/SOD), also in follow-ups
+        remember_trigger(info.mission, upstream_id, t0)
+    return [event]
 
 
 DECODER = AlertDecoder(name="voevent", format="voevent", accepts=lambda data: True,

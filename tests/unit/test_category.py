@@ -26,6 +26,7 @@ from tests.conftest import DATA, ROOT
 
 G = "gcn/gcn-schema/gcn/notices/"
 C = "gcn/gcn-schema-pr161-classic/gcn/notices/classic/"
+S = "gcn/gcn-schema-pr306-swift/gcn/notices/swift/"
 K = "gcn/gwcelery-kafka/"
 V = "voevent/"
 
@@ -103,6 +104,26 @@ EXPECTED: dict[str, tuple[str, str]] = {
     C + "sk_sn/alert.example.json": ("supernova_neutrinos", "gcn_schema"),
     C + "snews/alert.example.json": ("supernova_neutrinos", "gcn_schema"),
     C + "suzaku/alert.example.json": ("grb", "grb_monitor_presumed"),  # mission "SUZAKU", WAM
+    C + "alexis/alert.example.json": ("unknown", "fallback"),  # ALEXIS map transient: no class, no GRB monitor
+    C + "lvc/alert.example.json": ("unknown", "fallback"),  # Classic LVC JSON as a GCN notice: no igwn group
+    G + "boom/alert.example.json": ("unknown", "fallback"),  # BOOM optical target, classification_scores only
+    # --- Swift BAT/XRT/UVOT notices of gcn-schema PR 306 (trigger 1253910 and others) ---
+    **{S + f"{n}.example.json": ("grb", "grb_monitor_presumed") for n in (
+        "bat/lightcurve.rate_trigger.initial", "bat/lightcurve.rate_trigger.update",
+        "bat/position.image_trigger.initial", "bat/position.image_trigger.update",
+        "bat/position.image_trigger.update.false_trigger", "bat/position.rate_trigger.initial",
+        "bat/position.rate_trigger.update", "bat/scaled_map.rate_trigger.initial",
+        # a gap of broker.category: classification {"EXO_0748-676": 1.0} names a known source
+        # (trigger 1236151), but a source name is no class label, so it is presumed a GRB
+        "bat/position.rate_trigger.update.known_source",
+        *(f"uvot/{k}" for k in ("image.U.initial", "image.U.update", "image.blocked.initial", "image.blocked.update",
+                                "image.white.initial", "image.white.update", "position.initial",
+                                "source_list.U.initial", "source_list.U.update", "source_list.white.initial",
+                                "source_list.white.update1", "source_list.white.update2",
+                                "source_list.white.update3")),
+        *(f"xrt/{k}" for k in ("image.initial", "image.update", "lightcurve.initial", "position.initial",
+                               "position.update", "spectrum.LRPD.initial", "spectrum.LRPD.update",
+                               "spectrum.WT.initial", "spectrum.WT.update", "sper.initial", "sper.updateN")))},
     # --- gwcelery's recorded GCN Kafka messages ---
     K + "kafka_alert_chime_detection.json": ("frb", "gcn_schema"),
     K + "kafka_alert_chime_retraction.json": ("frb", "gcn_schema"),
@@ -142,6 +163,16 @@ EXPECTED: dict[str, tuple[str, str]] = {
     V + "voevent-parse/MOA_Lensing_Event_2015-07-10T14-50-54.00.xml": ("microlensing", "gcn_packet_type"),
     V + "voevent-parse/SWIFT_bat_position_v2.0_example.xml": ("grb", "grb_identified"),
     V + "voevent-parse/SWIFT_xrt_position_v1.1_example.xml": ("grb", "grb_monitor_presumed"),
+    # non-GCN VOEvent streams (source "voevent"): no rule of broker.category reads them yet
+    V + "voevent-parse/ASASSN_2016-09-25.47_2016fvf_PTSS-16nqb_PS16ejf.xml": ("unknown", "fallback"),
+    V + "voevent-parse/Gaia16aac.xml": ("unknown", "fallback"),
+    # LVC VOEvents of earlier eras: O2 GW170817 (LVC's and GCN's), the user guide's 2018/2019 samples
+    **{V + f"lvc-eras/{n}": ("gw_cbc", "igwn_group") for n in (
+        "gwcelery-O2/G298048-1-Initial.gcn.xml", "gwcelery-O2/G298048-1-Initial.xml",
+        *(f"userguide-{era}/MS181101ab-{k}.xml" for era in ("2018-11", "2019-03")
+          for k in ("1-Preliminary", "2-Initial", "3-Update")))},
+    **{V + f"lvc-eras/userguide-{era}/MS181101ab-4-Retraction.xml": ("unknown", "igwn_no_group")
+       for era in ("2018-11", "2019-03")},
     # --- IGWN (every one a CBC MDC superevent; retractions carry no event) ---
     "igwn/fink-mm/MS230518e-initial.json": ("gw_cbc", "igwn_group"),  # event.group "CBC"
     **{f"igwn/userguide/MS181101ab-{n}": ("gw_cbc", "igwn_group") for n in (

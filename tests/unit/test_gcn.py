@@ -18,15 +18,26 @@ from broker.sources import gcn
 DATA = Path(__file__).resolve().parents[1] / "data" / "gcn"
 SCHEMA_EXAMPLES = sorted((DATA / "gcn-schema" / "gcn" / "notices").rglob("*.example.json"))
 CLASSIC_EXAMPLES = sorted((DATA / "gcn-schema-pr161-classic").rglob("*.example.json"))
+SWIFT_EXAMPLES = sorted((DATA / "gcn-schema-pr306-swift").rglob("*.example.json"))
 GWCELERY = sorted((DATA / "gwcelery-kafka").glob("*.json"))
-ALL_FILES = SCHEMA_EXAMPLES + CLASSIC_EXAMPLES + GWCELERY
+ALL_FILES = SCHEMA_EXAMPLES + CLASSIC_EXAMPLES + SWIFT_EXAMPLES + GWCELERY
 
 # Alert / DateTime keys (gcn-schema core/Alert, core/DateTime; ``notice_type`` in the Classic
 # translations): a file with none of them is a schema fragment example (core/Localization,
 # core/Reporter, ...), not a notice.
 NOTICE_KEYS = ("trigger_time", "alert_datetime", "alert_type", "alert_tense", "notice_type")
-# Schemas whose T0 is not trigger_time (they define none): documented in broker.sources.gcn.
-T0_FALLBACK = {"fermi/lat/": "observation_start", "heasarc/": "observation_start"}
+# The T0 rule of issue 12, read here from the files: the first of these present (a parent
+# trigger comes second, and is never known in the table test: every decode starts afresh).
+# end_datetime: the ALEXIS map notice (Classic translation), which has none of the others.
+T0_FIELDS = ("trigger_time", "observation_start", "alert_datetime", "end_datetime")
+
+
+@pytest.fixture(autouse=True)
+def _no_remembered_triggers():
+    """Each test starts with no trigger times remembered (gcn.remember_trigger)."""
+    gcn.forget_triggers()
+    yield
+    gcn.forget_triggers()
 
 
 def _load(path: Path) -> dict:
@@ -38,19 +49,11 @@ def _is_notice(obj: dict) -> bool:
 
 
 def _t0_field(obj: dict) -> str | None:
-    if "trigger_time" in obj:
-        return "trigger_time"
-    path = str(obj.get("$schema", ""))
-    for prefix, field in T0_FALLBACK.items():
-        if f"/gcn/notices/{prefix}" in path and field in obj:
-            return field
-    return None
+    return next((k for k in T0_FIELDS if k in obj), None)
 
 
 NOTICES = [p for p in ALL_FILES if _is_notice(_load(p))]
 FRAGMENTS = [p for p in ALL_FILES if not _is_notice(_load(p))]
-DECODABLE = [p for p in NOTICES if _t0_field(_load(p))]
-NO_T0 = [p for p in NOTICES if not _t0_field(_load(p))]
 
 
 def _id(path: Path) -> str:
@@ -59,12 +62,13 @@ def _id(path: Path) -> str:
 
 def test_sample_counts():
     """Every real file is either a notice or a core fragment; the counts are pinned."""
-    assert (len(SCHEMA_EXAMPLES), len(CLASSIC_EXAMPLES), len(GWCELERY)) == (49, 28, 12)
+    assert (len(SCHEMA_EXAMPLES), len(CLASSIC_EXAMPLES), len(SWIFT_EXAMPLES), len(GWCELERY)) == (49, 28, 33, 12)
     assert all("/core/" in str(p) for p in FRAGMENTS) and len(FRAGMENTS) == 5
-    assert len(NOTICES) == 84
-    assert len(DECODABLE) == 81
-    # Real notices without any T0: BOOM optical alert, Classic ALEXIS and LVC translations.
-    assert sorted(p.parent.name for p in NO_T0) == ["alexis", "boom", "lvc"]
+    assert len(NOTICES) == 117
+    assert all(_t0_field(_load(p)) for p in NOTICES)  # every notice has one of the T0 fields
+    fields = [_t0_field(_load(p)) for p in NOTICES]
+    assert {f: fields.count(f) for f in T0_FIELDS} == {
+        "trigger_time": 88, "observation_start": 26, "alert_datetime": 2, "end_datetime": 1}
 
 
 @pytest.mark.parametrize("path", FRAGMENTS, ids=_id)
@@ -76,20 +80,24 @@ def test_circular_is_not_a_notice():
     assert not gcn.is_gcn_notice(_load(DATA / "gcn-schema" / "gcn" / "circulars.example.json"))
 
 
-@pytest.mark.parametrize("path", DECODABLE, ids=_id)
+@pytest.mark.parametrize("path", NOTICES, ids=_id)
 def test_notice_normalized_from_file_values(path):
     obj = _load(path)
     assert gcn.is_gcn_notice(obj)
     event = gcn.decode(obj)
+    gcn.forget_triggers()
     [same] = dispatch_decode(path.read_bytes())  # the dispatcher adds the category (broker.category)
     assert same.category is not None
     assert same.model_copy(update={"category": None, "category_rule": None}) == event
 
     assert event.source == "gcn" and event.format == "json"
     field = _t0_field(obj)
+    assert event.properties["time_source"] == field
     expected = Time(obj[field].replace("Z", "").replace(" ", "T"), scale="utc")
     got = Time(event.time[:-1], scale="utc")
     assert abs((got - expected).to_value(u.ms)) < 1.0
+    if field != "observation_start" and isinstance(obj.get("observation_start"), str):
+        assert event.properties["observation_start"].startswith(obj["observation_start"][:19])
     if "mission" in obj:
         assert event.mission == obj["mission"]
     if "instrument" in obj:
@@ -112,7 +120,8 @@ def test_notice_normalized_from_file_values(path):
         assert event.properties["skymap_url"] == obj["healpix_url"]
 
     loc = event.localization
-    if "ra" in obj and "dec" in obj:
+    targets = (obj.get("data") or {}).get("targets") if isinstance(obj.get("data"), dict) else None
+    if obj.get("ra") is not None and obj.get("dec") is not None:
         assert loc is not None and loc.type == "point"
         assert loc.ra == pytest.approx(obj["ra"]) and loc.dec == pytest.approx(obj["dec"])
         err = obj.get("ra_dec_error", obj.get("ra_uncertainty"))
@@ -125,6 +134,9 @@ def test_notice_normalized_from_file_values(path):
         if err is not None and err != 0:
             p = obj.get("containment_probability", 0.9)
             assert loc.containment == pytest.approx(p / 100 if p > 1 else p)
+    elif targets and len(targets) == 1:  # BOOM: the one target's position
+        assert (loc.ra, loc.dec) == (pytest.approx(targets[0]["ra"]), pytest.approx(targets[0]["dec"]))
+        assert event.upstream_id == targets[0]["event_name"]
     else:
         assert loc is None
 
@@ -133,25 +145,18 @@ def test_ids_unique_per_revision_across_all_json_samples():
     """Different notice content → different id; the same content (gwcelery's copies of the
     gcn-schema Fermi examples, re-indented) → the same id, so redeliveries upsert."""
     by_content: dict[str, set[str]] = {}
-    for p in DECODABLE:
+    for p in NOTICES:
         content = json.dumps(_load(p), sort_keys=True)
         by_content.setdefault(content, set()).add(gcn.decode(_load(p)).id)
     assert all(len(ids) == 1 for ids in by_content.values())
     all_ids = [next(iter(ids)) for ids in by_content.values()]
     assert len(set(all_ids)) == len(all_ids) == len(by_content)
-    assert len(DECODABLE) - len(by_content) == 3  # the three identical Fermi GBM copies
+    assert len(NOTICES) - len(by_content) == 3  # the three identical Fermi GBM copies
 
 
 def test_ids_deterministic():
     path = DATA / "gwcelery-kafka" / "kafka_alert_fermi_ground.json"
     assert gcn.decode(_load(path)).id == gcn.decode(json.loads(path.read_text())).id
-
-
-@pytest.mark.parametrize("path", NO_T0, ids=_id)
-def test_notice_without_t0_is_rejected_naming_the_field(path):
-    with pytest.raises(DecodeError, match="trigger_time") as info:
-        gcn.decode(_load(path))
-    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -248,3 +253,97 @@ def test_bad_time_is_one_line_decode_error():
     with pytest.raises(DecodeError, match="trigger_time") as info:
         gcn.decode(obj)
     assert "\n" not in str(info.value)
+
+
+SWIFT = DATA / "gcn-schema-pr306-swift" / "gcn" / "notices" / "swift"
+
+
+def test_swift_follow_ups_take_their_bat_trigger_t0_and_group():
+    """Swift trigger 1253910 (gcn-schema PR #306): the BAT position carries trigger_time; the
+    XRT and UVOT notices that follow carry only the trigger id and their observation start.
+    Decoded after the BAT notice their T0 is its trigger_time; all share one event group."""
+    from broker.enrich.groups import group_key
+
+    bat_obj = _load(SWIFT / "bat/position.rate_trigger.initial.example.json")
+    bat = gcn.decode(bat_obj)
+    follow_ups = ["xrt/position.initial", "xrt/spectrum.WT.initial", "uvot/position.initial",
+                  "uvot/source_list.white.initial"]
+    for name in follow_ups:
+        obj = _load(SWIFT / f"{name}.example.json")
+        assert "trigger_time" not in obj and obj["id"] == bat_obj["id"]
+        event = gcn.decode(obj)
+        assert event.time == bat.time and event.properties["time_source"] == "parent_trigger"
+        expected = Time(bat_obj["trigger_time"][:-1], scale="utc")
+        assert abs((Time(event.time[:-1], scale="utc") - expected).to_value(u.ms)) < 1.0
+        assert event.properties["observation_start"].startswith(obj["observation_start"][:19])
+        assert group_key(event) == group_key(bat) == f"gcn:swift:{bat_obj['id']}"
+    # the same follow-up decoded alone (no trigger seen): its own observation start
+    gcn.forget_triggers()
+    alone = gcn.decode(_load(SWIFT / "xrt/position.initial.example.json"))
+    assert alone.properties["time_source"] == "observation_start"
+    assert alone.time.startswith(_load(SWIFT / "xrt/position.initial.example.json")["observation_start"][:19])
+
+
+def test_swift_voevent_trigger_is_a_parent_for_json_follow_ups():
+    """A GCN Classic VOEvent's ISOTime is its trigger's time: it is remembered for the JSON
+    follow-ups that carry the same trigger number (here a real BAT VOEvent, trigger 532871,
+    and a real XRT JSON notice given that trigger number)."""
+    from lxml import etree
+
+    from broker.sources import voevent
+
+    path = DATA.parent / "voevent/voevent-parse/SWIFT_bat_position_v2.0_example.xml"
+    [bat] = voevent.decode(path.read_bytes())
+    trig = etree.parse(str(path)).xpath("//*[local-name()='Param'][@name='TrigID']/@value")[0]
+    obj = dict(_load(SWIFT / "xrt/position.initial.example.json"), id=trig)
+    event = gcn.decode(obj)
+    assert event.properties["time_source"] == "parent_trigger" and event.time == bat.time
+
+
+def test_gcn_group_t0_is_the_earliest_revision():
+    """A follow-up decoded without its trigger (T0 = its observation start, later) must not
+    move the trigger group's T0; an IGWN group keeps the latest revision's T0."""
+    from broker.enrich.groups import _group_values
+
+    def row(eid, t, retraction=False):
+        return dict(event_id=eid, alert_type="x", time=t, retraction=retraction, localization_id=None,
+                    area_90_deg2=None)
+
+    bat = _load(SWIFT / "bat/position.rate_trigger.initial.example.json")
+    xrt = _load(SWIFT / "xrt/position.initial.example.json")
+    members = [row("bat", bat["trigger_time"]), row("xrt", xrt["observation_start"]), row("r", "2030-01-01", True)]
+    assert _group_values("gcn:swift:1253910", members)["t0"] == bat["trigger_time"]
+    assert _group_values("igwn:S1", members)["t0"] == xrt["observation_start"]
+
+
+def test_notice_without_any_time_is_rejected_naming_every_field():
+    obj = _load(SWIFT / "xrt/position.initial.example.json")
+    for key in ("observation_start", "alert_datetime"):
+        del obj[key]
+    with pytest.raises(DecodeError) as info:
+        gcn.decode(obj)
+    message = str(info.value)
+    assert all(f"'{k}'" in message for k in ("trigger_time", "observation_start", "alert_datetime"))
+    assert obj["id"] in message and "\n" not in message
+
+
+def test_unknown_future_notice_type_decodes_from_its_schema_url():
+    """A notice of a schema we hold no copy of and no mission field: mission and instrument
+    come from the $schema path, the position from ra/dec (a real XRT notice, re-labelled)."""
+    obj = _load(SWIFT / "xrt/position.initial.example.json")
+    del obj["mission"], obj["instrument"]
+    obj["$schema"] = "https://gcn.nasa.gov/schema/v9.0.0/gcn/notices/newmission/newcam/position.schema.json"
+    [event] = dispatch_decode(json.dumps(obj).encode())
+    assert (event.mission, event.instrument) == ("newmission", "newcam")
+    assert event.localization.ra == pytest.approx(obj["ra"]) and event.localization.dec == pytest.approx(obj["dec"])
+    assert event.properties["schema"] == "newmission/newcam/position"
+    assert gcn.upstream_topic(obj) == "gcn.notices.newmission.newcam.position"
+
+
+def test_boom_alert_position_and_links():
+    obj = _load(DATA / "gcn-schema/gcn/notices/boom/alert.example.json")
+    event = gcn.decode(obj)
+    [target] = obj["data"]["targets"]
+    assert event.mission == "Boom" and event.upstream_id == target["event_name"]
+    assert event.properties["time_source"] == "alert_datetime"
+    assert event.properties["target"]["gcn_crossmatch"] == target["gcn_crossmatch"]

@@ -12,7 +12,7 @@ from lxml import etree
 
 from broker.errors import DecodeError
 from broker.sources import decode as dispatch_decode
-from broker.sources import gcn, voevent
+from broker.sources import gcn, gcn_packets, voevent
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FILES = sorted((DATA / "voevent").rglob("*.xml"))
@@ -40,9 +40,10 @@ def _id(path: Path) -> str:
     return str(path.relative_to(DATA / "voevent"))
 
 
-GCN_FILES = [p for p in FILES if _ivorn(p).startswith(("ivo://nasa.gsfc.gcn/", "ivo://org.svom/"))]
-LVC_FILES = [p for p in FILES if _ivorn(p).startswith("ivo://gwnet/LVC")]
+LVC_FILES = [p for p in FILES if _ivorn(p).startswith(("ivo://gwnet/", "ivo://nasa.gsfc.gcn/LVC#"))]
+GCN_FILES = [p for p in FILES if _ivorn(p).startswith(("ivo://nasa.gsfc.gcn/", "ivo://org.svom/")) and p not in LVC_FILES]
 OTHER_FILES = [p for p in FILES if p not in GCN_FILES and p not in LVC_FILES]
+USERGUIDE_XML = sorted((DATA / "igwn/userguide").glob("*.xml"))  # O4 user guide VOEvents
 
 # GCN Classic notice type names of the packet types in the samples (gcn.nasa.gov topic list).
 EXPECTED_NAME = {
@@ -64,7 +65,7 @@ CONTAINMENT = {"Fermi": 0.68, "Swift": 0.9, "INTEGRAL": 0.9, "IceCube": 0.9, "SV
 
 
 def test_sample_counts():
-    assert (len(FILES), len(GCN_FILES), len(LVC_FILES), len(OTHER_FILES)) == (27, 24, 1, 2)
+    assert (len(FILES), len(GCN_FILES), len(LVC_FILES), len(OTHER_FILES)) == (37, 24, 11, 2)
     assert sorted(p.name.split("_")[0] for p in OTHER_FILES) == ["ASASSN", "Gaia16aac.xml"]
 
 
@@ -129,20 +130,135 @@ def test_neutrino_and_fermi_science_values():
     assert flt.properties["most_likely_prob"] == pytest.approx(float(_param(path, "Most_Likely_Prob")) / 100)
 
 
-def test_lvc_voevent_goes_to_igwn():
-    [path] = LVC_FILES
+def _json_counterpart(path: Path) -> Path | None:
+    """The igwn.gwalert JSON of the same superevent and alert type (LVK user guide), if any."""
+    found = DATA / "igwn/userguide" / f"{_param(path, 'GraceID')}-{_lvc_alert_type(path)}.json"
+    return found if found.exists() else None
+
+
+def _lvc_alert_type(path: Path) -> str:
+    """AlertType, or retraction when Param Retraction is true (read with lxml)."""
+    if (_param(path, "Retraction") or "").lower() == "true":
+        return "retraction"
+    return _param(path, "AlertType").lower()
+
+
+def _lvc_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+@pytest.mark.parametrize("path", LVC_FILES + USERGUIDE_XML, ids=_lvc_id)
+def test_lvc_voevent_of_every_era_goes_to_igwn(path):
+    """O2 (gcn_sender: GW170817 as LVC and as GCN sent it), the user guide's samples of
+    2018-11 (gcn_sender), 2019-03 (ivo://gwnet/LVC), O3 (hop-client) and O4: superevent id,
+    alert type and T0 as the file says; where the user guide has the igwn.gwalert JSON of
+    the same superevent and type, the JSON decodes to the same superevent id and type."""
+    data = path.read_bytes()
+    [event] = voevent.decode(data)
+    assert event.source == "igwn" and event.messenger == "gw" and event.id == f"igwn:{_ivorn(path)}"
+    assert event.upstream_id == _param(path, "GraceID")
+    assert event.alert_type == _lvc_alert_type(path)
+    iso = _text(path, "ISOTime")
+    assert abs((Time(event.time[:-1], scale="utc") - Time(iso.replace("Z", ""), scale="utc")).to_value(u.ms)) < 1.0
+    info = gcn_packets.PACKET_TYPES[int(_param(path, "Packet_Type"))]
+    assert info.name.startswith("LVC_") and voevent.upstream_topic(data) == f"gcn.classic.voevent.{info.name}"
+    counterpart = _json_counterpart(path)
+    if counterpart is not None:
+        obj = json.loads(counterpart.read_bytes())
+        [from_json] = dispatch_decode(counterpart.read_bytes())
+        assert (event.upstream_id, event.alert_type) == (obj["superevent_id"], obj["alert_type"].lower())
+        assert (from_json.upstream_id, from_json.alert_type) == (event.upstream_id, event.alert_type)
+
+
+def test_lvc_pairs_cover_every_era():
+    """The real VOEvent/JSON pairs of the test above: 14 of the 17 LVC VOEvents have a JSON
+    alert of the same superevent and type (the three O2/O3 ones have none: no JSON then)."""
+    eras = sorted({p.parent.name for p in LVC_FILES + USERGUIDE_XML})
+    assert eras == ["gwcelery-O2", "hop-client", "userguide", "userguide-2018-11", "userguide-2019-03"]
+    assert len(LVC_FILES + USERGUIDE_XML) == 17
+    assert len([p for p in LVC_FILES + USERGUIDE_XML if _json_counterpart(p)]) == 14
+
+
+def test_retraction_of_2018_keeps_alerttype_and_says_retraction():
+    """The user guide's 2018 retraction: AlertType Preliminary with Retraction=true (lxml)."""
+    path = DATA / "voevent/lvc-eras/userguide-2018-11/MS181101ab-4-Retraction.xml"
+    assert (_param(path, "AlertType"), _param(path, "Retraction")) == ("Preliminary", "true")
     [event] = voevent.decode(path.read_bytes())
-    assert event.source == "igwn" and event.messenger == "gw"
-    assert voevent.upstream_topic(path.read_bytes()) == "gcn.classic.voevent.LVC_PRELIMINARY"
+    assert event.is_retraction
+
+
+def test_gw170817_as_lvc_and_gcn_sent_it():
+    """G298048 (GW170817) Initial: the LVC-issued ivo://gwnet/gcn_sender VOEvent and GCN's
+    re-issue ivo://nasa.gsfc.gcn/LVC# give one superevent, alert type and T0, two ids."""
+    folder = DATA / "voevent/lvc-eras/gwcelery-O2"
+    [lvc] = voevent.decode((folder / "G298048-1-Initial.xml").read_bytes())
+    [gcn_copy] = voevent.decode((folder / "G298048-1-Initial.gcn.xml").read_bytes())
+    assert (lvc.upstream_id, lvc.alert_type, lvc.time) == (gcn_copy.upstream_id, gcn_copy.alert_type, gcn_copy.time)
+    assert lvc.upstream_id == "G298048" and lvc.id != gcn_copy.id
+    assert lvc.properties["far_hz"] == pytest.approx(float(_param(folder / "G298048-1-Initial.xml", "FAR")))
 
 
 @pytest.mark.parametrize("path", OTHER_FILES, ids=_id)
-def test_non_gcn_voevent_rejected(path):
-    stream = _ivorn(path).split("#")[0]
-    with pytest.raises(DecodeError, match=f"unsupported VOEvent stream {stream}"):
-        voevent.decode(path.read_bytes())
-    with pytest.raises(DecodeError, match="unsupported VOEvent stream"):
-        voevent.upstream_topic(path.read_bytes())
+def test_non_gcn_voevent_read_from_file_values(path):
+    """Gaia and ASAS-SN (4PiSky) VOEvents: time, position and role as lxml reads them."""
+    data = path.read_bytes()
+    [event] = voevent.decode(data)
+    [dispatched] = dispatch_decode(data)
+    assert dispatched.model_copy(update={"category": None, "category_rule": None}) == event
+    ivorn = _ivorn(path)
+    stream, fragment = ivorn.split("#", 1)
+    assert event.source == "voevent" and event.id == f"voevent:{ivorn}" and event.format == "voevent"
+    assert event.upstream_id == fragment and event.properties["stream"] == stream
+    assert event.mission == {"ivo://gaia.cam.uk/alerts": "Gaia", "ivo://voevent.4pisky.org/ASASSN": "ASAS-SN"}[stream]
+    assert event.properties["role"] == etree.parse(str(path)).getroot().get("role")
+    expected = Time(_text(path, "ISOTime").replace("+00:00", ""), scale="utc")
+    assert abs((Time(event.time[:-1], scale="utc") - expected).to_value(u.ms)) < 1.0
+    loc = event.localization
+    assert loc.ra == pytest.approx(float(_text(path, "C1"))) and loc.dec == pytest.approx(float(_text(path, "C2")))
+    assert loc.error_radius == pytest.approx(float(_text(path, "Error2Radius")))
+    assert voevent.upstream_topic(data).startswith("voevent.")
+
+
+def _without(path: Path, local: str) -> bytes:
+    root = etree.fromstring(path.read_bytes())
+    for el in root.xpath(f"//*[local-name()='{local}']"):
+        el.getparent().remove(el)
+    return etree.tostring(root)
+
+
+@pytest.mark.parametrize("path", OTHER_FILES, ids=_id)
+def test_non_gcn_voevent_missing_what_an_event_needs_is_rejected_saying_what(path):
+    ivorn = _ivorn(path)
+    with pytest.raises(DecodeError) as info:
+        voevent.decode(_without(path, "Position2D"))
+    assert str(info.value) == (f"VOEvent {ivorn}: no WhereWhen Position2D and no sky map URL Param: "
+                               "an Event needs a position or a sky map")
+    with pytest.raises(DecodeError, match=r"no WhereWhen ISOTime: an Event needs the event time T0"):
+        voevent.decode(_without(path, "ISOTime"))
+    # a sky map reference instead of a position is enough
+    root = etree.fromstring(_without(path, "Position2D"))
+    what = root.xpath("//*[local-name()='What']")[0]
+    etree.SubElement(what, "Param", name="skymap_fits", value="https://example.org/map.fits")
+    [event] = voevent.decode(etree.tostring(root))
+    assert event.localization is None and event.properties["skymap_url"] == "https://example.org/map.fits"
+    root.set("role", "utility")
+    with pytest.raises(DecodeError, match="utility"):
+        voevent.decode(etree.tostring(root))
+
+
+def test_gcn_stream_without_packet_type_is_read_generically():
+    """A GCN VOEvent without Packet_Type (as AMON/ANTARES notices come): a real IceCube
+    cascade VOEvent with its Packet_Type removed keeps its time, position and messenger."""
+    path = DATA / "voevent/fink-mm/icecube/voevent_number=825.xml"
+    root = etree.fromstring(path.read_bytes())
+    for el in root.xpath("//*[local-name()='Param'][@name='Packet_Type']"):
+        el.getparent().remove(el)
+    data = etree.tostring(root)
+    [event] = voevent.decode(data)
+    assert event.source == "gcn" and event.mission == "AMON" and event.messenger == "neutrino"
+    assert event.localization.ra == pytest.approx(float(_text(path, "C1")))
+    assert abs((Time(event.time[:-1], scale="utc") - Time(_text(path, "ISOTime"), scale="utc")).to_value(u.ms)) < 1
+    assert voevent.upstream_topic(data) == "gcn.classic.voevent.AMON"
 
 
 def _real_root() -> tuple[Path, etree._Element]:
@@ -156,7 +272,7 @@ def test_no_wherewhen_is_one_line_error_naming_ivorn():
         el.getparent().remove(el)
     with pytest.raises(DecodeError) as info:
         voevent.decode(etree.tostring(root))
-    assert str(info.value) == f"VOEvent {_ivorn(path)}: no WhereWhen/ObsDataLocation time"
+    assert str(info.value) == f"VOEvent {_ivorn(path)}: no WhereWhen ISOTime: an Event needs the event time T0"
 
 
 def test_no_ivorn_and_malformed_xml():
@@ -205,4 +321,8 @@ def test_ids_unique_across_all_samples():
                 ids.append(gcn.decode(obj).id)
             except DecodeError:
                 pass
-    assert len(ids) == len(set(ids)) == 25 + 78
+    # One real duplicate: the user guide's 2018-11 Update reuses its Initial's ivorn
+    # (ivo://gwnet/gcn_sender#MS181101ab-2-Initial), and a VOEvent's id is its ivorn.
+    dupes = {i for i in ids if ids.count(i) > 1}
+    assert dupes == {"igwn:ivo://gwnet/gcn_sender#MS181101ab-2-Initial"}
+    assert len(ids) - 1 == len(set(ids)) == 34 + 114  # 35 VOEvents (one duplicate id), 114 JSON contents
