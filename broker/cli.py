@@ -368,6 +368,7 @@ class SourceName(str, Enum):
     gcn = "gcn"
     ztf = "ztf"
     lsst = "lsst"
+    voevent = "voevent"
 
 
 def _parse_since(value: str | None) -> datetime | None:
@@ -507,6 +508,11 @@ def events_recategorize(
 from broker.enrich.cli_events import register as _register_events_commands  # noqa: E402 - imports typer only
 
 _register_events_commands(events_app)
+
+# archive export / import / gc (issue 14): broker/archive_cli.py imports typer only
+from broker.archive_cli import app as _archive_app  # noqa: E402
+
+app.add_typer(_archive_app, name="archive")
 
 
 # ---------------------------------------------------------------- dlq

@@ -28,7 +28,9 @@ Normalization rules
   otherwise ``ra``/``dec`` with ``ra_dec_error`` → point. ``ra_dec_error`` may be a radius,
   ``[radius]`` or an ellipse ``[a, b, angle]`` (the circle of radius max(a, b) is used and
   the ellipse kept in ``properties``); MAXI ``rectangular_error_corners`` → the circle
-  through the farthest corner. ``containment`` is ``containment_probability``, else the
+  through the farthest corner; the early ``ra_uncertainty``/``dec_uncertainty`` [minus, plus]
+  intervals (gcn-schema v1-v3) → the circle through the far corner of that box (kept in
+  ``properties["error_box_deg"]``). ``containment`` is ``containment_probability``, else the
   core/Localization default 0.9. A ``ra``/``dec`` that is not finite or out of range
   ([0, 360], [-90, 90]; 360 is taken as 0), a negative or > 180 deg error and a
   containment outside [0, 1] (or [0, 100] %) are DecodeErrors naming the JSON path; a
@@ -87,6 +89,8 @@ _MAX_TIME_CHARS = 64
 _WHERE_CHARS = 80
 _MESSENGERS = {"em": "em", "neutrino": "neutrino", "gw": "gw"}
 _CORE_KEYS = ("mission", "alert_type", "trigger_time")
+_NEUTRINO_MISSIONS = {"neutrino", "icecube", "km3net", "superk", "snews", "snews2", "antares", "baikal-gvd", "amon"}
+"""Mission path segments of a ``$schema`` we hold no copy of that mean a neutrino notice."""
 _SCHEMALESS_TOPICS = {("swift", "bat-guano"): "gcn.notices.swift.bat.guano"}
 
 
@@ -111,6 +115,7 @@ SCHEMAS: dict[str, SchemaInfo] = {
     "fermi/lat": SchemaInfo("Fermi", "LAT", "em", time_field="observation_start"),
     "glowbug": SchemaInfo("GLOWBUG", None, "em"),
     "heasarc": SchemaInfo("HEASARC", None, "em", time_field="observation_start"),
+    "icecube": SchemaInfo("IceCube", None, "neutrino"),  # e.g. GoldAndBronze of gcn-schema v1-v3
     "icecube/lvk_nu_track_search": SchemaInfo("IceCube", None, "neutrino"),
     "icecube/single_neutrino_alerts": SchemaInfo(
         "IceCube", "IC86", "neutrino", topic="gcn.notices.icecube.gold_bronze_track_alerts"
@@ -350,6 +355,11 @@ def _corners(corners: list, where: str) -> list[tuple[float, float]]:
     return out
 
 
+def _asymmetric(err: list) -> bool:
+    """An early ``ra_uncertainty`` of the form [minus, plus]: two numbers, the first negative."""
+    return len(err) == 2 and all(_is_number(v) for v in err) and err[0] < 0 <= err[1]
+
+
 def _point(obj: dict, props: dict, where: str) -> PointLocalization | None:
     """The point localization from ``ra``/``dec`` and the error fields; None without a position.
 
@@ -363,7 +373,16 @@ def _point(obj: dict, props: dict, where: str) -> PointLocalization | None:
     err_key = "ra_dec_error" if "ra_dec_error" in obj else "ra_uncertainty"
     err = obj.get(err_key)
     radius = None
-    if isinstance(err, list):
+    if err_key == "ra_uncertainty" and isinstance(err, list) and _asymmetric(err):
+        # early core/Localization (gcn-schema v1-v3, e.g. IceCube and BurstCube examples):
+        # asymmetric [minus, plus] intervals on RA and Dec, deg; the circle through the
+        # box's far corner encloses them (RA interval times cos Dec on the sky)
+        dec_err = obj.get("dec_uncertainty") if isinstance(obj.get("dec_uncertainty"), list) else []
+        ra_half = max(abs(_num(v, f"/ra_uncertainty/{i}", where) or 0.0) for i, v in enumerate(err[:2]))
+        dec_half = max([abs(_num(v, f"/dec_uncertainty/{i}", where) or 0.0) for i, v in enumerate(dec_err[:2])] or [0.0])
+        radius = _radius(math.hypot(ra_half * math.cos(math.radians(dec)), dec_half), f"/{err_key}", where)
+        props["error_box_deg"] = {"ra": err[:2], "dec": dec_err[:2]}
+    elif isinstance(err, list):
         # core/Localization: [semi-major, semi-minor (default = major), position angle (default 0)]
         vals = [_num(v, f"/{err_key}/{i}", where) for i, v in enumerate(err[:3])]
         if vals and None not in vals:
@@ -535,7 +554,8 @@ def _info_from_path(path: str | None) -> SchemaInfo:
     parts = [p for p in (path or "").split("/") if p]
     mission = parts[0] if len(parts) >= 2 else None
     instrument = parts[1] if len(parts) >= 3 else None
-    return SchemaInfo(mission, instrument, "neutrino" if mission == "neutrino" else "em")
+    messenger = "neutrino" if (mission or "").lower() in _NEUTRINO_MISSIONS else "em"
+    return SchemaInfo(mission, instrument, messenger)
 
 
 def _single_target(obj: dict) -> dict | None:

@@ -107,6 +107,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     C + "alexis/alert.example.json": ("unknown", "fallback"),  # ALEXIS map transient: no class, no GRB monitor
     C + "lvc/alert.example.json": ("unknown", "fallback"),  # Classic LVC JSON as a GCN notice: no igwn group
     G + "boom/alert.example.json": ("unknown", "fallback"),  # BOOM optical target, classification_scores only
+    # IceCube-230416A as gcn-schema v1.0.0 wrote it (no alert_topology; "Bronze" only in additional_info)
+    "gcn/gcn-schema-v1.0.0/gcn/notices/icecube/GoldAndBronze.update.example.json": ("unknown", "fallback"),
     # --- Swift BAT/XRT/UVOT notices of gcn-schema PR 306 (trigger 1253910 and others) ---
     **{S + f"{n}.example.json": ("grb", "grb_monitor_presumed") for n in (
         "bat/lightcurve.rate_trigger.initial", "bat/lightcurve.rate_trigger.update",

@@ -19,8 +19,9 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "gcn"
 SCHEMA_EXAMPLES = sorted((DATA / "gcn-schema" / "gcn" / "notices").rglob("*.example.json"))
 CLASSIC_EXAMPLES = sorted((DATA / "gcn-schema-pr161-classic").rglob("*.example.json"))
 SWIFT_EXAMPLES = sorted((DATA / "gcn-schema-pr306-swift").rglob("*.example.json"))
+V1_EXAMPLES = sorted((DATA / "gcn-schema-v1.0.0").rglob("*.example.json"))  # an earlier schema version
 GWCELERY = sorted((DATA / "gwcelery-kafka").glob("*.json"))
-ALL_FILES = SCHEMA_EXAMPLES + CLASSIC_EXAMPLES + SWIFT_EXAMPLES + GWCELERY
+ALL_FILES = SCHEMA_EXAMPLES + CLASSIC_EXAMPLES + SWIFT_EXAMPLES + V1_EXAMPLES + GWCELERY
 
 # Alert / DateTime keys (gcn-schema core/Alert, core/DateTime; ``notice_type`` in the Classic
 # translations): a file with none of them is a schema fragment example (core/Localization,
@@ -62,13 +63,14 @@ def _id(path: Path) -> str:
 
 def test_sample_counts():
     """Every real file is either a notice or a core fragment; the counts are pinned."""
-    assert (len(SCHEMA_EXAMPLES), len(CLASSIC_EXAMPLES), len(SWIFT_EXAMPLES), len(GWCELERY)) == (49, 28, 33, 12)
+    assert (len(SCHEMA_EXAMPLES), len(CLASSIC_EXAMPLES), len(SWIFT_EXAMPLES), len(V1_EXAMPLES), len(GWCELERY)) == (
+        49, 28, 33, 1, 12)
     assert all("/core/" in str(p) for p in FRAGMENTS) and len(FRAGMENTS) == 5
-    assert len(NOTICES) == 117
+    assert len(NOTICES) == 118
     assert all(_t0_field(_load(p)) for p in NOTICES)  # every notice has one of the T0 fields
     fields = [_t0_field(_load(p)) for p in NOTICES]
     assert {f: fields.count(f) for f in T0_FIELDS} == {
-        "trigger_time": 88, "observation_start": 26, "alert_datetime": 2, "end_datetime": 1}
+        "trigger_time": 89, "observation_start": 26, "alert_datetime": 2, "end_datetime": 1}
 
 
 @pytest.mark.parametrize("path", FRAGMENTS, ids=_id)
@@ -125,13 +127,15 @@ def test_notice_normalized_from_file_values(path):
         assert loc is not None and loc.type == "point"
         assert loc.ra == pytest.approx(obj["ra"]) and loc.dec == pytest.approx(obj["dec"])
         err = obj.get("ra_dec_error", obj.get("ra_uncertainty"))
+        if isinstance(err, list) and len(err) == 2 and err[0] < 0:  # early [minus, plus] interval
+            err = None  # test_early_asymmetric_uncertainty_box_is_enclosed
         if isinstance(err, (int, float)):
             assert loc.error_radius == pytest.approx(err)
         elif isinstance(err, list) and len(err) >= 2:
             assert loc.error_radius == pytest.approx(max(err[0], err[1]))
         elif isinstance(err, list):
             assert loc.error_radius == pytest.approx(err[0])
-        if err is not None and err != 0:
+        if err != 0 and (err is not None or "ra_uncertainty" in obj):
             p = obj.get("containment_probability", 0.9)
             assert loc.containment == pytest.approx(p / 100 if p > 1 else p)
     elif targets and len(targets) == 1:  # BOOM: the one target's position
@@ -347,3 +351,18 @@ def test_boom_alert_position_and_links():
     assert event.mission == "Boom" and event.upstream_id == target["event_name"]
     assert event.properties["time_source"] == "alert_datetime"
     assert event.properties["target"]["gcn_crossmatch"] == target["gcn_crossmatch"]
+
+
+def test_early_asymmetric_uncertainty_box_is_enclosed():
+    """gcn-schema v1.0.0's IceCube-230416A notice gives [minus, plus] intervals on RA and
+    Dec (``ra_uncertainty``, ``dec_uncertainty``, deg): the error circle encloses the four
+    corners of that box on the sky (astropy separations) and is no larger than needed."""
+    obj = _load(DATA / "gcn-schema-v1.0.0/gcn/notices/icecube/GoldAndBronze.update.example.json")
+    event = gcn.decode(obj)
+    assert event.messenger == "neutrino" and event.mission == "IceCube"
+    centre = SkyCoord(obj["ra"] * u.deg, obj["dec"] * u.deg)
+    corners = SkyCoord([obj["ra"] + obj["ra_uncertainty"][i] for i in (0, 0, 1, 1)] * u.deg,
+                       [obj["dec"] + obj["dec_uncertainty"][j] for j in (0, 1, 0, 1)] * u.deg)
+    far = centre.separation(corners).max().deg
+    assert far <= event.localization.error_radius <= far * 1.01
+    assert event.properties["error_box_deg"] == {"ra": obj["ra_uncertainty"], "dec": obj["dec_uncertainty"]}

@@ -325,4 +325,4 @@ def test_ids_unique_across_all_samples():
     # (ivo://gwnet/gcn_sender#MS181101ab-2-Initial), and a VOEvent's id is its ivorn.
     dupes = {i for i in ids if ids.count(i) > 1}
     assert dupes == {"igwn:ivo://gwnet/gcn_sender#MS181101ab-2-Initial"}
-    assert len(ids) - 1 == len(set(ids)) == 34 + 114  # 35 VOEvents (one duplicate id), 114 JSON contents
+    assert len(ids) - 1 == len(set(ids)) == 34 + 115  # 35 VOEvents (one duplicate id), 115 JSON contents
