@@ -385,3 +385,25 @@ def test_no_loop_when_filters_are_disabled_or_none_configured(tmp_path):
 
     assert stages(App(settings_class()(home=tmp_path, filters={"enabled": False}))) == []
     assert stages(App(settings_class()(home=tmp_path, filters={"filters": []}))) == []
+
+
+def test_several_acceptances_encode_the_document_once_with_the_same_bytes(alerts):
+    """encode_filtered gives, byte for byte, json.dumps(filtered_record(...)) per decision."""
+    from filters.stage import encode_filtered, filtered_record
+
+    r, producer, _, _ = runner([cf(BySource()), cf(BySource(), "again"), cf(BySource(SourceCfg(source="igwn")), "gw")])
+    m = msg(0, alerts["gbm"])
+    r.process([m])
+    doc = json.loads(m.value())
+    decisions = r.stage.filter_set.evaluate(FilterInput(alerts["gbm"], doc["enrichment"]))
+    want = [json.dumps(filtered_record(doc, d), allow_nan=False, default=str).encode() for d in decisions]
+    assert encode_filtered(doc, decisions) == want
+    without_schema = {k: v for k, v in doc.items() if k != "schema"}  # "schema" appended, not replaced
+    assert encode_filtered(without_schema, decisions) == [
+        json.dumps(filtered_record(without_schema, d), allow_nan=False, default=str).encode() for d in decisions]
+    # what the stage published is the same bytes, less the elapsed time each run measured
+    got = [json.loads(p["value"]) for p in producer.produced if p["topic"] in ("t.mma.filter.by-source", "t.mma.filter.again")]
+    assert [{**g, "filter": {**g["filter"], "elapsed_ms": 0}} for g in got] == [
+        {**json.loads(w), "filter": {**json.loads(w)["filter"], "elapsed_ms": 0}} for w in want[:2]]
+    with pytest.raises(ValueError):
+        encode_filtered({**doc, "bad": float("nan")}, decisions)
