@@ -122,6 +122,20 @@ class KafkaSettings(Section):
     instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
     """Names this process in transactional ids (default: the host name). Give each
     process on one host its own when several run the same stage there."""
+    retention_ms: dict[str, int] = Field(default_factory=dict)
+    """Kafka ``retention.ms`` per topic of ours, by name without the prefix
+    (``{"mma.events" = 2592000000}``: 30 days; -1: forever). Applied by every stage when
+    it ensures its topics: set at creation, and changed on an existing topic whose value
+    differs (needs the AlterConfigs permission; without it, one warning). Topics not
+    named keep the cluster's default (``log.retention.hours``, 7 days by default)."""
+
+    @field_validator("retention_ms")
+    @classmethod
+    def _retention(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, ms in v.items() if ms < -1 or ms == 0]
+        if bad:
+            raise ValueError(f"retention.ms must be -1 (forever) or > 0, not for {', '.join(sorted(bad))}")
+        return v
 
 
 class UpstreamSettings(Section):
@@ -202,6 +216,13 @@ class ArchiveSettings(Section):
     raw_store: Literal["file", "postgres"] = "file"
     """Raw upstream bytes: append-only segment files under ``<home>/raw`` (fast; needs a
     shared file system when workers run on several hosts) or a PostgreSQL table."""
+    raw_retention_days: float | None = Field(None, gt=0)
+    """``mma-broker archive gc`` also removes the raw bytes of Events archived more than
+    this many days ago (the Events stay; their raw bytes are gone). None: keep forever."""
+    gc_grace_hours: float = Field(168.0, ge=0)
+    """``mma-broker archive gc`` keeps raw bytes no row refers to for this long, h: the
+    bytes of dead letters are referenced from ``mma.dlq`` only, so keep it at least the
+    retention of that topic (Kafka's default: 168 h)."""
 
 
 class IngestSettings(Section):

@@ -178,6 +178,10 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4,
     admin : confluent_kafka.admin.AdminClient, optional
         Default: a new one on ``settings``' cluster (tests pass a fake).
 
+    Retention: a topic named in ``[kafka] retention_ms`` is created with that
+    ``retention.ms``, and an existing one gets it when its value differs
+    (:func:`apply_retention`).
+
     Raises
     ------
     BrokerError
@@ -190,7 +194,11 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4,
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except confluent_kafka.KafkaException as exc:
         raise BrokerError(f"Kafka at {settings.kafka.bootstrap_servers} did not answer: {exc}") from None
-    todo = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+    retention = topic_retention(settings, names)
+    todo = [NewTopic(n, num_partitions=partitions, replication_factor=1,
+                     config={"retention.ms": str(retention[n])} if n in retention else {})
+            for n in names if n not in existing]
+    apply_retention(admin, {n: ms for n, ms in retention.items() if n in existing}, timeout_s)
     if todo:
         for name, fut in admin.create_topics(todo, request_timeout=timeout_s).items():
             try:
@@ -199,6 +207,61 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4,
                 if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create topic {name}: {exc}") from None
     wait_writable(admin, names, timeout_s)
+
+
+def topic_retention(settings: Settings, names: Iterable[str]) -> dict[str, int]:
+    """``retention.ms`` configured (``[kafka] retention_ms``, keys without the topic
+    prefix) for each of the full topic ``names`` that has one."""
+    prefix = settings.kafka.topic_prefix
+    conf = settings.kafka.retention_ms
+    out = {}
+    for n in names:
+        short = n[len(prefix):] if prefix and n.startswith(prefix) else n
+        if short in conf:
+            out[n] = conf[short]
+    return out
+
+
+def apply_retention(admin: Any, retention: dict[str, int], timeout_s: float = 30.0) -> list[str]:
+    """Set ``retention.ms`` on existing topics whose value differs; return the topics changed.
+
+    Uses DescribeConfigs, then IncrementalAlterConfigs (SET) for those that differ, so
+    a restart changes nothing when the value is already there. A refusal (no AlterConfigs
+    permission on a cluster with ACLs, an old Kafka) is one warning per topic: the stage
+    runs on with the topic as it is.
+    """
+    if not retention:
+        return []
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    changed = []
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in sorted(retention)]
+    try:
+        described = admin.describe_configs(resources, request_timeout=timeout_s)
+    except (confluent_kafka.KafkaException, NotImplementedError, AttributeError) as exc:
+        log.warning("cannot read the retention of %s: %s", ", ".join(sorted(retention)), exc)
+        return []
+    todo = []
+    for res, fut in described.items():
+        try:
+            entry = fut.result().get("retention.ms")
+        except confluent_kafka.KafkaException as exc:
+            log.warning("cannot read the retention of topic %s: %s", res.name, exc)
+            continue
+        want = str(retention[res.name])
+        if entry is None or entry.value != want:
+            todo.append(ConfigResource(ConfigResource.Type.TOPIC, res.name, incremental_configs=[
+                ConfigEntry("retention.ms", want, incremental_operation=AlterConfigOpType.SET)]))
+    if not todo:
+        return []
+    for res, fut in admin.incremental_alter_configs(todo, request_timeout=timeout_s).items():
+        try:
+            fut.result()
+            changed.append(res.name)
+            log.info("topic %s: retention.ms set to %s", res.name, retention[res.name])
+        except confluent_kafka.KafkaException as exc:
+            log.warning("cannot set retention.ms of topic %s (it stays as it is): %s", res.name, exc)
+    return changed
 
 
 NOT_WRITABLE_YET = frozenset({

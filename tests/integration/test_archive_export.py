@@ -12,6 +12,7 @@ refused before anything is written; the period selects Events by T0 or by ingest
 from __future__ import annotations
 
 import json
+import re
 import uuid
 import zipfile
 from datetime import datetime, timedelta, timezone
@@ -199,3 +200,28 @@ def test_period_selection_and_newer_schema_refused(fresh_db, second_db, tmp_path
         import_archive(dst, bad, progress=False)
     src.close()
     dst.close()
+
+
+def test_cli_export_import_gc_as_a_user_runs_them(fresh_db, second_db, broker_env, tmp_path):
+    from tests.conftest import run_cli
+
+    home = Path(broker_env["MMA_BROKER_HOME"])
+    src = Archive(fresh_db, SegmentFileStore(home / "raw"))  # the CLI's raw store: <home>/raw
+    src.migrate()
+    counts = populate(src)
+    src.store_raw([b"a dead letter's bytes"])  # referenced from mma.dlq only: the gc's candidate
+    src.close()
+    env = dict(broker_env, MMA_BROKER_ARCHIVE__DATABASE_URL=fresh_db)
+    out = tmp_path / "backup.zip"
+    proc = run_cli(env, "archive", "export", str(out), "--since", "2000-01-01", "--until", "2100-01-01")
+    assert proc.stdout.startswith(f"exported to backup.zip: {sum(counts.values()):,} rows, ")
+    assert re.search(rf"^events +{counts['events']} +period$", proc.stdout, re.M), proc.stdout
+    assert str(tmp_path) not in proc.stdout + proc.stderr
+    env2 = dict(env, MMA_BROKER_ARCHIVE__DATABASE_URL=second_db, MMA_BROKER_HOME=str(tmp_path / "home2"))
+    proc = run_cli(env2, "archive", "import", str(out))
+    assert proc.stdout.startswith(f"imported backup.zip: {sum(counts.values()):,} of {sum(counts.values()):,} rows "
+                                  "new, "), proc.stdout
+    proc = run_cli(env, "archive", "gc", "--dry-run", "--grace-hours", "0")
+    assert "1 referenced by no row" in proc.stdout and "would remove 1 (21 bytes)" in proc.stdout
+    proc = run_cli(env, "archive", "import", str(tmp_path / "missing.zip"), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "mma-broker: error: no such file: missing.zip"
