@@ -1070,12 +1070,12 @@ class FieldReader:
         Every top-level field name in writer order.
     """
 
-    steps: tuple[tuple[bool, Any, Any], ...]
+    steps: tuple[tuple[int, Any, Any], ...]
     full: Any
     shape: SchemaShape
     fields: tuple[str, ...]
 
-    def read(self, fo: io.BytesIO, last: bool = True) -> dict[str, Any]:
+    def read(self, fo: io.BytesIO, last: bool = True, buf: Any = None) -> dict[str, Any]:
         """Decode one record from ``fo``: a dict of the wanted fields only.
 
         Parameters
@@ -1085,16 +1085,43 @@ class FieldReader:
             fields only when ``last`` and the record ends with unwanted fields).
         last : bool
             True when no record follows, so a trailing unwanted run need not be skipped.
+        buf : numpy.ndarray of uint8, optional
+            The bytes of ``fo`` as an array, for the compiled skips (made when None).
+
+        Raises
+        ------
+        ValueError
+            When a compiled skip runs past the end or meets a bad union index (fastavro's
+            own exceptions for the decoded runs).
         """
         out: dict[str, Any] = {}
         reader = fastavro.schemaless_reader
         n = len(self.steps)
-        for i, (wanted, writer, skip) in enumerate(self.steps):
-            if wanted:
+        for i, (kind, writer, skip) in enumerate(self.steps):
+            if kind == _READ:
                 out.update(reader(fo, writer, None))
-            elif not (last and i == n - 1):
+            elif last and i == n - 1:
+                break
+            elif kind == _SKIP_COMPILED:
+                from broker.sources._skip import skip_field
+
+                if buf is None:
+                    import numpy as np
+
+                    buf = np.frombuffer(fo.getbuffer(), dtype=np.uint8)
+                pos, end = fo.tell(), len(buf)
+                for null, is_array, ops in writer:
+                    pos = skip_field(buf, pos, end, null, is_array, ops)
+                    if pos < 0:
+                        raise ValueError("field runs past the end of the data" if pos == -1
+                                         else "union branch index is neither of its two branches")
+                fo.seek(pos)
+            else:
                 reader(fo, writer, skip)
         return out
+
+
+_SKIP, _READ, _SKIP_COMPILED = 0, 1, 2
 
 
 @lru_cache(maxsize=SCHEMA_CACHE_SIZE)
@@ -1135,21 +1162,45 @@ def field_reader(schema_json: bytes, wanted: frozenset[str]) -> FieldReader:
             runs.append((w, [f]))
     full_name = name or "record"
     named: dict[str, Any] = {}
-    steps = []
+    steps: list[tuple[int, Any, Any]] = []
+    parsed_types = {f["name"]: f["type"] for f in parsed.get("fields", ())} if isinstance(parsed, dict) else {}
+    all_named = parsed.get("__named_schemas", {}) if isinstance(parsed, dict) else {}
     try:
         for i, (w, run) in enumerate(runs):
             part = {"type": "record", "name": f"{full_name}__part{i}", "fields": run}
             if "." not in full_name and isinstance(schema.get("namespace"), str):
                 part["namespace"] = schema["namespace"]
-            writer = fastavro.parse_schema(part, named_schemas=named)
-            skip = None if w else fastavro.parse_schema(dict(part, fields=[]), named_schemas={})
-            steps.append((w, writer, skip))
+            writer = fastavro.parse_schema(part, named_schemas=named)  # always: defines the run's named types
+            if w:
+                steps.append((_READ, writer, None))
+                continue
+            progs = _compile_skips([parsed_types.get(f.get("name")) for f in run], all_named)
+            if progs is not None:
+                steps.append((_SKIP_COMPILED, progs, None))
+            else:
+                steps.append((_SKIP, writer, fastavro.parse_schema(dict(part, fields=[]), named_schemas={})))
     except Exception as exc:  # an odd but valid layout: decode in full, keep the wanted fields
-        steps = [(True, parsed, None)]
+        steps = [(_READ, parsed, None)]
         import logging
 
         logging.getLogger(__name__).info("schema %s: no field plan (%s), decoding in full", name, _one_line(exc))
     return FieldReader(tuple(steps), parsed, shape, names)
+
+
+def _compile_skips(types: list[Any], named: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Compiled skips (:mod:`broker.sources._skip`) of a run of fields, or None if one
+    does not compile (then fastavro skips the run)."""
+    try:
+        from broker.sources._skip import compile_field
+    except ImportError:  # numpy missing: fastavro skips
+        return None
+    progs = []
+    for t in types:
+        prog = compile_field(t, named) if t is not None else None
+        if prog is None:
+            return None
+        progs.append(prog)
+    return tuple(progs)
 
 
 def read_fields(block: bytes, count: int, index: int, plan: FieldReader, budget: ItemBudget | None = None,
@@ -1167,11 +1218,16 @@ def read_fields(block: bytes, count: int, index: int, plan: FieldReader, budget:
     """
     (budget or ItemBudget()).admit_block(block, count, index, plan.full, plan.shape)
     fo = io.BytesIO(block)
+    buf = None
+    if any(kind == _SKIP_COMPILED for kind, _, _ in plan.steps):
+        import numpy as np
+
+        buf = np.frombuffer(block, dtype=np.uint8)
     for i in range(count):
         if i and not i & 15:
             check_cpu(f"{what} block {index}, record {i}")
         try:
-            rec = plan.read(fo, last=i + 1 == count)
+            rec = plan.read(fo, last=i + 1 == count, buf=buf)
         except Exception as exc:  # EOFError, IndexError, UnicodeDecodeError, ValueError, struct.error...
             raise DecodeError(
                 f"corrupt {what}: record {i} of Avro block {index} does not decode ({type(exc).__name__}: {_one_line(exc)})"

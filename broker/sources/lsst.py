@@ -670,7 +670,8 @@ def upstream_topic(data: bytes, parsed: AvroHeader | WireHeader) -> str:
     """Rubin's Kafka topic of the alert's schema version: ``lsst-alerts-v<M>.<m>``.
 
     Rubin names its alert topics by schema version (``lsst-alerts-v9.0``,
-    ``lsst-alerts-v10.0``); a relayed alert with no version says so with ``relayed``.
+    ``lsst-alerts-v10.0``); a relayed alert goes to the topic of the version its broker
+    states (Fink's ``lsst_schema_version``), else to ``lsst-alerts-relayed``.
 
     Raises
     ------
@@ -683,9 +684,13 @@ def upstream_topic(data: bytes, parsed: AvroHeader | WireHeader) -> str:
         layout = _layout(parsed.schema_json)
         if layout is None:
             raise DecodeError(f"writer schema {parsed.schema_name!r} is not a Rubin alert schema")
-    if layout.version is None:
-        return "lsst-alerts-relayed"
-    return f"lsst-alerts-v{layout.version}"
+    version = layout.version
+    if version is None:  # relayed: the version the broker states (Fink's lsst_schema_version)
+        for rec, _ in _records(data, parsed):
+            m = re.fullmatch(r"(?:lsst\.)?v?(\d+)[._](\d+)", str(rec.get("lsst_schema_version") or ""))
+            version = f"{m[1]}.{m[2]}" if m else None
+            break
+    return f"lsst-alerts-v{version}" if version else "lsst-alerts-relayed"
 
 
 def to_wire(schema_json_or_id: int, record: dict[str, Any]) -> bytes:

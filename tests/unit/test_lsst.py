@@ -159,7 +159,7 @@ def test_real_alerts_relayed_by_fink_in_container_and_as_rubin_sent_them():
         assert [s["diaSourceId"] for s in hist["prvDiaSources"]] == [s["diaSourceId"] for s in rec["prvDiaSources"]]
         assert len(hist["prvDiaForcedSources"]) == len(rec["prvDiaForcedSources"])
         assert hist["cutouts"]["difference"] == rec["cutoutDifference"]
-    assert upstream_topic(RELAYED.read_bytes()) == "lsst-alerts-relayed"
+    assert upstream_topic(RELAYED.read_bytes()) == "lsst-alerts-v10.0"  # Fink's lsst_schema_version
 
 
 def test_history_of_a_container_alert_picks_the_alert():
@@ -293,3 +293,44 @@ def test_mjd_tai_to_unix_agrees_with_astropy():
     for mjd in (57754.5, 60902.993305483615, 61105.093643486834, 50000.25):
         want = Time(mjd, format="mjd", scale="tai").utc.unix
         assert abs(lsst.mjd_tai_to_unix(mjd) - want) < 1e-4
+
+
+def test_compiled_skip_equals_fastavro_and_the_python_walker():
+    """The compiled skip (broker.sources._skip) ends each skipped field where fastavro's
+    full decode of the fields before it ends, on the real Rubin alerts; so does its
+    Python twin; a cut message is a negative position, never a read past the end."""
+    import numpy as np
+
+    from broker.sources import _skip
+
+    (rec,) = _records(RELAYED)[:1]
+    schema = _schema(10, 0)
+    wire = _wire(10, 0, _as_rubin_sent(rec, {f["name"] for f in schema["fields"]}))
+    payload = wire[5:]
+    buf = np.frombuffer(payload, np.uint8)
+    named = schema["__named_schemas"]
+    pos, fields = 0, schema["fields"]
+    for i, f in enumerate(fields):
+        prog = _skip.compile_field(f["type"], named)
+        if f["name"] in ("prvDiaSources", "prvDiaForcedSources", "cutoutDifference", "diaSource", "diaObject"):
+            assert prog is not None, f["name"]
+        if prog is None:
+            break
+        head = fastavro.parse_schema({"type": "record", "name": "head", "fields": fields[: i + 1]}, named_schemas={})
+        fo = io.BytesIO(payload)
+        fastavro.schemaless_reader(fo, head, None)
+        got = _skip.skip_field(buf, pos, len(buf), *prog)
+        assert got == _skip._skip_field_py(buf, pos, len(buf), *prog) == fo.tell(), f["name"]
+        for cut in (pos + 1, (pos + got) // 2, got - 1):
+            if pos < cut < got:
+                assert _skip.skip_field(buf[:cut], pos, cut, *prog) < 0
+        pos = got
+    assert pos == len(payload)  # every field compiled: the whole alert walked
+
+
+def test_cut_wire_message_is_a_decode_error_naming_the_record():
+    (rec,) = _records(RELAYED)[:1]
+    wire = _wire(10, 0, _as_rubin_sent(rec, {f["name"] for f in _schema(10, 0)["fields"]}))
+    for cut in (len(wire) // 3, len(wire) // 2):
+        with pytest.raises(DecodeError, match="corrupt LSST alert: record 0 of Avro block 0 does not decode"):
+            decode(wire[:cut])
