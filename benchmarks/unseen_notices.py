@@ -187,22 +187,34 @@ def check_xml(data: bytes, events: list[Any]) -> list[str]:
     return bad
 
 
-def main(argv: list[str] | None = None) -> int:
+def collect(override: dict[str, Path] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Decode and check every unseen notice; the figures :func:`main` prints.
+
+    Parameters
+    ----------
+    override : dict, optional
+        ``owner/name`` → path of a local clone to use instead of cloning.
+    progress : bool
+        Show a rich progress bar.
+
+    Returns
+    -------
+    dict
+        ``commits`` (per repository), ``files`` (unseen distinct versions), ``kinds``
+        (Counter: decoded / rejected per kind and source), ``reasons`` (Counter of
+        rejection reasons), ``mismatches`` and ``crashes`` (lists of lines),
+        ``durations`` (s per decode, sorted).
+    """
     from rich.progress import Progress
 
     from broker.errors import DecodeError
     from broker.sources import decode, gcn, sniff_format
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repo", action="append", default=[], metavar="OWNER/NAME=PATH",
-                    help="use a local clone (bare or not) instead of cloning")
-    args = ap.parse_args(argv)
-    override = {k: Path(v) for k, v in (r.split("=", 1) for r in args.repo)}
     seen = _seen()
     items: list[tuple[str, str, bytes]] = []  # (repo, path, bytes)
     commits = {}
     for name, (_refs, suffix) in REPOS.items():
-        repo = _clone(name, override)
+        repo = _clone(name, override or {})
         commits[name] = len(_git(repo, "rev-list", "--all").split())
         blobs = _blobs(repo, suffix)
         for blob, data in _read(repo, sorted(blobs)):
@@ -213,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     mismatches: list[str] = []
     crashes: list[str] = []
     durations: list[float] = []
-    with Progress() as progress:
-        task = progress.add_task("decoding", total=len(items))
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("decoding", total=len(items))
         for name, path, data in items:
+            bar.advance(task)
             where = f"{name}:{path}"
             try:
                 fmt = sniff_format(data)
@@ -232,37 +245,43 @@ def main(argv: list[str] | None = None) -> int:
                 durations.append(time.perf_counter() - t)
                 kinds[f"{kind}: rejected"] += 1
                 reasons[f"{kind}: {_reason(str(exc))}"] += 1
-                progress.advance(task)
                 continue
             except Exception as exc:  # a decoder bug: reported, the run goes on
                 crashes.append(f"{where}: {type(exc).__name__}: {exc}")
-                progress.advance(task)
                 continue
             durations.append(time.perf_counter() - t)
             kinds[f"{kind}: decoded ({events[0].source})"] += 1
             bad = check_json(data, events) if fmt == "json" else check_xml(data, events) if is_voevent else \
                 ["decoded though not a notice"]
             mismatches += [f"{where}: {b}" for b in bad]
-            progress.advance(task)
-    print(f"repositories: {', '.join(f'{n} ({c:,} commits)' for n, c in commits.items())}")
-    print(f"files never seen (distinct versions not in tests/data): {len(items):,}")
-    for k in sorted(kinds):
-        print(f"  {k}: {kinds[k]:,}")
+    return {"commits": commits, "files": len(items), "kinds": kinds, "reasons": reasons, "mismatches": mismatches,
+            "crashes": crashes, "durations": sorted(durations)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", action="append", default=[], metavar="OWNER/NAME=PATH",
+                    help="use a local clone (bare or not) instead of cloning")
+    args = ap.parse_args(argv)
+    r = collect({k: Path(v) for k, v in (x.split("=", 1) for x in args.repo)})
+    print(f"repositories: {', '.join(f'{n} ({c:,} commits)' for n, c in r['commits'].items())}")
+    print(f"files never seen (distinct versions not in tests/data): {r['files']:,}")
+    for k in sorted(r["kinds"]):
+        print(f"  {k}: {r['kinds'][k]:,}")
     print("rejection reasons:")
-    for r, n in reasons.most_common():
-        print(f"  {n:4d}  {r}")
-    durations.sort()
-    if durations:
-        print(f"decode time per file: median {durations[len(durations) // 2] * 1e3:.2f} ms, "
-              f"p95 {durations[int(len(durations) * 0.95)] * 1e3:.2f} ms")
+    for reason, n in r["reasons"].most_common():
+        print(f"  {n:4d}  {reason}")
+    d = r["durations"]
+    if d:
+        print(f"decode time per file: median {d[len(d) // 2] * 1e3:.2f} ms, p95 {d[int(len(d) * 0.95)] * 1e3:.2f} ms")
     print(f"load average: {os.getloadavg()[0]:.2f}")
-    print(f"mismatches: {len(mismatches)}")
-    for m in mismatches:
+    print(f"mismatches: {len(r['mismatches'])}")
+    for m in r["mismatches"]:
         print(f"  {m}")
-    print(f"exceptions other than DecodeError: {len(crashes)}")
-    for c in crashes:
+    print(f"exceptions other than DecodeError: {len(r['crashes'])}")
+    for c in r["crashes"]:
         print(f"  {c}")
-    return 1 if mismatches or crashes else 0
+    return 1 if r["mismatches"] or r["crashes"] else 0
 
 
 def _is_notice(data: bytes, gcn: Any) -> bool:
