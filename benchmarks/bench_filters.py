@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,7 @@ def main() -> None:
     console.print(f"(e) accepts {accepted} of {len(base) * len(fs20.filters)} (alert, filter) pairs on the base alerts")
 
     python = ampel_venv.ensure()
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         ampel = Ampel(python, base, Path(tmp))
         ampel.run(0, len(base))  # warm up
@@ -160,9 +162,11 @@ def main() -> None:
                     elapsed[i] += fn(chunk, start)
                     progress.advance(tasks[i], len(chunk))
         ampel.close()
+    load.append(os.getloadavg()[0])
 
     rates = [len(messages) / t for t in elapsed]
-    table = Table(title="ZTF filtered path, one process each")
+    table = Table(title=f"ZTF filtered path, one process each; load average (1 min) {load[0]:.1f} at the start, "
+                        f"{load[1]:.1f} at the end")
     for col in ("method", "alerts/s", "µs/alert", "× AMPEL"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for (name, _), rate in zip(methods, rates):

@@ -903,11 +903,46 @@ class ZtfHistory:
         return self._det_jd
 
     def detection_span(self) -> tuple[int, float]:
-        """(number of detections, last minus first detection ``jd`` in days) of :meth:`detection_jd`; computed once."""
+        """(number of detections, last minus first detection ``jd`` in days) of :meth:`detection_jd`; computed once.
+
+        Read with ``struct`` from the column offsets (no numpy call per step: half the
+        time of :meth:`detection_jd` for ZTF's tens of rows); the same numbers, NaN
+        when a detection's jd is null, as numpy's ``max - min`` gives.
+        """
         if self._det_span is None:
-            jd = self.detection_jd()
-            self._det_span = (int(jd.size), float(jd.max() - jd.min()) if jd.size else float("nan"))
+            if self._det_jd is not None:
+                jd = self._det_jd
+                self._det_span = (int(jd.size), float(jd.max() - jd.min()) if jd.size else float("nan"))
+            else:
+                self._det_span = self._span()
         return self._det_span
+
+    def _span(self) -> tuple[int, float]:
+        cand, prv = self._cand_cols, self.prv_candidates
+        with_prv = prv.n and "candid" in prv and "jd" in prv
+        if (cand.n and "jd" in cand and cand.kind("jd") not in ("f4", "f8")) or (with_prv and prv.kind("jd") not in ("f4", "f8")):
+            jd = self.detection_jd()  # a jd that is not a float (no ZTF schema has one): the general path
+            return int(jd.size), float(jd.max() - jd.min()) if jd.size else float("nan")
+        vals = []
+        if cand.n and "jd" in cand:
+            (cj,) = cand.pick(("jd",))
+            vals.append(float("nan") if cj is None else cj)
+        if with_prv:
+            kind, col = prv._columns["jd"]
+            n = prv.n
+            offs = prv._out[col, :n].tolist()
+            jd_null = prv._nul[col, :n].tolist()
+            det = (~prv._nul[prv._columns["candid"][1], :n]).tolist()
+            raw = prv._bytes()
+            unpack = _F4 if kind == "f4" else _F8
+            for o, z, d in zip(offs, jd_null, det):
+                if d:
+                    vals.append(float("nan") if z else unpack(raw, o)[0])
+        if not vals:
+            return 0, float("nan")
+        if any(v != v for v in vals):
+            return len(vals), float("nan")
+        return len(vals), max(vals) - min(vals)
 
     def __repr__(self) -> str:
         return (f"ZtfHistory(candid={self.candid}, object_id={self.object_id!r}, "

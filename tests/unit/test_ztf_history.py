@@ -88,6 +88,27 @@ def test_equal_to_fastavro_on_every_real_alert() -> None:
     assert alerts == 36 and compared > 30_000
 
 
+def test_detection_span_and_candidate_pick_equal_fastavro_on_every_real_alert() -> None:
+    """What ztf-decent reads: the detection count and span (AMPEL's photopoints) and a few candidate fields."""
+    names = ("jd", "rb", "isdiffpos", "nbad", "distpsnr1", "drb", "no_such_field")
+    spans = 0
+    for path in FILES:
+        raw = path.read_bytes()
+        for rec in fastavro.reader(io.BytesIO(raw)):
+            hist = decode_history(raw, candid=rec["candid"])
+            jd = [rec["candidate"]["jd"]] + [p["jd"] for p in rec["prv_candidates"] or () if p.get("candid") is not None]
+            assert hist.detection_span() == (len(jd), max(jd) - min(jd))
+            spans += len(jd) > 1 and max(jd) > min(jd)
+            got = hist.candidate_columns.pick(names)
+            assert all(_same(rec["candidate"].get(k), v) for k, v in zip(names, got)), (path.name, got)
+    assert spans > 10  # not only single detections
+    hist = next(h for h in (decode_history(f.read_bytes()) for f in FILES) if h.detection_jd().size > 1)
+    hist._det_span = None
+    hist.detection_jd()[1:] = float("nan")  # a null jd among the detections: NaN, as numpy's max - min
+    n, span = hist.detection_span()
+    assert n == hist.detection_jd().size and span != span
+
+
 def test_event_picks_the_alert_of_a_multi_alert_container() -> None:
     raw = (DATA / "fink-client" / "avro_multi_alerts_other.avro").read_bytes()
     records = list(fastavro.reader(io.BytesIO(raw)))
