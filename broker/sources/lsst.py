@@ -95,6 +95,9 @@ LSST_FIELDS = WANTED_FIELDS | HISTORY_FIELDS
 
 #: Seconds from a schema registry failure to the next request for the same id.
 REGISTRY_RETRY_S = 60.0
+#: Most failed registry lookups (distinct ids) per :data:`REGISTRY_RETRY_S`: a stream of
+#: messages with made-up schema ids must not become a stream of registry requests.
+MAX_REGISTRY_MISSES = 20
 
 #: Positional error radius used when a DIASource gives no ``raErr``/``decErr``, deg
 #: (0.36 arcsec, as for ZTF: :data:`broker.sources.ztf.ERROR_RADIUS_DEG`).
@@ -173,7 +176,7 @@ def bundled_versions() -> dict[int, tuple[int, int]]:
 @lru_cache(maxsize=None)
 def bundled_schema_json(sid: int) -> bytes | None:
     """The bundled alert schema of id ``sid`` as JSON bytes, references expanded; None if unknown."""
-    version = bundled_versions().get(sid)
+    version = bundled_versions().get(sid)  # callers check first: the cache holds bundled ids only
     root = _schema_root()
     if version is None or root is None:
         return None
@@ -221,9 +224,14 @@ class SchemaRegistry:
             hit = self._cache.get(sid)
             if hit is not None:
                 return hit
+            now = time.monotonic()
             failed = self._failed.get(sid)
-            if failed is not None and time.monotonic() < failed[0]:
+            if failed is not None and now < failed[0]:
                 raise DecodeError(failed[1])
+            self._failed = {k: v for k, v in self._failed.items() if now < v[0]}  # forget expired misses
+            if len(self._failed) >= MAX_REGISTRY_MISSES:
+                raise DecodeError(f"schema id {sid}: not asked at the schema registry, {len(self._failed)} ids were "
+                                  f"not found there in the last {REGISTRY_RETRY_S:.0f} s (MAX_REGISTRY_MISSES)")
         try:
             text = self._fetch(sid)
         except DecodeError as exc:
@@ -290,11 +298,11 @@ def resolve_schema(sid: int) -> bytes:
         try:
             return registry.schema_json(sid)
         except DecodeError as exc:
-            bundled = bundled_schema_json(sid)
+            bundled = bundled_schema_json(sid) if sid in bundled_versions() else None
             if bundled is not None:
                 return bundled
             raise DecodeError(f"unknown Avro schema id {sid}: {exc}; not among the bundled Rubin schemas either") from None
-    bundled = bundled_schema_json(sid)
+    bundled = bundled_schema_json(sid) if sid in bundled_versions() else None
     if bundled is None:
         known = ", ".join(f"{sid_} (v{M}.{m})" for sid_, (M, m) in bundled_versions().items())
         known = known or "none: lsst-alert-packet is not installed"

@@ -261,6 +261,16 @@ def test_schema_registry_resolves_ids_once_and_falls_back_to_bundled(registry):
     assert _Registry.requests.count("/schemas/ids/8") == 1
 
 
+def test_made_up_schema_ids_do_not_become_a_stream_of_registry_requests(registry):
+    rec, _ = _latest_sample()
+    lsst.configure(lsst.LsstSettings(schema_registry_url=registry))
+    for sid in range(10_000, 10_000 + 3 * lsst.MAX_REGISTRY_MISSES):
+        with pytest.raises(DecodeError, match=f"schema id {sid}"):
+            decode(_wire(11, 1, rec, sid=sid))
+    assert len(_Registry.requests) == lsst.MAX_REGISTRY_MISSES
+    assert lsst.bundled_schema_json.cache_info().currsize <= len(lsst.bundled_versions())
+
+
 def test_unreachable_registry_is_a_decode_error_not_a_crash():
     rec, bundled_wire = _latest_sample()
     lsst.configure({"schema_registry_url": "http://127.0.0.1:9", "registry_timeout_s": 1})
