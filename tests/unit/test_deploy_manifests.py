@@ -109,7 +109,7 @@ def test_every_manifest_is_valid_for_kubeconform_strict():
     assert summary == {"valid": expected, "invalid": 0, "errors": 0, "skipped": 0}, summary
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Kafka", "KafkaTopic", "KafkaUser", "KafkaNodePool", "Cluster",
+@pytest.mark.parametrize("kind", ["Deployment", "CronJob", "Kafka", "KafkaTopic", "KafkaUser", "KafkaNodePool", "Cluster",
                                   "ScheduledBackup", "ScaledObject", "TriggerAuthentication", "PodMonitor",
                                   "ConfigMap"])
 def test_kubeconform_refuses_an_unknown_field_in_each_kind(tmp_path, kind):
@@ -299,12 +299,28 @@ def test_secrets_come_from_secrets_never_from_the_configmap(cluster_settings):
 
     assert list(secrets(cluster_settings)) == [], "a secret is set in the ConfigMap's preset"
     assert not any("password" in k or "secret" in k for k in cluster_settings.kafka.config)
-    for name, dep in by_kind("Deployment").items():
-        for env in container_env(dep).values():
+    pods = {n: d["spec"]["template"] for n, d in by_kind("Deployment").items()}
+    pods |= {n: c["spec"]["jobTemplate"]["spec"]["template"] for n, c in by_kind("CronJob").items()}
+    for name, pod in pods.items():
+        envs = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        for env in envs.values():
             if re.search(r"PASSWORD|SECRET|TOKEN", env["name"]):
                 assert "secretKeyRef" in env.get("valueFrom", {}), (name, env["name"])
-        db = container_env(dep)["MMA_BROKER_ARCHIVE__DATABASE_URL"]["value"]
+        db = envs["MMA_BROKER_ARCHIVE__DATABASE_URL"]["value"]
         assert db.startswith("postgresql+psycopg://$(MMA_DB_USER):$(MMA_DB_PASSWORD)@mma-archive-rw:"), name
+
+
+def test_archive_gc_runs_nightly_and_keeps_dead_letters_bytes_as_long_as_mma_dlq(cluster_settings):
+    (job,) = by_kind("CronJob").values()
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert spec["containers"][0]["args"] == ["archive", "gc"]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    dlq = by_kind("KafkaTopic")[cluster_settings.topic(cluster_settings.dlq_topic)]
+    # broker/config.py: keep gc_grace_hours at least the retention of mma.dlq
+    assert cluster_settings.archive.gc_grace_hours * 3_600_000 >= dlq["spec"]["config"]["retention.ms"]
+    assert not cluster_settings.kafka.retention_ms, "topic retention belongs to kafka/topics.yaml (Strimzi)"
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["MMA_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mma-archive-app"
 
 
 def acl_covers(user: dict, rtype: str, name: str, op: str) -> bool:

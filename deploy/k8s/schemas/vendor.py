@@ -45,7 +45,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 KUBE_VERSION = "v1.33.0"
 KUBE_KINDS = ("configmap-v1", "secret-v1", "service-v1", "serviceaccount-v1", "namespace-v1",
-              "deployment-apps-v1")
+              "deployment-apps-v1", "cronjob-batch-v1")
 """The Kubernetes kinds deploy/k8s uses (file stems of the kubernetes-validate wheel)."""
 
 
