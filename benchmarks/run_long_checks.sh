@@ -2,7 +2,7 @@
 # Checks too long or too memory-hungry for the default test run (deploy/test.sh):
 # tests/long/ (e.g. the unseen 12.6-million-pixel S190814bv map, ~1.4 GB, ~35 s; ztf-decent
 # against AMPEL on 586 unseen ZTF alerts, a 92 MB PyPI download once, cached in .mma-broker/;
-# 1,436 unseen GCN notices and VOEvents from five git histories, cloned once into .mma-broker/).
+# 1,577 unseen GCN notices and VOEvents from six git histories, cloned once into .mma-broker/).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

@@ -12,8 +12,9 @@ public repositories, pull-request branches included, less the files whose bytes 
   versions of the released ones;
 * ``lpsinger/gwcelery`` (LVK's alert pipeline: GCN VOEvents it receives in its tests),
   ``lpsinger/userguide`` (the LVK user guide's sample VOEvents since 2018),
-  ``FusRoman/fink-mm`` (Fink's GCN VOEvent test data) and ``4pisky/fourpisky-core``
-  (4PiSky VOEvents): ``*.xml`` in every commit.
+  ``FusRoman/fink-mm`` (Fink's GCN VOEvent test data), ``4pisky/fourpisky-core``
+  (4PiSky VOEvents) and ``MWATelescope/mwa_trigger`` (GCN VOEvents the MWA triggers on:
+  Swift, Fermi, MAXI, ANTARES, HESS, LVC): ``*.xml`` in every commit.
 
 Each is decoded with :func:`broker.sources.decode` (what the ingest stage runs) and checked
 against the file itself read with json / lxml, not with the decoders: a JSON notice's T0
@@ -58,6 +59,7 @@ REPOS: dict[str, tuple[str, str]] = {
     "lpsinger/userguide": ("--all", ".xml"),
     "FusRoman/fink-mm": ("--all", ".xml"),
     "4pisky/fourpisky-core": ("--all", ".xml"),
+    "MWATelescope/mwa_trigger": ("--all", ".xml"),
 }
 T0_FIELDS = ("trigger_time", "observation_start", "alert_datetime", "end_datetime")
 
@@ -180,7 +182,8 @@ def check_xml(data: bytes, events: list[Any]) -> list[str]:
         if (e.upstream_id, e.alert_type) != (param("GraceID"), alert_type):
             bad.append(f"superevent/type {e.upstream_id}/{e.alert_type} vs {param('GraceID')}/{alert_type}")
     else:
-        c1, c2 = text("C1"), text("C2")
+        c1, c2 = (next(iter(root.xpath(f"//*[local-name()='Position2D']//*[local-name()='{c}']/text()")), None)
+                  for c in ("C1", "C2"))  # the source's, not an observatory's Position3D
         if e.localization is not None and e.localization.type == "point" and c1 is not None:
             if abs(e.localization.ra - float(c1) % 360) > 1e-9 or abs(e.localization.dec - float(c2)) > 1e-9:
                 bad.append(f"position {e.localization.ra},{e.localization.dec} vs {c1},{c2}")

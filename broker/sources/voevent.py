@@ -79,6 +79,9 @@ MAX_PARAM_CHARS = 1000
 STREAMS: dict[str, tuple[str, str | None, str]] = {
     "ivo://gaia.cam.uk/alerts": ("Gaia", None, "em"),
     "ivo://voevent.4pisky.org/ASASSN": ("ASAS-SN", None, "em"),
+    "ivo://voevent.4pisky.org/GAIA": ("Gaia", None, "em"),  # 4PiSky's relay of Gaia alerts
+    "ivo://nasa.nsstc.gbm/UntargetedSubGRB": ("Fermi", "GBM", "em"),  # GBM untargeted sub-threshold search
+    "ivo://HESS/GRB": ("H.E.S.S.", None, "em"),
     "ivo://nasa.gsfc.gcn/Antares_Alert": ("ANTARES", None, "neutrino"),
     "ivo://amon/icecube_hese": ("IceCube", None, "neutrino"),
     "ivo://amon/icecube_ehe": ("IceCube", None, "neutrino"),

@@ -165,6 +165,9 @@ EXPECTED: dict[str, tuple[str, str]] = {
     V + "voevent-parse/MOA_Lensing_Event_2015-07-10T14-50-54.00.xml": ("microlensing", "gcn_packet_type"),
     V + "voevent-parse/SWIFT_bat_position_v2.0_example.xml": ("grb", "grb_identified"),
     V + "voevent-parse/SWIFT_xrt_position_v1.1_example.xml": ("grb", "grb_monitor_presumed"),
+    # ANTARES through GCN without Packet_Type (2019): no rule of broker.category reads them yet
+    V + "mwa_trigger/Antares_1438351269.xml": ("unknown", "fallback"),
+    V + "mwa_trigger/Antares_1439919723.xml": ("unknown", "fallback"),
     # non-GCN VOEvent streams (source "voevent"): no rule of broker.category reads them yet
     V + "voevent-parse/ASASSN_2016-09-25.47_2016fvf_PTSS-16nqb_PS16ejf.xml": ("unknown", "fallback"),
     V + "voevent-parse/Gaia16aac.xml": ("unknown", "fallback"),

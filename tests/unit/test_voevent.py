@@ -41,8 +41,10 @@ def _id(path: Path) -> str:
 
 
 LVC_FILES = [p for p in FILES if _ivorn(p).startswith(("ivo://gwnet/", "ivo://nasa.gsfc.gcn/LVC#"))]
-GCN_FILES = [p for p in FILES if _ivorn(p).startswith(("ivo://nasa.gsfc.gcn/", "ivo://org.svom/")) and p not in LVC_FILES]
-OTHER_FILES = [p for p in FILES if p not in GCN_FILES and p not in LVC_FILES]
+GCN_STREAMS = [p for p in FILES if _ivorn(p).startswith(("ivo://nasa.gsfc.gcn/", "ivo://org.svom/")) and p not in LVC_FILES]
+GCN_FILES = [p for p in GCN_STREAMS if _param(p, "Packet_Type") is not None]  # typed notices
+ANTARES = [p for p in GCN_STREAMS if p not in GCN_FILES]  # GCN notices without Packet_Type
+OTHER_FILES = [p for p in FILES if p not in GCN_STREAMS and p not in LVC_FILES]
 USERGUIDE_XML = sorted((DATA / "igwn/userguide").glob("*.xml"))  # O4 user guide VOEvents
 
 # GCN Classic notice type names of the packet types in the samples (gcn.nasa.gov topic list).
@@ -65,7 +67,8 @@ CONTAINMENT = {"Fermi": 0.68, "Swift": 0.9, "INTEGRAL": 0.9, "IceCube": 0.9, "SV
 
 
 def test_sample_counts():
-    assert (len(FILES), len(GCN_FILES), len(LVC_FILES), len(OTHER_FILES)) == (37, 24, 11, 2)
+    assert (len(FILES), len(GCN_FILES), len(ANTARES), len(LVC_FILES), len(OTHER_FILES)) == (39, 24, 2, 11, 2)
+    assert all(_ivorn(p).startswith("ivo://nasa.gsfc.gcn/Antares_Alert#") for p in ANTARES)
     assert sorted(p.name.split("_")[0] for p in OTHER_FILES) == ["ASASSN", "Gaia16aac.xml"]
 
 
@@ -244,6 +247,25 @@ def test_non_gcn_voevent_missing_what_an_event_needs_is_rejected_saying_what(pat
     root.set("role", "utility")
     with pytest.raises(DecodeError, match="utility"):
         voevent.decode(etree.tostring(root))
+
+
+@pytest.mark.parametrize("path", ANTARES, ids=lambda p: p.name)
+def test_antares_notice_without_packet_type(path):
+    """Real ANTARES neutrino notices through GCN (ivo://nasa.gsfc.gcn/Antares_Alert, no
+    Packet_Type; 2019): time, position, trigger id and role as lxml reads them."""
+    data = path.read_bytes()
+    assert _param(path, "Packet_Type") is None
+    [event] = voevent.decode(data)
+    assert event.source == "gcn" and event.id == f"gcn:{_ivorn(path)}"
+    assert (event.mission, event.messenger) == ("ANTARES", "neutrino")
+    assert event.upstream_id == _param(path, "TrigID")
+    assert abs((Time(event.time[:-1], scale="utc") - Time(_text(path, "ISOTime"), scale="utc")).to_value(u.ms)) < 1
+    loc = event.localization
+    c1, c2 = (float(_xp(path, f"//*[local-name()='Position2D']//*[local-name()='{c}']/text()")[0]) for c in ("C1", "C2"))
+    assert (loc.ra, loc.dec) == (pytest.approx(c1), pytest.approx(c2))  # not the observatory's Position3D
+    assert loc.error_radius == pytest.approx(float(_text(path, "Error2Radius"))) and loc.containment is None
+    assert event.properties["params"]["pvalue"] == _param(path, "pvalue")
+    assert voevent.upstream_topic(data) == "gcn.classic.voevent.ANTARES"
 
 
 def test_gcn_stream_without_packet_type_is_read_generically():
