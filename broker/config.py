@@ -179,7 +179,7 @@ def _default_upstreams() -> list[UpstreamSettings]:
     # not wait behind a 500-alert ZTF batch (~40 MB of raw bytes to archive).
     return [
         UpstreamSettings(
-            name="notices", kind="kafka", topics=[r"^(igwn\.gwalert|gcn\..+)$"], batch_size=50, poll_timeout_s=0.05
+            name="notices", kind="kafka", topics=[r"^(igwn\.gwalert|gcn\..+|voevent\..+)$"], batch_size=50, poll_timeout_s=0.05
         ),
         # optical surveys share the large-batch consumer: ZTF (and ZTF alerts relayed by
         # brokers, replayed onto the original's topic) and Rubin (lsst-alerts-v<M>.<m>)
