@@ -990,8 +990,16 @@ def _root_value(plan: _Plan, results: list[Any], buf: np.ndarray, name: str) -> 
     for table, (n, out, nul, _) in zip(plan.tables or (), results):
         if table.name == "" and name in table.columns:
             kind, col = table.columns[name]
+            if nul[col, 0]:
+                return None
             if kind == "i":
-                return None if nul[col, 0] else int(out[col, 0])
+                return int(out[col, 0])
+            if kind == "s":  # objectId, schemavsn: straight from the bytes
+                start = int(out[col, 0])
+                try:
+                    return buf[start : start + int(out[col + 1, 0])].tobytes().decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DecodeError(f"ZTF alert history: field {name!r} is not UTF-8") from None
             return Columns(n, buf, out, nul, table.spec).value(name, 0)
     return None
 
