@@ -386,6 +386,7 @@ def test_keda_scales_each_consumer_stage_on_its_own_group_within_its_partitions(
             continue
         so = scaled[f"mma-{stage}"]
         assert so["spec"]["scaleTargetRef"]["name"] in deps
+        assert "replicas" not in deps[f"mma-{stage}"]["spec"], "KEDA owns the replicas: a re-apply would reset them"
         (trigger,) = so["spec"]["triggers"]
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
