@@ -78,6 +78,8 @@ def export(
         raise BrokerError("--until must be after --since")
     if file.is_dir():
         raise BrokerError(f"{file.name or str(file)} is a folder: give a file name")
+    if not file.parent.is_dir():
+        raise BrokerError(f"the folder to write {file.name} into does not exist")
     archive = open_archive(_settings(), read_only=True)
     try:
         s = export_archive(archive, file, since=since_t, until=until_t, by=by.value, catalogs=catalogs,
