@@ -472,6 +472,9 @@ MAX_REMEMBERED_TRIGGERS = 10_000
 """Trigger times kept for follow-up notices (oldest forgotten first): at GCN's rate of
 a few hundred triggers a day, weeks of triggers."""
 
+MAX_TRIGGER_KEY_CHARS = 256
+"""Longest mission + trigger id remembered (characters)."""
+
 _triggers: "OrderedDict[tuple[str, str], datetime]" = OrderedDict()
 _triggers_lock = threading.Lock()
 
@@ -486,7 +489,8 @@ def remember_trigger(mission: str, trigger_id: Any, t0: datetime) -> None:
 
     Called by the decoders for every notice whose T0 is its own trigger time (GCN JSON
     ``trigger_time``, a GCN Classic VOEvent's ``ISOTime``). Bounded to
-    :data:`MAX_REMEMBERED_TRIGGERS` per process, oldest forgotten first; thread-safe.
+    :data:`MAX_REMEMBERED_TRIGGERS` per process, oldest forgotten first, and to keys of at
+    most :data:`MAX_TRIGGER_KEY_CHARS` (longer ones are not kept); thread-safe.
 
     Parameters
     ----------
@@ -498,6 +502,8 @@ def remember_trigger(mission: str, trigger_id: Any, t0: datetime) -> None:
         Trigger time, aware UTC.
     """
     key = _trigger_key(mission, trigger_id)
+    if len(key[0]) + len(key[1]) > MAX_TRIGGER_KEY_CHARS:
+        return  # no real trigger id is this long; 10,000 such keys could hold gigabytes
     with _triggers_lock:
         _triggers[key] = t0
         _triggers.move_to_end(key)

@@ -75,6 +75,8 @@ MAX_GENERIC_PARAMS = 200
 """Named Params kept under ``properties["params"]`` of a VOEvent without packet description."""
 MAX_PARAM_CHARS = 1000
 """Characters kept of each such Param value (and of the ``Why`` description)."""
+MAX_PARAM_NAME_CHARS = 200
+"""Characters kept of each such Param name."""
 #: Streams without a GCN Classic packet type: stream → (mission, instrument, messenger).
 STREAMS: dict[str, tuple[str, str | None, str]] = {
     "ivo://gaia.cam.uk/alerts": ("Gaia", None, "em"),
@@ -470,7 +472,8 @@ def _generic_properties(root: Any, ivorn: str, role: str, p: dict) -> dict[str, 
             props.setdefault(_NUMERIC[name], x)
         elif name in _TEXT and value:
             props.setdefault(_TEXT[name], value.strip())
-    props["params"] = {name: (value or "")[:MAX_PARAM_CHARS] for name, (value, _unit) in list(p.items())[:MAX_GENERIC_PARAMS]}
+    props["params"] = {name[:MAX_PARAM_NAME_CHARS]: (value or "")[:MAX_PARAM_CHARS]
+                       for name, (value, _unit) in list(p.items())[:MAX_GENERIC_PARAMS]}
     system = _find(root, "WhereWhen", "AstroCoordSystem")
     if system is not None and system.get("id"):
         props["time_system"] = _one_line(system.get("id"), 80)

@@ -366,3 +366,17 @@ def test_early_asymmetric_uncertainty_box_is_enclosed():
     far = centre.separation(corners).max().deg
     assert far <= event.localization.error_radius <= far * 1.01
     assert event.properties["error_box_deg"] == {"ra": obj["ra_uncertainty"], "dec": obj["dec_uncertainty"]}
+
+
+def test_trigger_memory_is_bounded():
+    """At most MAX_REMEMBERED_TRIGGERS trigger times, oldest forgotten first; an id longer
+    than any real one (hostile) is not kept at all."""
+    from datetime import datetime, timezone
+
+    t = datetime(2024, 9, 12, tzinfo=timezone.utc)
+    gcn.remember_trigger("Swift", "x" * gcn.MAX_TRIGGER_KEY_CHARS, t)
+    assert gcn.parent_trigger_time("Swift", "x" * gcn.MAX_TRIGGER_KEY_CHARS) is None
+    for i in range(gcn.MAX_REMEMBERED_TRIGGERS + 1):
+        gcn.remember_trigger("Swift", i, t)
+    assert gcn.parent_trigger_time("SWIFT", 0) is None and gcn.parent_trigger_time("swift", 1) == t
+    assert gcn.parent_trigger_time("Swift", gcn.MAX_REMEMBERED_TRIGGERS) == t
