@@ -1072,7 +1072,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     from broker.enrich.matchstore import write_enrichment
     from broker.enrich.store import LocalizationStore
     from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
-    from broker.pipeline.runner import StageRunner
+    from broker.pipeline.runner import NOTICE_PATH_FILL_S, StageRunner
     from broker.stages import StageSpec
 
     s = app.settings
@@ -1098,7 +1098,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
         catalogs=CatalogCache(archive.engine, e.catalogs),
         write_batch=functools.partial(write_enrichment, archive.engine))
     runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
-                         poll_timeout_s=e.poll_timeout_s, limits=s.limits, store_raw=archive.store_raw,
+                         poll_timeout_s=e.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S, limits=s.limits,
+                         store_raw=archive.store_raw,
                          transactional=s.kafka.transactions,
                          producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
                          subscription=[events], metrics=app.metrics.stage(name))

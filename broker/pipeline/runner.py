@@ -84,6 +84,12 @@ from broker.text import one_line
 
 log = logging.getLogger(__name__)
 
+NOTICE_PATH_FILL_S = 0.02
+"""``fill_s`` of the stages a GCN notice passes on its way to a HERMES message (enrich,
+filters, the follow-up worker, reports): at most 20 ms of batch wait per hop when the
+input was idle (issue 11's target is p50 ≤ 100 ms notice in → HERMES out; measured with
+``benchmarks/bench_latency.py``, docs/publishing-latency.md)."""
+
 HOP_SENDER = b"mma-broker"
 """``_sender`` header of every record we produce (hop-client puts the user name there)."""
 
@@ -223,6 +229,14 @@ class StageRunner:
         Messages per batch (and per durable write and transaction).
     poll_timeout_s : float
         Longest wait for a batch to fill, s.
+    fill_s : float, optional
+        Latency bound of a stage whose input is usually idle: while nothing has
+        arrived, ``consume()`` is asked in windows of ``fill_s`` seconds (up to
+        ``poll_timeout_s``), and the first window that holds messages is the batch. A
+        lone message then waits at most ``fill_s`` instead of up to ``poll_timeout_s``
+        (librdkafka's ``consume()`` returns only with ``batch_size`` messages or at its
+        timeout); with a backlog the batch is full at once, as before. None (the
+        default): one window of ``poll_timeout_s``.
     limits : DecodeLimits
         ``max_dlq_bytes`` bounds the dead letters.
     store_raw : callable, optional
@@ -252,7 +266,8 @@ class StageRunner:
     """
 
     def __init__(self, stage: Stage, consumer: Any, producer: Any, *, dlq_topic: str, batch_size: int = 500,
-                 poll_timeout_s: float = 0.5, limits: DecodeLimits = DEFAULT_LIMITS,
+                 poll_timeout_s: float = 0.5, fill_s: float | None = None,
+                 limits: DecodeLimits = DEFAULT_LIMITS,
                  store_raw: Callable[[list[bytes]], list[Any]] | None = None, transactional: bool = False,
                  producer_factory: Callable[[], Any] | None = None, handler_threads: int = 0,
                  admin: Any = None, subscription: Sequence[str] | None = None, metrics: Any = None,
@@ -265,6 +280,7 @@ class StageRunner:
         self.dlq_topic = dlq_topic
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
+        self.fill_s = poll_timeout_s if fill_s is None else min(fill_s, poll_timeout_s)
         self.limits = limits
         self.store_raw = store_raw
         self.transactional = transactional
@@ -727,7 +743,7 @@ class StageRunner:
                     msgs = carry + self.consumer.consume(num_messages=max(1, self.batch_size - len(carry)), timeout=0)
                     carry = []
                 else:
-                    msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+                    msgs = self._consume(stop)
                 self.metrics.polled()
                 if msgs:
                     self._process_until_done(msgs, stop)
@@ -755,6 +771,17 @@ class StageRunner:
                 self._pool = None
             self.consumer.close()
         return self.stats
+
+    def _consume(self, stop: threading.Event) -> list[Any]:
+        """The next batch: the first ``fill_s`` window of ``consume()`` that holds messages,
+        within ``poll_timeout_s`` (empty when nothing arrived or ``stop`` is set)."""
+        if self.fill_s >= self.poll_timeout_s:
+            return self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+        deadline = time.monotonic() + self.poll_timeout_s
+        while True:
+            msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.fill_s)
+            if msgs or stop.is_set() or time.monotonic() + self.fill_s > deadline:
+                return msgs
 
     def _commit_idle_positions(self) -> None:
         """When idle, commit positions that moved past transaction markers only.
