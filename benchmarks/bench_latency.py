@@ -1,0 +1,531 @@
+"""Benchmark: GCN notice in → HERMES message out, under a flow of real ZTF alerts (issue 11, Speed).
+
+Target (issue 11): on the automatic path, with the follow-up analysis time excluded and
+reported separately, p50 ≤ 100 ms and p99 ≤ 500 ms under 1,000 ZTF alerts/s.
+
+What runs, as in production (``deploy/quickstart.sh`` runs the same stages, there in
+one process): the six stages as six processes, ``python -m broker run --stage S`` for
+ingest, enrich, filters, followup, reports and publish, on the real Kafka
+(``--bootstrap``, default the broker's setting) under a topic prefix of this run, with an
+embedded PostgreSQL of their own (:func:`broker.archive.embedded.ensure_embedded_postgres`
+in a temporary folder, as the tests start it) holding the 50 Mpc Galaxy Catalog
+(``tests/data/catalogs``, loaded with ``mma-broker catalog load`` as the quickstart does)
+and the default settings otherwise: default upstreams (notices and ZTF in separate
+consumers), default filters (the ``followup-rule`` instances follow Swift BAT-GUANO
+notices), the bundled offline data for the follow-up (ISGRI's MMODA pointed at a port
+nobody listens on, as in the tests), HERMES to ``<prefix>hermes.test`` (a test topic: no
+approval).
+
+Load: a separate process produces the 36 real ZTF alerts of ``tests/data/ztf`` at
+``--ztf-rate`` alerts/s (copy k of an alert has ``candid + k·10^15``, so every one is a
+new Event and the archive inserts each: ``bench_e2e.make_copy``) to the ZTF upstream
+topic, for ``--warmup-s`` seconds before the first notice and until the end.
+
+Notices: the real Swift BAT-GUANO example notice (``Guano.example.json``, gcn-schema),
+``--notices`` copies every ``--interval-s`` seconds; copy j gets the trigger id
+``<base>+j`` and T0 + j hours (so each is a new trigger with its own follow-up, its own
+light-curve request and no provenance-cache hit). The follow-up of each is "no data"
+(the bundled light curve covers GRB 230307A only), which gives a HERMES message like
+any result. Copy 0 is a warm-up (imports, first connections) and is not counted.
+
+Timing. A consumer in this process (``read_committed``) reads every topic of the path and
+notes, for each notice's key, when its record arrived (wall clock of this host) and
+its Kafka CreateTime (the stage's ``produce()`` call, before its transaction commits):
+upstream notice topic → ``mma.events`` (ingest) → ``mma.events.enriched`` (enrich) →
+``mma.followup.requests`` (filters) → ``mma.followup.results`` (followup worker) →
+outbox row ``created_at`` / ``sent_at`` (reports, publish; PostgreSQL ``now()`` on the
+same host) → HERMES topic (hop-client's producer). The follow-up worker process is the
+real stage with :func:`followup.service.run_followup` wrapped to note its wall time per
+request (the analysis: light-curve read, excess search, limits, plot); that time is
+subtracted and reported on its own. Latency of a notice = HERMES message received −
+notice produced − its analysis time.
+
+Also reported: the ZTF rate achieved by the load generator, the ZTF Events seen per
+second on ``mma.events`` and ``mma.events.enriched`` (whether ingest and enrich kept
+up) and each stage's consumer lag, sampled every 2 s, with the load average.
+
+Run: ``python benchmarks/bench_latency.py [--notices 101] [--interval-s 1] [--ztf-rate 1000]
+[--warmup-s 15] [--short]``; ``--short``: 6 notices under 200 ZTF alerts/s (a smoke test,
+about a minute). Needs the Kafka of ``deploy/kafka/kafka.sh start``. Topics, consumer
+groups, the database and the temporary folder of the run are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import confluent_kafka
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_e2e import cleanup_kafka, load_bases, make_copy  # noqa: E402
+
+from broker.archive.embedded import ensure_embedded_postgres, stop_embedded_postgres  # noqa: E402
+from broker.config import settings_class  # noqa: E402
+from broker.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
+from broker.sources import upstream_topic  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ZTF_DIR = ROOT / "tests" / "data" / "ztf"
+GUANO = ROOT / "tests" / "data" / "gcn" / "gcn-schema" / "gcn" / "notices" / "swift" / "bat" / "Guano.example.json"
+CATALOG = ROOT / "tests" / "data" / "catalogs" / "50MGC_catalog_short.fits"
+STAGES = ["ingest", "enrich", "filters", "followup", "reports", "publish"]
+TARGET_P50_MS, TARGET_P99_MS = 100.0, 500.0
+PARTITIONS = 4
+FIRST_K = 1000
+"""ZTF copies start at k = 1000 (candid + k·10^15 stays below 2**63 for k < ~6,700)."""
+
+# The follow-up stage, with run_followup timed (wall time per request, one JSON line each).
+TIMED_FOLLOWUP = r"""
+import json, sys, time
+import followup.worker as w
+_run, _out = w.run_followup, open(sys.argv[1], "a", buffering=1)
+def timed(ev, *a, **k):
+    t0 = time.time()
+    try:
+        return _run(ev, *a, **k)
+    finally:
+        _out.write(json.dumps({"upstream_id": ev.upstream_id, "start": t0, "end": time.time()}) + "\n")
+w.run_followup = timed
+from broker.cli import main
+sys.argv = ["mma-broker", "run", "--stage", "followup"]
+main()
+"""
+
+
+def notice(template: dict, j: int, base_id: int) -> tuple[str, bytes]:
+    """Copy ``j`` of the GUANO notice: trigger id ``base_id + j``, T0 + j hours."""
+    doc = json.loads(json.dumps(template))
+    trigger = str(base_id + j)
+    t0 = datetime.fromisoformat(doc["trigger_time"].replace("Z", "+00:00")) + timedelta(hours=j)
+    doc["trigger_time"] = t0.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-4] + "Z"
+    doc["id"] = [trigger]
+    doc["data_archive_page"] = f"https://guano.swift.psu.edu/trigger_report?id={trigger}"
+    return trigger, json.dumps(doc).encode()
+
+
+def feed_ztf(bootstrap: str, prefix: str, topic: str, rate: float, stop: "mp.synchronize.Event",
+             produced: "mp.sharedctypes.Synchronized") -> None:
+    """Produce copies of the real ZTF alerts at ``rate`` per second until ``stop`` (own process)."""
+    bases = load_bases(ZTF_DIR)
+    s = settings_class()(kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix})
+    producer = make_producer(s)
+    t0, i = time.monotonic(), 0
+    while not stop.is_set():
+        k, b = divmod(i, len(bases))
+        value = make_copy(bases[b], FIRST_K + k)
+        while True:
+            try:
+                producer.produce(topic, value=value, partition=i % PARTITIONS)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        i += 1
+        produced.value = i
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    producer.flush(30)
+
+
+class Tracker:
+    """Reads the path's topics; per notice key and topic: (received, CreateTime), s since the epoch."""
+
+    def __init__(self, settings, group: str, topics: dict[str, str]) -> None:
+        self.topics = topics  # topic name -> hop label
+        self.seen: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
+        self.rid_of: dict[str, str] = {}  # request id -> trigger
+        self.ztf_counts: dict[str, list[float]] = defaultdict(list)  # label -> receive times of ZTF records
+        self.keys: set[str] = set()
+        self.stop = threading.Event()
+        self.assigned = threading.Event()
+        self.consumer = make_consumer(settings, group, **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10})
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        def on_assign(consumer, parts):
+            self.assigned.set()
+
+        self.consumer.subscribe(list(self.topics), on_assign=on_assign)
+        while not self.stop.is_set():
+            msg = self.consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            t = time.time()
+            label = self.topics[msg.topic()]
+            key = (msg.key() or b"").decode(errors="replace")
+            if label == "hermes":
+                rid = key.rsplit(":", 1)[-1]
+                key = self.rid_of.get(rid, key)
+            elif label == "results":
+                rid = dict(msg.headers() or []).get("mma.followup.request_id", b"").decode()
+                self.rid_of[rid] = key
+            if key in self.keys:
+                self.seen[key].setdefault(label, (t, msg.timestamp()[1] / 1e3))
+            elif label in ("events", "enriched") and key.startswith("ZTF"):
+                self.ztf_counts[label].append(t)
+        self.consumer.close()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def sample_lag(bootstrap: str, group_prefix: str) -> dict[str, int]:
+    """Consumer lag (high watermark − committed offset, summed over partitions) of each stage group."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    groups = [g.group_id for g in admin.list_consumer_groups().result(timeout=10).valid
+              if g.group_id.startswith(group_prefix + ".") and not g.group_id.endswith(".tracker")]
+    out = {}
+    probe = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": group_prefix + ".lagprobe",
+                                      "enable.auto.commit": False})
+    try:
+        for g in groups:
+            res = admin.list_consumer_group_offsets([confluent_kafka.ConsumerGroupTopicPartitions(g)])
+            parts = res[g].result(timeout=10).topic_partitions
+            lag = 0
+            for tp in parts:
+                if tp.offset < 0:
+                    continue
+                _, high = probe.get_watermark_offsets(confluent_kafka.TopicPartition(tp.topic, tp.partition),
+                                                      timeout=10)
+                lag += max(0, high - tp.offset)
+            out[g[len(group_prefix) + 1:]] = lag
+    finally:
+        probe.close()
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0..1) of ``xs``; NaN when empty."""
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    return xs[max(0, min(len(xs) - 1, int(-(-q * len(xs) // 1)) - 1))]
+
+
+def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str) -> dict:
+    """Start the six stages from the source ``tree``, run the load and the notices, return the figures."""
+    bootstrap = args.bootstrap or settings_class()().kafka.bootstrap_servers
+    run_id = uuid.uuid4().hex[:8]
+    prefix, group = f"lat_{run_id}.", f"lat_{run_id}"
+    tmp = Path(tempfile.mkdtemp(prefix="mmalat-", dir="/tmp"))
+    s = settings_class()(kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix}, group_id=group)
+    procs: dict[str, subprocess.Popen] = {}
+    logs = []
+    ztf_stop, ztf_proc, tracker = None, None, None
+    lag_stop = threading.Event()
+    try:
+        db_url = ensure_embedded_postgres(tmp / "pg")
+        hermes_topic = f"{prefix}hermes.test"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MMA_BROKER_")}
+        env.update(PYTHONPATH=str(tree), MMA_BROKER_HOME=str(tmp / "home"), MMA_BROKER_GROUP_ID=group,
+                   MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=bootstrap, MMA_BROKER_KAFKA__TOPIC_PREFIX=prefix,
+                   MMA_BROKER_ARCHIVE__DATABASE_URL=db_url, MMA_BROKER_METRICS__PORT="0",
+                   MMA_BROKER_ENRICH__CATALOGS='["50MGC"]',
+                   MMA_BROKER_FOLLOWUP__MMODA_URL="http://127.0.0.1:9/dispatch-data",
+                   MMA_BROKER_FOLLOWUP__RETRY_ATTEMPTS="1",
+                   MMA_BROKER_PUBLISH__HERMES__TOPIC=hermes_topic,
+                   MMA_BROKER_PUBLISH__HERMES__TEST_TOPICS=json.dumps([hermes_topic]),
+                   MMA_BROKER_PUBLISH__HERMES__SUBMITTER="mma-broker bench_latency",
+                   MMA_BROKER_PUBLISH__HERMES__AUTHORS="A. Person (Inst.) for the latency benchmark")
+        for kv in args.env:
+            k, _, v = kv.partition("=")
+            env[k] = v
+        subprocess.run([sys.executable, "-m", "broker", "catalog", "load", "50MGC", str(CATALOG)], env=env,
+                       cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        template = json.loads(GUANO.read_text())
+        bases = load_bases(ZTF_DIR)
+        ztf_topic = s.topic(upstream_topic(make_copy(bases[0], 0)))
+        gcn_topic = s.topic(upstream_topic(GUANO.read_bytes()))
+        path = {gcn_topic: "notice", s.topic(s.events_topic): "events", s.topic(s.enrich.enriched_topic): "enriched",
+                s.topic(s.followup.requests_topic): "requests", s.topic(s.followup.results_topic): "results",
+                hermes_topic: "hermes"}
+        ensure_topics(s, [ztf_topic, gcn_topic, *path], partitions=PARTITIONS)
+
+        (tmp / "logs").mkdir()
+        timing = tmp / "analysis.jsonl"
+        for st in STAGES:
+            log = (tmp / "logs" / f"{st}.log").open("w")
+            logs.append(log)
+            cmd = ([sys.executable, "-c", TIMED_FOLLOWUP, str(timing)] if st == "followup"
+                   else [sys.executable, "-m", "broker", "run", "--stage", st])
+            procs[st] = subprocess.Popen(cmd, env=env, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
+
+        tracker = Tracker(s, f"{group}.tracker", path)
+        base_id = 700_000_000 + int(run_id, 16) % 100_000 * 1000
+        triggers = [notice(template, j, base_id) for j in range(args.notices)]
+        tracker.keys = {t for t, _ in triggers}
+        tracker.start()
+        tracker.assigned.wait(60)
+
+        producer = make_producer(s, **{"linger.ms": 0})
+        sent: dict[str, float] = {}
+
+        def send(j: int) -> None:
+            trig, value = triggers[j]
+            sent[trig] = time.time()
+            producer.produce(gcn_topic, key=trig.encode(), value=value)
+            producer.flush(10)
+
+        def n_done() -> int:
+            return sum("hermes" in tracker.seen.get(t, {}) for t, _ in triggers[1:])
+
+        def check_alive() -> None:
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"stage(s) {', '.join(dead)} exited (logs: BENCH_KEEP_LOGS=DIR keeps them)")
+
+        console.print(f"{label}: run {run_id}: 6 stage processes started; warm-up notice (not counted) ...")
+        send(0)
+        deadline = time.monotonic() + 240
+        while "hermes" not in tracker.seen.get(triggers[0][0], {}):
+            check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the warm-up notice gave no HERMES message in 240 s "
+                                   "(logs: BENCH_KEEP_LOGS=DIR keeps them)")
+            time.sleep(0.1)
+        console.print(f"{label}: warm-up notice → HERMES in "
+                      f"{tracker.seen[triggers[0][0]]['hermes'][0] - sent[triggers[0][0]]:.1f} s (start-up included); "
+                      f"ZTF load {args.ztf_rate:,.0f} alerts/s for {args.warmup_s:.0f} s before the notices")
+
+        ctx = mp.get_context("fork")
+        ztf_stop, ztf_count = ctx.Event(), ctx.Value("q", 0)
+        ztf_proc = ctx.Process(target=feed_ztf, args=(bootstrap, prefix, ztf_topic, args.ztf_rate, ztf_stop,
+                                                      ztf_count), daemon=True)
+        if args.ztf_rate > 0:
+            ztf_proc.start()
+        lags: list[tuple[float, dict[str, int]]] = []
+
+        def lag_loop() -> None:
+            while not lag_stop.wait(2.0):
+                try:
+                    lags.append((time.time(), sample_lag(bootstrap, group)))
+                except Exception:  # noqa: BLE001 - a missed sample is not a failure of the run
+                    pass
+
+        threading.Thread(target=lag_loop, daemon=True).start()
+        time.sleep(args.warmup_s)
+        load_before = os.getloadavg()
+        t_first = time.time()
+        ztf_at_first = ztf_count.value
+        n = args.notices - 1
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as prog:
+            t_sent = prog.add_task(f"{label}: notices sent", total=n)
+            t_done = prog.add_task(f"{label}: HERMES messages received", total=n)
+            start = time.monotonic()
+            for j in range(1, args.notices):
+                send(j)
+                prog.update(t_sent, completed=j)
+                prog.update(t_done, completed=n_done())
+                check_alive()
+                time.sleep(max(0.0, start + j * args.interval_s - time.monotonic()))
+            t_last = time.time()
+            ztf_at_last = ztf_count.value
+            deadline = time.monotonic() + args.settle_s
+            while time.monotonic() < deadline and n_done() < n:
+                prog.update(t_done, completed=n_done())
+                time.sleep(0.2)
+            prog.update(t_done, completed=n_done())
+        load_after = os.getloadavg()
+        ztf_stop.set()
+        lag_stop.set()
+        if ztf_proc.is_alive():
+            ztf_proc.join(60)
+
+        analysis = {}
+        for line in timing.read_text().splitlines():
+            d = json.loads(line)
+            analysis[d["upstream_id"]] = d["end"] - d["start"]
+        with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            rows = conn.execute("SELECT key, extract(epoch FROM created_at), extract(epoch FROM sent_at) "
+                                "FROM outbox WHERE channel = 'hermes'").fetchall()
+        outbox = {k.rsplit(":", 1)[-1]: (float(c), float(x) if x is not None else None) for k, c, x in rows}
+        rid_by_trigger = {t: r for r, t in tracker.rid_of.items()}
+        per: list[dict] = []
+        for trig, _ in triggers[1:]:
+            seen = tracker.seen.get(trig, {})
+            rec = {"trigger": trig, "sent": sent.get(trig), "analysis_s": analysis.get(trig)}
+            for lab in ("events", "enriched", "requests", "results", "hermes"):
+                if lab in seen:
+                    rec[lab], rec[lab + "_created"] = seen[lab]
+            rid = rid_by_trigger.get(trig)
+            if rid in outbox:
+                rec["outbox_put"], rec["outbox_sent"] = outbox[rid]
+            per.append(rec)
+        span = t_last - t_first
+
+        def rate_between(lab: str) -> float:
+            ts = [t for t in tracker.ztf_counts.get(lab, []) if t_first <= t <= t_last]
+            return len(ts) / span if span > 0 else float("nan")
+
+        return {"label": label, "per_notice": per, "lags": lags, "t_last": t_last, "span_s": span,
+                "ztf_rate": (ztf_at_last - ztf_at_first) / span if span > 0 else float("nan"),
+                "events_rate": rate_between("events"), "enriched_rate": rate_between("enriched"),
+                "load_before": load_before, "load_after": load_after}
+    finally:
+        lag_stop.set()
+        if ztf_stop is not None:
+            ztf_stop.set()
+        if ztf_proc is not None and ztf_proc.is_alive():
+            ztf_proc.terminate()
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+        if tracker is not None:
+            tracker.close()
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.copytree(tmp / "logs", Path(os.environ["BENCH_KEEP_LOGS"]) / f"{label}-{run_id}",
+                            dirs_exist_ok=True)
+        stop_embedded_postgres(tmp / "pg")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            cleanup_kafka(s, prefix)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's own error
+            console.print(f"could not delete this run's Kafka topics/groups: {exc}")
+
+
+def latencies(res: dict) -> tuple[list[float], list[float], list[dict]]:
+    """(latency ms, analysis ms, notices done) of one run: HERMES received − produced − analysis."""
+    done = [r for r in res["per_notice"] if "hermes" in r and r["analysis_s"] is not None]
+    return ([1e3 * (r["hermes"] - r["sent"] - r["analysis_s"]) for r in done],
+            [1e3 * r["analysis_s"] for r in done], done)
+
+
+def report(res: dict, args: argparse.Namespace, console: Console) -> None:
+    """The tables of one run: latency, analysis, per hop, ZTF rates, consumer lag."""
+    lat, ana, done = latencies(res)
+    n = len(res["per_notice"])
+    table = Table(title=f"{res['label']}: GCN notice in → HERMES message out, {len(done)} of {n} notices, analysis "
+                        f"excluded (targets p50 ≤ {TARGET_P50_MS:.0f} ms, p99 ≤ {TARGET_P99_MS:.0f} ms)")
+    for col in ("figure", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+        table.add_column(col, justify="right" if col != "figure" else "left")
+
+    def row(name: str, xs: list[float]) -> None:
+        table.add_row(name, *(f"{pct(xs, q):,.0f}" for q in (0.5, 0.95, 0.99)), f"{max(xs, default=float('nan')):,.0f}")
+
+    row("latency: HERMES received − notice produced − analysis", lat)
+    row("follow-up analysis (run_followup wall time), excluded", ana)
+    hops = [("notice → mma.events (ingest)", "sent", "events"),
+            ("mma.events → enriched (enrich)", "events", "enriched"),
+            ("enriched → followup.requests (filters)", "enriched", "requests"),
+            ("requests → followup.results (followup − analysis)", "requests", "results"),
+            ("results → outbox row put (reports)", "results", "outbox_put"),
+            ("outbox put → sent (publish)", "outbox_put", "outbox_sent"),
+            ("outbox sent → HERMES received", "outbox_sent", "hermes")]
+    for name, a, b in hops:
+        xs = [1e3 * (r[b] - r[a] - (r["analysis_s"] if b == "results" else 0.0)) for r in done if a in r and b in r]
+        row("  hop: " + name, xs)
+    for lab in ("events", "enriched", "requests", "results"):
+        xs = [1e3 * (r[lab] - r[lab + "_created"]) for r in done if lab in r]
+        row(f"    in it: CreateTime → received, {lab}", xs)
+    console.print(table)
+    lb, la = res["load_before"], res["load_after"]
+    console.print(f"{res['label']}: notices every {args.interval_s:g} s over {res['span_s']:.0f} s; ZTF load "
+                  f"generator {res['ztf_rate']:,.0f} alerts/s (asked {args.ztf_rate:,.0f}); ZTF Events per s seen on "
+                  f"mma.events {res['events_rate']:,.0f}, on mma.events.enriched {res['enriched_rate']:,.0f}; load "
+                  f"average before the notices {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}, after {la[0]:.2f} {la[1]:.2f} "
+                  f"{la[2]:.2f}")
+    lags = res["lags"]
+    if lags:
+        names = sorted({k for _, d in lags for k in d})
+        lt = Table(title=f"{res['label']}: consumer lag (records), sampled every 2 s")
+        for col in ("stage group", "max", "at the last notice", "at the end"):
+            lt.add_column(col, justify="right" if col != "stage group" else "left")
+        at_last = min(lags, key=lambda x: abs(x[0] - res["t_last"]))[1]
+        for g in names:
+            lt.add_row(g, f"{max(d.get(g, 0) for _, d in lags):,}", f"{at_last.get(g, 0):,}",
+                       f"{lags[-1][1].get(g, 0):,}")
+        console.print(lt)
+    missing = n - len(done)
+    if missing:
+        console.print(f"[red]{res['label']}: {missing} notice(s) gave no HERMES message within "
+                      f"{args.settle_s:.0f} s of the last notice (not in the percentiles)[/]")
+    met = bool(lat) and not missing and pct(lat, 0.5) <= TARGET_P50_MS and pct(lat, 0.99) <= TARGET_P99_MS
+    console.print(f"{res['label']}: target {'met' if met else 'NOT met'}: p50 {pct(lat, 0.5):,.0f} ms, "
+                  f"p99 {pct(lat, 0.99):,.0f} ms over {len(lat)} notices under {res['ztf_rate']:,.0f} ZTF alerts/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--notices", type=int, default=101, help="notices per run, the first a warm-up (default 101)")
+    parser.add_argument("--interval-s", type=float, default=1.0, help="seconds between notices (default 1)")
+    parser.add_argument("--ztf-rate", type=float, default=1000.0, help="ZTF alerts/s (default 1000)")
+    parser.add_argument("--warmup-s", type=float, default=15.0, help="ZTF flow before the first notice, s")
+    parser.add_argument("--settle-s", type=float, default=30.0,
+                        help="longest wait for the last HERMES messages after the last notice, s")
+    parser.add_argument("--short", action="store_true", help="smoke test: 6 notices under 200 ZTF alerts/s")
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the broker's setting)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra setting for every stage, e.g. MMA_BROKER_FOLLOWUP__POLL_TIMEOUT_S=0.05")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                        help="also run the stages from another source tree (e.g. `git archive` of another commit); "
+                             "the runs alternate round by round")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds (each runs this tree and every variant)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's figures to this file")
+    args = parser.parse_args()
+    if args.short:
+        args.notices, args.ztf_rate, args.warmup_s = 6, 200.0, 8.0
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    a, b, c = os.getloadavg()
+    console.print(f"machine: {os.cpu_count()} CPUs, load average at start {a:.2f} {b:.2f} {c:.2f}; "
+                  f"{time.strftime('%Y-%m-%d %H:%M %Z')}")
+    trees = [("this tree", ROOT)] + [(v.partition("=")[0], Path(v.partition("=")[2]).resolve()) for v in args.variant]
+    for name, tree in trees:
+        if not (tree / "broker" / "__init__.py").is_file():
+            raise SystemExit(f"{name}: {tree.name} holds no broker/ package")
+    results = []
+    for r in range(args.rounds):
+        for name, tree in trees:
+            res = run_once(tree, args, console, f"{name}, round {r + 1}")
+            res["variant"], res["round"] = name, r
+            report(res, args, console)
+            results.append(res)
+    if len(results) > 1:
+        t = Table(title="all runs: latency, analysis excluded, ms")
+        for col in ("run", "notices", "p50", "p95", "p99", "max", "analysis p50", "ZTF alerts/s", "load1 before"):
+            t.add_column(col, justify="right" if col != "run" else "left")
+        for res in results:
+            lat, ana, done = latencies(res)
+            t.add_row(res["label"], f"{len(done)}/{len(res['per_notice'])}",
+                      *(f"{pct(lat, q):,.0f}" for q in (0.5, 0.95, 0.99)), f"{max(lat, default=float('nan')):,.0f}",
+                      f"{pct(ana, 0.5):,.0f}", f"{res['ztf_rate']:,.0f}", f"{res['load_before'][0]:.2f}")
+        console.print(t)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
