@@ -16,7 +16,9 @@ bulk-report API does (broker/sinks/tns.py, module docstring):
   know; no reporter) — the shape of that feedback is this server's model (TNS documents
   the 400 but not every message; the channel keeps whatever TNS sends).
 
-Knobs for the failure cases: ``rate_limit_next`` (answer 429 to the next n requests,
+Knobs for the failure cases: ``refuse`` (internal name → message: the reply to a report
+of that object is a 400 with the message as the feedback of ``internal_name``, as TNS
+refuses a report for a reason of its own), ``rate_limit_next`` (answer 429 to the next n requests,
 with ``x-rate-limit-limit``, ``x-rate-limit-remaining: 0`` and ``x-rate-limit-reset``),
 ``delay_s`` per path (a slow reply), and ``requests`` (everything received, to assert
 on headers, bodies and how many reports arrived).
@@ -57,6 +59,7 @@ class TnsState:
     rate_limit_next: int = 0
     rate_limit_reset_s: int = 2
     delay_s: dict[str, float] = field(default_factory=dict)
+    refuse: dict[str, str] = field(default_factory=dict)  # internal name -> TNS's message
     requests: list[Received] = field(default_factory=list)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # internal name -> object name
@@ -170,6 +173,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             reports = entry["data"]["at_report"]
             problems = {k: _problems(rep) for k, rep in reports.items()}
+            for k, rep in reports.items():
+                why = st.refuse.get(str(rep.get("internal_name") or ""))
+                if why:
+                    problems[k].append({"internal_name": {"value": rep.get("internal_name"), "message": why,
+                                                          "message_id": 400}})
             if any(problems.values()):
                 fb = [{k: p} if p else {} for k, p in problems.items()]
                 self._send(400, {"id_code": 400, "id_message": "Bad request",

@@ -81,6 +81,8 @@ def _line(e) -> str:
         extra = "  " + ", ".join(f"{k}={v}" for k, v in e.receipt.items() if k != "recovered")
     elif e.state in ("rejected", "withdrawn") and e.decision:
         extra = f"  {e.decision} ({e.decided_by})"
+    if e.state in ("sent", "unknown") and e.decision:  # e.g. a TNS report whose source was retracted
+        extra = f"  [{e.decision}]" + extra
     return one_line(f"{e.id:>6}  {e.state:<16} {e.channel:<13} {when}  {e.key}{extra}", 400)
 
 

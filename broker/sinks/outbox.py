@@ -460,6 +460,20 @@ class Outbox:
                 .order_by(t.c.id))]
         return sorted(withdrawn, key=lambda e: e.id), sent
 
+    def annotate(self, id: int, by: str, decision: str) -> OutboxEntry:
+        """Record a decision about an entry that went out (``sent``, ``sending``,
+        ``unknown``) without changing its state: e.g. its source event was retracted and
+        its channel has no retraction (TNS), so what was sent stands. Kept in
+        ``decided_by`` and ``decision`` (``outbox show`` prints them).
+
+        Raises
+        ------
+        OutboxError
+            No such entry, or it was never sent.
+        """
+        return self._transition(id, ("sent", "sending", "unknown"), "annotated", decided_by=by,
+                                decision=one_line(decision, 500))
+
     # ------------------------------------------------------------------ sender side
     @staticmethod
     def _due(now: datetime) -> sa.ColumnElement[bool]:

@@ -28,7 +28,9 @@ message of the group already sent gets a retraction message
 (:func:`~followup.reports.hermes.retraction_message`, key ``hermes:retraction:<key>``),
 and when a GCN notice of the group went out, the withdrawal's own GCN notice
 (``gcn.gcn_notice``, ``alert_type: retraction``, key ``gcn-notice:followup:<request_id>``
-of the withdrawal) follows it.
+of the withdrawal) follows it. TNS has no retraction: a TNS report of the group already
+sent stands, and the outbox records that on it (:meth:`Outbox.annotate`: ``decision``,
+``decided_by`` the retraction; counted as ``standing``).
 
 The GCN and TNS builders (``followup.reports.gcn``, ``followup.reports.tns``) are
 imported when the stage starts; a missing one is logged once and its channel skipped.
@@ -93,6 +95,9 @@ class ReportsStats:
     entries: int = 0
     withdrawals: int = 0
     retractions: int = 0
+    standing: int = 0
+    """Messages already sent when their source was retracted, on a channel with no
+    retraction (TNS): they stand, and the outbox entry says so."""
     by_channel: dict[str, int] = field(default_factory=dict)
     not_publishable: Counter = field(default_factory=Counter)
     """Records a channel does not publish (e.g. no circular for "no data"), per channel."""
@@ -105,7 +110,8 @@ class ReportsStats:
         errors = ", ".join(f"{c} {n}" for c, n in sorted(self.build_errors.items())) or "none"
         return (f"reports: {self.records} record(s) read; {self.entries} outbox entr(y/ies) put ({per}); "
                 f"not for a channel: {skipped}; builder errors: {errors}; "
-                f"{self.withdrawals} withdrawal(s), {self.retractions} retraction message(s)")
+                f"{self.withdrawals} withdrawal(s), {self.retractions} retraction message(s)"
+                + (f", {self.standing} sent TNS report(s) standing (no retraction on TNS)" if self.standing else ""))
 
 
 def load_builders(enabled: set[str]) -> dict[str, Callable[..., Any]]:
@@ -152,6 +158,9 @@ class ReportsHandler(BaseStage):
     load_history : callable, optional
         Filtered record → :class:`filters.ztf_history.ZtfHistory` or None (ZTF
         non-detections for HERMES and TNS).
+    load_host : callable, optional
+        Filtered record → host galaxy or None (:func:`followup.reports.tns.host_loader`:
+        the TNS report's ``host_name``, ``host_redshift``).
     """
 
     name = "reports"
@@ -160,11 +169,12 @@ class ReportsHandler(BaseStage):
     def __init__(self, *, outbox: Any, topics: dict[str, str], builders: dict[str, Callable[..., Any]],
                  options: hermes_reports.HermesOptions, settings: Any = None,
                  load_event: Callable[[str], Any] | None = None, load_history: Callable[[dict], Any] | None = None,
-                 stats: ReportsStats | None = None) -> None:
+                 stats: ReportsStats | None = None, load_host: Callable[[dict], Any] | None = None) -> None:
         self.outbox, self.topics, self.builders = outbox, topics, builders
         self.options, self.settings = options, settings
         self.load_event = load_event or (lambda _id: None)
         self.load_history = load_history or (lambda _rec: None)
+        self.load_host = load_host or (lambda _rec: None)
         self.stats = stats or ReportsStats()
 
     # ------------------------------------------------------------------ planning
@@ -268,7 +278,8 @@ class ReportsHandler(BaseStage):
             if history is None:
                 history = self.load_history(rec)
             payload = self._build(channel, rec.get("id"), lambda: (
-                build(rec, self.options, history) if channel == "hermes" else build(rec, history, self.settings)))
+                build(rec, self.options, history) if channel == "hermes" else
+                build(rec, history, self.settings, host=self.load_host(rec))))
             if payload is not None:
                 out.append(Put(f"{channel}:optical:{rec['id']}", channel, payload, rec["id"], group))
         return out
@@ -299,8 +310,15 @@ class ReportsHandler(BaseStage):
         if withdrawn:
             log.info("reports: %d unsent entr(y/ies) of %s withdrawn (%s)", len(withdrawn), op.group_key, op.reason)
         for entry in sent:
+            if entry.channel == "tns":  # TNS has no retraction: the AT report stands, and the outbox says so
+                name = (entry.receipt or {}).get("object_name")
+                self.outbox.annotate(entry.id, op.by_event_id, (
+                    f"{op.reason} after this AT report was sent; TNS has no retraction: the report stands"
+                    + (f" (object {name})" if name else "")))
+                self.stats.standing += 1
+                continue
             if entry.channel != "hermes" or entry.key.startswith("hermes:retraction:"):
-                continue  # GCN/TNS retractions: their channels' builders decide (not HERMES's)
+                continue  # GCN retractions: their channels' builders decide (not HERMES's)
             payload = hermes_reports.retraction_message(entry.payload, entry.receipt, op.by_event_id, self.options,
                                                         reason=op.reason)
             self.outbox.put(f"hermes:retraction:{entry.key}", "hermes", payload, source_event_id=op.by_event_id,
@@ -346,6 +364,14 @@ def _history_loader(archive: Any) -> Callable[[dict], Any]:
     return load
 
 
+def _host_loader(archive: Any) -> Callable[[dict], Any] | None:
+    try:
+        from followup.reports.tns import host_loader
+    except ImportError:  # the TNS builder is missing: load_builders logs it
+        return None
+    return host_loader(archive.engine)
+
+
 def _event_loader(archive: Any) -> Callable[[str], Any]:
     def load(event_id: str) -> Any:
         rec = archive.get(event_id)
@@ -381,7 +407,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     stats = ReportsStats()
     handler = ReportsHandler(outbox=Outbox(archive.engine), topics=topics, builders=load_builders(enabled),
                              options=hermes_reports.HermesOptions.from_settings(s), settings=s,
-                             load_event=_event_loader(archive), load_history=_history_loader(archive), stats=stats)
+                             load_event=_event_loader(archive), load_history=_history_loader(archive), stats=stats,
+                             load_host=_host_loader(archive) if "tns" in enabled else None)
     name = "reports"
     consumer = make_consumer(s, f"{s.group_id}.{name}")
     consumer.subscribe(list(topics))

@@ -29,7 +29,18 @@ What goes in, from where:
   ``[publish.tns]``;
 * remarks: which multi-messenger event the candidate is associated with (trigger
   mission and id — the superevent for a GW —, event group key, T0, the coincidence id,
-  time after T0, credible level or separation) and the filter that selected it.
+  time after T0, credible level or separation) and the filter that selected it;
+* host galaxy (``host_name``, ``host_redshift``): from the enrich stage's cross-match of
+  the candidate (``enrichment.crossmatch``, stored in ``event_crossmatches``) with the
+  galaxy catalogs of ``[enrich] catalogs`` — those with distances (GLADE, CLU, 50MGC).
+  :func:`host_galaxy` takes each catalog's source nearest to the candidate (the
+  cross-match keeps it, matched or not) and accepts the one with the smallest projected
+  offset at the galaxy's distance, if at most :data:`HOST_MAX_OFFSET_KPC`; its row
+  (name, distance, redshift column) is read from ``catalog_sources``
+  (:func:`host_loader`). The redshift is the catalog's heliocentric one (``z_helio``,
+  ``z``...) or its heliocentric velocity over c (``v_h``: 50MGC); none when the row has
+  neither (CLU's distance is not turned into a redshift). The remarks name the catalog,
+  the row, the offset and where the redshift came from. No galaxy that close: no host.
 """
 
 from __future__ import annotations
@@ -44,10 +55,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["tns_report", "tns_values", "OPTICAL_KINDS"]
+__all__ = ["tns_report", "tns_values", "host_galaxy", "host_loader", "OPTICAL_KINDS", "HOST_MAX_OFFSET_KPC"]
 
 OPTICAL_KINDS = ("gw-optical", "grb-optical")
 """Coincidence kinds that make a ZTF candidate a counterpart candidate."""
+
+HOST_MAX_OFFSET_KPC = 30.0
+"""Largest projected offset, kpc, at which a catalog galaxy is taken as the candidate's
+host: the broker's choice, about twice the optical radius (R25) of a large spiral galaxy
+(~15 kpc). The catalog's nearest galaxy beyond it is no host."""
+
+SPEED_OF_LIGHT_KM_S = 299_792.458
+
+_HOST_NAME_KEYS = ("objname", "name", "Name", "GWGC name", "GWGC", "HyperLEDA name", "HyperLEDA")
+"""Property columns holding a galaxy name TNS would recognise, tried after the catalog's
+own name column (GLADE's ``GLADE no`` is only a row number: its GWGC/HyperLEDA names first)."""
+_REDSHIFT_KEYS = ("z_helio", "zhelio", "z_hel", "z", "Z", "redshift", "z_spec", "zspec")
+_VELOCITY_KEYS = ("v_h", "vhelio", "v_helio", "cz", "vhel")
+"""Heliocentric velocity columns, km/s (c z)."""
 
 _DATA = Path(__file__).resolve().parent.parent / "data" / "tns"
 _JD_UNIX_EPOCH = 2440587.5  # JD of 1970-01-01T00:00:00 UTC
@@ -197,7 +222,151 @@ def _describe(c: Mapping[str, Any], first_jd: float) -> str:
     return "".join(parts) + ")"
 
 
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _host_redshift(props: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    """(heliocentric redshift, the column it came from) of a catalog row, or (None, None)."""
+    for k in _REDSHIFT_KEYS:
+        z = _finite(props.get(k))
+        if z is not None and z >= 0:
+            return z, k
+    for k in _VELOCITY_KEYS:
+        v = _finite(props.get(k))
+        if v is not None and v >= 0:
+            return v / SPEED_OF_LIGHT_KM_S, k
+    return None, None
+
+
+def _host_name(catalog: str, row: int, name_col: str | None, props: Mapping[str, Any]) -> str:
+    keys = ((name_col,) if name_col and name_col != "GLADE no" else ()) + _HOST_NAME_KEYS
+    for k in keys:
+        v = props.get(k)
+        if v not in (None, "", "null") and not str(v).strip().isdigit():
+            return str(v).strip()
+    if props.get("PGC no") not in (None, "", "null"):
+        return f"PGC {props['PGC no']}"
+    label = props.get(name_col) if name_col else None
+    return f"{catalog} {label}" if label not in (None, "") else f"{catalog} row {row}"
+
+
+def host_galaxy(record: Mapping[str, Any], rows: Mapping[tuple[str, int], Mapping[str, Any]], *,
+                max_offset_kpc: float = HOST_MAX_OFFSET_KPC) -> dict[str, Any] | None:
+    """The candidate's host galaxy from the enrich stage's cross-match, or None.
+
+    Parameters
+    ----------
+    record : mapping
+        The filtered (or enriched) record of a ZTF candidate: ``enrichment.crossmatch``
+        maps each catalog to its point cross-match, whose ``nearest`` (``row``,
+        ``separation_deg``) is the catalog's source nearest to the candidate.
+    rows : mapping
+        ``(catalog, row) -> {"dist_mpc": float or None, "name_col": str or None,
+        "properties": dict}``: the catalog rows (:func:`catalog_rows`). A catalog row
+        missing here, or without a distance, is no host (a catalog without distances
+        is not a galaxy catalog: 4FGL, VLASS...).
+    max_offset_kpc : float
+        Largest projected offset, kpc (:data:`HOST_MAX_OFFSET_KPC`).
+
+    Returns
+    -------
+    dict or None
+        ``name``, ``catalog``, ``row``, ``separation_arcsec``, ``offset_kpc`` (projected:
+        separation × distance, small-angle), ``dist_mpc``, ``redshift`` (heliocentric,
+        or None) and ``redshift_column``; the galaxy of smallest offset over the
+        catalogs. None when no catalog's nearest galaxy is within ``max_offset_kpc``.
+    """
+    best: dict[str, Any] | None = None
+    for catalog, xm in sorted(((record.get("enrichment") or {}).get("crossmatch") or {}).items()):
+        nearest = xm.get("nearest") if isinstance(xm, Mapping) and xm.get("kind") == "point" else None
+        if not isinstance(nearest, Mapping):
+            continue
+        sep = _finite(nearest.get("separation_deg"))
+        try:
+            row = int(nearest.get("row"))
+        except (TypeError, ValueError):
+            continue
+        src = rows.get((catalog, row))
+        dist = _finite(src.get("dist_mpc")) if src else None
+        if sep is None or dist is None or dist <= 0:
+            continue
+        offset_kpc = math.radians(sep) * dist * 1000.0
+        if offset_kpc > max_offset_kpc or (best is not None and offset_kpc >= best["offset_kpc"]):
+            continue
+        props = src.get("properties") or {}
+        z, z_col = _host_redshift(props)
+        best = {"name": _host_name(catalog, row, src.get("name_col"), props), "catalog": catalog, "row": row,
+                "separation_arcsec": sep * 3600.0, "offset_kpc": offset_kpc, "dist_mpc": dist,
+                "redshift": z, "redshift_column": z_col}
+    return best
+
+
+def catalog_rows(engine: Any, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The catalog rows ``(catalog name, file row)`` as :func:`host_galaxy` takes them.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The archive's database (``catalogs``, ``catalog_sources``: migration 0004).
+    wanted : list of (str, int)
+
+    Returns
+    -------
+    dict
+        ``(catalog, row) -> {"dist_mpc", "name_col", "properties"}`` for the rows found.
+    """
+    import sqlalchemy as sa
+
+    from broker.enrich.catalogs import CATALOGS, SOURCES
+
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    if not wanted:
+        return out
+    cond = sa.or_(*(sa.and_(CATALOGS.c.name == c, SOURCES.c.row == int(r)) for c, r in wanted))
+    q = (sa.select(CATALOGS.c.name, CATALOGS.c.columns, SOURCES.c.row, SOURCES.c.dist_mpc, SOURCES.c.properties)
+         .select_from(SOURCES.join(CATALOGS, SOURCES.c.catalog_id == CATALOGS.c.id)).where(cond))
+    with engine.connect() as conn:
+        for name, columns, row, dist, props in conn.execute(q):
+            out[(name, int(row))] = {"dist_mpc": dist, "name_col": (columns or {}).get("name"),
+                                     "properties": props or {}}
+    return out
+
+
+def host_loader(engine: Any, *, max_offset_kpc: float = HOST_MAX_OFFSET_KPC) -> Any:
+    """``load(record) -> host dict or None`` for the reports stage: :func:`host_galaxy`
+    on the rows of :func:`catalog_rows`. A database error is logged and gives no host
+    (the report goes without one)."""
+    import logging
+
+    log = logging.getLogger(__name__)
+
+    def load(record: Mapping[str, Any]) -> dict[str, Any] | None:
+        xm = (record.get("enrichment") or {}).get("crossmatch") or {}
+        wanted = []
+        for catalog, m in xm.items():
+            nearest = m.get("nearest") if isinstance(m, Mapping) else None
+            if isinstance(nearest, Mapping) and isinstance(nearest.get("row"), int):
+                wanted.append((str(catalog), int(nearest["row"])))
+        if not wanted:
+            return None
+        try:
+            rows = catalog_rows(engine, wanted)
+        except Exception as exc:  # noqa: BLE001 - no host rather than no report
+            log.warning("reports: host galaxy of %s not looked up (%s: %s)", record.get("id"), type(exc).__name__,
+                        str(exc)[:200])
+            return None
+        return host_galaxy(record, rows, max_offset_kpc=max_offset_kpc)
+
+    return load
+
+
 def tns_report(filtered_record: Mapping[str, Any], history: Any, settings: Any, *,
+               host: Mapping[str, Any] | None = None,
                host_name: str | None = None, host_redshift: float | None = None) -> dict[str, Any]:
     """The TNS AT report (bulk-report JSON) of an optical counterpart candidate.
 
@@ -218,8 +387,12 @@ def tns_report(filtered_record: Mapping[str, Any], history: Any, settings: Any, 
         or id; default "PSN"), ``observer`` (default "Robot"), ``remarks`` (text put
         first in the remarks, optional): ``[publish.tns]``, found through ``.publish``
         and ``.tns`` when given the root or the ``[publish]`` settings.
+    host : mapping, optional
+        The host galaxy from the cross-match (:func:`host_galaxy`): its ``name`` and
+        ``redshift`` fill ``host_name`` and ``host_redshift``, and the remarks name the
+        catalog, row, offset and redshift column. None: no host fields.
     host_name, host_redshift : optional
-        Host galaxy name and redshift, when known.
+        Host galaxy name and redshift given by hand (they win over ``host``'s).
 
     Returns
     -------
@@ -320,6 +493,16 @@ def tns_report(filtered_record: Mapping[str, Any], history: Any, settings: Any, 
     remarks = (f"{lead} " if lead else "") + (
         f"Candidate optical counterpart of {assoc}. Selected by mma-broker's {filt_name} filter "
         f"from the public ZTF alert stream ({len(dets)} detection{'s' if len(dets) != 1 else ''} in the alert).")
+    if host:
+        z = host.get("redshift")
+        remarks += (f" Host galaxy {host['name']} ({host['catalog']} row {host['row']}): "
+                    f"{host['separation_arcsec']:.1f} arcsec from the candidate, {host['offset_kpc']:.1f} kpc projected "
+                    f"at {host['dist_mpc']:.1f} Mpc" +
+                    (f"; heliocentric redshift {z:.5f} from its {host['redshift_column']}" if z is not None
+                     else "; no redshift in the catalog") + ".")
+        host_name = host_name or host.get("name")
+        if host_redshift is None and z is not None:
+            host_redshift = round(float(z), 6)
 
     report: dict[str, Any] = {
         "ra": {"value": round(ra, 7), "error": err_arcsec, "units": "arcsec"},
