@@ -440,19 +440,31 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def check_revisions(file_revisions: list[str], known: set[str], name: str) -> None:
+def check_revisions(file_revisions: list[str], known: set[str], name: str, heads: list[str] | None = None) -> None:
     """Refuse a file whose schema revisions this mma-broker does not know.
+
+    Parameters
+    ----------
+    file_revisions : list of str
+        The manifest's ``schema_revisions``.
+    known : set of str
+        Every revision of this mma-broker's version locations.
+    name : str
+        The file's name, for the message.
+    heads : list of str, optional
+        The newest revisions known, named in the message.
 
     Raises
     ------
     ExportError
-        Naming the unknown revisions and what to do.
+        Naming the unknown revisions, the newest known, and what to do.
     """
     unknown = sorted(set(file_revisions) - known)
     if unknown:
+        newest = f" (the newest it knows: {', '.join(sorted(heads))})" if heads else ""
         raise ExportError(f"{name} was written at schema revision {', '.join(unknown)}, newer than this "
-                          f"mma-broker knows (newest: {', '.join(sorted(known)[-3:])}...): upgrade mma-broker "
-                          "(or install the plugin that adds it) and import again")
+                          f"mma-broker knows{newest}: upgrade mma-broker (or install the plugin that adds it) "
+                          "and import again")
 
 
 def import_archive(archive: Any, path: Path, *, progress: bool = True,
@@ -493,7 +505,7 @@ def import_archive(archive: Any, path: Path, *, progress: bool = True,
     file_revs = sorted(manifest.get("schema_revisions") or [])
     script = ScriptDirectory.from_config(alembic_config())
     known = {r.revision for r in script.walk_revisions()}
-    check_revisions(file_revs, known, path.name)
+    check_revisions(file_revs, known, path.name, list(script.get_heads()))
     with archive.engine.connect() as conn:
         target = _revisions(conn)
         conn.commit()
