@@ -217,9 +217,12 @@ def _selections(conn: sa.Connection, present: set[str]) -> dict[str, str]:
     sel["localization_tiles"] = "localization_id IN (SELECT id FROM x_locs)"
     sel["outbox"] = f"source_event_id IN (SELECT id FROM x_events) OR group_key IN ({groups})"
     if "followup_results" in present:
-        sel["followup_artifacts"] = (
-            "EXISTS (SELECT 1 FROM followup_results r WHERE r.event_id IN (SELECT id FROM x_events) "
-            "AND strpos(r.document::text, 'mma-broker://artifact/sha256/' || followup_artifacts.sha256) > 0)")
+        # the artifacts the period's results refer to (followup.store.artifact_ref), read out of the documents
+        conn.execute(sa.text(
+            "CREATE TEMP TABLE x_artifacts ON COMMIT DROP AS SELECT DISTINCT m[1] AS sha256 FROM followup_results r, "
+            "regexp_matches(r.document::text, 'mma-broker://artifact/sha256/([0-9a-f]{64})', 'g') m "
+            f"WHERE r.{ev}"))
+        sel["followup_artifacts"] = "sha256 IN (SELECT sha256 FROM x_artifacts)"
     if "filter_decisions" in present:
         sel["filter_runs"] = f"id IN (SELECT DISTINCT run FROM filter_decisions WHERE {ev})"
     return sel
