@@ -587,6 +587,14 @@ def _gather(buf: np.ndarray, offs: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(raw).view("<f4" if size == 4 else "<f8")[..., 0].astype(np.float64)
 
 
+_EMPTY_SPEC = _Spec({}, {})
+_NO_BYTES = np.zeros(0, np.uint8)
+_NO_VALUES = np.zeros((1, 0), np.int64)
+_NO_NULLS = np.ones((1, 0), bool)
+for _a in (_NO_BYTES, _NO_VALUES, _NO_NULLS):
+    _a.flags.writeable = False  # shared by every empty table
+
+
 class Columns:
     """One history table as columns (``prv_candidates``, ``fp_hists``, ``candidate``).
 
@@ -620,7 +628,8 @@ class Columns:
     @classmethod
     def empty(cls, spec: _Spec | None = None) -> "Columns":
         """A table with no rows (a null or absent history)."""
-        spec = spec or _Spec({}, {})
+        if spec is None:  # the common case (half the real alerts have no fp_hists): nothing to build
+            return cls(0, _NO_BYTES, _NO_VALUES, _NO_NULLS, _EMPTY_SPEC)
         return cls(0, np.zeros(0, np.uint8), np.zeros((spec.width, 0), np.int64), np.ones((spec.width, 0), bool), spec)
 
     def __len__(self) -> int:
