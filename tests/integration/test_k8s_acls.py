@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 
@@ -366,3 +368,31 @@ def test_a_reader_given_one_filter_topic_reads_it_and_nothing_else(provisioned):
     refused = read("mma.filter.ztf-decent")
     assert isinstance(refused, confluent_kafka.KafkaError)
     assert refused.code() == confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, refused.str()
+
+
+def test_the_publish_user_sends_a_gcn_notice_and_finds_it_again(stage_settings):
+    """The gcn-notice channel on our cluster, built from the cluster's settings as the
+    publish stage builds it: an idempotent send, then recover() reading the topic back."""
+    import uuid
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from broker.sinks.gcn import GcnNoticeChannel
+
+    notice = {  # a no-data notice as followup.reports.gcn makes them
+        "$schema": "https://mma-broker.org/schemas/gcn/notices/integral/spiacs_followup.schema.json",
+        "mission": "INTEGRAL", "instrument": "SPI-ACS", "messenger": "EM",
+        "alert_datetime": "2025-05-20T10:09:00.000Z", "alert_tense": "current", "alert_type": "initial",
+        "event_name": "SVOM ECLAIRs trigger sb25052005", "id": "6517e8839d5543cfb88bd65f3ff661e2",
+        "followup_id": "6517e8839d5543cfb88bd65f3ff661e2", "status": "no_data",
+        "trigger_time": "2025-05-20T10:07:36.473Z", "ref_ID": "sb25052005",
+        "no_data": {"kind": "outside_mission", "reason": "after the end of INTEGRAL science operations"},
+    }
+    channel = GcnNoticeChannel.from_settings(stage_settings("mma-publish"))
+    assert channel.topic == "mma.gcn.notices.integral"
+    entry = SimpleNamespace(key=f"gcn-notice:followup:{uuid.uuid4().hex}", payload=notice,
+                            created_at=datetime.now(timezone.utc))
+    receipt = channel.send(entry)
+    channel.close()
+    found = channel.recover(entry)
+    assert found is not None and (found["partition"], found["offset"]) == (receipt["partition"], receipt["offset"])
