@@ -14,7 +14,9 @@ stage sends them.
 * a coincidence: HERMES (:func:`~followup.reports.hermes.coincidence_message`); key
   ``hermes:coincidence:<id>:<computed_from>``;
 * an optical candidate: HERMES (:func:`~followup.reports.hermes.optical_message`),
-  ``tns.tns_report`` (tns); key ``<channel>:optical:<event id>``.
+  ``tns.tns_report`` (tns); key ``<channel>:optical:<event id>``. One TNS report per
+  candidate and trigger (its coincidence id): a later alert of the candidate replaces
+  the unsent draft (``replaces``) and makes none once one was sent.
 
 The keys derive from the source record's id (a coincidence's version is the Event
 whose arrival produced it), so a record read twice (a replay, a rebalance) puts
@@ -98,6 +100,9 @@ class ReportsStats:
     standing: int = 0
     """Messages already sent when their source was retracted, on a channel with no
     retraction (TNS): they stand, and the outbox entry says so."""
+    tns_already_sent: int = 0
+    """Optical candidates' alerts that made no TNS report: one for that candidate and
+    trigger went out already."""
     by_channel: dict[str, int] = field(default_factory=dict)
     not_publishable: Counter = field(default_factory=Counter)
     """Records a channel does not publish (e.g. no circular for "no data"), per channel."""
@@ -111,7 +116,9 @@ class ReportsStats:
         return (f"reports: {self.records} record(s) read; {self.entries} outbox entr(y/ies) put ({per}); "
                 f"not for a channel: {skipped}; builder errors: {errors}; "
                 f"{self.withdrawals} withdrawal(s), {self.retractions} retraction message(s)"
-                + (f", {self.standing} sent TNS report(s) standing (no retraction on TNS)" if self.standing else ""))
+                + (f", {self.standing} sent TNS report(s) standing (no retraction on TNS)" if self.standing else "")
+                + (f", {self.tns_already_sent} TNS report(s) not drafted (sent before for that candidate and "
+                   "trigger)" if self.tns_already_sent else ""))
 
 
 def load_builders(enabled: set[str]) -> dict[str, Callable[..., Any]]:
@@ -302,8 +309,22 @@ class ReportsHandler(BaseStage):
         return bool(publish.requires_approval(channel, payload)) if publish is not None else False
 
     def _put(self, op: Put) -> None:
+        replaces = op.replaces
+        if op.channel == "tns" and op.group_key and replaces is None:
+            # one AT report per candidate and trigger (the group: the coincidence id): a
+            # later alert of the candidate replaces a draft not yet sent, and makes none
+            # once one went out (TNS has the object; its reply named it)
+            earlier = [e for e in self.outbox.list(channel="tns", group_key=op.group_key, limit=100) if e.key != op.key]
+            gone = [e for e in earlier if e.state in ("sent", "sending", "unknown")]
+            if gone:
+                log.info("reports: no TNS report from %s: %s went out for %s already", op.source_event_id,
+                         gone[0].key, op.group_key)
+                self.stats.tns_already_sent += 1
+                return
+            unsent = [e for e in earlier if e.state in ("pending_approval", "queued")]  # newest first
+            replaces = unsent[0].key if unsent else None
         self.outbox.put(op.key, op.channel, op.payload, source_event_id=op.source_event_id, group_key=op.group_key,
-                        requires_approval=self._approval(op.channel, op.payload), replaces=op.replaces)
+                        requires_approval=self._approval(op.channel, op.payload), replaces=replaces)
 
     def _withdraw(self, op: Withdraw) -> None:
         withdrawn, sent = self.outbox.withdraw_group(op.group_key, op.by_event_id)

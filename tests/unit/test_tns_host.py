@@ -6,9 +6,9 @@ what the enrich stage stores for a point (the catalog's nearest source, matched 
 not); here it is computed with astropy over the whole catalog file, and the catalog
 rows (distance, other columns) are read from the file, not from the code under test.
 
-The retraction: the reports stage's withdrawal of an optical candidate's group when a
-TNS report of it was sent (it stands, and the outbox entry says so) and another was
-not (withdrawn), with the in-memory outbox of test_hermes_reports.
+The reports stage's TNS path, with the in-memory outbox of test_hermes_reports: one
+report per candidate and trigger, and the withdrawal of the candidate's group when its
+report was sent (it stands, and the outbox entry says so).
 """
 
 from __future__ import annotations
@@ -136,47 +136,74 @@ def test_report_carries_the_host_and_names_the_catalog():
 
 
 class _Outbox(FakeOutbox):
-    def __init__(self) -> None:
-        super().__init__()
-        self.notes: dict[int, tuple[str, str]] = {}
+    """FakeOutbox with what the stage's TNS path also calls: ``list``, ``put(replaces=)``
+    (withdraws the replaced entry if unsent), ``annotate``."""
+
+    def put(self, key, channel, payload, *, source_event_id=None, group_key=None, requires_approval=False,
+            replaces=None):
+        new = key not in self.entries
+        e = super().put(key, channel, payload, source_event_id=source_event_id, group_key=group_key,
+                        requires_approval=requires_approval, replaces=replaces)
+        old = self.entries.get(replaces) if new and replaces else None
+        if old is not None and old.state in ("pending_approval", "queued", "failed"):
+            self.entries[replaces] = dataclasses.replace(old, state="withdrawn", decision="replaced")
+        return e
+
+    def list(self, *, state=None, channel=None, group_key=None, limit=100):
+        rows = [e for e in self.entries.values() if (channel is None or e.channel == channel)
+                and (group_key is None or e.group_key == group_key) and (state is None or e.state == state)]
+        return sorted(rows, key=lambda e: -e.id)[:limit]
 
     def annotate(self, id, by, decision):
-        self.notes[id] = (by, decision)
         for k, e in self.entries.items():
             if e.id == id:
+                assert e.state in ("sent", "sending", "unknown")
                 self.entries[k] = dataclasses.replace(e, decided_by=by, decision=decision)
                 return self.entries[k]
         raise AssertionError(f"no entry {id}")
 
 
-def test_retraction_after_a_tns_report_was_sent():
-    """A sent TNS report stands (TNS has no retraction) and its entry says so; an unsent
-    one of the same group is withdrawn; HERMES messages sent get their retraction."""
+def _sent(box: _Outbox, key: str, receipt: dict) -> None:
+    box.entries[key] = OutboxEntry(**{**box.entries[key].__dict__, "state": "sent", "receipt": receipt})
+
+
+def test_one_tns_report_per_candidate_and_trigger_and_it_stands_after_a_retraction():
+    """Alerts of one candidate: a later one replaces the unsent TNS draft; after one was
+    sent no other is drafted. The trigger retracted: the sent report stands (TNS has no
+    retraction) and its entry says so; unsent entries of the group are withdrawn; HERMES
+    messages sent get their retraction."""
     box = _Outbox()
     h = ReportsHandler(outbox=box, topics={"o": "optical", "c": "coincidence"},
                        builders=load_builders({"hermes", "tns"}), options=OPTS, settings=SETTINGS)
     rec = record(NEW)
-    later = dict(rec, id=rec["id"] + "-2")  # a second alert of the candidate: its own report
-    h.write([h.handle(_Msg("o", rec)), h.handle(_Msg("o", later))])
+    second, third = (dict(rec, id=rec["id"] + n) for n in ("-2", "-3"))  # later alerts of the candidate
+    h.write([h.handle(_Msg("o", rec)), h.handle(_Msg("o", second))])
     cid = rec["enrichment"]["coincidence_records"][0]["id"]
-    assert sorted(box.entries) == sorted(f"{c}:optical:{i}" for c in ("hermes", "tns") for i in (rec["id"], later["id"]))
-    assert {e.group_key for e in box.entries.values()} == {cid}
-    sent_key, hermes_key = f"tns:optical:{rec['id']}", f"hermes:optical:{rec['id']}"
+    tns1, tns2 = f"tns:optical:{rec['id']}", f"tns:optical:{second['id']}"
+    assert (box.entries[tns1].state, box.entries[tns1].decision) == ("withdrawn", "replaced")
+    assert box.entries[tns2].state == "queued" and box.entries[tns2].group_key == cid
+    h.write([h.handle(_Msg("o", rec))])  # read again (a replay): nothing changes
+    assert box.entries[tns1].state == "withdrawn" and box.entries[tns2].state == "queued"
+
     receipt = {"pending": False, "status": "accepted", "report_id": "100000", "object_name": "2020abc"}
-    box.entries[sent_key] = OutboxEntry(**{**box.entries[sent_key].__dict__, "state": "sent", "receipt": receipt})
-    box.entries[hermes_key] = OutboxEntry(**{**box.entries[hermes_key].__dict__, "state": "sent",
-                                             "receipt": {"topic": "hermes.test", "partition": 0, "offset": 1,
-                                                         "hop_uuid": "0f8fad5b-d9cb-469f-a165-70867728950e"}})
+    _sent(box, tns2, receipt)
+    hermes2 = f"hermes:optical:{second['id']}"
+    _sent(box, hermes2, {"topic": "hermes.test", "partition": 0, "offset": 1,
+                         "hop_uuid": "0f8fad5b-d9cb-469f-a165-70867728950e"})
+    h.write([h.handle(_Msg("o", third))])
+    assert f"tns:optical:{third['id']}" not in box.entries and h.stats.tns_already_sent == 1
+    assert box.entries[f"hermes:optical:{third['id']}"].state == "queued"
+
     by = "gcn:swift:694215995:retraction"
     handled = h.handle(_Msg("c", {"id": cid, "kind": "grb-optical", "retracted": True, "retracted_by": by}))
     assert handled.write == [Withdraw(cid, by, f"a member was retracted ({by})")]
     h.write([handled])
-    sent = box.entries[sent_key]
+    sent = box.entries[tns2]
     assert sent.state == "sent" and sent.receipt == receipt and sent.decided_by == by
     assert sent.decision == (f"a member was retracted ({by}) after this AT report was sent; TNS has no "
                              "retraction: the report stands (object 2020abc)")
-    assert box.entries[f"tns:optical:{later['id']}"].state == "withdrawn"
-    assert box.entries[f"hermes:optical:{later['id']}"].state == "withdrawn"
-    assert f"hermes:retraction:{hermes_key}" in box.entries and f"hermes:retraction:{sent_key}" not in box.entries
+    assert box.entries[f"hermes:optical:{third['id']}"].state == "withdrawn"
+    assert f"hermes:retraction:{hermes2}" in box.entries and f"hermes:retraction:{tns2}" not in box.entries
     assert h.stats.standing == 1 and h.stats.retractions == 1
     assert "1 sent TNS report(s) standing (no retraction on TNS)" in h.stats.summary()
+    assert "1 TNS report(s) not drafted" in h.stats.summary()
