@@ -535,6 +535,16 @@ def import_archive(archive: Any, path: Path, *, progress: bool = True,
         if len(raw_members) != int(manifest.get("raw", {}).get("blobs", 0)):
             raise ExportError(f"{path.name} holds {len(raw_members)} raw blobs, the manifest says "
                               f"{manifest.get('raw', {}).get('blobs')}: the file is incomplete")
+        present = set(_tables(conn))
+        for t in manifest["tables"]:
+            if t["name"] not in present:
+                raise ExportError(f"table {t['name']} of {path.name} is not in the archive at revision "
+                                  f"{', '.join(file_revs)}: install the plugin whose migrations create it")
+            missing = [c for c in t["columns"] if c not in _columns(conn, t["name"])]
+            if missing:
+                raise ExportError(f"table {t['name']} of {path.name} has column(s) {', '.join(missing)} that the "
+                                  "archive's table lacks")
+        conn.commit()
         conn.execute(sa.text("SET TimeZone = 'UTC'"))
         conn.execute(sa.text("CREATE TEMP TABLE imp_raw (sha256 text PRIMARY KEY, seg text, off bigint)"))
         conn.execute(sa.text("CREATE TEMP TABLE imp_lines (j text)"))
@@ -542,12 +552,8 @@ def import_archive(archive: Any, path: Path, *, progress: bool = True,
         summary.raw_blobs, summary.raw_bytes, summary.raw_stored = _import_raw(
             conn, archive, zf, raw_members, int(manifest.get("raw", {}).get("bytes", 0)), bar, path.name)
         task = bar.add_task("import: rows", total=sum(int(t["rows"]) for t in manifest["tables"]))
-        present = set(_tables(conn))
         for t in manifest["tables"]:
             name = t["name"]
-            if name not in present:
-                raise ExportError(f"table {name} of {path.name} is not in the archive at revision "
-                                  f"{', '.join(file_revs)}: install the plugin whose migrations create it")
             inserted = _import_table(conn, zf, t, lambda k: bar.advance(task, k))
             summary.tables.append(TableSummary(name, rows=int(t["rows"]), inserted=inserted,
                                                selection=t.get("selection", "")))
@@ -638,10 +644,6 @@ def _lines(zf: zipfile.ZipFile, member: str) -> Iterator[str]:
 def _import_table(conn: sa.Connection, zf: zipfile.ZipFile, t: dict[str, Any], advance: Callable[[int], None]) -> int:
     """Insert the rows of one table member in chunks of :data:`CHUNK_ROWS`; return rows inserted."""
     name = t["name"]
-    target_cols = _columns(conn, name)
-    missing = [c for c in t["columns"] if c not in target_cols]
-    if missing:
-        raise ExportError(f"table {name} has no column {', '.join(missing)} in this archive")
     loc = RAW_REFS.get(name)
     cols = list(t["columns"])
     exprs = [f"r.{_q(c)}" for c in cols]

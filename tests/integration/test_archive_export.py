@@ -173,6 +173,30 @@ def test_period_selection_and_newer_schema_refused(fresh_db, second_db, tmp_path
     s_ing = export_archive(src, tmp_path / "none.zip", by="ingested", since=future, progress=False)
     assert all(t.rows == 0 for t in s_ing.tables if t.selection == "period")
 
+    # a plugin's table the export does not know: whole without event_id (with a warning), else by period;
+    # catalogs only with --catalogs; an import target without the plugin's table refuses before writing
+    with src.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE plugin_notes (k text PRIMARY KEY, note text)"))
+        conn.execute(sa.text("INSERT INTO plugin_notes VALUES ('a', 'x'), ('b', 'y')"))
+        conn.execute(sa.text("CREATE TABLE plugin_marks (event_id text PRIMARY KEY, mark int)"))
+        conn.execute(sa.text("INSERT INTO plugin_marks SELECT id, 1 FROM events"))
+    plug = tmp_path / "plugin.zip"
+    sp = export_archive(src, plug, since=cut, catalogs=True, progress=False)
+    by_name = {t.name: t for t in sp.tables}
+    assert by_name["plugin_notes"].rows == 2 and by_name["plugin_notes"].selection.startswith("all")
+    assert by_name["plugin_marks"].rows == n_events and by_name["plugin_marks"].selection == "period"
+    assert by_name["catalogs"].selection == "all (--catalogs)" and "catalog_sources" in by_name
+    assert any("plugin_notes" in w for w in sp.warnings)
+    assert "catalogs" in json.loads(zipfile.ZipFile(part).read("manifest.json"))["excluded"]
+    dst = Archive(second_db, PostgresRawStore())
+    with pytest.raises(ExportError, match="table plugin_marks of plugin.zip is not in the archive"):
+        import_archive(dst, plug, progress=False)
+    with dst.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM raw_messages")).scalar_one() == 0
+    with dst.engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+
     # a file from a newer schema: refused, nothing written to the target
     newer = tmp_path / "newer.zip"
     with zipfile.ZipFile(part) as zin, zipfile.ZipFile(newer, "w") as zout:
@@ -183,7 +207,6 @@ def test_period_selection_and_newer_schema_refused(fresh_db, second_db, tmp_path
                 m["schema_revisions"] = sorted(m["schema_revisions"] + ["9001"])
                 data = json.dumps(m).encode()
             zout.writestr(info, data)
-    dst = Archive(second_db, PostgresRawStore())
     with pytest.raises(ExportError, match=r"schema revision 9001, newer than this mma-broker knows"):
         import_archive(dst, newer, progress=False)
     with dst.engine.connect() as conn:
