@@ -6,7 +6,8 @@ One module per upstream protocol, each registered as an alert decoder plugin
 
 * :mod:`broker.sources.igwn`    — IGWN ``igwn.gwalert`` JSON and Avro (LVK alerts)
 * :mod:`broker.sources.gcn`     — GCN Kafka JSON notices of the unified schema
-* :mod:`broker.sources.voevent` — GCN Classic VOEvent XML (LVC VOEvents handed to igwn)
+* :mod:`broker.sources.voevent` — VOEvent XML: GCN Classic notices, LVC VOEvents of every era
+  (handed to igwn), and other streams (Gaia, ASAS-SN: ``source="voevent"``)
 * :mod:`broker.sources.ztf`     — ZTF Avro alert packets, and ZTF alerts relayed by Fink and other brokers
 * :mod:`broker.sources.lsst`    — Rubin/LSST alerts (Confluent wire format, schemas by id)
 * :mod:`broker.sources.avro`    — Avro object-container header parsing shared by the above

@@ -592,8 +592,10 @@ def decode(obj: dict) -> Event:
     Raises
     ------
     DecodeError
-        When the notice has no T0 (``trigger_time`` or its schema's equivalent), no
-        mission, or an unparsable date-time; the message names the field.
+        When the notice has no T0 (none of ``trigger_time``, a parent trigger seen
+        before, ``observation_start``, ``alert_datetime``, its schema's own time field),
+        no mission (neither in the notice nor in its ``$schema`` path), or an unparsable
+        date-time; the message names the field.
     """
     path = schema_path(obj)
     where = f"GCN notice {_plain(str(path or obj.get('mission', '?')))}"

@@ -348,3 +348,13 @@ def test_ids_unique_across_all_samples():
     dupes = {i for i in ids if ids.count(i) > 1}
     assert dupes == {"igwn:ivo://gwnet/gcn_sender#MS181101ab-2-Initial"}
     assert len(ids) - 1 == len(set(ids)) == 34 + 115  # 35 VOEvents (one duplicate id), 115 JSON contents
+
+
+def test_non_gcn_voevent_groups_as_optical():
+    """A Gaia alert's event group is its own (``voevent:<alert name>``), of category optical."""
+    from broker.enrich.groups import category_of, group_key
+
+    [event] = voevent.decode((DATA / "voevent/voevent-parse/Gaia16aac.xml").read_bytes())
+    assert group_key(event) == "voevent:Gaia16aac" and category_of(event) == "optical"
+    [antares] = voevent.decode((DATA / "voevent/mwa_trigger/Antares_1438351269.xml").read_bytes())
+    assert group_key(antares) == "gcn:antares:1438351269" and category_of(antares) == "neutrino"
