@@ -115,6 +115,86 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
         print(f"conftest: topics under {prefix} not deleted: {exc}")
 
 
+def read_to_end(bootstrap: str, topic: str, timeout_s: float = 60.0, *, min_count: int = 0,
+                settle_s: float = 0.0, isolation: str = "read_committed") -> list:
+    """Every committed record of ``topic`` (``isolation.level=read_committed``, every
+    Kafka client's default, unless ``isolation`` says ``read_uncommitted``), read from
+    the beginning up to the end of each partition.
+
+    The partitions are assigned directly (no consumer group to join) and the reader
+    stops as soon as its position reaches each partition's end offset, taken when it
+    starts (re-taken while fewer than ``min_count`` records arrived, for a topic that
+    is still being written). For a ``read_committed`` reader Kafka answers the end
+    offset query with the last stable offset, so records of an open transaction are
+    neither read nor waited for, and aborted records or commit markers at the end of
+    a partition do not hold it up (checked on the dev broker). This replaces "read
+    until nothing new for 4 s": the stages writing the topic have finished (or are
+    idle) when a test reads it, so the end offsets are final; a record written later
+    would have been a race for the settle time as well.
+
+    Parameters
+    ----------
+    bootstrap : str
+    topic : str
+    timeout_s : float
+        Longest read, s.
+    min_count : int
+        Wait (up to ``timeout_s``) until at least this many records were read.
+    settle_s : float
+        Once at the end, go on reading this long for records written meanwhile, s.
+    isolation : {"read_committed", "read_uncommitted"}
+        ``isolation.level`` of the reader.
+
+    Returns
+    -------
+    list of confluent_kafka.Message
+        In partition order, then offset order.
+    """
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "isolation.level": isolation})
+    try:
+        deadline = time.monotonic() + timeout_s
+        meta = None
+        while meta is None:  # a topic a stage has not made yet: wait for it like a subscriber would
+            found = c.list_topics(topic, timeout=10).topics.get(topic)
+            if found is not None and found.error is None and found.partitions:
+                meta = found
+            elif time.monotonic() > deadline:
+                return []
+            else:
+                time.sleep(0.2)
+        parts = [TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)]
+
+        def end_offsets() -> dict[int, int]:
+            return {p.partition: c.get_watermark_offsets(p, timeout=10, cached=False)[1] for p in parts}
+
+        ends = end_offsets()
+        c.assign(parts)
+        msgs: list = []
+        while time.monotonic() < deadline:
+            m = c.poll(0.1)
+            if m is not None and not m.error():
+                msgs.append(m)
+                continue
+            pos = {tp.partition: tp.offset for tp in c.position(parts)}
+            if all(ends[p] <= 0 or pos.get(p, -1) >= ends[p] for p in ends):
+                if len(msgs) >= min_count:
+                    break
+                ends = end_offsets()
+        settled = min(time.monotonic() + settle_s, deadline)
+        while time.monotonic() < settled:
+            m = c.poll(0.1)
+            if m is not None and not m.error():
+                msgs.append(m)
+        return msgs
+    finally:
+        c.close()
+
+
 def run_cli(env: dict[str, str], *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m broker ARGS`` as a user would; return the completed process."""
     proc = subprocess.run([sys.executable, "-m", "broker", *args], env=env, capture_output=True, text=True,

@@ -40,7 +40,7 @@ def ingested(tmp_path_factory, kafka_bootstrap, pg_url):
     bad.write_text(GUANO.read_text()[:200])
     run_cli(env, "replay", str(GBM), str(IGWN), *map(str, ZTF))
     run_cli(env, "replay", "--topic", "gcn.notices.swift.bat.guano", str(bad))
-    run_cli(env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "3")
+    run_cli(env, "run", "--stage", "ingest", "--until-caught-up", "--idle", "1")
     return env, f"t{tag}."
 
 

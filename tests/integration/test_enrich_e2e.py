@@ -61,7 +61,7 @@ def grb_at(tmp_path: Path, t0: str) -> Path:
 
 def run(env: dict[str, str], *files: Path):
     run_cli(env, "replay", *map(str, files))
-    return run_cli(env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "3")
+    return run_cli(env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "1")
 
 
 def topic(env: dict[str, str], name: str) -> str:

@@ -182,7 +182,7 @@ def test_filter_topics_hold_exactly_what_each_filter_accepts_and_a_rerun_reprodu
     env = filters_env
     run_cli(env, "replay", *map(str, ZTF_FILES), str(GW), str(GW_RETRACTION))
     proc = run_cli(env, "run", "--stage", "ingest", "--stage", "enrich", "--stage", "filters", "--until-caught-up",
-                   "--idle", "2")
+                   "--idle", "1")
     n_events = len(ztf_ids()) + 2
     assert f"filters: {n_events} event(s)" in proc.stdout, proc.stdout[-3000:]
 

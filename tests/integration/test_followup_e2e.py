@@ -16,14 +16,13 @@ level in tests/unit/test_followup_service.py.
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from lxml import etree
 
 from followup.bundled import bundled_data_dir
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, read_to_end, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -46,27 +45,10 @@ def followup_env(broker_env) -> dict[str, str]:
     )
 
 
-def read_all(bootstrap: str, topic: str, settle_s: float = 4.0) -> list:
-    """Every message of ``topic`` (reads until nothing new arrives for ``settle_s``)."""
-    import time
-
-    from confluent_kafka import Consumer
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    assigned: list = []
-    c.subscribe([topic], on_assign=lambda _c, parts: assigned.extend(parts))
-    msgs, last, start = [], time.monotonic(), time.monotonic()
-    # the settle time counts from the group join, which alone can take seconds
-    while (not assigned or time.monotonic() - last < settle_s) and time.monotonic() - start < 60:
-        m = c.poll(0.3)
-        if not assigned:
-            last = time.monotonic()
-        if m is not None and not m.error():
-            msgs.append(m)
-            last = time.monotonic()
-    c.close()
-    return msgs
+def read_all(bootstrap: str, topic: str, settle_s: float = 0.0) -> list:
+    """Every committed message of ``topic``, up to the end of each partition, then
+    ``settle_s`` more for late records (:func:`tests.conftest.read_to_end`)."""
+    return read_to_end(bootstrap, topic, settle_s=settle_s)
 
 
 def _store(pg_url: str):
@@ -97,8 +79,8 @@ def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootst
     for _ in range(2):  # upstream sends the alert twice
         run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
         ingested.append(run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--stage", "filters", "--until-caught-up",
-                        "--idle", "3"))
-        run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
+                        "--idle", "1"))
+        run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "1")
     assert "1 message(s) → 1 event(s) published" in ingested[0].stdout
     assert "1 message(s) → 0 event(s) published" in ingested[1].stdout  # archived already: not published again
     assert "1 duplicate(s) of archived events not published again" in ingested[1].stdout
@@ -106,7 +88,7 @@ def test_replayed_grb_notice_gives_exactly_one_result(followup_env, kafka_bootst
 
     # the same request once more, by hand: the worker finds it done
     run_cli(followup_env, "followup", "run", event_id)
-    proc = run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
+    proc = run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "1")
     assert "1 duplicate(s) skipped" in proc.stdout
 
     requests = read_all(kafka_bootstrap, f"{prefix}mma.followup.requests")
@@ -142,8 +124,8 @@ def test_retraction_withdraws_the_followups(followup_env, kafka_bootstrap, pg_ur
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     run_cli(followup_env, "replay", *map(str, notices))
     run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--stage", "filters", "--until-caught-up",
-                        "--idle", "3")
-    run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
+                        "--idle", "1")
+    run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "1")
 
     docs = [json.loads(m.value()) for m in read_all(kafka_bootstrap, f"{prefix}mma.followup.results")]
     for d in docs:
@@ -175,7 +157,7 @@ def test_cli_run_publishes_and_runs_locally(followup_env, kafka_bootstrap):
     prefix = followup_env["MMA_BROKER_KAFKA__TOPIC_PREFIX"]
     run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP))
     # archived and enriched, not filtered: the only request is the one made by hand
-    run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "3")
+    run_cli(followup_env, "run", "--stage", "ingest", "--stage", "enrich", "--until-caught-up", "--idle", "1")
 
     proc = run_cli(followup_env, "followup", "run", event_id, "--analysis", "spiacs")
     requests = read_all(kafka_bootstrap, f"{prefix}mma.followup.requests")
@@ -220,7 +202,7 @@ def test_adhoc_request_show_and_plot_from_the_archive(followup_env, kafka_bootst
     m = read_all(kafka_bootstrap, f"{prefix}mma.followup.requests")[0]
     assert {"_id", "_format", "_sender"} <= {k for k, _ in m.headers()}  # hop-client's headers
 
-    run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "3")
+    run_cli(followup_env, "followup", "worker", "--until-caught-up", "--idle", "1")
     docs = {json.loads(m.value())["request_id"]: json.loads(m.value())
             for m in read_all(kafka_bootstrap, f"{prefix}mma.followup.results")}
     for d in docs.values():

@@ -19,44 +19,29 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, read_to_end, run_cli
 from tests.integration.test_followup_e2e import followup_env  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
 
-def read_committed(bootstrap: str, topic: str, header: str, settle_s: float = 4.0) -> Counter:
-    """How many times each value of ``header`` is on ``topic`` (read_committed)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    assigned: list = []
-    c.subscribe([topic], on_assign=lambda _c, parts: assigned.extend(parts))
-    seen: Counter = Counter()
-    last = start = time.monotonic()
-    try:
-        while (not assigned or time.monotonic() - last < settle_s) and time.monotonic() - start < 90:
-            m = c.poll(0.3)
-            if not assigned:
-                last = time.monotonic()
-            if m is not None and not m.error():
-                seen[dict(m.headers())[header].decode()] += 1
-                last = time.monotonic()
-    finally:
-        c.close()
-    return seen
+def read_committed(bootstrap: str, topic: str, header: str) -> Counter:
+    """How many times each value of ``header`` is on ``topic`` (read_committed, to the end)."""
+    return Counter(dict(m.headers())[header].decode() for m in read_to_end(bootstrap, topic, timeout_s=90))
 
 
 def test_kill_9_during_follow_up_leaves_each_request_and_result_once(followup_env, kafka_bootstrap,  # noqa: F811
                                                                      fresh_db, tmp_path):
+    # a consumer killed with SIGKILL stays in its group until its session times out:
+    # 6 s (the broker's minimum) instead of librdkafka's 45 s, or each restart below
+    # waits ~45 s for the killed run's members before it gets a partition
     env = dict(followup_env, MMA_BROKER_ARCHIVE__DATABASE_URL=fresh_db, MMA_BROKER_METRICS__ENABLED="false",
-               MMA_BROKER_FOLLOWUP__BATCH_SIZE="3")
+               MMA_BROKER_FOLLOWUP__BATCH_SIZE="3",
+               MMA_BROKER_KAFKA__CONFIG=json.dumps({"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}))
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     run_cli(env, "replay", "--demo")
@@ -70,7 +55,7 @@ def test_kill_9_during_follow_up_leaves_each_request_and_result_once(followup_en
         assert proc.poll() is None, log.read_text()[-3000:]
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
-    done = run_cli(env, "run", "--until-caught-up", "--idle", "3", timeout=600)
+    done = run_cli(env, "run", "--until-caught-up", "--idle", "1", timeout=600)
     assert "follow-up:" in done.stdout, done.stdout[-2000:]
 
     events = read_committed(kafka_bootstrap, f"{prefix}mma.events", "mma.event.id")

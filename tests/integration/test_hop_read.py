@@ -36,7 +36,7 @@ def ran(followup_env, kafka_bootstrap, fresh_db):  # noqa: F811 - the imported f
     # sending the four notices
     replayed = run_cli(followup_env, "replay", str(INTEGRAL_WAKEUP), str(GUANO), check=False)
     assert "replayed 5 file(s)" in replayed.stderr, replayed.stderr
-    run_cli(followup_env, "run", "--until-caught-up", "--idle", "2", timeout=300)
+    run_cli(followup_env, "run", "--until-caught-up", "--idle", "1", timeout=300)
     return followup_env
 
 

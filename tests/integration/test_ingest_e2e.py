@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import uuid
 from pathlib import Path
 
 import fastavro
 import pytest
 from lxml import etree
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, read_to_end, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -58,27 +57,10 @@ def alert_keys(path: Path) -> set:
 
 
 def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 60) -> list:
-    import time
-
-    from confluent_kafka import Consumer
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
-    msgs = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and len(msgs) < expect:
-        m = c.poll(0.5)
-        if m is not None and not m.error():
-            msgs.append(m)
-    # drain a little more to catch unexpected extra messages
-    end = time.monotonic() + 2
-    while time.monotonic() < end:
-        m = c.poll(0.2)
-        if m is not None and not m.error():
-            msgs.append(m)
-    c.close()
-    return msgs
+    """Every committed record of ``topic`` once at least ``expect`` arrived (up to
+    ``timeout_s``), read to the end of each partition: extra records (duplicates) are
+    read too (:func:`tests.conftest.read_to_end`)."""
+    return read_to_end(bootstrap, topic, timeout_s, min_count=expect)
 
 
 @pytest.fixture()
@@ -124,7 +106,7 @@ def test_replay_run_archive_dlq(broker_env, kafka_bootstrap, fresh_db, malformed
     run_cli(broker_env, "replay", str(ROOT / "tests/data/ztf/kowalski/20231012/2475433850015010009.avro"),
             str(ROOT / "tests/data/voevent/fink-mm/fermi/voevent_number=193.xml"))
 
-    proc = run_cli(broker_env, "run", "--until-caught-up", "--idle", "4")
+    proc = run_cli(broker_env, "run", "--until-caught-up", "--idle", "1")
     assert "dead letter" in proc.stdout
 
     from broker.archive import Archive
@@ -162,7 +144,7 @@ def test_replay_run_archive_dlq(broker_env, kafka_bootstrap, fresh_db, malformed
 
     # ---- a second replay + run changes nothing in the archive
     run_cli(broker_env, "replay", *map(str, files[:10]))
-    run_cli(broker_env, "run", "--until-caught-up", "--idle", "3")
+    run_cli(broker_env, "run", "--until-caught-up", "--idle", "1")
     assert archive.total() == len(ids)
 
 

@@ -165,7 +165,7 @@ def test_hostile_messages_never_stop_the_broker(broker_env, kafka_bootstrap, fre
     items += good
     _produce(kafka_bootstrap, prefix, items)
 
-    proc = run_cli(broker_env, "run", "--until-caught-up", "--idle", "4", timeout=600)
+    proc = run_cli(broker_env, "run", "--until-caught-up", "--idle", "1", timeout=600)
     assert proc.returncode == 0
 
     expected_good = {ev.id for _, v in good for ev in decode(v)}

@@ -27,18 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import fastavro
 import psycopg
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupState, Producer
+from confluent_kafka import ConsumerGroupState, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks.bench_e2e import CANDID_STRIDE, load_bases, make_copy
-from tests.conftest import DATA, ROOT, run_cli
+from tests.conftest import DATA, ROOT, read_to_end, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -199,27 +198,9 @@ def assert_exactly_once(url: str, env: dict[str, str], expected: dict[str, bytes
     codec = EventCodec()
     from collections import Counter
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_committed"})
-    c.subscribe([f"{prefix}mma.events"])
-    seen: Counter = Counter()
-    deadline = time.monotonic() + 60
-    idle_since = None
-    try:
-        # read to the end: past the last expected id, until 3 s bring nothing more
-        while time.monotonic() < deadline:
-            batch = [m for m in c.consume(1000, 0.5) if m.error() is None]
-            for m in batch:
-                seen[codec.decode(m.value())[0].id] += 1
-            if batch or not set(expected) <= set(seen):
-                idle_since = None
-            elif idle_since is None:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > 3:
-                break
-    finally:
-        c.close()
+    # read to the end (read_committed); the workers have exited, so the end is final
+    seen: Counter = Counter(codec.decode(m.value())[0].id
+                            for m in read_to_end(bootstrap, f"{prefix}mma.events", min_count=len(expected)))
     unpublished = set(expected) - set(seen)
     assert not unpublished, f"{len(unpublished)} archived event(s) never on mma.events, e.g. {sorted(unpublished)[:3]}"
     twice = {k: n for k, n in seen.items() if n > 1}

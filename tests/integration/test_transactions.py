@@ -25,7 +25,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.conftest import DATA
+from tests.conftest import DATA, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -51,20 +51,9 @@ class CrashOn:
 
 
 def _read(bootstrap: str, topic: str, isolation: str) -> Counter:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "isolation.level": isolation})
-    c.subscribe([topic])
-    seen: Counter = Counter()
-    idle = 0
-    try:
-        while idle < 12:
-            batch = [m for m in c.consume(500, 0.5) if m.error() is None]
-            idle = 0 if batch else idle + 1
-            for m in batch:
-                seen[dict(m.headers())["mma.event.id"].decode()] += 1
-    finally:
-        c.close()
-    return seen
+    """Event id → how many times a reader with ``isolation`` sees it on ``topic``."""
+    return Counter(dict(m.headers())["mma.event.id"].decode()
+                   for m in read_to_end(bootstrap, topic, isolation=isolation))
 
 
 def _worker(bootstrap: str, archive, topics: dict, group: str, txn_id: str, transactional: bool, crash: str | None):
