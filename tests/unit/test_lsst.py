@@ -344,3 +344,20 @@ def test_cut_wire_message_is_a_decode_error_naming_the_record():
     for cut in (len(wire) // 3, len(wire) // 2):
         with pytest.raises(DecodeError, match="corrupt LSST alert: record 0 of Avro block 0 does not decode"):
             decode(wire[:cut])
+
+
+def test_the_rubin_preset_block_is_configuration_that_loads(tmp_path):
+    """The commented Rubin upstream of deploy/presets/production.toml, uncommented, is a
+    valid configuration: a kafka upstream on lsst-alerts-v10.0 and an [lsst] registry."""
+    from broker.config import load_settings
+
+    text = (Path(__file__).resolve().parents[2] / "deploy" / "presets" / "production.toml").read_text()
+    start = text.index("# Rubin/LSST alerts as a community broker receives them")
+    block = text[start:text.index("\n\n", text.index("# [lsst]", start))]
+    toml = "\n".join(line[2:] for line in block.splitlines() if line.startswith("# ") and "=" in line or
+                     line.startswith("# [")) + "\n"
+    (tmp_path / "rubin.toml").write_text(toml)
+    s = load_settings(tmp_path / "rubin.toml")
+    (up,) = s.upstreams
+    assert up.kind == "kafka" and up.topics == ["lsst-alerts-v10.0"] and up.config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert s.lsst.schema_registry_url.startswith("https://")
