@@ -58,7 +58,7 @@ import confluent_kafka
 
 from broker.errors import DecodeError
 from broker.kafka import Outgoing
-from broker.pipeline.runner import NOTICE_PATH_FILL_S, BaseStage, Handled, StageRunner, with_hop_headers
+from broker.pipeline.runner import IDLE_INPUT_FILL_S, BaseStage, Handled, StageRunner, with_hop_headers
 from broker.serde import Provenance
 from followup.messages import (
     CONTENT_TYPE, RESULT_SCHEMA, USER_SOURCE, FollowupRequest, result_message, utc_now,
@@ -438,7 +438,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
                          archive=archive, sources=build_sources(s), cache=build_cache(s, archive.engine),
                          results_topic=results, dlq_topic=dlq, provenance=provenance(s, name), stats=stats,
                          handler_threads=f.workers, localizations=LocalizationStore(archive.engine),
-                         batch_size=f.batch_size, poll_timeout_s=f.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S,
+                         batch_size=f.batch_size, poll_timeout_s=f.poll_timeout_s, fill_s=IDLE_INPUT_FILL_S,
                          limits=s.limits,
                          store_raw=archive.store_raw, transactional=s.kafka.transactions,
                          producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,

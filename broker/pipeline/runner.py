@@ -85,10 +85,16 @@ from broker.text import one_line
 log = logging.getLogger(__name__)
 
 NOTICE_PATH_FILL_S = 0.02
-"""``fill_s`` of the stages a GCN notice passes on its way to a HERMES message (enrich,
-filters, the follow-up worker, reports): at most 20 ms of batch wait per hop when the
-input was idle (issue 11's target is p50 ≤ 100 ms notice in → HERMES out; measured with
+"""``fill_s`` of the stages a GCN notice passes on its way to a HERMES message that also
+carry the ZTF stream (enrich, filters): at most 20 ms of batch wait per hop when the
+input was idle, and no batches of one alert at a time while ZTF alerts trickle in
+(issue 11's target is p50 ≤ 100 ms notice in → HERMES out; measured with
 ``benchmarks/bench_latency.py``, docs/publishing-latency.md)."""
+
+IDLE_INPUT_FILL_S = 0.0
+"""``fill_s`` of the stages whose inputs are idle most of the time (the follow-up
+worker: requests; reports: results, coincidences, optical candidates): a message is
+handled as soon as it arrives, with whatever arrived with it."""
 
 HOP_SENDER = b"mma-broker"
 """``_sender`` header of every record we produce (hop-client puts the user name there)."""
@@ -236,7 +242,9 @@ class StageRunner:
         lone message then waits at most ``fill_s`` instead of up to ``poll_timeout_s``
         (librdkafka's ``consume()`` returns only with ``batch_size`` messages or at its
         timeout); with a backlog the batch is full at once, as before. None (the
-        default): one window of ``poll_timeout_s``.
+        default): one window of ``poll_timeout_s``. 0: no window at all: ``poll()``
+        waits for the first message and the batch is it plus whatever had already
+        arrived (``consume(timeout=0)``).
     limits : DecodeLimits
         ``max_dlq_bytes`` bounds the dead letters.
     store_raw : callable, optional
@@ -580,6 +588,29 @@ class StageRunner:
         self._call("init_transactions", lambda: self.producer.init_transactions(self.txn_timeout_s))
         self._txn_ready = True
 
+    def _init_transactions_early(self) -> None:
+        """``init_transactions`` before the first poll, not at the first batch.
+
+        A predecessor with this transactional id that died inside a transaction
+        holding this group's offsets (``send_offsets_to_transaction`` done, no commit)
+        leaves them pending; until that transaction ends, the coordinator answers the
+        consumer's committed-offset fetch with UNSTABLE_OFFSET_COMMIT (KIP-447), so no
+        batch arrives and a lazy ``init_transactions`` would wait for the
+        ``transaction.timeout.ms`` (60 s) to abort it. Called here, it fences the dead
+        producer and aborts its transaction at once. A non-retriable error is left
+        to the first batch's transaction, which replaces a fatally failed producer.
+
+        Raises
+        ------
+        StageStopped
+            When ``stop`` is set while Kafka is away.
+        """
+        try:
+            self._init_transactions()
+        except confluent_kafka.KafkaException as exc:
+            log.warning("%s: init_transactions at start failed (%s); trying again with the first batch",
+                        self.name, exc.args[0].str())
+
     def _new_producer(self, why: str) -> None:
         if self.producer_factory is None:
             raise BrokerError(f"{self.name}: producer failed fatally ({why}) and there is no factory to replace it")
@@ -738,6 +769,8 @@ class StageRunner:
         last = time.monotonic()
         carry: list[Any] = []
         try:
+            if self.transactional:
+                self._init_transactions_early()
             while not stop.is_set():
                 if carry:
                     msgs = carry + self.consumer.consume(num_messages=max(1, self.batch_size - len(carry)), timeout=0)
@@ -777,6 +810,12 @@ class StageRunner:
         within ``poll_timeout_s`` (empty when nothing arrived or ``stop`` is set)."""
         if self.fill_s >= self.poll_timeout_s:
             return self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout_s)
+        if self.fill_s <= 0:
+            first = self.consumer.poll(self.poll_timeout_s)
+            if first is None:
+                return []
+            more = self.consumer.consume(num_messages=self.batch_size - 1, timeout=0) if self.batch_size > 1 else []
+            return [first, *more]
         deadline = time.monotonic() + self.poll_timeout_s
         while True:
             msgs = self.consumer.consume(num_messages=self.batch_size, timeout=self.fill_s)

@@ -407,7 +407,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
 
     from broker.app import open_archive
     from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
-    from broker.pipeline.runner import NOTICE_PATH_FILL_S, StageRunner
+    from broker.pipeline.runner import IDLE_INPUT_FILL_S, StageRunner
     from broker.sinks.outbox import Outbox
     from broker.stages import StageSpec
 
@@ -440,7 +440,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
 
         admin = AdminClient(client_config(s))
     runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, limits=s.limits,
-                         fill_s=NOTICE_PATH_FILL_S,
+                         fill_s=IDLE_INPUT_FILL_S,
                          store_raw=archive.store_raw, transactional=s.kafka.transactions,
                          producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
                          subscription=list(topics), metrics=app.metrics.stage(name))

@@ -29,6 +29,18 @@ class BlockingConsumer:
             self.queue.append(msg)
             self.cond.notify_all()
 
+    def poll(self, timeout: float = -1) -> str | None:
+        """One message as soon as there is one (librdkafka's poll)."""
+        self.calls.append(("poll", timeout))
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.queue:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            return self.queue.pop(0)
+
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[str]:
         self.calls.append(timeout)
         deadline = time.monotonic() + timeout
@@ -72,13 +84,22 @@ def test_without_fill_s_the_batch_waits_the_whole_poll_timeout():
     assert consumer.calls == [2.0]
 
 
-def test_a_backlog_still_gives_full_batches():
+def test_fill_s_zero_hands_a_lone_message_over_on_arrival():
+    got, took, consumer = _time_lone_message(0.0)
+    assert got == ["notice"]
+    assert took < 1.0
+    assert consumer.calls == [("poll", 2.0), 0]  # then only what had arrived with it
+
+
+@pytest.mark.parametrize("fill_s", [0.02, 0.0])
+def test_a_backlog_still_gives_full_batches(fill_s):
     consumer = BlockingConsumer()
     for i in range(1200):
         consumer.put(f"m{i}")
-    runner = _runner(consumer, 0.02)
-    sizes = [len(runner._consume(threading.Event())) for _ in range(3)]
-    assert sizes == [500, 500, 200]
+    runner = _runner(consumer, fill_s)
+    batches = [runner._consume(threading.Event()) for _ in range(3)]
+    assert [len(b) for b in batches] == [500, 500, 200]
+    assert [m for b in batches for m in b] == [f"m{i}" for i in range(1200)]  # in order, none lost
 
 
 def test_idle_input_returns_empty_after_the_poll_timeout_and_stop_ends_the_wait():
@@ -94,6 +115,6 @@ def test_idle_input_returns_empty_after_the_poll_timeout_and_stop_ends_the_wait(
     assert runner._consume(stop) == [] and len(consumer.calls) == 1
 
 
-@pytest.mark.parametrize("fill_s, expected", [(None, 2.0), (0.02, 0.02), (5.0, 2.0)])
+@pytest.mark.parametrize("fill_s, expected", [(None, 2.0), (0.02, 0.02), (0.0, 0.0), (5.0, 2.0)])
 def test_fill_s_is_bounded_by_the_poll_timeout(fill_s, expected):
     assert _runner(BlockingConsumer(), fill_s).fill_s == expected
