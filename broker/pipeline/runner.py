@@ -588,6 +588,29 @@ class StageRunner:
         self._call("init_transactions", lambda: self.producer.init_transactions(self.txn_timeout_s))
         self._txn_ready = True
 
+    def _init_transactions_early(self) -> None:
+        """``init_transactions`` before the first poll, not at the first batch.
+
+        A predecessor with this transactional id that died inside a transaction
+        holding this group's offsets (``send_offsets_to_transaction`` done, no commit)
+        leaves them pending; until that transaction ends, the coordinator answers the
+        consumer's committed-offset fetch with UNSTABLE_OFFSET_COMMIT (KIP-447), so no
+        batch arrives and a lazy ``init_transactions`` would wait for the
+        ``transaction.timeout.ms`` (60 s) to abort it. Called here, it fences the dead
+        producer and aborts its transaction at once. A non-retriable error is left
+        to the first batch's transaction, which replaces a fatally failed producer.
+
+        Raises
+        ------
+        StageStopped
+            When ``stop`` is set while Kafka is away.
+        """
+        try:
+            self._init_transactions()
+        except confluent_kafka.KafkaException as exc:
+            log.warning("%s: init_transactions at start failed (%s); trying again with the first batch",
+                        self.name, exc.args[0].str())
+
     def _new_producer(self, why: str) -> None:
         if self.producer_factory is None:
             raise BrokerError(f"{self.name}: producer failed fatally ({why}) and there is no factory to replace it")
@@ -746,6 +769,8 @@ class StageRunner:
         last = time.monotonic()
         carry: list[Any] = []
         try:
+            if self.transactional:
+                self._init_transactions_early()
             while not stop.is_set():
                 if carry:
                     msgs = carry + self.consumer.consume(num_messages=max(1, self.batch_size - len(carry)), timeout=0)
