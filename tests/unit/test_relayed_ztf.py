@@ -131,3 +131,31 @@ def test_history_of_relayed_alerts(path):
         assert cols.candid == rec["candid"]
         prv = rec["prv_candidates"] or []
         assert list(cols.prv_candidates["jd"]) == [p["jd"] for p in prv]
+
+
+def test_ztf_decent_decides_a_relayed_alert_as_the_original():
+    """ztf-decent (AMPEL's DecentFilter) on each relayed alert and on its ZTF fields
+    written back in ZTF's own schema (that of a bundled ZTF packet: 3.3 for Fink's 3.3
+    alerts, 4.01 for its 4.02 ones), by default and with a permissive configuration:
+    the same decision and reason, and the reasons are not all one."""
+    from filters.api import FilterInput
+    from filters.builtin.ztf_decent import ZtfDecent
+
+    filters = (ZtfDecent(), ZtfDecent.from_params({"min_ndet": 1, "max_tspan": 1e5, "min_gal_lat": -1.0}))
+    decisions = []
+    for path in FILES:
+        _, recs = _read(path)
+        own = ZTF_33 if recs[0]["schemavsn"] == "3.3" else DATA / "ztf" / "kowalski" / "20231012" / "2475433850015010009.avro"
+        schema, _ = _read(own)
+        data = path.read_bytes()
+        for ev, rec in zip(decode(data), recs):
+            out = io.BytesIO()
+            fastavro.writer(out, schema, [{f["name"]: rec.get(f["name"]) for f in schema["fields"]}])
+            (direct,) = decode(out.getvalue())
+            for flt in filters:
+                a = flt.apply(FilterInput(ev, raw=data))
+                b = flt.apply(FilterInput(direct, raw=out.getvalue()))
+                assert (a.accepted, a.reason) == (b.accepted, b.reason), path.name
+                decisions.append(a.reason)
+    assert len(decisions) == 12
+    assert {"tspan_out_of_range", "ps1_star", "negative_subtraction", "decent"} <= set(decisions)
