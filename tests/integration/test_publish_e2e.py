@@ -220,6 +220,7 @@ def test_published_approved_retracted_each_exactly_once(env, smtp, kafka_bootstr
     hop_ids = {h["mma_outbox_key"].decode(): uuid.UUID(bytes=h["_id"]) for _, h in hermes}
     assert {f"hermes:followup:{r}" for r in (rid, late_rid, guano_rid)} <= set(by_key)
     assert len(by_key) > 3 and len(notices) > 3  # the quickstart's other triggers too
+    print(f"publish e2e, run 1: {len(by_key)} HERMES messages, {len(notices)} GCN notices checked")
     msg = by_key[f"hermes:followup:{rid}"]
     assert msg["data"]["event_id"] == "GRB 230307A" and msg["title"].startswith("GRB 230307A:")
     assert any(rid in r.get("citation", "") for r in msg["data"]["references"])

@@ -207,3 +207,16 @@ def test_one_tns_report_per_candidate_and_trigger_and_it_stands_after_a_retracti
     assert h.stats.standing == 1 and h.stats.retractions == 1
     assert "1 sent TNS report(s) standing (no retraction on TNS)" in h.stats.summary()
     assert "1 TNS report(s) not drafted" in h.stats.summary()
+
+
+def test_outbox_list_line_shows_that_a_sent_report_stands():
+    from broker.sinks.cli import _line
+
+    e = OutboxEntry(id=7, key="tns:optical:ztf:ZTF20aakyoez:1", channel="tns", payload={}, state="sent",
+                    receipt={"status": "accepted", "object_name": "2020abc"}, decided_by="gcn:swift:1:retraction",
+                    decision="the source was retracted after this AT report was sent; TNS has no retraction: "
+                             "the report stands (object 2020abc)")
+    line = _line(e)
+    assert "[the source was retracted after this AT report was sent; TNS has no retraction" in line
+    assert "object_name=2020abc" in line
+    assert "[" not in _line(dataclasses.replace(e, decision=None, decided_by=None))
