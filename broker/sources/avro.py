@@ -474,12 +474,30 @@ class _ShapeWalker:
                     "so a few bytes could stand for any number of items"
                 )
             self.per_item[id(s)] = (s, v)
-            return 1, d + 1, 1, _denser(r, (v, m))
+            return 1, d + 1, 1, _denser(r, self._densest(s.get("items"), 0, (v, m)))
         if t == "map":
             m, d, v, r = self.walk(s.get("values"))
             self.per_item[id(s)] = (s, 1 + v)  # the key string and the value
-            return 1, d + 1, 1, _denser(r, (1 + v, 1 + m))
+            return 1, d + 1, 1, _denser(r, self._densest(s.get("values"), 1, (1 + v, 1 + m)))
         return self.walk(t)  # {"type": "long", "logicalType": ...} or {"type": "<name>"}
+
+
+    def _densest(self, item: Any, extra: int, whole: tuple[int, int]) -> tuple[int, int]:
+        """(values, bytes) of the densest way to encode one array item (``extra`` 0) or
+        map entry (``extra`` 1: its key, one value and at least one byte).
+
+        For a union item each branch is its own rate: a nullable record of 58 fields
+        (Spark's ``[record, null]`` items, Fink's ``prv_candidates``) is either a null in
+        1 byte or 58 values in at least 59 bytes, never 58 values in 1 byte as pairing
+        the union's most values with its fewest bytes (``whole``) would say.
+        """
+        if not isinstance(item, list):
+            return whole
+        best: tuple[int, int] | None = None
+        for branch in item:
+            m, _, v, _ = self.walk(branch)
+            best = _denser(best, (v + extra, 1 + m + extra))
+        return best or whole
 
 
 def shape_of(parsed: Any, named: dict[str, Any] | None = None) -> SchemaShape:
