@@ -21,7 +21,8 @@ Streams accepted
 * anything else, read generically (:func:`_decode_generic`) when it carries what an Event
   needs — the WhereWhen ``ISOTime`` (T0) and a ``Position2D`` or a sky map URL Param —
   else rejected with a reason naming what is missing: GCN streams without ``Packet_Type``
-  or of a packet type we do not describe (AMON/ANTARES, ``source="gcn"``), and VOEvents of
+  or of a packet number we do not describe (ANTARES, ``source="gcn"``; a ``Packet_Type``
+  that is not an integer is a corrupt notice and rejected), and VOEvents of
   other brokers (Gaia ``ivo://gaia.cam.uk``, ASAS-SN via ``ivo://voevent.4pisky.org``,
   ``source="voevent"``), mission from :data:`STREAMS` or the stream's name, every named
   Param kept under ``properties["params"]``, the time system (``AstroCoordSystem`` id:
@@ -354,12 +355,24 @@ def upstream_topic(data: bytes) -> str:
 
 
 def _packet_type(ivorn: str, p: dict) -> int | None:
-    """The GCN Classic packet type of a GCN or SVOM notice when it is one we describe, else None."""
+    """The GCN Classic packet type of a GCN or SVOM notice when it is one we describe, else
+    None (no ``Packet_Type``, or a number we have no description of: read generically).
+
+    Raises
+    ------
+    DecodeError
+        A ``Packet_Type`` Param whose value is not an integer.
+    """
     if ivorn.startswith(SVOM_PREFIX):
         return 0
     if not ivorn.startswith(GCN_PREFIX):
         return None
-    number = _integer(p.get("Packet_Type", (None, None))[0])
+    raw = p.get("Packet_Type", (None, None))[0]
+    if raw is None:
+        return None  # no packet type at all (ANTARES): read generically
+    number = _integer(raw)
+    if number is None:  # present but not a number: a corrupt notice, not a new kind
+        raise DecodeError(f"VOEvent {ivorn}: no integer Packet_Type param (got {raw!r})")
     return number if number in PACKET_TYPES else None
 
 
