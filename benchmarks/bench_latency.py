@@ -452,6 +452,10 @@ def report(res: dict, args: argparse.Namespace, console: Console) -> None:
         xs = [1e3 * (r[lab] - r[lab + "_created"]) for r in done if lab in r]
         row(f"    in it: CreateTime → received, {lab}", xs)
     console.print(table)
+    reached = {lab: sum(lab in r for r in res["per_notice"])
+               for lab in ("events", "enriched", "requests", "results", "outbox_put", "hermes")}
+    console.print(f"{res['label']}: notices that reached each step: "
+                  + ", ".join(f"{lab} {k}" for lab, k in reached.items()))
     lb, la = res["load_before"], res["load_after"]
     console.print(f"{res['label']}: notices every {args.interval_s:g} s over {res['span_s']:.0f} s; ZTF load "
                   f"generator {res['ztf_rate']:,.0f} alerts/s (asked {args.ztf_rate:,.0f}); ZTF Events per s seen on "
