@@ -98,7 +98,7 @@ CLASS_LABELS: dict[str, str] = {
     "GRB": "grb",
     "GENERIC_SGR": "sgr_burst", "SGR": "sgr_burst", "SGR_1806_20": "sgr_burst",
     "KNOWN_SOURCE": "known_source", "CYG_X1": "known_source", "GROJ_0422_32": "known_source",
-    "X_RAY_STAR": "known_source",
+    "X_RAY_STAR": "known_source", "KNOWN": "known_source",
     "SOLAR_FLARE": "solar_flare", "SF": "solar_flare",
     "TGF": "tgf",
     "LOCAL_PARTICLES": "not_astrophysical", "DISTANT_PARTICLES": "not_astrophysical",
@@ -146,6 +146,17 @@ SCHEMA_CATEGORIES: dict[str, str] = {
     "classic/snews": "supernova_neutrinos",
     "classic/counterpart": "counterpart",
     "classic/moa": "microlensing",
+    "icecube/GoldAndBronze": "neutrino_track",  # gcn-schema v1.x path of the Gold/Bronze track alerts
+}
+
+#: VOEvent stream (``properties["stream"]``, the IVORN before '#') → category, for streams whose
+#: every event is of one kind and that carry no Packet_Type: ANTARES real-time alerts through
+#: GCN (upgoing muon-neutrino track candidates; Ageron et al. 2012, Astropart. Phys. 35, 530),
+#: Gaia Science Alerts (Hodgkin et al. 2021, A&A 652, A76) and ASAS-SN transients (4PiSky relay).
+STREAM_CATEGORIES: dict[str, str] = {
+    "ivo://nasa.gsfc.gcn/Antares_Alert": "neutrino_track",
+    "ivo://gaia.cam.uk/alerts": "optical_transient",
+    "ivo://voevent.4pisky.org/ASASSN": "optical_transient",
 }
 
 #: GCN ``alert_topology`` (IceCube, KM3NeT, core neutrino schema) → category.
@@ -180,6 +191,23 @@ def _classification(props: Mapping[str, Any]) -> tuple[str, str] | None:
     best = max(scores, key=lambda s: s[0])[1]  # first of equal maxima: dict order
     category = CLASS_LABELS.get(_label(best))
     return (category, best) if category else None
+
+
+def _bat_source_name(props: Mapping[str, Any]) -> bool:
+    """Whether a Swift BAT ``classification``'s most probable label names a catalog source.
+
+    Swift BAT notices (gcn-schema PR 306) score ``known``/``unknown`` or, for an on-board
+    catalog match, the source's name (``{"EXO_0748-676": 1.0, "unknown": 0.0}``).
+    """
+    cls = props.get("classification")
+    if not isinstance(cls, dict):
+        return False
+    scores = [(v, k) for k, v in cls.items()
+              if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not scores:
+        return False
+    score, label = max(scores, key=lambda s: s[0])
+    return score > 0 and _label(label) not in CLASS_LABELS and _label(label) != "UNKNOWN"
 
 
 def _schema_category(schema: str) -> str | None:
@@ -240,6 +268,11 @@ R_MAXI_NOTICE = _rule("maxi_notice_type", "GCN Classic MAXI JSON notice_type Kno
 R_GRB_NAME = _rule("grb_event_name", "notice event_name is a GRB designation (GRB yymmddX) → grb")
 R_GRB_MONITOR = _rule("grb_monitor_presumed", "an unclassified trigger of a gamma-ray burst monitor "
                       "(GRB_MONITORS) → grb, presumed (no field states it)")
+R_SWIFT_BAT_SOURCE = _rule("swift_bat_source_name", "Swift BAT notice (gcn/notices/swift/bat, gcn-schema "
+                            "PR 306) whose most probable classification label is a catalog source name "
+                            "(e.g. EXO_0748-676), not 'unknown' nor a class label → known_source")
+R_STREAM = _rule("voevent_stream", "VOEvent stream of one kind of event (table STREAM_CATEGORIES): ANTARES "
+                 "alerts → neutrino_track; Gaia Science Alerts, ASAS-SN → optical_transient")
 R_FALLBACK = _rule("fallback", "no rule decided → unknown")
 
 
@@ -316,6 +349,8 @@ def categorize(event: Event) -> tuple[str, str]:
     found = _classification(props)
     if found is not None:
         return found[0], R_CLASSIFICATION
+    if mission.lower() == "swift" and (instrument or "").lower() == "bat" and _bat_source_name(props):
+        return "known_source", R_SWIFT_BAT_SOURCE
     most_likely = props.get("most_likely")
     if isinstance(most_likely, str) and (cat := CLASS_LABELS.get(_label(most_likely))):
         return cat, R_GBM_MOST_LIKELY
@@ -340,6 +375,9 @@ def categorize(event: Event) -> tuple[str, str]:
             return cat, R_AMON
         if schema.startswith("classic/maxi") and nt in ("known", "unknown"):
             return ("known_source" if nt == "known" else "x_ray_transient"), R_MAXI_NOTICE
+    stream = props.get("stream")
+    if isinstance(stream, str) and (cat := STREAM_CATEGORIES.get(stream.strip())):
+        return cat, R_STREAM
     # 4. a trigger of a GRB monitor that nothing above classified
     if _is_grb_monitor(mission, instrument) and _is_trigger(packet, event.alert_type):
         return "grb", R_GRB_MONITOR

@@ -108,16 +108,15 @@ EXPECTED: dict[str, tuple[str, str]] = {
     C + "lvc/alert.example.json": ("unknown", "fallback"),  # Classic LVC JSON as a GCN notice: no igwn group
     G + "boom/alert.example.json": ("unknown", "fallback"),  # BOOM optical target, classification_scores only
     # IceCube-230416A as gcn-schema v1.0.0 wrote it (no alert_topology; "Bronze" only in additional_info)
-    "gcn/gcn-schema-v1.0.0/gcn/notices/icecube/GoldAndBronze.update.example.json": ("unknown", "fallback"),
+    "gcn/gcn-schema-v1.0.0/gcn/notices/icecube/GoldAndBronze.update.example.json": ("neutrino_track", "gcn_schema"),
     # --- Swift BAT/XRT/UVOT notices of gcn-schema PR 306 (trigger 1253910 and others) ---
+    # on-board catalog match: classification {"EXO_0748-676": 1.0, "unknown": 0.0} (trigger 1236151)
+    S + "bat/position.rate_trigger.update.known_source.example.json": ("known_source", "swift_bat_source_name"),
     **{S + f"{n}.example.json": ("grb", "grb_monitor_presumed") for n in (
         "bat/lightcurve.rate_trigger.initial", "bat/lightcurve.rate_trigger.update",
         "bat/position.image_trigger.initial", "bat/position.image_trigger.update",
         "bat/position.image_trigger.update.false_trigger", "bat/position.rate_trigger.initial",
         "bat/position.rate_trigger.update", "bat/scaled_map.rate_trigger.initial",
-        # a gap of broker.category: classification {"EXO_0748-676": 1.0} names a known source
-        # (trigger 1236151), but a source name is no class label, so it is presumed a GRB
-        "bat/position.rate_trigger.update.known_source",
         *(f"uvot/{k}" for k in ("image.U.initial", "image.U.update", "image.blocked.initial", "image.blocked.update",
                                 "image.white.initial", "image.white.update", "position.initial",
                                 "source_list.U.initial", "source_list.U.update", "source_list.white.initial",
@@ -165,12 +164,12 @@ EXPECTED: dict[str, tuple[str, str]] = {
     V + "voevent-parse/MOA_Lensing_Event_2015-07-10T14-50-54.00.xml": ("microlensing", "gcn_packet_type"),
     V + "voevent-parse/SWIFT_bat_position_v2.0_example.xml": ("grb", "grb_identified"),
     V + "voevent-parse/SWIFT_xrt_position_v1.1_example.xml": ("grb", "grb_monitor_presumed"),
-    # ANTARES through GCN without Packet_Type (2019): no rule of broker.category reads them yet
-    V + "mwa_trigger/Antares_1438351269.xml": ("unknown", "fallback"),
-    V + "mwa_trigger/Antares_1439919723.xml": ("unknown", "fallback"),
-    # non-GCN VOEvent streams (source "voevent"): no rule of broker.category reads them yet
-    V + "voevent-parse/ASASSN_2016-09-25.47_2016fvf_PTSS-16nqb_PS16ejf.xml": ("unknown", "fallback"),
-    V + "voevent-parse/Gaia16aac.xml": ("unknown", "fallback"),
+    # ANTARES through GCN without Packet_Type (2019): track alerts by their stream
+    V + "mwa_trigger/Antares_1438351269.xml": ("neutrino_track", "voevent_stream"),
+    V + "mwa_trigger/Antares_1439919723.xml": ("neutrino_track", "voevent_stream"),
+    # non-GCN VOEvent streams (source "voevent")
+    V + "voevent-parse/ASASSN_2016-09-25.47_2016fvf_PTSS-16nqb_PS16ejf.xml": ("optical_transient", "voevent_stream"),
+    V + "voevent-parse/Gaia16aac.xml": ("optical_transient", "voevent_stream"),
     # LVC VOEvents of earlier eras: O2 GW170817 (LVC's and GCN's), the user guide's 2018/2019 samples
     **{V + f"lvc-eras/{n}": ("gw_cbc", "igwn_group") for n in (
         "gwcelery-O2/G298048-1-Initial.gcn.xml", "gwcelery-O2/G298048-1-Initial.xml",
