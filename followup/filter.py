@@ -12,6 +12,9 @@ replaces):
 * an ordinary revision is accepted when every non-empty list of the config (source,
   missions, instruments, alert types) holds the Event's value, case-insensitively, and
   the significance / GRB / test conditions hold;
+* a notice whose T0 is not an event time (``time_source`` ``observation_start`` or
+  ``alert_datetime``: a follow-up notice decoded without its trigger) is rejected
+  unless ``event_time_only`` is off;
 * a retraction matches on source and mission alone and is accepted with a
   ``withdraw`` request: it must withdraw whatever the earlier revisions started.
 
@@ -57,6 +60,12 @@ class FollowupRuleConfig(FilterConfig):
     grb_only: bool = False
     """Skip notices that say they are not a GRB (``not_a_grb``, GBM ``most_likely``,
     or a ``classification`` whose most probable class is not GRB)."""
+    event_time_only: bool = True
+    """Skip notices whose T0 is not an event time: a GCN follow-up notice (Swift XRT/UVOT
+    position, image, light curve...) decoded without its trigger has its own
+    ``observation_start`` or ``alert_datetime`` as T0 (``properties.time_source``,
+    :mod:`broker.sources.gcn`), minutes after the burst; an INTEGRAL search around it
+    would look at the wrong time. Its trigger's notice starts the follow-up."""
     exclude_tests: bool = True
     """Skip test notices (``role = "test"``) and LVK mock superevents (ids ``M...``)."""
     analyses: tuple[Literal["spiacs", "isgri"], ...] = ("spiacs", "isgri")
@@ -94,7 +103,8 @@ def _code(why_not: str) -> str:
     for prefix, code in (("source", "source_mismatch"), ("mission", "mission_mismatch"),
                          ("instrument", "instrument_mismatch"), ("alert type", "alert_type_mismatch"),
                          ("test or mock", "test_alert"), ("not significant", "not_significant"),
-                         ("far_hz", "far_above_threshold"), ("the notice says", "not_a_grb")):
+                         ("far_hz", "far_above_threshold"), ("the notice says", "not_a_grb"),
+                         ("T0 is", "t0_not_event_time")):
         if why_not.startswith(prefix):
             return code
     return "no_match"

@@ -84,6 +84,11 @@ def is_significant(properties: dict[str, Any], max_far_hz: float | None) -> bool
     return max_far_hz is not None and isinstance(far, (int, float)) and far <= max_far_hz
 
 
+NOT_EVENT_TIMES = frozenset({"observation_start", "alert_datetime"})
+"""``properties.time_source`` values (:data:`broker.sources.gcn.TIME_FIELDS`) that are a
+notice's observation or issue time, not the time of the event it reports."""
+
+
 def match_rule(event: Event, rule: Any) -> str | None:
     """Why ``event`` does not match ``rule`` (one line), or None when it matches.
 
@@ -105,6 +110,10 @@ def match_rule(event: Event, rule: Any) -> str | None:
     if rule.exclude_tests and is_test_alert(event):
         return "test or mock alert"
     props = event.properties
+    time_source = props.get("time_source")
+    if getattr(rule, "event_time_only", False) and time_source in NOT_EVENT_TIMES:
+        return (f"T0 is the notice's {time_source}, not an event time (a follow-up notice "
+                "decoded without its trigger)")
     if rule.significant_only and not is_significant(props, rule.max_far_hz):
         return f"not significant (significant={props.get('significant')}, far_hz={props.get('far_hz')})"
     if not rule.significant_only and rule.max_far_hz is not None:

@@ -227,3 +227,31 @@ def test_other_reasons_for_a_new_analysis():
     assert _reason(shifted, same) == "T0 changed by 2 s"
     within = final.model_copy(update={"time": "2024-08-24T02:14:41.230Z"})  # 0.8 s < T0_TOLERANCE_S
     assert T0_TOLERANCE_S == 1.0 and _reason(within, same) is None
+
+
+def test_a_follow_up_notice_starts_no_analysis_at_its_own_observation_time():
+    """A Swift UVOT notice of BAT trigger 1253910 (gcn-schema PR 306): decoded alone its
+    T0 is its observation_start, minutes after the burst, and an INTEGRAL search there
+    would look at the wrong time; decoded after the BAT notice it has the trigger time."""
+    from broker.sources.gcn import forget_triggers
+
+    swift = "gcn/gcn-schema-pr306-swift/gcn/notices/swift/"
+    uvot = json.loads((DATA / swift / "uvot/image.white.initial.example.json").read_text())
+    bat = json.loads((DATA / swift / "bat/position.rate_trigger.initial.example.json").read_text())
+    assert uvot["id"] == bat["id"] == "1253910" and "trigger_time" not in uvot
+    rule = FollowupRule.from_params(dict(missions=["Swift"], analyses=["spiacs"]))
+    forget_triggers()
+    try:
+        alone = event_of(swift + "uvot/image.white.initial.example.json")
+        assert alone.properties["time_source"] == "observation_start"
+        result = rule.apply(FilterInput(alone))
+        assert (result.accepted, result.reason) == (False, "t0_not_event_time")
+        assert FollowupRule.from_params(dict(missions=["Swift"], event_time_only=False)).apply(
+            FilterInput(alone)).accepted
+        event_of(swift + "bat/position.rate_trigger.initial.example.json")
+        joined = event_of(swift + "uvot/image.white.initial.example.json")
+        assert joined.properties["time_source"] == "parent_trigger"
+        assert joined.time.replace("+00:00", "Z").startswith(bat["trigger_time"][:19])
+        assert rule.apply(FilterInput(joined)).accepted
+    finally:
+        forget_triggers()
