@@ -65,6 +65,8 @@ class SettingsError(BrokerError):
 
 
 _SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|database_url|sasl|api_key", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"password|secret|token|credential", re.IGNORECASE)
+"""librdkafka keys whose values are secrets (``sasl.password``, ``ssl.key.password``, ...)."""
 _URL_CREDENTIALS = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^\s/:@]*:)(?!<password>@)[^\s@]*@")
 _SECRET_ASSIGNMENT = re.compile(
     r"(?P<head>(?:secret|password|passwd|token|api_key)[\w.-]*['\"]?\s*[:=]\s*['\"]?)[^\s,'\"}\]]+", re.IGNORECASE)
@@ -102,6 +104,16 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def __repr_args__(self) -> Any:
+        # librdkafka tables (``[kafka] config``, an upstream's ``config``) are plain dicts
+        # that may hold ``sasl.password``: a repr (a log line, a traceback's locals) shows
+        # their secret-named values as '**********', like a SecretStr.
+        for name, value in super().__repr_args__():
+            if isinstance(value, dict) and any(isinstance(k, str) and _SECRET_KEY.search(k) for k in value):
+                value = {k: "**********" if isinstance(k, str) and _SECRET_KEY.search(k) else v
+                         for k, v in value.items()}
+            yield name, value
+
 
 class KafkaSettings(Section):
     """The Kafka cluster that carries our own topics (and, locally, the replayed upstream ones)."""
@@ -122,6 +134,11 @@ class KafkaSettings(Section):
     instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,200}$")
     """Names this process in transactional ids (default: the host name). Give each
     process on one host its own when several run the same stage there."""
+    replication_factor: int = Field(1, ge=1, le=32)
+    """Replicas of each topic a stage creates (``ensure_topics``; an existing topic keeps
+    its own). 1 for the one-node local Kafka; 3 on a three-broker cluster
+    (``deploy/kafka/cluster.sh``, Strimzi), where the cluster's ``min.insync.replicas``
+    (2) with the producers' ``acks=all`` lets one broker go without losing a write."""
     retention_ms: dict[str, int] = Field(default_factory=dict)
     """Kafka ``retention.ms`` per topic of ours, by name without the prefix
     (``{"mma.events" = 2592000000}``: 30 days; -1: forever). Applied by every stage when

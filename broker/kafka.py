@@ -178,6 +178,9 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4,
     admin : confluent_kafka.admin.AdminClient, optional
         Default: a new one on ``settings``' cluster (tests pass a fake).
 
+    Replicas: a topic created here has ``[kafka] replication_factor`` replicas (1 by
+    default; 3 on a three-broker cluster, whose ``min.insync.replicas`` then applies).
+
     Retention: a topic named in ``[kafka] retention_ms`` is created with that
     ``retention.ms``, and an existing one gets it when its value differs
     (:func:`apply_retention`).
@@ -195,7 +198,7 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int = 4,
     except confluent_kafka.KafkaException as exc:
         raise BrokerError(f"Kafka at {settings.kafka.bootstrap_servers} did not answer: {exc}") from None
     retention = topic_retention(settings, names)
-    todo = [NewTopic(n, num_partitions=partitions, replication_factor=1,
+    todo = [NewTopic(n, num_partitions=partitions, replication_factor=settings.kafka.replication_factor,
                      config={"retention.ms": str(retention[n])} if n in retention else {})
             for n in names if n not in existing]
     apply_retention(admin, {n: ms for n, ms in retention.items() if n in existing}, timeout_s)
