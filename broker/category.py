@@ -237,6 +237,9 @@ R_ZTF = _rule("ztf_candidate", "ZTF alert packet: a difference-image candidate �
               "(ZTF alert schema; every packet is one candidate)")
 R_ZTF_SSO = _rule("ztf_ssnamenr", "ZTF candidate.ssnamenr set and 0 <= candidate.ssdistnr <= "
                   f"{SSO_MATCH_RADIUS_ARCSEC:g} arcsec → solar_system_object (ZTF alert schema)")
+R_LSST_SSO = _rule("lsst_ss_object", "LSST/Rubin diaSource.ssObjectId > 0 (0 or null: not associated) or an "
+                   "ssSource/ssObject record: associated with a known solar-system object → solar_system_object "
+                   "(Rubin alert schema, lsst.v10_0)")
 R_LSST = _rule("lsst_dia_source", "LSST/Rubin alert: a difference-image source → optical_transient")
 R_IGWN_GROUP = _rule("igwn_group", "IGWN alert event.group: CBC → gw_cbc, Burst → gw_burst "
                      "(igwn.gwalert schema; LVC VOEvent Param 'Group')")
@@ -312,6 +315,10 @@ def categorize(event: Event) -> tuple[str, str]:
                 return "solar_system_object", R_ZTF_SSO
         return "optical_transient", R_ZTF
     if source == "lsst":
+        ss_id = props.get("ssObjectId")
+        if (isinstance(ss_id, int) and not isinstance(ss_id, bool) and ss_id > 0) or \
+                isinstance(props.get("ssSource"), dict) or isinstance(props.get("ssObject"), dict):
+            return "solar_system_object", R_LSST_SSO
         return "optical_transient", R_LSST
     if source == "igwn":
         group = props.get("group")

@@ -345,3 +345,18 @@ def test_record_of_the_previous_schema_still_decodes():
     assert again == event
     with pytest.raises(DecodeError):
         codec.decode(SINGLE_OBJECT_MAGIC + b"\x00" * 8 + new[10:])
+
+
+def test_lsst_sources_of_known_solar_system_objects():
+    """Rubin's diaSource.ssObjectId is 0 when the source is not associated (the real Fink-relayed
+    v10.0 alerts bundled), an id when it is; the rule reads the Event the LSST decoder made."""
+    path = DATA / "relayed/fink/lsst/part-2-918301-first2.avro"
+    events = decode(path.read_bytes())
+    assert [e.properties["ssObjectId"] for e in events] == [0, 0]
+    assert {(e.category, e.category_rule) for e in events} == {("optical_transient", "lsst_dia_source")}
+    from broker.category import categorize
+
+    associated = events[0].model_copy(update={"properties": {**events[0].properties, "ssObjectId": 21474836497}})
+    assert categorize(associated) == ("solar_system_object", "lsst_ss_object")
+    with_record = events[0].model_copy(update={"properties": {**events[0].properties, "ssSource": {"phaseAngle": 9.1}}})
+    assert categorize(with_record) == ("solar_system_object", "lsst_ss_object")
