@@ -34,9 +34,11 @@ server is shared with other users of the machine: its CPU is not counted.
 
 Prints µs of CPU per alert for each stage (median and range over ``--repeat``), and
 the ratio C ÷ (A + B) taken within each repeat: worker processes alone, and workers +
-PostgreSQL. Run::
+PostgreSQL. ``--variant NAME=PATH`` runs (C) again right after it, with ``PYTHONPATH=PATH``
+(another consumer group on the same enriched topic), for before/after figures from one
+run. Run::
 
-    .venv/bin/python benchmarks/bench_filter_cost.py [--n 5000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_filter_cost.py [--n 5000] [--repeat 3] [--variant NAME=PATH]
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ def run_stage(phase: e2e.Phase, env: dict[str, str], stage: str, log: Path, pgda
     cmd = [sys.executable, "-m", "broker", "run", "--stage", stage, "--until-caught-up", "--idle", "5"]
     spy = None
     with log.open("w") as out:
-        p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        # python -m puts the working directory first on sys.path: a variant runs in its own tree
+        p = subprocess.Popen(cmd, env=env, cwd=env.get("PYTHONPATH") or ROOT, stdout=out, stderr=subprocess.STDOUT)
         try:
             sampler = e2e.CpuSampler({"worker": p.pid}, None, pgdata).start()
             if py_spy is not None:
@@ -218,6 +221,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=BATCH)
     ap.add_argument("--bootstrap", default=os.environ.get("MMA_BROKER_TEST_KAFKA", "127.0.0.1:9092"))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                    help="also run (C) with PYTHONPATH=PATH (e.g. a git archive of another commit) on the same "
+                         "enriched topic, another consumer group, right after (C): before/after figures of one run")
     ap.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                     help="record the first repeat's filters stage with py-spy (raw stacks to FILE; its figures "
                          "are then not comparable) and print where its CPU goes")
@@ -229,6 +235,7 @@ def main() -> None:
 
     ztf_topic = upstream_topic(msgs[0])
     entries = twenty_entries()
+    variants = [tuple(v.split("=", 1)) for v in args.variant]
     console.print(f"{args.n:,} real ZTF messages ({len(bases)} alerts of tests/data/ztf repeated); "
                   f"{len(entries)} filters: {', '.join(e['name'] for e in entries)}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-filter-cost-"))
@@ -267,6 +274,13 @@ def main() -> None:
                 st = decided_stamps(a.db_url)
                 assert len(st) == args.n, f"decided {len(st)} of {args.n}"
                 row["filters"] = per_alert(smp, st[0], st[-1], len(st) - 1)
+                for name, path in variants:
+                    progress.update(task, description=f"repeat {r + 1}: (C) filters, {name}")
+                    env_v = dict(env, MMA_BROKER_GROUP_ID=a.group + "-" + name, PYTHONPATH=path)
+                    smp = run_stage(a, env_v, "filters", tmp / f"c{r}-{name}.log", pgdata)
+                    st = decided_stamps(a.db_url)  # the variant's decisions replaced (C)'s rows
+                    assert len(st) == args.n, f"{name}: decided {len(st)} of {args.n}"
+                    row[f"filters {name}"] = per_alert(smp, st[0], st[-1], len(st) - 1)
                 loads.append(os.getloadavg()[0])
                 rows.append(row)
                 e2e.drop_phase(a, server, s)
@@ -284,7 +298,17 @@ def main() -> None:
     for k, label in (("ingest", "(A) ingest"), ("enrich", "(B) enrich"), ("filters", f"(C) filters ({len(entries)})")):
         t.add_row(label, med([x[k]["rate"] for x in rows]), med([x[k]["worker"] for x in rows]),
                   med([x[k]["librdkafka"] for x in rows]), med([x[k]["PostgreSQL"] for x in rows]))
+    for name, _ in variants:
+        k = f"filters {name}"
+        t.add_row(f"(C) filters ({len(entries)}), {name}", med([x[k]["rate"] for x in rows]),
+                  med([x[k]["worker"] for x in rows]), med([x[k]["librdkafka"] for x in rows]),
+                  med([x[k]["PostgreSQL"] for x in rows]))
     console.print(t)
+    for name, _ in variants:
+        k = f"filters {name}"
+        console.print(f"(C) this tree ÷ (C) {name}, worker CPU per alert, per repeat: "
+                      f"{med([x['filters']['worker'] / x[k]['worker'] for x in rows], '.2f')}; "
+                      f"{name}'s (ii): {med([x[k]['worker'] / (x['ingest']['worker'] + x['enrich']['worker']) for x in rows], '.1%')}")
 
     def ratio(x: dict[str, dict[str, float]], keys: tuple[str, ...]) -> float:
         return sum(x["filters"][k] for k in keys) / sum(x[s][k] for s in ("ingest", "enrich") for k in keys)
