@@ -215,12 +215,17 @@ def encode_filtered(doc: Mapping[str, Any], decisions: Sequence[Decision]) -> li
     ValueError
         A NaN or infinity in the document or a decision (``allow_nan=False``).
     """
+    encode = _ENCODER.encode
     if len(decisions) < 2 or "filter" in doc:
-        return [json.dumps(filtered_record(doc, d), allow_nan=False, default=str).encode() for d in decisions]
+        return [encode(filtered_record(doc, d)).encode() for d in decisions]
     head = dict(doc)
     head["schema"] = FILTERED_SCHEMA
-    prefix = json.dumps(head, allow_nan=False, default=str)[:-1].encode() + b', "filter": '
-    return [prefix + json.dumps(d.to_json_dict(), allow_nan=False, default=str).encode() + b"}" for d in decisions]
+    prefix = encode(head)[:-1].encode() + b', "filter": '
+    return [prefix + encode(d.to_json_dict()).encode() + b"}" for d in decisions]
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, default=str)
+"""What ``json.dumps(obj, allow_nan=False, default=str)`` builds on every call, built once."""
 
 
 def followup_requests(enriched: EnrichedEvent, accepted: Sequence[Decision], out: FollowupOutput) -> list[Any]:
