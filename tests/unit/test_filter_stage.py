@@ -407,3 +407,21 @@ def test_several_acceptances_encode_the_document_once_with_the_same_bytes(alerts
         {**json.loads(w), "filter": {**json.loads(w)["filter"], "elapsed_ms": 0}} for w in want[:2]]
     with pytest.raises(ValueError):
         encode_filtered({**doc, "bad": float("nan")}, decisions)
+
+
+def test_shared_values_are_computed_once_per_alert_by_key_and_a_failure_is_not_kept(alerts):
+    calls = []
+
+    def compute(a):
+        calls.append(a)
+        if len(calls) == 2:
+            raise ValueError("once")
+        return len(calls)
+
+    one, other = FilterInput(alerts["gbm"]), FilterInput(alerts["gbm"])
+    assert one.shared(("t", "1", "n"), compute) == 1 and one.shared(("t", "1", "n"), compute) == 1
+    with pytest.raises(ValueError):  # another key: computed, and its failure reaches the asking filter
+        one.shared(("t", "1", "m"), compute)
+    assert one.shared(("t", "1", "m"), compute) == 3  # not kept: the next filter asking computes again
+    assert other.shared(("t", "1", "n"), compute) == 4  # another alert, its own values
+    assert calls == [one, one, one, other]
