@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, field
 
 import astropy.units as u
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 from scipy.special import log_ndtr, ndtr, ndtri_exp
 
 from broker.errors import BrokerError
@@ -353,6 +353,8 @@ def _to_z(snr: float, dof: float | None) -> float:
     """Gaussian-equivalent S/N of a Student-t (``dof``) or Gaussian (``None``) S/N."""
     if dof is None or not np.isfinite(snr):
         return float(snr)
+    from scipy import stats  # here, not at import (see followup/plot.py: start-up time)
+
     log_sf = float(stats.t.logsf(snr, dof))
     if not np.isfinite(log_sf):
         # Far tail: sf(x) ~ pdf(x) * x / dof for a Student-t (power-law tail x**-(dof+1)).
@@ -364,6 +366,8 @@ def _from_z(z: float, dof: float | None) -> float:
     """Inverse of :func:`_to_z`: the scale's S/N whose tail probability is ``Q(z)``."""
     if dof is None:
         return float(z)
+    from scipy import stats
+
     return float(stats.t.isf(np.exp(log_ndtr(-z)), dof))
 
 
