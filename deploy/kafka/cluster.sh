@@ -373,11 +373,14 @@ cmd_start() {
             port_open "${p}" && die "${HOST}:${p} (node ${n}) is in use by another process; set MMA_BROKER_KAFKA_CLUSTER_PORTS / _CONTROLLER_PORTS"
         done
     done
+    local -a formatting=()
     for n in "${NODES[@]}"; do
         [[ -n "$(node_pid "${n}")" ]] && continue
         write_config "${n}"
-        format_node "${n}"
+        format_node "${n}" &
+        formatting+=("$!")
     done
+    for p in "${formatting[@]}"; do wait "${p}" || die "formatting failed"; done
     local started=${SECONDS}
     for n in "${NODES[@]}"; do
         if [[ -n "$(node_pid "${n}")" ]]; then say "node ${n} already running"; continue; fi
