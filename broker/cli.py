@@ -189,10 +189,15 @@ def run(
     until_caught_up: bool = typer.Option(False, "--until-caught-up", help="Stop when all input partitions are consumed."),
     idle: float = typer.Option(3.0, "--idle", min=0.0, max=3600.0,
                                help="With --until-caught-up: seconds without messages before stopping."),
+    lane: list[str] = typer.Option([], "--lane",
+                                   help="Run only this lane's enrich and filters loops (a name of [lanes]); "
+                                        "repeat for several. Default: every lane. Other stages are not affected."),
 ) -> None:
     """Run the broker's stages: by default every registered one — ingest (upstreams →
     decode → archive → mma.events) and the INTEGRAL follow-up (mma.events → rules →
-    requests → results)."""
+    requests → results). With [lanes], enrich and filters run one loop per lane
+    (docs/publishing-latency.md); --lane picks them, e.g. one process per lane, the
+    optical one under `nice`."""
     from broker import stages as registry
 
     known = registry.registered()
@@ -202,6 +207,11 @@ def run(
         raise BrokerError(f"unknown stage {unknown[0]!r}; registered: {', '.join(known) or 'none'} (or all)")
     app_ = current_app()
     s = app_.settings
+    if lane:
+        from broker.lanes import lanes_of
+
+        lanes_of(s, lane)  # an unknown lane fails here, before anything starts
+        app_.run_lanes = list(dict.fromkeys(lane))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -300,6 +300,15 @@ class Settings(BaseSettings):
     """Topic of the normalized Events (``[kafka] topic_prefix`` goes in front)."""
     dlq_topic: str = "mma.dlq"
     """Dead-letter topic of every stage (``[kafka] topic_prefix`` goes in front)."""
+    lanes: dict[str, list[str]] = Field(default_factory=dict)
+    """Lanes of the enrich and filters stages: lane name → the Event sources it handles
+    (``"*"``: every source no other lane names; exactly one lane holds it). Each lane
+    runs its own loop of each stage (consumer group ``<group_id>.enrich.<lane>``,
+    transactional ids ``<group_id>.enrich.<lane>.<instance>``), skipping the other
+    lanes' records by their ``mma.event.id`` header, so a GCN notice never waits behind
+    ZTF Events: ``{notices = ["*"], optical = ["ztf", "lsst"]}``. ``mma-broker run
+    --lane NAME`` runs one lane's loops (:mod:`broker.lanes`,
+    docs/publishing-latency.md). Empty (the default): one loop per stage, for every source."""
     secrets_file: Path | None = None
     """TOML file (mode 0600) with secrets as top-level keys: ``database_url = "..."``,
     ``<upstream name>_client_secret = "..."`` (e.g. ``gcn_client_secret``) and
@@ -324,6 +333,13 @@ class Settings(BaseSettings):
     @classmethod
     def _abs(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("lanes")
+    @classmethod
+    def _lanes(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from broker.lanes import check_lanes
+
+        return check_lanes(v)
 
     @classmethod
     def settings_customise_sources(

@@ -516,23 +516,36 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     except BaseException:
         archive.close()
         raise
-    name = "filters"
-    consumer = make_consumer(s, f"{s.group_id}.{name}")
-    consumer.subscribe([enriched])
-    slot = claim_instance(s, name)
-    admin = None
-    if until_caught_up:
-        from confluent_kafka.admin import AdminClient
+    from broker.lanes import lanes_of
 
-        admin = AdminClient(client_config(s))
-    handler = FilterHandler(filter_set=filter_set, topics=topics, store=DecisionStore(archive.engine),
-                            raw=RawBatch(functools.partial(fetch_raw_many, archive)), followup=followup,
-                            catalogs=catalogs)
-    runner = FilterRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=f.batch_size,
-                          poll_timeout_s=f.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S, limits=s.limits,
-                          store_raw=archive.store_raw, transactional=s.kafka.transactions,
-                          producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
-                          subscription=[enriched], metrics=app.metrics.stage(name))
-    return [StageSpec(name, runner, inputs=[enriched], outputs=outputs, after=["enrich"],
-                      summary=lambda: [handler.stats.summary(), filter_table(filter_set)],
-                      close=lambda: (archive.close(), slot.release()))]
+    specs = []
+    lanes = lanes_of(s, getattr(app, "run_lanes", None))
+    for lane in lanes:  # [lanes]: one loop per lane, each skipping the others' records (broker.lanes)
+        name = lane.loop("filters")
+        consumer = make_consumer(s, f"{s.group_id}.{name}")
+        consumer.subscribe([enriched])
+        slot = claim_instance(s, name)
+        admin = None
+        if until_caught_up:
+            from confluent_kafka.admin import AdminClient
+
+            admin = AdminClient(client_config(s))
+        handler = FilterHandler(filter_set=filter_set if len(lanes) == 1 else build_filter_set(f), topics=topics,
+                                store=DecisionStore(archive.engine),
+                                raw=RawBatch(functools.partial(fetch_raw_many, archive)), followup=followup,
+                                catalogs=catalogs)
+        runner = FilterRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq,
+                              batch_size=f.batch_size, poll_timeout_s=f.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S,
+                              limits=s.limits, store_raw=archive.store_raw, transactional=s.kafka.transactions,
+                              producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
+                              subscription=[enriched], metrics=app.metrics.stage(name), accept=lane.accept_fn())
+        specs.append(StageSpec(name, runner, inputs=[enriched], outputs=outputs,
+                               after=[other.loop("enrich") for other in lanes_of(s)],
+                               summary=lambda handler=handler: [handler.stats.summary(), filter_table(handler.filter_set)],
+                               close=slot.release))
+    if specs:
+        release = specs[-1].close
+        specs[-1].close = lambda: (release(), archive.close())
+    else:
+        archive.close()
+    return specs

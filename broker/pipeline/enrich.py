@@ -440,6 +440,17 @@ class EnrichHandler(BaseStage):
         :func:`broker.enrich.localization.fetch_localization` with the settings' timeout,
         size limit and schemes).
     codec : EventCodec, optional
+    cross_lane : bool
+        ``[lanes]`` are configured: another loop may find the same trigger–optical pair
+        from the other side, so the ``computed_from`` of a ``gw-optical`` /
+        ``grb-optical`` record names the pair's member archived last (not the Event
+        handled), the same from both loops: the outbox key derived from it
+        (``hermes:coincidence:<id>:<computed_from>``) makes one message of the pair.
+    recheck_optical : bool
+        This loop takes ZTF Events while GW/GRB Events are another loop's: after its
+        batch's candidates are stored (:meth:`write`), it asks once more for GW/GRB
+        groups in their time window and adds the coincidences with the groups that
+        appeared since the candidates were handled (see :meth:`_recheck_optical`).
     """
 
     name = "enrich"
@@ -449,7 +460,8 @@ class EnrichHandler(BaseStage):
                  index_positions: Callable[[Sequence[Event]], int] | None = None,
                  write_batch: Callable[[Sequence[Event], Sequence[dict[str, Any]]], Any] | None = None,
                  extract: Callable[[Event, bytes], Any] | None = None,
-                 fetch: Callable[[Event], Any] | None = None, codec: EventCodec | None = None) -> None:
+                 fetch: Callable[[Event], Any] | None = None, codec: EventCodec | None = None,
+                 cross_lane: bool = False, recheck_optical: bool = False) -> None:
         if extract is None:
             from broker.enrich.localization import extract_localization as extract
         self.localizations, self.groups, self.archive, self.settings = localizations, groups, archive, settings
@@ -463,6 +475,9 @@ class EnrichHandler(BaseStage):
                                       max_bytes=settings.skymap_url_max_bytes,
                                       schemes=tuple(settings.skymap_url_schemes))
         self.fetch = fetch
+        self.cross_lane, self.recheck_optical = cross_lane or recheck_optical, recheck_optical
+        self._ingested = _Lru(4096)
+        self._looked_at: set[str] | None = None
         self.codec = codec or EventCodec()
         self.coinc = settings.coincidences
         self.stats = EnrichStats()
@@ -553,7 +568,11 @@ class EnrichHandler(BaseStage):
             match_sky = self._sky(match_ref.id)
             enrichment["localization"] = match_ref.to_json_dict() | {"from_event": None, "from_group": state.key}
         enrichment["crossmatch"] = self._crossmatch(event, match_sky, note) if match_sky is not None else {}
-        coincidences = self._coincidences(event, sky, ref, state)
+        self._looked_at = note.triggers if self.recheck_optical else None
+        try:
+            coincidences = self._coincidences(event, sky, ref, state)
+        finally:
+            self._looked_at = None
         enrichment["coincidences"] = [c["id"] for c in coincidences]
         # the records themselves (as on mma.coincidences, less their provenance), so a
         # filter can cut on the joint FAR or see `coincident: false` / `retracted`
@@ -563,11 +582,13 @@ class EnrichHandler(BaseStage):
         enrichment["provenance"] = self.provenance.__dict__
         outputs = [self._enriched_record(event, enrichment)]
         for c in coincidences:
-            outputs.append(Outgoing(self.coincidences_topic, c["id"].encode(),
-                                    json.dumps(c, sort_keys=True, allow_nan=False).encode(),
-                                    [("content-type", CONTENT_TYPE.encode()), ("mma.coincidence.id", c["id"].encode()),
-                                     ("mma.coincidence.kind", c["kind"].encode())]))
+            outputs.append(self._coincidence_record(c))
             note.coincidences.append((c["kind"], c["retracted"]))
+        if self.recheck_optical and not event.is_retraction:
+            from broker.enrich.groups import category_of
+
+            if category_of(event) == "optical":
+                note.state = state
         from broker.enrich.matchstore import crossmatch_rows
 
         loc = enrichment["localization"]
@@ -601,7 +622,7 @@ class EnrichHandler(BaseStage):
         adds (:meth:`_write_held`, one transaction each), then in one transaction the
         positions of its point Events and its cross-match results (table
         ``event_crossmatches``), with ``write_batch``; without it, the positions alone
-        with ``index_positions``."""
+        with ``index_positions``. With ``recheck_optical``, then :meth:`_recheck_optical`."""
         self._write_held()
         events = [e for h in batch if h.write is not None for e in h.write.events]
         rows = [r for h in batch if h.write is not None for r in h.write.crossmatch]
@@ -610,6 +631,54 @@ class EnrichHandler(BaseStage):
                 self.write_batch(events, rows)
         elif events and self.index_positions is not None:
             self.index_positions(events)
+        if self.recheck_optical and self.settings.optical:
+            self._recheck_optical(batch)
+
+    def _recheck_optical(self, batch: list[Handled]) -> None:
+        """Coincidences of the batch's optical candidates with GW/GRB groups stored by
+        another lane while the batch was handled.
+
+        The other lane stores a trigger's group, then looks for candidates in its region
+        (:meth:`_optical_for`); this loop looks for triggers when it handles a candidate
+        (:meth:`_optical_side`) but stores the candidate's position only here. A trigger
+        stored between the two was seen by neither. Asked again after the positions are
+        committed, either this query sees the trigger, or the trigger was stored after
+        it and so the other lane's region query (after its store) sees the candidate:
+        one of the two loops finds each pair (both may; ``cross_lane`` makes them write
+        the same record). One query per hour of candidate time; the records are added to
+        the candidate's outputs (its ``mma.events.enriched`` record, already made, does
+        not list them).
+        """
+        self._triggers.clear()
+        for h in batch:
+            note = h.info
+            state = getattr(note, "state", None)
+            if state is None:
+                continue
+            cand = note.event
+            for doc in self._optical_side(cand, state, skip=note.triggers):
+                note.triggers.add(doc["members"][0]["group"])
+                h.outputs.append(self._coincidence_record(doc))
+                note.coincidences.append((doc["kind"], doc["retracted"]))
+        self._triggers.clear()
+
+    def _coincidence_record(self, c: dict[str, Any]) -> Outgoing:
+        return Outgoing(self.coincidences_topic, c["id"].encode(), json.dumps(c, sort_keys=True, allow_nan=False).encode(),
+                        [("content-type", CONTENT_TYPE.encode()), ("mma.coincidence.id", c["id"].encode()),
+                         ("mma.coincidence.kind", c["kind"].encode())])
+
+    def _archived_last(self, a: Event, b: Event) -> Event:
+        """Of two Events, the one archived last (``ingested_at``, then id): the same
+        answer in every loop."""
+        def order(ev: Event) -> tuple[str, str]:
+            def load() -> str:
+                rec = self.archive.get(ev.id)
+                t = getattr(rec, "ingested_at", None)
+                return "" if t is None else t.isoformat()
+
+            return self._ingested.fetch(ev.id, load), ev.id
+
+        return max((a, b), key=order)
 
     def _write_held(self) -> None:
         """Store the held point localizations and group adds, each in one transaction
@@ -939,8 +1008,11 @@ class EnrichHandler(BaseStage):
                   "separation_deg": _num(v.separation_deg), "level": self.coinc.optical_level,
                   "history_checked": v.history_checked, "reason": v.reason}
         role = "gw" if kind == "gw-optical" else "grb"
-        return self._doc(kind, [self._member(role, trigger, t_state, t_ref),
-                                self._member("optical", cand, c_state, None)], fields, cause)
+        doc = self._doc(kind, [self._member(role, trigger, t_state, t_ref),
+                               self._member("optical", cand, c_state, None)], fields, cause)
+        if self.cross_lane:
+            doc["computed_from"] = self._archived_last(trigger, cand).id
+        return doc
 
     def _verdict(self, trigger: Event, trigger_sky: Any, cand: Event) -> Any:
         """:func:`optical_verdict`, with the candidate's history read from its raw alert
@@ -1003,10 +1075,13 @@ class EnrichHandler(BaseStage):
             self._triggers[hour] = self._windowed(_iso(end), -(span + 3600.0), 0.0, ["gw", "grb"])
         return [g for g in self._triggers[hour] if 0.0 <= (when - _utc(g.t0)).total_seconds() <= span]
 
-    def _optical_side(self, cand: Event, state: Any) -> list[dict[str, Any]]:
+    def _optical_side(self, cand: Event, state: Any, skip: set[str] | None = None) -> list[dict[str, Any]]:
         out = []
+        note = self._looked_at if skip is None else None
         for g in self._triggers_before(cand.time):
-            if g.best_localization is None:
+            if note is not None:
+                note.add(g.key)
+            if g.best_localization is None or (skip is not None and g.key in skip):
                 continue
             trigger = self._current(g)
             if trigger is None:
@@ -1044,6 +1119,8 @@ class _Note:
     matches: int = 0
     coincidences: list[tuple[str, bool]] = field(default_factory=list)
     fetched: bool = False
+    state: Any = None  # the candidate's group, for _recheck_optical
+    triggers: set[str] = field(default_factory=set)  # GW/GRB groups its optical side looked at
 
 
 def _held_point(event: Event, sky: Any) -> bool:
@@ -1081,28 +1158,43 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
         return []
     events, enriched, coincs, dlq = (s.topic(s.events_topic), s.topic(e.enriched_topic), s.topic(e.coincidences_topic),
                                      s.topic(s.dlq_topic))
+    from broker.lanes import lanes_of
+
+    lanes = lanes_of(s, getattr(app, "run_lanes", None))
     archive = open_archive(s)
     ensure_topics(s, [events, enriched, coincs, dlq])
-    name = "enrich"
-    consumer = make_consumer(s, f"{s.group_id}.{name}")
-    consumer.subscribe([events])
-    slot = claim_instance(s, name)
-    admin = None
-    if until_caught_up:
-        from confluent_kafka.admin import AdminClient
+    engine = archive.engine
+    catalogs = CatalogCache(engine, e.catalogs)  # one copy per process, shared by its lanes
+    specs = []
+    for lane in lanes:
+        name = lane.loop("enrich")
+        consumer = make_consumer(s, f"{s.group_id}.{name}")
+        consumer.subscribe([events])
+        slot = claim_instance(s, name)
+        admin = None
+        if until_caught_up:
+            from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(client_config(s))
-    handler = EnrichHandler(
-        localizations=LocalizationStore(archive.engine), groups=GroupStore(archive.engine), archive=archive,
-        settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, name),
-        catalogs=CatalogCache(archive.engine, e.catalogs),
-        write_batch=functools.partial(write_enrichment, archive.engine))
-    runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
-                         poll_timeout_s=e.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S, limits=s.limits,
-                         store_raw=archive.store_raw,
-                         transactional=s.kafka.transactions,
-                         producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
-                         subscription=[events], metrics=app.metrics.stage(name))
-    return [StageSpec(name, runner, inputs=[events], outputs=[enriched, coincs],
-                      after=[f"ingest.{up.name}" for up in s.upstreams],
-                      summary=lambda: [handler.stats.summary()], close=lambda: (archive.close(), slot.release()))]
+            admin = AdminClient(client_config(s))
+        handler = EnrichHandler(
+            localizations=LocalizationStore(engine), groups=GroupStore(engine), archive=archive,
+            settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, "enrich"),
+            catalogs=catalogs, write_batch=functools.partial(write_enrichment, engine),
+            cross_lane=lane.name is not None, recheck_optical=lane.name is not None and lane.takes("ztf"))
+        runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
+                             poll_timeout_s=e.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S, limits=s.limits,
+                             store_raw=archive.store_raw,
+                             transactional=s.kafka.transactions,
+                             producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
+                             subscription=[events], metrics=app.metrics.stage(name), accept=lane.accept_fn())
+        specs.append(StageSpec(name, runner, inputs=[events], outputs=[enriched, coincs],
+                               after=[f"ingest.{up.name}" for up in s.upstreams],
+                               summary=lambda handler=handler: [handler.stats.summary()],
+                               close=slot.release))
+    if specs:
+        last = specs[-1]
+        release = last.close
+        last.close = lambda: (release(), archive.close())
+    else:
+        archive.close()
+    return specs

@@ -172,6 +172,8 @@ class RunnerStats:
     dead_letters: int = 0
     batches: int = 0
     dlq_reasons: Counter = field(default_factory=Counter)
+    skipped: int = 0
+    """Records of other lanes' sources, skipped undecoded (``accept``)."""
 
 
 class _NoMetrics:
@@ -271,6 +273,16 @@ class StageRunner:
         offsets, so they are committed there right after the transaction commits; a
         crash between the two redelivers the batch, and its outputs are published a
         second time (at least once in that window only).
+    accept : callable, optional
+        ``msg -> bool``: whether this loop handles the record (a lane,
+        :meth:`broker.lanes.Lane.accept`, reads the ``mma.event.id`` header only). The
+        others are skipped — not handled, not decoded, no output — and their offsets
+        committed with the batch's, in the same transaction. A batch of skipped
+        records alone makes no transaction of its own: its offsets wait for the next
+        batch with work, for ``skip_commit_s``, or for the input to go idle. None
+        (the default): every record is handled.
+    skip_commit_s : float
+        Longest wait, s, before the offsets of skipped records alone are committed.
     """
 
     def __init__(self, stage: Stage, consumer: Any, producer: Any, *, dlq_topic: str, batch_size: int = 500,
@@ -280,7 +292,8 @@ class StageRunner:
                  producer_factory: Callable[[], Any] | None = None, handler_threads: int = 0,
                  admin: Any = None, subscription: Sequence[str] | None = None, metrics: Any = None,
                  backoff: Backoff | None = None, txn_timeout_s: float = 30.0,
-                 offsets_in_transaction: bool = True) -> None:
+                 offsets_in_transaction: bool = True, accept: Callable[[Any], bool] | None = None,
+                 skip_commit_s: float = 1.0) -> None:
         self.stage = stage
         self.name = stage.name
         self.consumer = consumer
@@ -302,6 +315,10 @@ class StageRunner:
             self.backoff.on_wait = self._waiting
         self.txn_timeout_s = txn_timeout_s
         self.offsets_in_transaction = offsets_in_transaction
+        self.accept = accept
+        self.skip_commit_s = skip_commit_s
+        self._skip_offsets: dict[tuple[str, int], int] = {}
+        self._skip_since: float | None = None
         self.stats = RunnerStats()
         self.stop: threading.Event | None = None
         self._txn_ready = False
@@ -340,6 +357,20 @@ class StageRunner:
             valid.append(msg)
         if not offsets:
             return
+        consumed = valid
+        if self.accept is not None:
+            valid = [m for m in consumed if self.accept(m)]
+            self.stats.skipped += len(consumed) - len(valid)
+            if not valid:  # nothing of this lane: the offsets wait (skip_commit_s)
+                self._skip_offsets.update(offsets)
+                if self._skip_since is None:
+                    self._skip_since = started
+                if started - self._skip_since < self.skip_commit_s:
+                    return
+            for k, o in self._skip_offsets.items():
+                offsets[k] = max(offsets.get(k, o), o)
+            self._skip_offsets.clear()
+            self._skip_since = None
         dead: list[tuple[Any, str]] = []
         good = self._handle_all(valid, dead)
         good = self._write(good, dead)
@@ -348,7 +379,7 @@ class StageRunner:
         if self.transactional:
             lost = self._deliver_transaction(good, dead, offsets)
             if lost:
-                self._rewind(valid)
+                self._rewind(consumed)
                 return
         else:
             self._deliver_then_commit(good, dead, offsets)
@@ -834,6 +865,8 @@ class StageRunner:
         position = getattr(self.consumer, "position", None)
         if position is None or self.stop is not None and self.stop.is_set():
             return
+        self._skip_offsets.clear()  # positions are past them
+        self._skip_since = None
         try:
             assigned = self.consumer.assignment()
             if not assigned:
