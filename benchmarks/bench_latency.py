@@ -44,8 +44,16 @@ Also reported: the ZTF rate achieved by the load generator, the ZTF Events seen 
 second on ``mma.events`` and ``mma.events.enriched`` (whether ingest and enrich kept
 up) and each stage's consumer lag, sampled every 2 s, with the load average.
 
+Layouts (``--layout``, repeat it to alternate several in one run, round by round):
+``stages`` (the default) runs the six stages as six processes; ``lanes`` runs the
+enrich and filters stages as two lanes each (``[lanes] notices = ["*"], optical =
+["ztf", "lsst"]``, :mod:`broker.lanes`), one process per lane (``run --stage enrich
+--lane notices`` ...), and ingest as two processes, one per upstream (notices, ZTF):
+nine processes, the three of the optical path under ``nice -n --nice`` (default 10;
+0: not niced) as a cluster would give them their own CPU requests.
+
 Run: ``python benchmarks/bench_latency.py [--notices 101] [--interval-s 1] [--ztf-rate 1000]
-[--warmup-s 15] [--short]``; ``--short``: 6 notices under 200 ZTF alerts/s (a smoke test,
+[--warmup-s 15] [--short] [--layout stages --layout lanes] [--nice 10]``; ``--short``: 6 notices under 200 ZTF alerts/s (a smoke test,
 about a minute). Needs the Kafka of ``deploy/kafka/kafka.sh start``. Topics, consumer
 groups, the database and the temporary folder of the run are deleted at the end.
 """
@@ -227,8 +235,38 @@ def pct(xs: list[float], q: float) -> float:
     return xs[max(0, min(len(xs) - 1, int(-(-q * len(xs) // 1)) - 1))]
 
 
-def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str) -> dict:
-    """Start the six stages from the source ``tree``, run the load and the notices, return the figures."""
+LANES = {"notices": ["*"], "optical": ["ztf", "lsst"]}
+"""``[lanes]`` of the ``lanes`` layout."""
+
+
+def stage_commands(layout: str, nice: int, timing: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Process name → (command, extra environment) of a layout (``stages`` or ``lanes``)."""
+    from broker.config import _default_upstreams
+
+    def run(*a: str) -> list[str]:
+        return [sys.executable, "-m", "broker", "run", *a]
+
+    followup = [sys.executable, "-c", TIMED_FOLLOWUP, str(timing)]
+    if layout == "stages":
+        return {st: (followup if st == "followup" else run("--stage", st), {}) for st in STAGES}
+    if layout != "lanes":
+        raise SystemExit(f"--layout {layout}: stages or lanes")
+    lanes = {"MMA_BROKER_LANES": json.dumps(LANES)}
+    niced = ["nice", "-n", str(nice)] if nice else []
+    ups = {u.name: json.dumps([u.model_dump(mode="json", exclude_defaults=True) | {"name": u.name, "kind": u.kind}])
+           for u in _default_upstreams()}
+    return {"ingest.notices": (run("--stage", "ingest"), lanes | {"MMA_BROKER_UPSTREAMS": ups["notices"]}),
+            "ingest.ztf": (niced + run("--stage", "ingest"), lanes | {"MMA_BROKER_UPSTREAMS": ups["ztf"]}),
+            "enrich.notices": (run("--stage", "enrich", "--lane", "notices"), lanes),
+            "enrich.optical": (niced + run("--stage", "enrich", "--lane", "optical"), lanes),
+            "filters.notices": (run("--stage", "filters", "--lane", "notices"), lanes),
+            "filters.optical": (niced + run("--stage", "filters", "--lane", "optical"), lanes),
+            "followup": (followup, lanes), "reports": (run("--stage", "reports"), lanes),
+            "publish": (run("--stage", "publish"), lanes)}
+
+
+def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str, layout: str = "stages") -> dict:
+    """Start the stages from the source ``tree`` in ``layout``, run the load and the notices, return the figures."""
     bootstrap = args.bootstrap or settings_class()().kafka.bootstrap_servers
     run_id = uuid.uuid4().hex[:8]
     prefix, group = f"lat_{run_id}.", f"lat_{run_id}"
@@ -269,12 +307,10 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str)
 
         (tmp / "logs").mkdir()
         timing = tmp / "analysis.jsonl"
-        for st in STAGES:
+        for st, (cmd, extra) in stage_commands(layout, args.nice, timing).items():
             log = (tmp / "logs" / f"{st}.log").open("w")
             logs.append(log)
-            cmd = ([sys.executable, "-c", TIMED_FOLLOWUP, str(timing)] if st == "followup"
-                   else [sys.executable, "-m", "broker", "run", "--stage", st])
-            procs[st] = subprocess.Popen(cmd, env=env, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
+            procs[st] = subprocess.Popen(cmd, env=env | extra, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
 
         tracker = Tracker(s, f"{group}.tracker", path)
         base_id = 700_000_000 + int(run_id, 16) % 100_000 * 1000
@@ -300,7 +336,8 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str)
             if dead:
                 raise RuntimeError(f"stage(s) {', '.join(dead)} exited (logs: BENCH_KEEP_LOGS=DIR keeps them)")
 
-        console.print(f"{label}: run {run_id}: 6 stage processes started; warm-up notice (not counted) ...")
+        console.print(f"{label}: run {run_id}: {len(procs)} stage processes started ({layout}); "
+                      "warm-up notice (not counted) ...")
         send(0)
         deadline = time.monotonic() + 240
         while "hermes" not in tracker.seen.get(triggers[0][0], {}):
@@ -384,7 +421,7 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str)
             ts = [t for t in tracker.ztf_counts.get(lab, []) if t_first <= t <= t_last]
             return len(ts) / span if span > 0 else float("nan")
 
-        return {"label": label, "per_notice": per, "lags": lags, "t_last": t_last, "span_s": span,
+        return {"label": label, "layout": layout, "per_notice": per, "lags": lags, "t_last": t_last, "span_s": span,
                 "ztf_rate": (ztf_at_last - ztf_at_first) / span if span > 0 else float("nan"),
                 "events_rate": rate_between("events"), "enriched_rate": rate_between("enriched"),
                 "load_before": load_before, "load_after": load_after}
@@ -499,7 +536,13 @@ def main() -> None:
                              "the runs alternate round by round")
     parser.add_argument("--rounds", type=int, default=1, help="rounds (each runs this tree and every variant)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures to this file")
+    parser.add_argument("--layout", action="append", default=[], choices=["stages", "lanes"],
+                        help="stages: six processes (default); lanes: enrich and filters as a notices and an optical "
+                             "lane, ingest per upstream, nine processes; repeat to alternate them")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="niceness of the optical lane's processes in the lanes layout (0: none; default 10)")
     args = parser.parse_args()
+    args.layout = args.layout or ["stages"]
     if args.short:
         args.notices, args.ztf_rate, args.warmup_s = 6, 200.0, 8.0
     console = Console(width=None if sys.stdout.isatty() else 140)
@@ -512,8 +555,11 @@ def main() -> None:
             raise SystemExit(f"{name}: {tree.name} holds no broker/ package")
     results = []
     for r in range(args.rounds):
-        for name, tree in trees:
-            res = run_once(tree, args, console, f"{name}, round {r + 1}")
+        for (name, tree), layout in [(t, lay) for t in trees for lay in args.layout]:
+            tag = name if len(args.layout) == 1 else f"{name}, {layout}"
+            if layout == "lanes" and args.nice:
+                tag += f" (optical nice {args.nice})"
+            res = run_once(tree, args, console, f"{tag}, round {r + 1}", layout)
             res["variant"], res["round"] = name, r
             report(res, args, console)
             results.append(res)

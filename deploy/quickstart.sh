@@ -46,6 +46,13 @@ LATE_ID=$(mma-broker followup request --name "GRB 250702D" --t0 2025-07-02T13:09
   --note "T0: Fermi/GBM trigger 773154547; position: GBM + Swift/BAT-GUANO 90% region (142 deg2); GCN Circ. 40903" \
   --json | request_id)
 
+# enrich and filters in two lanes (two loops each, own consumer groups): notices (GCN, LVK,
+# IceCube, ...) and optical (ZTF, LSST), so a notice never waits behind ZTF alerts. Here all in
+# one process; in production one process per lane, the optical one at lower CPU priority:
+#   mma-broker run --stage enrich --stage filters --lane notices &
+#   nice -n 10 mma-broker run --stage enrich --stage filters --lane optical &
+# (docs/publishing-latency.md#lanes)
+export MMA_BROKER_LANES=${MMA_BROKER_LANES:-'{"notices": ["*"], "optical": ["ztf", "lsst"]}'}
 echo "quickstart: running the broker until every replayed alert and request is consumed" >&2
 mma-broker run --until-caught-up
 

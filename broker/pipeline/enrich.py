@@ -646,8 +646,8 @@ class EnrichHandler(BaseStage):
         it and so the other lane's region query (after its store) sees the candidate:
         one of the two loops finds each pair (both may; ``cross_lane`` makes them write
         the same record). One query per hour of candidate time; the records are added to
-        the candidate's outputs (its ``mma.events.enriched`` record, already made, does
-        not list them).
+        the candidate's outputs and listed in its ``mma.events.enriched`` record
+        (``enrichment.coincidences``, ``coincidence_records``), as when found at once.
         """
         self._triggers.clear()
         for h in batch:
@@ -655,11 +655,20 @@ class EnrichHandler(BaseStage):
             state = getattr(note, "state", None)
             if state is None:
                 continue
-            cand = note.event
-            for doc in self._optical_side(cand, state, skip=note.triggers):
+            found = self._optical_side(note.event, state, skip=note.triggers)
+            for doc in found:
                 note.triggers.add(doc["members"][0]["group"])
                 h.outputs.append(self._coincidence_record(doc))
                 note.coincidences.append((doc["kind"], doc["retracted"]))
+            if found:  # the candidate's enriched record lists them, as when found at once
+                for rec in h.outputs:
+                    if rec.topic == self.enriched_topic:
+                        doc = json.loads(rec.value)
+                        enr = doc["enrichment"]
+                        enr["coincidences"] += [c["id"] for c in found]
+                        enr["coincidence_records"] += [{k: v for k, v in c.items() if k != "provenance"}
+                                                       for c in found]
+                        rec.value = json.dumps(doc, allow_nan=False, default=str).encode()
         self._triggers.clear()
 
     def _coincidence_record(self, c: dict[str, Any]) -> Outgoing:

@@ -202,8 +202,9 @@ def stage_settings(provisioned, tmp_path, monkeypatch):
 
 STAGES = {
     # stage user: (loop, inputs, outputs), as the stages' factories subscribe and produce
-    "mma-enrich": ("enrich", ["mma.events"], ["mma.events.enriched", "mma.coincidences", "mma.dlq"]),
-    "mma-filters": ("filters", ["mma.events.enriched"],
+    # enrich and filters run as the lanes of the preset ([lanes] notices, optical; one loop each)
+    "mma-enrich": ("enrich.optical", ["mma.events"], ["mma.events.enriched", "mma.coincidences", "mma.dlq"]),
+    "mma-filters": ("filters.notices", ["mma.events.enriched"],
                     ["mma.filter.ztf-decent", "mma.filter.optical-counterpart", "mma.followup.requests", "mma.dlq"]),
     "mma-followup": ("followup.worker", ["mma.followup.requests"], ["mma.followup.results", "mma.dlq"]),
     "mma-reports": ("reports", ["mma.followup.results", "mma.coincidences", "mma.filter.optical-counterpart"],
@@ -304,14 +305,14 @@ def test_keda_reads_the_lag_and_no_message(provisioned, stage_settings):
     bootstrap, users, _ = provisioned
     admin = AdminClient(sasl(bootstrap, "mma-keda", users["mma-keda"]))
     (fut,) = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions("mma-broker.enrich")], request_timeout=30).values()
+        [ConsumerGroupTopicPartitions("mma-broker.enrich.optical")], request_timeout=30).values()
     committed = {(tp.topic, tp.partition): tp.offset for tp in fut.result().topic_partitions}
     assert committed == {("mma.events", 0): 0, ("mma.events", 1): 0}
     ends = admin.list_offsets({TopicPartition("mma.events", p): OffsetSpec.latest() for p in (0, 1)},
                               request_timeout=30)
     assert all(f.result().offset >= 0 for f in ends.values())  # the ends: what lag is computed from
     consumer = confluent_kafka.Consumer({**sasl(bootstrap, "mma-keda", users["mma-keda"]),
-                                         "group.id": "mma-broker.enrich", "auto.offset.reset": "earliest"})
+                                         "group.id": "mma-broker.enrich.optical", "auto.offset.reset": "earliest"})
     consumer.subscribe(["mma.events"])
     try:
         deadline = time.monotonic() + 30

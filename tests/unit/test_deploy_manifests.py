@@ -133,7 +133,7 @@ def test_kubeconform_refuses_an_unknown_field_in_each_kind(tmp_path):
 
 
 def test_kubeconform_refuses_a_wrong_type_and_an_unknown_acl_operation(tmp_path):
-    dep = copy.deepcopy(by_kind("Deployment")["mma-enrich"])
+    dep = copy.deepcopy(by_kind("Deployment")["mma-enrich-notices"])
     dep["spec"]["replicas"] = "three"
     user = copy.deepcopy(by_kind("KafkaUser")["mma-enrich"])
     user["spec"]["authorization"]["acls"][0]["operations"] = ["Reed"]
@@ -258,12 +258,46 @@ def test_every_topic_call_in_the_code_names_a_setting_the_derivation_covers(clus
 # ------------------------------------------------------------------ stages, users, KEDA
 
 def stage_deployments() -> dict[str, dict]:
+    """Stage → its Deployment (a stage run as lanes: its first lane's; :func:`lane_deployments`)."""
     out = {}
     for name, d in by_kind("Deployment").items():
         args = d["spec"]["template"]["spec"]["containers"][0]["args"]
         if args[:2] == ["run", "--stage"]:
-            out[args[2]] = d
+            out.setdefault(args[2], d)
     return out
+
+
+def lane_deployments() -> dict[tuple[str, str | None], dict]:
+    """(stage, lane or None) → Deployment, from each one's ``run --stage S [--lane L]``."""
+    out = {}
+    for name, d in by_kind("Deployment").items():
+        args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+        if args[:2] == ["run", "--stage"]:
+            lane = args[args.index("--lane") + 1] if "--lane" in args else None
+            assert (args[2], lane) not in out, (name, args)
+            out[(args[2], lane)] = d
+    return out
+
+
+def test_each_lane_of_the_preset_has_a_deployment_per_laned_stage(cluster_settings):
+    from broker.lanes import lanes_of
+
+    lanes = [lane.name for lane in lanes_of(cluster_settings)]
+    assert lanes == ["notices", "optical"], "deploy/k8s runs enrich and filters as lanes (settings.yaml)"
+    deps = lane_deployments()
+    for stage in ("enrich", "filters"):
+        assert {lane for st, lane in deps if st == stage} == set(lanes), stage
+        selectors = [deps[(stage, lane)]["spec"]["selector"]["matchLabels"] for lane in lanes]
+        assert selectors[0] != selectors[1], "two Deployments must not select each other's pods"
+        for lane in lanes:
+            dep = deps[(stage, lane)]
+            assert dep["metadata"]["name"] == f"mma-{stage}-{lane}"
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in dep["spec"]["selector"]["matchLabels"].items())
+    cpu = {lane: deps[("enrich", lane)]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+           for lane in lanes}
+    assert cpu == {"notices": "250m", "optical": "1500m"}
+    assert {st for st, lane in deps if lane is not None} == {"enrich", "filters"}
 
 
 def container_env(dep: dict) -> dict[str, dict]:
@@ -344,7 +378,13 @@ def acl_covers(user: dict, rtype: str, name: str, op: str) -> bool:
     return False
 
 
+LANED = ("enrich", "filters")
+"""The stages deploy/k8s runs as lanes ([lanes] of the preset, broker/lanes.py)."""
+
+
 def test_each_stage_user_may_do_exactly_what_its_stage_does(cluster_settings):
+    from broker.lanes import lanes_of
+
     users = by_kind("KafkaUser")
     used = topic_settings(cluster_settings)
     filter_topics = [v for k, v in used.items() if k.startswith("filters:")]
@@ -368,10 +408,13 @@ def test_each_stage_user_may_do_exactly_what_its_stage_does(cluster_settings):
             assert acl_covers(user, "topic", topic, "Read") <= (topic in allowed_read | allowed_write), (stage, topic)
             assert acl_covers(user, "topic", topic, "Write") <= (topic in allowed_write), (stage, topic)
         loops = ([f"ingest.{up.name}" for up in cluster_settings.upstreams] if stage == "ingest"
-                 else [STAGE_LOOPS[stage]] if STAGE_LOOPS[stage] else [])
+                 else [f"{STAGE_LOOPS[stage]}.{lane.name}" for lane in lanes_of(cluster_settings)]
+                 if stage in LANED else [STAGE_LOOPS[stage]] if STAGE_LOOPS[stage] else [])
         for loop in loops:
             assert acl_covers(user, "group", f"{group}.{loop}", "Read"), (stage, loop)
             assert acl_covers(user, "transactionalId", f"{group}.{loop}.mma-{stage}-5d8f7b9c4-x2x7q.0", "Write")
+        if stage in LANED:  # the lanes' groups, not the group of the stage run as one loop
+            assert not acl_covers(user, "group", f"{group}.{stage}", "Read"), stage
         assert acl_covers(user, "cluster", "", "IdempotentWrite"), stage
 
 
@@ -380,13 +423,19 @@ def test_keda_scales_each_consumer_stage_on_its_own_group_within_its_partitions(
     scaled = by_kind("ScaledObject")
     deps = by_kind("Deployment")
     used = topic_settings(cluster_settings)
-    for stage, loop in STAGE_LOOPS.items():
+    from broker.lanes import lanes_of
+
+    lanes = [lane.name for lane in lanes_of(cluster_settings)]
+    targets = [(stage, loop, f"mma-{stage}") for stage, loop in STAGE_LOOPS.items() if stage not in LANED]
+    targets += [(stage, f"{STAGE_LOOPS[stage]}.{lane}", f"mma-{stage}-{lane}") for stage in LANED for lane in lanes]
+    assert not {f"mma-{stage}" for stage in LANED} & set(scaled)
+    for stage, loop, name in targets:
         if stage in ("publish",):
             assert f"mma-{stage}" not in scaled  # reads the outbox table, not Kafka
             continue
-        so = scaled[f"mma-{stage}"]
-        assert so["spec"]["scaleTargetRef"]["name"] in deps
-        assert "replicas" not in deps[f"mma-{stage}"]["spec"], "KEDA owns the replicas: a re-apply would reset them"
+        so = scaled[name]
+        assert so["spec"]["scaleTargetRef"]["name"] == name and name in deps
+        assert "replicas" not in deps[name]["spec"], "KEDA owns the replicas: a re-apply would reset them"
         (trigger,) = so["spec"]["triggers"]
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]

@@ -207,6 +207,9 @@ def test_a_trigger_stored_while_the_candidate_is_in_flight_is_found_once():
     assert docs([h_gw], "mma.coincidences") == []  # the candidate's position is not stored yet
     optical.write([h_cand])
     assert _pairs(h_cand) == [("gw-optical:igwn:MS181101ab+ztf:ZTF18test1", cand.id)]
+    (enr,) = docs([h_cand], "mma.events.enriched")  # listed for the optical-counterpart filter
+    assert enr["enrichment"]["coincidences"] == ["gw-optical:igwn:MS181101ab+ztf:ZTF18test1"]
+    assert enr["enrichment"]["coincidence_records"][0]["computed_from"] == cand.id
     assert h_cand.outputs[-1].key == b"gw-optical:igwn:MS181101ab+ztf:ZTF18test1"
     optical.write([h_cand])  # written again (a bisected or repeated write): not added twice
     assert len(_pairs(h_cand)) == 1
