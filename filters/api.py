@@ -317,6 +317,37 @@ class FilterInput:
                     self._history = decoder(raw, self.event)
         return self._history
 
+    def lsst_history(self) -> Any:
+        """The Rubin/LSST alert's history and cutouts, decoded on first call (once,
+        however many filters ask; :meth:`shared`).
+
+        Returns
+        -------
+        dict or None
+            :func:`broker.sources.lsst.decode_history` of this alert's raw bytes:
+            ``prvDiaSources``, ``prvDiaForcedSources`` (lists of dict, Rubin field names,
+            fluxes in nJy), ``prvDiaNondetectionLimits``, ``cutouts``. None for an Event
+            that is not an LSST alert, or whose raw bytes are not available.
+
+        Raises
+        ------
+        broker.errors.DecodeError
+            The raw bytes are corrupt (the filter's decision becomes an error, isolated).
+        """
+        if self.event.source != "lsst":
+            return None
+        return self.shared(("lsst_history",), _lsst_history)
+
+
+def _lsst_history(alert: "FilterInput") -> Any:
+    raw = alert.raw()
+    if not raw:
+        return None
+    from broker.sources.lsst import decode_history
+
+    sid = alert.event.properties.get("diaSourceId")
+    return decode_history(raw, dia_source_id=sid if isinstance(sid, int) else None)
+
 
 _UNSET = object()
 C = TypeVar("C", bound=FilterConfig)

@@ -388,3 +388,34 @@ def test_flipped_and_cut_wire_messages_only_ever_raise_decode_error():
         except DecodeError:
             outcomes["decode_error"] += 1
     assert outcomes["events"] > 0 and outcomes["decode_error"] > 0, outcomes
+
+
+def test_filters_get_the_history_of_each_alert_of_a_container_once():
+    """FilterInput.lsst_history: the alert's own prvDiaSources (checked with fastavro), decoded
+    once however many filters ask; None for other sources and without raw bytes."""
+    from filters.api import FilterInput
+
+    data = RELAYED.read_bytes()
+    with RELAYED.open("rb") as fh:
+        recs = list(fastavro.reader(fh))
+    events = decode(data)
+    assert len(events) == len(recs) == 2
+    reads = []
+
+    def raw():
+        reads.append(1)
+        return data
+
+    for event, rec in zip(events, recs):
+        alert = FilterInput(event, raw=raw)
+        hist = alert.lsst_history()
+        assert hist["diaSourceId"] == rec["diaSource"]["diaSourceId"] == event.properties["diaSourceId"]
+        want = [s["diaSourceId"] for s in rec["prvDiaSources"] or []]
+        assert [s["diaSourceId"] for s in hist["prvDiaSources"]] == want and want
+        assert alert.lsst_history() is hist
+    assert len(reads) == 2  # one read per alert, not per call
+    assert FilterInput(events[0]).lsst_history() is None
+    ztf_file = sorted((Path(__file__).resolve().parents[1] / "data" / "ztf").rglob("*.avro"))[0]
+    ztf = decode(ztf_file.read_bytes())[0]
+    assert ztf.source == "ztf"
+    assert FilterInput(ztf, raw=data).lsst_history() is None
