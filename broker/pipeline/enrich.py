@@ -650,26 +650,58 @@ class EnrichHandler(BaseStage):
         (``enrichment.coincidences``, ``coincidence_records``), as when found at once.
         """
         self._triggers.clear()
+        states: dict[str, Any] = {}
+        get = getattr(self.groups, "get", None)
         for h in batch:
             note = h.info
             state = getattr(note, "state", None)
             if state is None:
                 continue
+            retracted = self._retracted_since(h, states, get) if get is not None else {}
             found = self._optical_side(note.event, state, skip=note.triggers)
             for doc in found:
                 note.triggers.add(doc["members"][0]["group"])
                 h.outputs.append(self._coincidence_record(doc))
                 note.coincidences.append((doc["kind"], doc["retracted"]))
-            if found:  # the candidate's enriched record lists them, as when found at once
+            if found or retracted:  # the candidate's enriched record says so, as when found at once
                 for rec in h.outputs:
                     if rec.topic == self.enriched_topic:
                         doc = json.loads(rec.value)
                         enr = doc["enrichment"]
+                        enr["coincidence_records"] = [retracted.get(r["id"], r) for r in enr["coincidence_records"]]
                         enr["coincidences"] += [c["id"] for c in found]
                         enr["coincidence_records"] += [{k: v for k, v in c.items() if k != "provenance"}
                                                        for c in found]
                         rec.value = json.dumps(doc, allow_nan=False, default=str).encode()
         self._triggers.clear()
+
+    def _retracted_since(self, h: Handled, states: dict[str, Any], get: Callable[[str], Any]) -> dict[str, Any]:
+        """The candidate's trigger–optical records whose trigger was retracted by another
+        lane after the candidate was handled: made ``retracted`` (by the retraction, as
+        the trigger's lane makes them) in place. Either the retraction is stored before
+        this read, or the retraction's own region query comes after the candidate's
+        position was stored and marks the pair itself. Returns id → record as listed in
+        the enriched record (no provenance)."""
+        out: dict[str, Any] = {}
+        for rec in h.outputs:
+            if rec.topic != self.coincidences_topic:
+                continue
+            c = json.loads(rec.value)
+            if c["kind"] not in ("gw-optical", "grb-optical") or c["retracted"]:
+                continue
+            key = c["members"][0]["group"]
+            if key not in states:
+                states[key] = get(key)
+            g = states[key]
+            if g is None or not g.retracted:
+                continue
+            by = next((eid for eid in reversed(list(g.revisions))
+                       if (ev := self._event(eid)) is not None and ev.is_retraction), g.latest)
+            c["retracted"] = True
+            c["retracted_by"] = c["computed_from"] = by
+            rec.value = json.dumps(c, sort_keys=True, allow_nan=False).encode()
+            out[c["id"]] = {k: v for k, v in c.items() if k != "provenance"}
+        return out
 
     def _coincidence_record(self, c: dict[str, Any]) -> Outgoing:
         return Outgoing(self.coincidences_topic, c["id"].encode(), json.dumps(c, sort_keys=True, allow_nan=False).encode(),

@@ -24,6 +24,7 @@ from broker.pipeline.runner import BaseStage, Handled, StageRunner
 from tests.unit.test_enrich_stage import (
     CODEC,
     GW_JSON,
+    GW_RETRACTION,
     PROV,
     MemArchive,
     MemGroups,
@@ -244,3 +245,27 @@ def test_a_pair_both_lanes_find_is_the_same_record():
     locs.events_in_region = region
     assert _pairs(single.handle(Msg(CODEC.encode(gw, PROV)))) == [("gw-optical:igwn:MS181101ab+ztf:ZTF18test1",
                                                                     gw.id)]
+
+
+def test_a_trigger_retracted_while_the_candidate_is_in_flight_leaves_no_live_pair():
+    """The candidate is handled while its GW is live (the pair is found), then the other
+    lane handles the GW's retraction (the candidate not stored yet: the retraction's
+    region query does not see it), then the candidate's batch is written: the pair is
+    published retracted, by the retraction, in the record and in the enriched record."""
+    notices, optical, locs, archive = _two_lanes()
+    (gw,) = _gw_events(archive)
+    ra, dec = _peak_of(locs, archive, notices)
+    assert docs([notices.handle(Msg(CODEC.encode(gw, PROV)))], "mma.coincidences") == []
+    cand = _candidate(1, 1.0, ra, dec)
+    archive.archived(cand)
+    h_cand = optical.handle(Msg(CODEC.encode(cand, PROV)))
+    assert [d["retracted"] for d in docs([h_cand], "mma.coincidences")] == [False]
+    (retraction,) = [e for e in archive.add(GW_RETRACTION.read_bytes()) if e.is_retraction]
+    archive.archived(retraction)
+    h_ret = notices.handle(Msg(CODEC.encode(retraction, PROV)))
+    assert docs([h_ret], "mma.coincidences") == []  # the candidate's position is not stored yet
+    optical.write([h_cand])
+    (c,) = docs([h_cand], "mma.coincidences")
+    assert c["retracted"] is True and c["retracted_by"] == c["computed_from"] == retraction.id
+    (enr,) = docs([h_cand], "mma.events.enriched")
+    assert [r["retracted"] for r in enr["enrichment"]["coincidence_records"]] == [True]
