@@ -206,6 +206,15 @@ def with_hop_headers(headers: list[tuple[str, Any]] | None) -> list[tuple[str, A
     return headers
 
 
+SEND_OFFSETS_GRACE_S = 10.0
+"""How long past its own timeout ``send_offsets_to_transaction`` may run before its
+producer is given up (:meth:`StageRunner._send_offsets`), s."""
+
+
+class ProducerStuck(BrokerError):
+    """A transactional call of librdkafka overran its timeout: the producer is replaced."""
+
+
 # errors of send_offsets_to_transaction/commit that mean "this consumer lost the
 # partitions in a rebalance": the batch is dropped, the new owner consumes it again
 _FENCED = {
@@ -688,8 +697,7 @@ class StageRunner:
                                           "making the transaction again", self.stop)
                     continue
                 if self.offsets_in_transaction:
-                    self._call("send_offsets_to_transaction", lambda: self.producer.send_offsets_to_transaction(
-                        tps, self.consumer.consumer_group_metadata(), self.txn_timeout_s))
+                    self._call("send_offsets_to_transaction", lambda: self._send_offsets(tps))
                 self._call("commit_transaction", lambda: self.producer.commit_transaction(self.txn_timeout_s))
                 in_txn = False
                 if not self.offsets_in_transaction:
@@ -701,6 +709,10 @@ class StageRunner:
                 if in_txn:
                     self._abort()
                 raise
+            except ProducerStuck as exc:
+                # its transaction is aborted when the new producer (same transactional id) fences it
+                self._new_producer(str(exc))
+                continue
             except SystemError as exc:
                 # confluent-kafka's flush() of a producer that failed fatally (e.g.
                 # fenced) raises "returned NULL without setting an exception"
@@ -718,6 +730,45 @@ class StageRunner:
                                 "will be consumed again by their new owner", self.name, err.str())
                     return True
                 self.backoff.wait(f"transaction failed ({err.str()}); making it again", self.stop)
+
+    def _send_offsets(self, tps: list[confluent_kafka.TopicPartition]) -> None:
+        """``send_offsets_to_transaction``, given up when it overruns its timeout.
+
+        librdkafka 2.16 can block in it for good, past its timeout, when the broker that
+        coordinates the consumer group is killed: the producer keeps that broker, which
+        it has dropped from its metadata, as the group's coordinator and never looks up
+        the new one (librdkafka issues 5456 and 5511; seen with ``kill -9`` of a node of
+        ``deploy/kafka/cluster.sh``: no progress 240 s after the node was back). The
+        call runs in a helper thread; when it has not returned ``SEND_OFFSETS_GRACE_S``
+        after its own timeout, the producer is left to that thread and
+        :class:`ProducerStuck` is raised, so the batch is made again with a new producer
+        (same transactional id: it fences the stuck one and aborts its transaction).
+
+        Raises
+        ------
+        ProducerStuck
+            When the call did not return within ``txn_timeout_s + SEND_OFFSETS_GRACE_S``.
+        confluent_kafka.KafkaException
+            What the call raised.
+        """
+        producer, metadata = self.producer, self.consumer.consumer_group_metadata()
+        outcome: list[BaseException | None] = []
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(tps, metadata, self.txn_timeout_s)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the stage's thread
+                outcome.append(exc)
+
+        helper = threading.Thread(target=call, name=f"{self.name}.send-offsets", daemon=True)
+        helper.start()
+        helper.join(self.txn_timeout_s + SEND_OFFSETS_GRACE_S)
+        if not outcome:
+            raise ProducerStuck(f"send_offsets_to_transaction did not return within "
+                                f"{self.txn_timeout_s + SEND_OFFSETS_GRACE_S:.0f} s")
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def _produce_all(self, records: list[Outgoing], failed: list[tuple[Outgoing, str, bool]]) -> None:
         for rec in records:
