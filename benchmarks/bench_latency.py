@@ -50,7 +50,8 @@ enrich and filters stages as two lanes each (``[lanes] notices = ["*"], optical 
 ["ztf", "lsst"]``, :mod:`broker.lanes`), one process per lane (``run --stage enrich
 --lane notices`` ...), and ingest as two processes, one per upstream (notices, ZTF):
 nine processes, the three of the optical path under ``nice -n --nice`` (default 10;
-0: not niced) as a cluster would give them their own CPU requests.
+0: not niced) as a cluster would give them their own CPU requests; ``lanes-unniced`` is
+the same without ``nice`` (to see what the priority adds).
 
 Run: ``python benchmarks/bench_latency.py [--notices 101] [--interval-s 1] [--ztf-rate 1000]
 [--warmup-s 15] [--short] [--layout stages --layout lanes] [--nice 10]``; ``--short``: 6 notices under 200 ZTF alerts/s (a smoke test,
@@ -249,10 +250,10 @@ def stage_commands(layout: str, nice: int, timing: Path) -> dict[str, tuple[list
     followup = [sys.executable, "-c", TIMED_FOLLOWUP, str(timing)]
     if layout == "stages":
         return {st: (followup if st == "followup" else run("--stage", st), {}) for st in STAGES}
-    if layout != "lanes":
-        raise SystemExit(f"--layout {layout}: stages or lanes")
+    if layout not in ("lanes", "lanes-unniced"):
+        raise SystemExit(f"--layout {layout}: stages, lanes or lanes-unniced")
     lanes = {"MMA_BROKER_LANES": json.dumps(LANES)}
-    niced = ["nice", "-n", str(nice)] if nice else []
+    niced = ["nice", "-n", str(nice)] if nice and layout == "lanes" else []
     ups = {u.name: json.dumps([u.model_dump(mode="json", exclude_defaults=True) | {"name": u.name, "kind": u.kind}])
            for u in _default_upstreams()}
     return {"ingest.notices": (run("--stage", "ingest"), lanes | {"MMA_BROKER_UPSTREAMS": ups["notices"]}),
@@ -536,7 +537,7 @@ def main() -> None:
                              "the runs alternate round by round")
     parser.add_argument("--rounds", type=int, default=1, help="rounds (each runs this tree and every variant)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures to this file")
-    parser.add_argument("--layout", action="append", default=[], choices=["stages", "lanes"],
+    parser.add_argument("--layout", action="append", default=[], choices=["stages", "lanes", "lanes-unniced"],
                         help="stages: six processes (default); lanes: enrich and filters as a notices and an optical "
                              "lane, ingest per upstream, nine processes; repeat to alternate them")
     parser.add_argument("--nice", type=int, default=10,

@@ -539,9 +539,12 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
                               limits=s.limits, store_raw=archive.store_raw, transactional=s.kafka.transactions,
                               producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
                               subscription=[enriched], metrics=app.metrics.stage(name), accept=lane.accept_fn())
+
+        def summary(handler: FilterHandler = handler, name: str = name) -> list[Any]:
+            return [handler.stats.summary().replace("filters:", f"{name}:", 1), filter_table(handler.filter_set)]
+
         specs.append(StageSpec(name, runner, inputs=[enriched], outputs=outputs,
-                               after=[other.loop("enrich") for other in lanes_of(s)],
-                               summary=lambda handler=handler: [handler.stats.summary(), filter_table(handler.filter_set)],
+                               after=[other.loop("enrich") for other in lanes_of(s)], summary=summary,
                                close=slot.release))
     if specs:
         release = specs[-1].close

@@ -704,7 +704,8 @@ class EnrichHandler(BaseStage):
         return out
 
     def _coincidence_record(self, c: dict[str, Any]) -> Outgoing:
-        return Outgoing(self.coincidences_topic, c["id"].encode(), json.dumps(c, sort_keys=True, allow_nan=False).encode(),
+        value = json.dumps(c, sort_keys=True, allow_nan=False).encode()
+        return Outgoing(self.coincidences_topic, c["id"].encode(), value,
                         [("content-type", CONTENT_TYPE.encode()), ("mma.coincidence.id", c["id"].encode()),
                          ("mma.coincidence.kind", c["kind"].encode())])
 
@@ -1230,7 +1231,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
                              subscription=[events], metrics=app.metrics.stage(name), accept=lane.accept_fn())
         specs.append(StageSpec(name, runner, inputs=[events], outputs=[enriched, coincs],
                                after=[f"ingest.{up.name}" for up in s.upstreams],
-                               summary=lambda handler=handler: [handler.stats.summary()],
+                               summary=lambda h=handler, n=name: [h.stats.summary().replace("enrich:", f"{n}:", 1)],
                                close=slot.release))
     if specs:
         last = specs[-1]

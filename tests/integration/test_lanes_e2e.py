@@ -59,7 +59,8 @@ def test_two_enrich_lanes_enrich_each_event_once_and_find_the_cross_lane_pair_on
 
     prefix, group = env["MMA_BROKER_KAFKA__TOPIC_PREFIX"], env["MMA_BROKER_GROUP_ID"]
     events = [dict(m.headers())["mma.event.id"].decode() for m in read_to_end(kafka_bootstrap, f"{prefix}mma.events")]
-    enriched = Counter(json.loads(m.value())["id"] for m in read_to_end(kafka_bootstrap, f"{prefix}mma.events.enriched"))
+    enriched = Counter(json.loads(m.value())["id"]
+                       for m in read_to_end(kafka_bootstrap, f"{prefix}mma.events.enriched"))
     assert len(events) == 13 and sum(e.startswith("ztf:") for e in events) == 12
     assert sorted(enriched) == sorted(events) and set(enriched.values()) == {1}  # each once, by one lane
     for lane in LANES:
