@@ -114,6 +114,51 @@ def test_each_lane_handles_its_sources_and_commits_every_offset():
         assert runner.stats.skipped == len(batch) - len(want) and runner.stats.messages == len(want)
 
 
+class TxnProducer:
+    """A transactional producer noting each committed transaction's records and offsets."""
+
+    def __init__(self) -> None:
+        self.txns: list[dict] = []
+
+    def init_transactions(self, timeout=None):
+        pass
+
+    def begin_transaction(self):
+        self.cur = {"keys": [], "offsets": None}
+
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None):
+        self.cur["keys"].append(key.decode())
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        return 0
+
+    def send_offsets_to_transaction(self, tps, metadata, timeout=None):
+        self.cur["offsets"] = {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+    def commit_transaction(self, timeout=None):
+        self.txns.append(self.cur)
+
+
+def test_skipped_offsets_go_into_the_transaction_of_the_lanes_outputs():
+    class Consumer(FakeConsumer):
+        def consumer_group_metadata(self):
+            return object()
+
+    optical = lanes_of(Settings(lanes=LANES))[1]
+    batch = [_msg(0, "gcn:swift:7"), _msg(1, "ztf:1"), _msg(2, "igwn:S1")]
+    consumer, producer = Consumer([], batches=[batch]), TxnProducer()
+    runner = StageRunner(Recorder(optical), consumer, producer, dlq_topic="mma.dlq", batch_size=100,
+                         accept=optical.accept_fn(), transactional=True)
+    stop = threading.Event()
+    consumer.stop = stop
+    runner.run(stop)
+    assert producer.txns == [{"keys": ["ztf:1"], "offsets": {("mma.events", 0): 3}}]
+    assert consumer.commits == []  # nothing committed outside the transaction
+
+
 def test_a_batch_of_other_lanes_records_waits_to_be_committed_with_the_next_work():
     notices = lanes_of(Settings(lanes=LANES))[0]
     ztf_only = [[_msg(0, "ztf:1"), _msg(1, "ztf:2")], [_msg(2, "ztf:3")], [_msg(3, "gcn:swift:7"), _msg(4, "ztf:4")]]
