@@ -189,6 +189,10 @@ class UpstreamSettings(Section):
     """Messages per batch for this upstream (default: [ingest] batch_size)."""
     poll_timeout_s: float | None = None
     """Longest wait for a batch to fill (default: [ingest] poll_timeout_s)."""
+    fill_s: float | None = Field(None, ge=0)
+    """Once a message arrived, how long to wait for more before handing the batch over, s
+    (0: at once, with whatever came with it — for a stream idle most of the time, such as
+    the notices; unset: up to ``poll_timeout_s`` or ``batch_size`` messages)."""
 
 
 def _default_upstreams() -> list[UpstreamSettings]:
@@ -196,7 +200,8 @@ def _default_upstreams() -> list[UpstreamSettings]:
     # not wait behind a 500-alert ZTF batch (~40 MB of raw bytes to archive).
     return [
         UpstreamSettings(
-            name="notices", kind="kafka", topics=[r"^(igwn\.gwalert|gcn\..+|voevent\..+)$"], batch_size=50, poll_timeout_s=0.05
+            name="notices", kind="kafka", topics=[r"^(igwn\.gwalert|gcn\..+|voevent\..+)$"], batch_size=50, poll_timeout_s=0.05,
+            fill_s=0.0,  # a notice is handed over as it arrives (docs/publishing-latency.md)
         ),
         # optical surveys share the large-batch consumer: ZTF (and ZTF alerts relayed by
         # brokers, replayed onto the original's topic) and Rubin (lsst-alerts-v<M>.<m>)

@@ -197,6 +197,9 @@ class IngestStage:
     batch_size : int
     poll_timeout_s : float
         Longest wait for a batch to fill; a batch is whatever arrived by then.
+    fill_s : float, optional
+        Once a message arrived, how long to wait for more (StageRunner ``fill_s``; 0: at
+        once). None: up to ``poll_timeout_s``.
     admin : confluent_kafka.admin.AdminClient, optional
         For :meth:`caught_up` (end offsets in one request, on its own connection).
     subscription : list of str, optional
@@ -228,6 +231,7 @@ class IngestStage:
         codec: EventCodec | None = None,
         batch_size: int = 500,
         poll_timeout_s: float = 0.5,
+        fill_s: float | None = None,
         name: str = "ingest",
         admin: Any = None,
         subscription: Sequence[str] | None = None,
@@ -247,8 +251,8 @@ class IngestStage:
                                      codec=codec or EventCodec(), limits=limits, name=name)
         self.runner = StageRunner(
             self.handler, consumer, producer, dlq_topic=dlq_topic, batch_size=batch_size,
-            poll_timeout_s=poll_timeout_s, limits=limits, store_raw=getattr(archive, "store_raw", None),
-            transactional=transactional, producer_factory=producer_factory, admin=admin,
+            poll_timeout_s=poll_timeout_s, fill_s=fill_s, limits=limits,
+            store_raw=getattr(archive, "store_raw", None), transactional=transactional, producer_factory=producer_factory, admin=admin,
             subscription=subscription, metrics=metrics, backoff=backoff,
             offsets_in_transaction=offsets_in_transaction)
         self.runner.stop = stop
@@ -326,7 +330,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
             make_upstream_consumer(s, up), stage_producer(s, name, slot), archive,
             events_topic=events, dlq_topic=dlq, provenance=provenance(s, "ingest"),
             batch_size=up.batch_size or s.ingest.batch_size,
-            poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, name=name,
+            poll_timeout_s=up.poll_timeout_s or s.ingest.poll_timeout_s, fill_s=up.fill_s, name=name,
             admin=make_admin(s, up) if until_caught_up else None, subscription=upstream_topics(s, up),
             limits=s.limits, transactional=s.kafka.transactions,
             producer_factory=functools.partial(stage_producer, s, name, slot), metrics=app.metrics.stage(name),

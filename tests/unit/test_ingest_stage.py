@@ -498,3 +498,20 @@ def test_poison_values_in_a_real_alert_never_stop_the_batch(mutate, reason):
         dict(letter["headers"])["mma.dlq.reason"].decode("utf-8")
     assert len([p for p in producer.produced if p["topic"] == "t.mma.events"]) == (3 if reason is None else 2)
     assert consumer.commits == [{("igwn.gwalert", 0): 3}]
+
+
+def test_the_notices_upstream_hands_a_notice_over_as_it_arrives():
+    """The default notices upstream has fill_s 0 (StageRunner: poll() for the first message,
+    then what came with it), the ZTF one keeps filling batches; ingest passes it on."""
+    from broker.config import Settings
+
+    ups = {u.name: u for u in Settings().upstreams}
+    assert ups["notices"].fill_s == 0.0 and ups["ztf"].fill_s is None
+    log: list = []
+    stage = IngestStage(FakeConsumer(log, None, None), FakeProducer(log, None, 0), FakeArchive(log),
+                        events_topic="t.mma.events", dlq_topic="t.mma.dlq", provenance=PROV,
+                        poll_timeout_s=0.05, fill_s=ups["notices"].fill_s)
+    assert stage.runner.fill_s == 0.0
+    stage = IngestStage(FakeConsumer(log, None, None), FakeProducer(log, None, 0), FakeArchive(log),
+                        events_topic="t.mma.events", dlq_topic="t.mma.dlq", provenance=PROV, poll_timeout_s=0.5)
+    assert stage.runner.fill_s == 0.5
