@@ -44,7 +44,9 @@ class StageSpec:
         Topics it writes (besides the dead-letter topic).
     after : list of str
         Names of loops that feed it: with ``--until-caught-up`` it stops only after
-        they stopped (so it cannot look caught up before its input arrived).
+        they stopped (so it cannot look caught up before its input arrived). A name
+        also stands for the loops named ``<name>.<anything>`` (``filters`` for the lanes'
+        ``filters.notices`` and ``filters.optical``, ``followup`` for ``followup.worker``).
     summary : callable, optional
         Returns a list of lines or rich renderables for the end-of-run summary
         (called after the loops stopped, before ``close``).
@@ -85,6 +87,11 @@ def build(app: Any, names: Sequence[str], *, until_caught_up: bool = False) -> l
     return _feeders_first(specs)
 
 
+def _feeders(spec: StageSpec, names: Sequence[str]) -> list[str]:
+    """The loops among ``names`` that ``spec.after`` names (exactly, or as ``<name>.*``)."""
+    return [n for n in names if n != spec.name and any(n == a or n.startswith(a + ".") for a in spec.after)]
+
+
 def _feeders_first(specs: list[StageSpec]) -> list[StageSpec]:
     """``specs`` ordered so that a loop comes after the loops it names in ``after``."""
     by_name = {s.name: s for s in specs}
@@ -93,7 +100,7 @@ def _feeders_first(specs: list[StageSpec]) -> list[StageSpec]:
     def d(name: str, seen: frozenset = frozenset()) -> int:
         if name not in depth:
             spec = by_name[name]
-            ups = [u for u in spec.after if u in by_name and u not in seen]
+            ups = [u for u in _feeders(spec, list(by_name)) if u not in seen]
             depth[name] = 1 + max((d(u, seen | {name}) for u in ups), default=-1)
         return depth[name]
 
@@ -115,7 +122,7 @@ def run(specs: Sequence[StageSpec], stop: threading.Event, *, until_caught_up: b
     errors: list[BaseException] = []
 
     def upstream_done(spec: StageSpec) -> Callable[[], bool]:
-        feeders = [done[n] for n in spec.after if n in done]
+        feeders = [done[n] for n in _feeders(spec, list(done))]
         return lambda: all(e.is_set() for e in feeders)
 
     def target(spec: StageSpec) -> None:

@@ -64,3 +64,35 @@ def test_instance_id_is_refused_unless_a_plain_name():
     for bad in ("x\ny", "", "a b", "é", "x" * 201):
         with pytest.raises(SettingsError, match="kafka.instance_id"):
             load_settings(kafka={"instance_id": bad})
+
+
+def test_a_loop_waits_for_every_lane_and_worker_its_after_names():
+    """``after=["filters"]`` covers the lanes' filters.notices and filters.optical, and
+    ``after=["followup"]`` the followup.worker loop: with lanes, reports stopped before the
+    follow-up's results existed (the quickstart published nothing)."""
+    import threading
+    import time
+
+    order: list[str] = []
+
+    class Loop:
+        def __init__(self, name, work_s):
+            self.name, self.work_s = name, work_s
+
+        def run(self, stop, *, until_caught_up, idle_s, upstream_done):
+            time.sleep(self.work_s)
+            while not upstream_done():
+                time.sleep(0.01)
+            order.append(self.name)
+
+    spec = stages.StageSpec
+    specs = [spec("reports", Loop("reports", 0), after=["followup", "filters", "enrich"]),
+             spec("followup.worker", Loop("followup.worker", 0.3), after=["filters"]),
+             spec("filters.notices", Loop("filters.notices", 0.1), after=["enrich"]),
+             spec("filters.optical", Loop("filters.optical", 0.2), after=["enrich"]),
+             spec("enrich.notices", Loop("enrich.notices", 0.05)), spec("enrich.optical", Loop("enrich.optical", 0))]
+    stages.run(specs, threading.Event(), until_caught_up=True)
+    assert order.index("reports") == len(order) - 1
+    assert order.index("followup.worker") > max(order.index("filters.notices"), order.index("filters.optical"))
+    names = [s.name for s in stages._feeders_first(specs)]
+    assert names[-1] == "reports" and names.index("followup.worker") > names.index("filters.optical")
