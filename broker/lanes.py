@@ -157,3 +157,27 @@ def lanes_of(settings: Any, only: Iterable[str] | None = None) -> list[Lane]:
             raise BrokerError(f"--lane {unknown[0]}: not a lane of [lanes] ({', '.join(table)})")
         out = [lane for lane in out if lane.name in only]
     return out
+
+
+def lane_clients(settings: Any, loop: str, topic: str, *, until_caught_up: bool) -> tuple[Any, Any, Any]:
+    """The Kafka clients of one lane's loop: its consumer (group ``<group_id>.<loop>``,
+    subscribed to ``topic``), its instance slot (:func:`broker.kafka.claim_instance`, for
+    the transactional id) and, with ``until_caught_up``, an admin client for end offsets.
+
+    Returns
+    -------
+    consumer : confluent_kafka.Consumer
+    slot : broker.kafka instance slot (``release()`` when the loop ends)
+    admin : confluent_kafka.admin.AdminClient or None
+    """
+    from broker.kafka import claim_instance, client_config, make_consumer
+
+    consumer = make_consumer(settings, f"{settings.group_id}.{loop}")
+    consumer.subscribe([topic])
+    slot = claim_instance(settings, loop)
+    admin = None
+    if until_caught_up:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(client_config(settings))
+    return consumer, slot, admin

@@ -483,7 +483,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
         ``[enrich]`` disabled (the stage reads its topic).
     """
     from broker.app import open_archive
-    from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
+    from broker.kafka import ensure_topics, stage_producer
     from broker.stages import StageSpec
     from filters.registry import build_filter_set
     from filters.store import DecisionStore
@@ -516,20 +516,13 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     except BaseException:
         archive.close()
         raise
-    from broker.lanes import lanes_of
+    from broker.lanes import lane_clients, lanes_of
 
     specs = []
     lanes = lanes_of(s, getattr(app, "run_lanes", None))
     for lane in lanes:  # [lanes]: one loop per lane, each skipping the others' records (broker.lanes)
         name = lane.loop("filters")
-        consumer = make_consumer(s, f"{s.group_id}.{name}")
-        consumer.subscribe([enriched])
-        slot = claim_instance(s, name)
-        admin = None
-        if until_caught_up:
-            from confluent_kafka.admin import AdminClient
-
-            admin = AdminClient(client_config(s))
+        consumer, slot, admin = lane_clients(s, name, enriched, until_caught_up=until_caught_up)
         handler = FilterHandler(filter_set=filter_set if len(lanes) == 1 else build_filter_set(f), topics=topics,
                                 store=DecisionStore(archive.engine),
                                 raw=RawBatch(functools.partial(fetch_raw_many, archive)), followup=followup,

@@ -1190,7 +1190,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     from broker.enrich.groups import GroupStore
     from broker.enrich.matchstore import write_enrichment
     from broker.enrich.store import LocalizationStore
-    from broker.kafka import claim_instance, client_config, ensure_topics, make_consumer, stage_producer
+    from broker.kafka import ensure_topics, stage_producer
     from broker.pipeline.runner import NOTICE_PATH_FILL_S, StageRunner
     from broker.stages import StageSpec
 
@@ -1200,7 +1200,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
         return []
     events, enriched, coincs, dlq = (s.topic(s.events_topic), s.topic(e.enriched_topic), s.topic(e.coincidences_topic),
                                      s.topic(s.dlq_topic))
-    from broker.lanes import lanes_of
+    from broker.lanes import lane_clients, lanes_of
 
     lanes = lanes_of(s, getattr(app, "run_lanes", None))
     archive = open_archive(s)
@@ -1210,14 +1210,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     specs = []
     for lane in lanes:
         name = lane.loop("enrich")
-        consumer = make_consumer(s, f"{s.group_id}.{name}")
-        consumer.subscribe([events])
-        slot = claim_instance(s, name)
-        admin = None
-        if until_caught_up:
-            from confluent_kafka.admin import AdminClient
-
-            admin = AdminClient(client_config(s))
+        consumer, slot, admin = lane_clients(s, name, events, until_caught_up=until_caught_up)
         handler = EnrichHandler(
             localizations=LocalizationStore(engine), groups=GroupStore(engine), archive=archive,
             settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, "enrich"),
