@@ -257,6 +257,29 @@ def new_phase(name: str, run_id: str, tmp: Path, server_url: str, bootstrap: str
     return Phase(name, f"e2e_{run_id}_{name}.", f"e2e_{run_id}_{name}", url, tmp / name, bootstrap, transactions)
 
 
+def enriched_stamps(phase: Phase) -> list[float]:
+    """Sorted record timestamps (Unix s) of the phase's ``mma.events.enriched``, committed records only."""
+    s = phase.settings()
+    topic = s.topic(s.enrich.enriched_topic)
+    c = make_consumer(s, f"{phase.group}.count-enriched", **{"isolation.level": "read_committed",
+                                                              "enable.partition.eof": True})
+    meta = c.list_topics(topic, timeout=30).topics[topic]
+    parts = [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in meta.partitions]
+    c.assign(parts)
+    stamps, eof, deadline = [], set(), time.monotonic() + 120
+    try:
+        while len(eof) < len(parts) and time.monotonic() < deadline:
+            for m in c.consume(1000, 1.0):
+                if m.error():
+                    if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        eof.add(m.partition())
+                    continue
+                stamps.append(m.timestamp()[1] / 1e3)
+    finally:
+        c.close()
+    return sorted(stamps)
+
+
 def drop_phase(phase: Phase, server_url: str, settings: Settings) -> None:
     """Free the phase's disk: its topics (input ~77 kB an alert), raw segments and database."""
     cleanup_kafka(settings, phase.prefix)

@@ -72,29 +72,7 @@ def load_catalogs(env: dict[str, str]) -> None:
 
 def enriched_span(phase: e2e.Phase) -> tuple[int, float]:
     """(records, seconds between the first and last record timestamps) of mma.events.enriched."""
-    import confluent_kafka
-
-    from broker.kafka import make_consumer
-
-    s = phase.settings()
-    topic = s.topic(s.enrich.enriched_topic)
-    c = make_consumer(s, f"{phase.group}.count-enriched", **{"isolation.level": "read_committed",
-                                                              "enable.partition.eof": True})
-    meta = c.list_topics(topic, timeout=30).topics[topic]
-    parts = [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in meta.partitions]
-    c.assign(parts)
-    stamps, eof, deadline = [], set(), time.monotonic() + 120
-    try:
-        while len(eof) < len(parts) and time.monotonic() < deadline:
-            for m in c.consume(1000, 1.0):
-                if m.error():
-                    if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                        eof.add(m.partition())
-                    continue
-                stamps.append(m.timestamp()[1] / 1e3)
-    finally:
-        c.close()
-    stamps.sort()
+    stamps = e2e.enriched_stamps(phase)
     return len(stamps), (stamps[-1] - stamps[0]) if stamps else float("nan")
 
 

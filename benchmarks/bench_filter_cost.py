@@ -50,7 +50,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -92,33 +91,6 @@ def ingest_span(phase: e2e.Phase) -> tuple[float, float, int]:
     if len(batches) < 3:
         raise RuntimeError(f"ingest: {len(batches)} batch(es); use a larger --n")
     return batches[0][0], batches[-1][0], sum(k for _, k in batches[:-1])
-
-
-def enriched_stamps(phase: e2e.Phase) -> list[float]:
-    """Sorted record timestamps (Unix s) of the phase's ``mma.events.enriched``, committed records only."""
-    import confluent_kafka
-
-    from broker.kafka import make_consumer
-
-    s = phase.settings()
-    topic = s.topic(s.enrich.enriched_topic)
-    c = make_consumer(s, f"{phase.group}.count-enriched", **{"isolation.level": "read_committed",
-                                                              "enable.partition.eof": True})
-    meta = c.list_topics(topic, timeout=30).topics[topic]
-    parts = [confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in meta.partitions]
-    c.assign(parts)
-    stamps, eof, deadline = [], set(), time.monotonic() + 120
-    try:
-        while len(eof) < len(parts) and time.monotonic() < deadline:
-            for m in c.consume(1000, 1.0):
-                if m.error():
-                    if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                        eof.add(m.partition())
-                    continue
-                stamps.append(m.timestamp()[1] / 1e3)
-    finally:
-        c.close()
-    return sorted(stamps)
 
 
 def decided_stamps(db_url: str) -> list[float]:
@@ -266,7 +238,7 @@ def main() -> None:
                 row["ingest"] = per_alert(smp, t0, t1, n)
                 progress.update(task, description=f"repeat {r + 1}: (B) enrich")
                 smp = run_stage(a, env, "enrich", tmp / f"b{r}.log", pgdata)
-                st = enriched_stamps(a)
+                st = e2e.enriched_stamps(a)
                 assert len(st) == args.n, f"enriched {len(st)} of {args.n}"
                 row["enrich"] = per_alert(smp, st[0], st[-1], len(st) - 1)
                 progress.update(task, description=f"repeat {r + 1}: (C) filters ({len(entries)})")
