@@ -111,7 +111,7 @@ def match_rule(event: Event, rule: Any) -> str | None:
         return "test or mock alert"
     props = event.properties
     time_source = props.get("time_source")
-    if getattr(rule, "event_time_only", False) and time_source in NOT_EVENT_TIMES:
+    if getattr(rule, "event_time_only", False) and isinstance(time_source, str) and time_source in NOT_EVENT_TIMES:
         return (f"T0 is the notice's {time_source}, not an event time (a follow-up notice "
                 "decoded without its trigger)")
     if rule.significant_only and not is_significant(props, rule.max_far_hz):

@@ -255,3 +255,13 @@ def test_a_follow_up_notice_starts_no_analysis_at_its_own_observation_time():
         assert rule.apply(FilterInput(joined)).accepted
     finally:
         forget_triggers()
+
+
+@pytest.mark.parametrize("value", [[], {"a": 1}, float("nan"), "\udcff", "x" * 1_000_000])
+def test_a_time_source_of_any_shape_is_no_error_of_the_rule(value):
+    """An enriched record may carry anything in properties.time_source: an unhashable value
+    made match_rule raise, and a filter that keeps raising is quarantined (no follow-ups)."""
+    event = event_of("voevent/pygcn/gbm_flt_pos.xml")
+    hostile = event.model_copy(update={"properties": {**event.properties, "time_source": value}})
+    rule = FollowupRule.from_params(dict(missions=["Fermi"], analyses=["spiacs"]))
+    assert rule.apply(FilterInput(hostile)).accepted
