@@ -26,7 +26,7 @@ its ingestion time (``--by ingested``) is in ``[since, until)``. With it go the 
 that name it (any table with an ``event_id`` column: localization links, positions,
 group memberships, cross-matches, follow-up results, filter decisions), the event
 groups it belongs to, the localizations (and their tiles) these rows name, the outbox
-entries about it or its groups, the follow-up artifacts its results refer to
+entries about it or its groups, the coincidence claims of versions computed from it, the follow-up artifacts its results refer to
 (``mma-broker://artifact/sha256/<hex>``) and the filter re-runs its decisions belong
 to. Catalogs (reference data loaded from files, often millions of rows) only with
 ``--catalogs``. Not exported: ``alembic_version`` (in the manifest), ``raw_messages``
@@ -216,6 +216,7 @@ def _selections(conn: sa.Connection, present: set[str]) -> dict[str, str]:
     sel["localizations"] = "id IN (SELECT id FROM x_locs)"
     sel["localization_tiles"] = "localization_id IN (SELECT id FROM x_locs)"
     sel["outbox"] = f"source_event_id IN (SELECT id FROM x_events) OR group_key IN ({groups})"
+    sel["coincidence_claims"] = "computed_from IN (SELECT id FROM x_events)"  # versions computed from them
     if "followup_results" in present:
         # the artifacts the period's results refer to (followup.store.artifact_ref), read out of the documents
         conn.execute(sa.text(

@@ -84,6 +84,9 @@ COINCIDENCE_SCHEMA = "mma.coincidence/1"
 """``schema`` of a coincidence record (``broker/schemas/mma/coincidence.json``)."""
 CONTENT_TYPE = "application/json"
 _MAP_SOURCES = ("igwn", "gcn")
+CROSS_LANE_KINDS = ("gw-optical", "grb-optical")
+"""Coincidence kinds whose two members are enriched by different lanes (``[lanes]``): the
+ones both lanes may find, claimed before they are published (:mod:`broker.enrich.claims`)."""
 _NAME_KEYS = ("objname", "Source_Name", "name", "Name", "GWGC", "GWGC name", "PGC", "PGC no", "HyperLEDA",
               "HyperLEDA name", "objectId", "GLADE no", "source_id")
 
@@ -126,6 +129,8 @@ class EnrichStats:
     coincidences: Counter = field(default_factory=Counter)
     """kind → coincidence records published (retractions included)."""
     retracted_coincidences: int = 0
+    left_to_other_lane: int = 0
+    """Trigger–optical records another lane had claimed (it publishes them; ``claim``)."""
     dead_letters: int = 0
 
     def summary(self) -> str:
@@ -134,7 +139,9 @@ class EnrichStats:
         return (f"enrich: {self.events} event(s) enriched, {self.localized} with a localization, "
                 f"{self.bad_localizations} bad localization(s) (published with enrichment.error), "
                 f"{self.matches} catalog match(es); coincidence records: {kinds} "
-                f"({self.retracted_coincidences} marking a retraction); {self.dead_letters} dead letter(s)")
+                f"({self.retracted_coincidences} marking a retraction"
+                + (f", {self.left_to_other_lane} left to the other lane" if self.left_to_other_lane else "")
+                + f"); {self.dead_letters} dead letter(s)")
 
 
 class _Lru(OrderedDict):
@@ -451,6 +458,12 @@ class EnrichHandler(BaseStage):
         batch's candidates are stored (:meth:`write`), it asks once more for GW/GRB
         groups in their time window and adds the coincidences with the groups that
         appeared since the candidates were handled (see :meth:`_recheck_optical`).
+    claim : callable, optional
+        ``claim(keys) -> set`` of the (``id``, ``computed_from``) this loop owns
+        (:func:`broker.enrich.claims.claim_coincidences`): with ``[lanes]``, the batch's
+        trigger–optical records another loop claimed first are not published by this
+        one (:meth:`_keep_claimed`), so a pair both lanes found is on
+        ``mma.coincidences`` once. None: every record is published.
     """
 
     name = "enrich"
@@ -461,7 +474,8 @@ class EnrichHandler(BaseStage):
                  write_batch: Callable[[Sequence[Event], Sequence[dict[str, Any]]], Any] | None = None,
                  extract: Callable[[Event, bytes], Any] | None = None,
                  fetch: Callable[[Event], Any] | None = None, codec: EventCodec | None = None,
-                 cross_lane: bool = False, recheck_optical: bool = False) -> None:
+                 cross_lane: bool = False, recheck_optical: bool = False,
+                 claim: Callable[[Sequence[tuple[str, str]]], set[tuple[str, str]]] | None = None) -> None:
         if extract is None:
             from broker.enrich.localization import extract_localization as extract
         self.localizations, self.groups, self.archive, self.settings = localizations, groups, archive, settings
@@ -476,6 +490,7 @@ class EnrichHandler(BaseStage):
                                       schemes=tuple(settings.skymap_url_schemes))
         self.fetch = fetch
         self.cross_lane, self.recheck_optical = cross_lane or recheck_optical, recheck_optical
+        self.claim = claim
         self._ingested = _Lru(4096)
         self._looked_at: set[str] | None = None
         self.codec = codec or EventCodec()
@@ -633,6 +648,36 @@ class EnrichHandler(BaseStage):
             self.index_positions(events)
         if self.recheck_optical and self.settings.optical:
             self._recheck_optical(batch)
+        if self.claim is not None:
+            self._keep_claimed(batch)
+
+    def _keep_claimed(self, batch: list[Handled]) -> None:
+        """Drop the batch's trigger–optical coincidence records another lane owns.
+
+        Both lanes may find a pair (see :meth:`_recheck_optical`) and build the same
+        record; ``claim`` (:func:`broker.enrich.claims.claim_coincidences`, committed
+        before this loop's Kafka transaction) says which loop publishes each version, so
+        ``mma.coincidences`` carries it once. The Events' enriched records still list it.
+        """
+        found: list[tuple[Handled, Outgoing, tuple[str, str], tuple[str, bool]]] = []
+        for h in batch:
+            for rec in h.outputs:
+                if rec.topic != self.coincidences_topic:
+                    continue
+                c = json.loads(rec.value)
+                if c["kind"] in CROSS_LANE_KINDS:
+                    found.append((h, rec, (c["id"], c["computed_from"]), (c["kind"], c["retracted"])))
+        if not found:
+            return
+        mine = self.claim([key for _, _, key, _ in found])
+        for h, rec, key, note in found:
+            if key in mine:
+                continue
+            h.outputs.remove(rec)
+            info = h.info
+            if note in getattr(info, "coincidences", ()):
+                info.coincidences.remove(note)
+                info.left_to_other_lane += 1
 
     def _recheck_optical(self, batch: list[Handled]) -> None:
         """Coincidences of the batch's optical candidates with GW/GRB groups stored by
@@ -754,6 +799,7 @@ class EnrichHandler(BaseStage):
             for kind, retracted in n.coincidences:
                 st.coincidences[kind] += 1
                 st.retracted_coincidences += retracted
+            st.left_to_other_lane += n.left_to_other_lane
         st.dead_letters += len(dead)
 
     # ------------------------------------------------------------ records
@@ -1160,6 +1206,7 @@ class _Note:
     localized: bool
     matches: int = 0
     coincidences: list[tuple[str, bool]] = field(default_factory=list)
+    left_to_other_lane: int = 0
     fetched: bool = False
     state: Any = None  # the candidate's group, for _recheck_optical
     triggers: set[str] = field(default_factory=set)  # GW/GRB groups its optical side looked at
@@ -1187,6 +1234,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     transactional producer; the stores are the archive's PostgreSQL.
     """
     from broker.app import open_archive, provenance
+    from broker.enrich.claims import claim_coincidences
     from broker.enrich.groups import GroupStore
     from broker.enrich.matchstore import write_enrichment
     from broker.enrich.store import LocalizationStore
@@ -1215,10 +1263,11 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
             localizations=LocalizationStore(engine), groups=GroupStore(engine), archive=archive,
             settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, "enrich"),
             catalogs=catalogs, write_batch=functools.partial(write_enrichment, engine),
-            cross_lane=lane.name is not None, recheck_optical=lane.name is not None and lane.takes("ztf"))
+            cross_lane=lane.name is not None, recheck_optical=lane.name is not None and lane.takes("ztf"),
+            claim=None if lane.name is None else functools.partial(claim_coincidences, engine, owner=name))
         runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
-                             poll_timeout_s=e.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S, limits=s.limits,
-                             store_raw=archive.store_raw,
+                             poll_timeout_s=e.poll_timeout_s, fill_s=lane.fill_s(NOTICE_PATH_FILL_S),
+                             limits=s.limits, store_raw=archive.store_raw,
                              transactional=s.kafka.transactions,
                              producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
                              subscription=[events], metrics=app.metrics.stage(name), accept=lane.accept_fn())

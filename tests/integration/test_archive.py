@@ -120,6 +120,9 @@ def test_schema_matches_models(pg) -> None:
     from broker.enrich.matchstore import crossmatch_table
 
     crossmatch_table(full)  # migration 0006, on 0005
+    from broker.enrich.claims import claim_table
+
+    claim_table(full)  # migration 0010, on 0006
     from filters.store import DECISIONS, RUNS
 
     DECISIONS.to_metadata(full)  # the filters' migration 0101, a branch from 0001

@@ -83,6 +83,9 @@ def populate(archive: Archive) -> dict[str, int]:
     match = {"glade": {"kind": "skymap", "n_inside": 2, "matches": [{"name": "NGC 4993", "prob": 0.12345678901234,
                                                                       "dist_mpc": 40.4}]}}
     write_enrichment(eng, events, crossmatch_rows(gw.id, match, gw_loc.id if gw_loc else None))
+    from broker.enrich.claims import claim_coincidences
+
+    claim_coincidences(eng, [(f"gw-optical:{gw.id}+ztf:ZTF18test1", gw.id)], "enrich.notices")
     grb = next(ev for ev in events if ev.source == "gcn" and ev.mission.lower().startswith("fermi"))
     plot = ArtifactStore(archive).put(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
     results = FollowupStore(eng)
@@ -112,7 +115,7 @@ def populate(archive: Archive) -> dict[str, int]:
 
 TABLES = ("events", "localizations", "localization_tiles", "event_localizations", "event_positions", "event_groups",
           "event_group_members", "event_crossmatches", "followup_results", "followup_artifacts", "filter_decisions",
-          "filter_runs", "outbox")
+          "filter_runs", "outbox", "coincidence_claims")
 
 
 def test_export_import_export_round_trips_exactly(fresh_db, second_db, tmp_path):

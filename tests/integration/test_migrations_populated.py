@@ -58,7 +58,7 @@ def test_every_revision_downgrades_and_upgrades_on_a_populated_archive(fresh_db,
     populate(archive)
     script = ScriptDirectory.from_config(alembic_config())
     revisions = [r.revision for r in script.walk_revisions()]  # newest first, a child before its parent
-    assert {"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0101"} <= set(revisions)
+    assert {"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0101"} <= set(revisions)
     cfg = alembic_config()
     with archive.engine.connect() as conn:
         before = _snapshot(conn)
