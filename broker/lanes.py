@@ -35,6 +35,9 @@ EVENT_ID_HEADER = "mma.event.id"
 """Header naming the Event of a record (``<source>:<upstream id>``)."""
 REST = "*"
 """A lane's source list entry meaning "every source no other lane names"."""
+SURVEY_SOURCES = frozenset({"ztf", "lsst"})
+"""Sources of the optical surveys' alert streams (hundreds to thousands of Events a second
+at night); a lane that takes none of them is idle most of the time (:meth:`Lane.fill_s`)."""
 LANE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 
@@ -70,6 +73,30 @@ class Lane:
         if source is None:
             return self.rest
         return source in self.sources or (self.rest and source not in self.others)
+
+    def fill_s(self, default: float) -> float:
+        """``fill_s`` of this lane's loops (:class:`~broker.pipeline.runner.StageRunner`).
+
+        A named lane that takes no survey source (:data:`SURVEY_SOURCES`; e.g. the
+        ``notices`` lane: GCN, IGWN, VOEvent) is idle most of the time: 0, each record
+        is handed over as it arrives, with whatever arrived with it, instead of waiting
+        up to ``default`` for more (issue 11's latency, docs/publishing-latency.md). A
+        lane carrying a survey stream, and the default single lane, keep ``default``
+        (windows that make batches of a trickling stream, full batches of a backlog).
+
+        Parameters
+        ----------
+        default : float
+            The stage's ``fill_s``, s.
+
+        Returns
+        -------
+        float
+            s.
+        """
+        if self.name is None or any(self.takes(src) for src in SURVEY_SOURCES):
+            return default
+        return 0.0
 
     def accept(self, msg: Any) -> bool:
         """Whether the record ``msg`` (a confluent_kafka.Message) is this lane's, from its

@@ -528,8 +528,9 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
                                 raw=RawBatch(functools.partial(fetch_raw_many, archive)), followup=followup,
                                 catalogs=catalogs)
         runner = FilterRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq,
-                              batch_size=f.batch_size, poll_timeout_s=f.poll_timeout_s, fill_s=NOTICE_PATH_FILL_S,
-                              limits=s.limits, store_raw=archive.store_raw, transactional=s.kafka.transactions,
+                              batch_size=f.batch_size, poll_timeout_s=f.poll_timeout_s,
+                              fill_s=lane.fill_s(NOTICE_PATH_FILL_S), limits=s.limits, store_raw=archive.store_raw,
+                              transactional=s.kafka.transactions,
                               producer_factory=functools.partial(stage_producer, s, name, slot), admin=admin,
                               subscription=[enriched], metrics=app.metrics.stage(name), accept=lane.accept_fn())
 

@@ -59,6 +59,15 @@ def test_lanes_setting_is_validated():
             check_lanes(bad)
 
 
+def test_only_a_lane_without_a_survey_stream_hands_records_over_at_once():
+    notices, optical = lanes_of(Settings(lanes=LANES))
+    assert notices.fill_s(0.02) == 0.0 and optical.fill_s(0.02) == 0.02
+    assert lanes_of(Settings())[0].fill_s(0.02) == 0.02  # one lane for everything: the ZTF stream too
+    # a "*" lane that takes ZTF (no other lane names it) keeps its batch windows; a GCN-only lane does not
+    rest, gcn = lanes_of(Settings(lanes={"main": ["*"], "fast": ["gcn"]}))
+    assert rest.fill_s(0.02) == 0.02 and gcn.fill_s(0.02) == 0.0
+
+
 def _msg(offset: int, event_id: str | None, partition: int = 0, value: bytes = b"not an event") -> FakeMessage:
     headers = [("content-type", b"application/json")]
     if event_id is not None:
