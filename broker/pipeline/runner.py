@@ -685,6 +685,17 @@ class StageRunner:
                 in_txn = True
                 failed: list[tuple[Outgoing, str, bool]] = []
                 self._produce_all(records, failed)
+                offsets_sent = False
+                if self.offsets_in_transaction and not failed:
+                    # while Kafka acknowledges the records: the offsets' two round trips
+                    # (AddOffsetsToTxn, TxnOffsetCommit) overlap the produce's
+                    try:
+                        self._call("send_offsets_to_transaction", lambda: self._send_offsets(tps))
+                        offsets_sent = True
+                    except confluent_kafka.KafkaException:
+                        self._flush()  # a record refused meanwhile fails the call: its delivery report says why
+                        if not failed:
+                            raise
                 self._flush()
                 if failed:
                     self._abort()
@@ -696,7 +707,7 @@ class StageRunner:
                         self.backoff.wait(f"{len(failed)} record(s) not delivered ({failed[0][1]}); "
                                           "making the transaction again", self.stop)
                     continue
-                if self.offsets_in_transaction:
+                if self.offsets_in_transaction and not offsets_sent:
                     self._call("send_offsets_to_transaction", lambda: self._send_offsets(tps))
                 self._call("commit_transaction", lambda: self.producer.commit_transaction(self.txn_timeout_s))
                 in_txn = False
