@@ -192,12 +192,16 @@ def run(
     lane: list[str] = typer.Option([], "--lane",
                                    help="Run only this lane's enrich and filters loops (a name of [lanes]); "
                                         "repeat for several. Default: every lane. Other stages are not affected."),
+    upstream: list[str] = typer.Option([], "--upstream",
+                                       help="Run only this [[upstreams]] entry's ingest loop (by name); repeat for "
+                                            "several. Default: every upstream. Other stages are not affected."),
 ) -> None:
     """Run the broker's stages: by default every registered one — ingest (upstreams →
     decode → archive → mma.events) and the INTEGRAL follow-up (mma.events → rules →
     requests → results). With [lanes], enrich and filters run one loop per lane
     (docs/publishing-latency.md); --lane picks them, e.g. one process per lane, the
-    optical one under `nice`."""
+    optical one under `nice`; --upstream does the same for ingest's loops (the notices'
+    upstreams in one process, ZTF's in another)."""
     from broker import stages as registry
 
     known = registry.registered()
@@ -212,6 +216,12 @@ def run(
 
         lanes_of(s, lane)  # an unknown lane fails here, before anything starts
         app_.run_lanes = list(dict.fromkeys(lane))
+    if upstream:
+        names = [up.name for up in s.upstreams]
+        unknown = [n for n in upstream if n not in names]
+        if unknown:
+            raise BrokerError(f"--upstream {unknown[0]}: not an [[upstreams]] entry ({', '.join(names) or 'none'})")
+        app_.run_upstreams = list(dict.fromkeys(upstream))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -307,7 +307,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     """The ingest stage's loops: one per configured upstream (``mma_broker.stages`` entry ``ingest``).
 
     Each reads its upstream (:mod:`broker.upstreams`), archives, and writes
-    ``mma.events`` and ``mma.dlq`` with its own transactional producer.
+    ``mma.events`` and ``mma.dlq`` with its own transactional producer. ``mma-broker run
+    --upstream NAME`` (``app.run_upstreams``) keeps only the named upstreams' loops.
     """
     from broker.app import open_archive, provenance
     from broker.kafka import claim_instance, ensure_topics, stage_producer
@@ -322,7 +323,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     events, dlq = s.topic(s.events_topic), s.topic(s.dlq_topic)
     ensure_topics(s, [events, dlq])
     specs, workers, slots = [], [], []
-    for up in s.upstreams:
+    only = getattr(app, "run_upstreams", None)
+    for up in [u for u in s.upstreams if only is None or u.name in only]:
         name = f"ingest.{up.name}"
         slot = claim_instance(s, name)
         slots.append(slot)

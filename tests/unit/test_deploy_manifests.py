@@ -10,7 +10,8 @@
   the code names a setting that derivation covers;
 - each stage has a Deployment, a Kafka user whose ACLs cover its inputs, outputs,
   consumer group and transactional ids, and (consumer stages) a KEDA ScaledObject on
-  its real consumer group, capped by its input's partitions;
+  its real consumer group, capped by its input's partitions; enrich and filters run as
+  lanes, ingest as two Deployments (``--upstream``: the notices' upstreams apart from ZTF);
 - the Grafana dashboard queries only metrics broker/metrics.py exports;
 - deploy/compose/compose.yaml is valid for the vendored compose-spec JSON schema.
 """
@@ -268,12 +269,15 @@ def stage_deployments() -> dict[str, dict]:
 
 
 def lane_deployments() -> dict[tuple[str, str | None], dict]:
-    """(stage, lane or None) → Deployment, from each one's ``run --stage S [--lane L]``."""
+    """(stage, lane or None) → Deployment, from each one's ``run --stage S [--lane L]`` (ingest,
+    ``run --stage ingest --upstream U ...``: its pods' ``mma-broker/lane`` label)."""
     out = {}
     for name, d in by_kind("Deployment").items():
         args = d["spec"]["template"]["spec"]["containers"][0]["args"]
         if args[:2] == ["run", "--stage"]:
-            lane = args[args.index("--lane") + 1] if "--lane" in args else None
+            lane = (args[args.index("--lane") + 1] if "--lane" in args
+                    else d["spec"]["template"]["metadata"]["labels"]["mma-broker/lane"] if "--upstream" in args
+                    else None)
             assert (args[2], lane) not in out, (name, args)
             out[(args[2], lane)] = d
     return out
@@ -297,7 +301,53 @@ def test_each_lane_of_the_preset_has_a_deployment_per_laned_stage(cluster_settin
     cpu = {lane: deps[("enrich", lane)]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
            for lane in lanes}
     assert cpu == {"notices": "250m", "optical": "1500m"}
-    assert {st for st, lane in deps if lane is not None} == {"enrich", "filters"}
+    assert {st for st, lane in deps if lane is not None} == {"ingest", "enrich", "filters"}
+
+
+def upstreams_of(dep: dict) -> list[str]:
+    """The ``--upstream`` names of a Deployment's ``run`` arguments."""
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return [args[i + 1] for i, a in enumerate(args) if a == "--upstream"]
+
+
+def test_ingest_runs_the_notices_upstreams_apart_from_the_survey_stream(cluster_settings):
+    from broker.lanes import SURVEY_SOURCES
+
+    deps = {lane: d for (st, lane), d in lane_deployments().items() if st == "ingest"}
+    assert set(deps) == {"notices", "optical"}
+    assert deps["notices"]["metadata"]["name"] == "mma-ingest-notices"
+    assert deps["optical"]["metadata"]["name"] == "mma-ingest-optical"
+    ups = {lane: upstreams_of(d) for lane, d in deps.items()}
+    # every upstream of the preset runs in exactly one of them
+    assert sorted(ups["notices"] + ups["optical"]) == sorted(up.name for up in cluster_settings.upstreams)
+    kinds = {up.name: up.kind for up in cluster_settings.upstreams}
+    assert {kinds[u] for u in ups["optical"]} <= SURVEY_SOURCES
+    assert not {kinds[u] for u in ups["notices"]} & SURVEY_SOURCES
+    notices, optical = deps["notices"], deps["optical"]
+    assert notices["spec"]["replicas"] == 1  # KEDA cannot read GCN's or Hopskotch's group lag
+    assert "replicas" not in optical["spec"]
+    cpu = {lane: d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+           for lane, d in deps.items()}
+    assert cpu == {"notices": "250m", "optical": "500m"}
+    # the ZTF pods get neither the GCN client secret nor hop-client's auth.toml
+    assert "MMA_BROKER_GCN_CLIENT_SECRET" in container_env(notices)
+    assert "MMA_BROKER_GCN_CLIENT_SECRET" not in container_env(optical)
+    assert "hop-auth" in {v["name"] for v in notices["spec"]["template"]["spec"]["volumes"]}
+    assert "hop-auth" not in {v["name"] for v in optical["spec"]["template"]["spec"]["volumes"]}
+    for lane in deps:
+        sel = deps[lane]["spec"]["selector"]["matchLabels"]
+        assert sel["mma-broker/lane"] == lane and sel["app.kubernetes.io/component"] == "ingest"
+
+
+def test_the_cli_refuses_an_upstream_the_preset_lacks(tmp_path):
+    preset = tmp_path / "mma-broker.toml"
+    preset.write_text(by_kind("ConfigMap")["mma-broker-settings"]["data"]["mma-broker.toml"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMA_BROKER_")}
+    env |= {"MMA_BROKER_CONFIG": str(preset), "MMA_BROKER_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-m", "broker", "run", "--stage", "ingest", "--upstream", "gcn",
+                           "--upstream", "ztf-typo"], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "--upstream ztf-typo: not an [[upstreams]] entry (gcn, igwn, ztf)" in proc.stderr
 
 
 def container_env(dep: dict) -> dict[str, dict]:
@@ -426,7 +476,10 @@ def test_keda_scales_each_consumer_stage_on_its_own_group_within_its_partitions(
     from broker.lanes import lanes_of
 
     lanes = [lane.name for lane in lanes_of(cluster_settings)]
-    targets = [(stage, loop, f"mma-{stage}") for stage, loop in STAGE_LOOPS.items() if stage not in LANED]
+    targets = [(stage, loop, f"mma-{stage}") for stage, loop in STAGE_LOOPS.items()
+               if stage not in LANED and stage != "ingest"]
+    targets += [("ingest", None, "mma-ingest-optical")]  # the notices' ingest: one fixed replica
+    assert not {"mma-ingest", "mma-ingest-notices"} & set(scaled)
     targets += [(stage, f"{STAGE_LOOPS[stage]}.{lane}", f"mma-{stage}-{lane}") for stage in LANED for lane in lanes]
     assert not {f"mma-{stage}" for stage in LANED} & set(scaled)
     for stage, loop, name in targets:
