@@ -42,7 +42,18 @@ notice produced − its analysis time.
 
 Also reported: the ZTF rate achieved by the load generator, the ZTF Events seen per
 second on ``mma.events`` and ``mma.events.enriched`` (whether ingest and enrich kept
-up) and each stage's consumer lag, sampled every 2 s, with the load average.
+up) and each stage's consumer lag, sampled every 2 s, with the load average; each hop's
+p50/p95/p99/max; which hop was the largest of the slowest 5 % of notices; and the CPU
+each stage process used while the notices ran (``/proc/<pid>/stat``).
+
+Where a hop's time goes (``--phases``): every stage process runs with
+``StageRunner.process`` wrapped (the ``STAGE`` script below), and each batch holding a
+notice-path record notes when it started, was handled, written (PostgreSQL, raw store)
+and committed (the Kafka transaction); a hop is then split into the wait from the
+previous loop's commit to the batch's start (Kafka's delivery to a ``read_committed``
+consumer and the batch wait), handle, write and commit. ``--pg-waits`` samples
+``pg_stat_activity`` every 50 ms while the notices run: what the stages' PostgreSQL
+backends wait on (``IO:WALSync``, ``LWLock:WALWrite``, ``Lock:*``, or running).
 
 Layouts (``--layout``, repeat it to alternate several in one run, round by round):
 ``stages`` (the default) runs the six stages as six processes; ``lanes`` runs the
@@ -54,9 +65,11 @@ nine processes, the three of the optical path under ``nice -n --nice`` (default 
 the same without ``nice`` (to see what the priority adds).
 
 Run: ``python benchmarks/bench_latency.py [--notices 101] [--interval-s 1] [--ztf-rate 1000]
-[--warmup-s 15] [--short] [--layout stages --layout lanes] [--nice 10]``; ``--short``: 6 notices under 200 ZTF alerts/s (a smoke test,
-about a minute). Needs the Kafka of ``deploy/kafka/kafka.sh start``. Topics, consumer
-groups, the database and the temporary folder of the run are deleted at the end.
+[--warmup-s 15] [--short] [--layout stages --layout lanes] [--nice 10] [--phases] [--pg-waits]
+[--variant NAME=TREE --rounds N]`` (variants alternate, each round starting with the next
+tree); ``--short``: 6 notices under 200 ZTF alerts/s (a smoke test, about a minute).
+Needs the Kafka of ``deploy/kafka/kafka.sh start``. Topics, consumer groups, the
+database and the temporary folder of the run are deleted at the end.
 """
 
 from __future__ import annotations
@@ -73,7 +86,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -101,20 +114,51 @@ PARTITIONS = 4
 FIRST_K = 1000
 """ZTF copies start at k = 1000 (candid + k·10^15 stays below 2**63 for k < ~6,700)."""
 
-# The follow-up stage, with run_followup timed (wall time per request, one JSON line each).
-TIMED_FOLLOWUP = r"""
+# One stage process: ``python -c STAGE <analysis file> <phases file or -> <mma-broker arguments>``.
+# The follow-up stage gets run_followup timed (wall time per request, one JSON line each);
+# with a phases file, every StageRunner batch holding a record keyed other than a ZTF one
+# (the notice path) writes one JSON line: its loop, its records' keys and input CreateTimes,
+# and when it started, was handled, written (durably) and committed (Kafka transaction).
+STAGE = r"""
 import json, sys, time
-import followup.worker as w
-_run, _out = w.run_followup, open(sys.argv[1], "a", buffering=1)
-def timed(ev, *a, **k):
-    t0 = time.time()
-    try:
-        return _run(ev, *a, **k)
-    finally:
-        _out.write(json.dumps({"upstream_id": ev.upstream_id, "start": t0, "end": time.time()}) + "\n")
-w.run_followup = timed
+analysis, phases, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+if argv[:3] == ["run", "--stage", "followup"]:
+    import followup.worker as w
+    _run, _out = w.run_followup, open(analysis, "a", buffering=1)
+    def timed(ev, *a, **k):
+        t0 = time.time()
+        try:
+            return _run(ev, *a, **k)
+        finally:
+            _out.write(json.dumps({"upstream_id": ev.upstream_id, "start": t0, "end": time.time()}) + "\n")
+    w.run_followup = timed
+if phases != "-":
+    import broker.pipeline.runner as R
+    _ph = open(phases, "a", buffering=1)
+    _process = R.StageRunner.process
+    def _mark(name, fn):
+        def f(self, *a, **k):
+            try:
+                return fn(self, *a, **k)
+            finally:
+                getattr(self, "_bench_marks", {})[name] = time.time()
+        return f
+    def process(self, msgs):
+        self._bench_marks = {"start": time.time()}
+        try:
+            return _process(self, msgs)
+        finally:
+            recs = [((m.key() or b"").decode(errors="replace"), m.timestamp()[1] / 1e3) for m in msgs
+                    if m.error() is None and (self.accept is None or self.accept(m))]  # a lane's own
+            notes = [(k, c) for k, c in recs if k and not k.startswith("ZTF")]
+            if notes:
+                _ph.write(json.dumps({"loop": self.name, "n": len(recs), "keys": [k for k, _ in notes],
+                                      "created": [c for _, c in notes], **self._bench_marks}) + "\n")
+    R.StageRunner.process = process
+    for _name, _attr in (("handled", "_handle_all"), ("written", "_write"), ("committed", "_deliver_transaction")):
+        setattr(R.StageRunner, _attr, _mark(_name, getattr(R.StageRunner, _attr)))
 from broker.cli import main
-sys.argv = ["mma-broker", "run", "--stage", "followup"]
+sys.argv = ["mma-broker", *argv]
 main()
 """
 
@@ -228,6 +272,35 @@ def sample_lag(bootstrap: str, group_prefix: str) -> dict[str, int]:
     return out
 
 
+def sample_pg_waits(db_url: str, stop: threading.Event, every_s: float, out: Counter) -> None:
+    """Every ``every_s`` s until ``stop``: what each active client backend of the run's
+    database waits on (``pg_stat_activity``: ``wait_event_type:wait_event``, ``CPU:running``
+    when it waits on nothing), counted into ``out`` (``out["samples"]``: samples taken)."""
+    with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        while not stop.wait(every_s):
+            rows = conn.execute(
+                "SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, 'running'), count(*) "
+                "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1, 2").fetchall()
+            out["samples"] += 1
+            for typ, event, n in rows:
+                out[f"{typ}:{event}"] += n
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time so far of each process (``/proc/<pid>/stat``), s; a process
+    gone or not readable is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat)
+    return out
+
+
 def pct(xs: list[float], q: float) -> float:
     """Nearest-rank percentile ``q`` (0..1) of ``xs``; NaN when empty."""
     xs = sorted(xs)
@@ -240,16 +313,19 @@ LANES = {"notices": ["*"], "optical": ["ztf", "lsst"]}
 """``[lanes]`` of the ``lanes`` layout."""
 
 
-def stage_commands(layout: str, nice: int, timing: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Process name → (command, extra environment) of a layout (``stages`` or ``lanes``)."""
+def stage_commands(layout: str, nice: int, timing: Path,
+                   phases: Path | None = None) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Process name → (command, extra environment) of a layout (``stages`` or ``lanes``);
+    the follow-up's analysis time goes to ``timing``, each notice-path batch's phases to
+    ``phases`` (None: not recorded)."""
     from broker.config import _default_upstreams
 
     def run(*a: str) -> list[str]:
-        return [sys.executable, "-m", "broker", "run", *a]
+        return [sys.executable, "-c", STAGE, str(timing), str(phases) if phases else "-", "run", *a]
 
-    followup = [sys.executable, "-c", TIMED_FOLLOWUP, str(timing)]
+    followup = run("--stage", "followup")
     if layout == "stages":
-        return {st: (followup if st == "followup" else run("--stage", st), {}) for st in STAGES}
+        return {st: (run("--stage", st), {}) for st in STAGES}
     if layout not in ("lanes", "lanes-unniced"):
         raise SystemExit(f"--layout {layout}: stages, lanes or lanes-unniced")
     lanes = {"MMA_BROKER_LANES": json.dumps(LANES)}
@@ -308,7 +384,8 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
 
         (tmp / "logs").mkdir()
         timing = tmp / "analysis.jsonl"
-        for st, (cmd, extra) in stage_commands(layout, args.nice, timing).items():
+        phases = tmp / "phases.jsonl" if args.phases else None
+        for st, (cmd, extra) in stage_commands(layout, args.nice, timing, phases).items():
             log = (tmp / "logs" / f"{st}.log").open("w")
             logs.append(log)
             procs[st] = subprocess.Popen(cmd, env=env | extra, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
@@ -368,7 +445,14 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
 
         threading.Thread(target=lag_loop, daemon=True).start()
         time.sleep(args.warmup_s)
+        pg_waits: Counter = Counter()
+        pg_stop = threading.Event()
+        pg_thread = threading.Thread(target=sample_pg_waits, args=(db_url, pg_stop, 0.05, pg_waits), daemon=True)
+        if args.pg_waits:
+            pg_thread.start()
         load_before = os.getloadavg()
+        pids = {n: p.pid for n, p in procs.items()}
+        cpu_first = cpu_seconds(pids)
         t_first = time.time()
         ztf_at_first = ztf_count.value
         n = args.notices - 1
@@ -384,7 +468,9 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
                 check_alive()
                 time.sleep(max(0.0, start + j * args.interval_s - time.monotonic()))
             t_last = time.time()
+            cpu_last = cpu_seconds(pids)
             ztf_at_last = ztf_count.value
+            pg_stop.set()
             deadline = time.monotonic() + args.settle_s
             while time.monotonic() < deadline and n_done() < n:
                 prog.update(t_done, completed=n_done())
@@ -400,6 +486,8 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
         for line in timing.read_text().splitlines():
             d = json.loads(line)
             analysis[d["upstream_id"]] = d["end"] - d["start"]
+        batches = ([json.loads(line) for line in phases.read_text().splitlines()]
+                   if phases is not None and phases.exists() else [])
         with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
             rows = conn.execute("SELECT key, extract(epoch FROM created_at), extract(epoch FROM sent_at) "
                                 "FROM outbox WHERE channel = 'hermes'").fetchall()
@@ -425,7 +513,9 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
         return {"label": label, "layout": layout, "per_notice": per, "lags": lags, "t_last": t_last, "span_s": span,
                 "ztf_rate": (ztf_at_last - ztf_at_first) / span if span > 0 else float("nan"),
                 "events_rate": rate_between("events"), "enriched_rate": rate_between("enriched"),
-                "load_before": load_before, "load_after": load_after}
+                "load_before": load_before, "load_after": load_after, "pg_waits": dict(pg_waits),
+                "batches": batches,
+                "cpu_cores": {n: (cpu_last[n] - cpu_first[n]) / span for n in cpu_last if n in cpu_first and span > 0}}
     finally:
         lag_stop.set()
         if ztf_stop is not None:
@@ -462,6 +552,65 @@ def latencies(res: dict) -> tuple[list[float], list[float], list[dict]]:
             [1e3 * r["analysis_s"] for r in done], done)
 
 
+HOPS = [("ingest", "notice → mma.events (ingest)", "sent", "events"),
+        ("enrich", "mma.events → enriched (enrich)", "events", "enriched"),
+        ("filters", "enriched → followup.requests (filters)", "enriched", "requests"),
+        ("followup", "requests → followup.results (followup − analysis)", "requests", "results"),
+        ("reports", "results → outbox row put (reports)", "results", "outbox_put"),
+        ("publish", "outbox put → sent (publish)", "outbox_put", "outbox_sent"),
+        ("hermes", "outbox sent → HERMES received", "outbox_sent", "hermes")]
+"""Hops of the path: (short name, label, step it starts at, step it ends at)."""
+
+
+def hop_ms(r: dict) -> dict[str, float]:
+    """Each hop of one notice, short name → ms (the follow-up hop without its analysis time)."""
+    return {key: 1e3 * (r[b] - r[a] - (r["analysis_s"] if b == "results" else 0.0))
+            for key, _, a, b in HOPS if a in r and b in r}
+
+
+def tail_hops(done: list[dict], lat: list[float], q: float = 0.95) -> tuple[int, Counter, dict[str, float]]:
+    """The notices whose latency is at or above its ``q`` percentile: how many, how often
+    each hop was the largest of a notice's hops, and each hop's median among them, ms."""
+    cut = pct(lat, q)
+    tail = [hop_ms(r) for r, x in zip(done, lat) if x >= cut]
+    worst = Counter(max(h, key=h.get) for h in tail if h)
+    return len(tail), worst, {key: pct([h[key] for h in tail if key in h], 0.5) for key, *_ in HOPS}
+
+
+PHASE_LOOPS = [("ingest", ("ingest.notices",)), ("enrich", ("enrich.notices", "enrich")),
+               ("filters", ("filters.notices", "filters")), ("followup", ("followup.worker",)),
+               ("reports", ("reports",))]
+"""The notice path's StageRunner loops, per hop (lanes layout, stages layout)."""
+
+
+def phase_split(res: dict) -> dict[str, dict[str, list[float]]]:
+    """Each hop of each published notice split at its loop's batch (``--phases``), ms:
+    ``wait`` from the previous loop's commit (the notice's production, for ingest) to the
+    batch's start (Kafka's delivery to a read_committed consumer, and the batch wait),
+    ``handle``, ``write`` (the durable write: PostgreSQL) and ``commit`` (the Kafka
+    transaction: produce, flush, offsets, commit); also ``batch``, records in the batch."""
+    first: dict[tuple[str, str], dict] = {}
+    for b in res.get("batches", []):
+        for k in b["keys"]:
+            first.setdefault((b["loop"], k), b)
+    out: dict[str, dict[str, list[float]]] = {hop: defaultdict(list) for hop, _ in PHASE_LOOPS}
+    _, _, done = latencies(res)
+    for r in done:
+        prev = r["sent"]
+        for hop, loops in PHASE_LOOPS:
+            b = next((first[(lp, r["trigger"])] for lp in loops if (lp, r["trigger"]) in first), None)
+            if b is None or "committed" not in b:
+                break
+            split = out[hop]
+            split["wait"].append(1e3 * (b["start"] - prev))
+            split["handle"].append(1e3 * (b.get("handled", b["start"]) - b["start"]))
+            split["write"].append(1e3 * (b.get("written", b["committed"]) - b.get("handled", b["start"])))
+            split["commit"].append(1e3 * (b["committed"] - b.get("written", b["start"])))
+            split["batch"].append(float(b["n"]))
+            prev = b["committed"]
+    return out
+
+
 def report(res: dict, args: argparse.Namespace, console: Console) -> None:
     """The tables of one run: latency, analysis, per hop, ZTF rates, consumer lag."""
     lat, ana, done = latencies(res)
@@ -476,20 +625,42 @@ def report(res: dict, args: argparse.Namespace, console: Console) -> None:
 
     row("latency: HERMES received − notice produced − analysis", lat)
     row("follow-up analysis (run_followup wall time), excluded", ana)
-    hops = [("notice → mma.events (ingest)", "sent", "events"),
-            ("mma.events → enriched (enrich)", "events", "enriched"),
-            ("enriched → followup.requests (filters)", "enriched", "requests"),
-            ("requests → followup.results (followup − analysis)", "requests", "results"),
-            ("results → outbox row put (reports)", "results", "outbox_put"),
-            ("outbox put → sent (publish)", "outbox_put", "outbox_sent"),
-            ("outbox sent → HERMES received", "outbox_sent", "hermes")]
-    for name, a, b in hops:
-        xs = [1e3 * (r[b] - r[a] - (r["analysis_s"] if b == "results" else 0.0)) for r in done if a in r and b in r]
-        row("  hop: " + name, xs)
+    for key, name, a, b in HOPS:
+        row("  hop: " + name, [h[key] for h in map(hop_ms, done) if key in h])
     for lab in ("events", "enriched", "requests", "results"):
         xs = [1e3 * (r[lab] - r[lab + "_created"]) for r in done if lab in r]
         row(f"    in it: CreateTime → received, {lab}", xs)
     console.print(table)
+    if lat:
+        n_tail, worst, med = tail_hops(done, lat)
+        console.print(f"{res['label']}: the slowest 5% ({n_tail} notices, latency ≥ {pct(lat, 0.95):,.0f} ms): "
+                      "largest hop " + ", ".join(f"{k} {v}×" for k, v in worst.most_common()) + "; their hops' "
+                      "medians " + ", ".join(f"{k} {v:,.0f}" for k, v in med.items()) + " ms")
+    cores = res.get("cpu_cores") or {}
+    if cores:
+        console.print(f"{res['label']}: CPU of each stage process while the notices ran, cores: "
+                      + ", ".join(f"{n} {c:.2f}" for n, c in cores.items()) + f"; all {sum(cores.values()):.2f}")
+    split = phase_split(res)
+    if any(split[hop]["wait"] for hop in split):
+        pt = Table(title=f"{res['label']}: each hop of the notice path at its loop's batch (--phases), ms: "
+                         "p50 / p95 / p99 / max")
+        for col in ("hop", "wait (previous commit → batch start)", "handle", "write (PostgreSQL)",
+                    "commit (Kafka transaction)", "records in the batch"):
+            pt.add_column(col, justify="right" if col != "hop" else "left")
+        for hop, phases in split.items():
+            if phases["wait"]:
+                pt.add_row(hop, *(" / ".join(f"{pct(phases[k], q):,.0f}" for q in (0.5, 0.95, 0.99))
+                                  + f" / {max(phases[k]):,.0f}"
+                                  for k in ("wait", "handle", "write", "commit", "batch")))
+        console.print(pt)
+    waits = dict(res.get("pg_waits") or {})
+    samples = waits.pop("samples", 0)
+    if samples:
+        busy = sum(waits.values())
+        top = sorted(waits.items(), key=lambda kv: -kv[1])[:8]
+        console.print(f"{res['label']}: PostgreSQL, active client backends of the run's database over {samples} "
+                      f"samples (every 50 ms, notices window): {busy / samples:.2f} on average; what they waited on: "
+                      + ", ".join(f"{k} {v / samples:.2f}" for k, v in top))
     reached = {lab: sum(lab in r for r in res["per_notice"])
                for lab in ("events", "enriched", "requests", "results", "outbox_put", "hermes")}
     console.print(f"{res['label']}: notices that reached each step: "
@@ -534,12 +705,18 @@ def main() -> None:
                         help="extra setting for every stage, e.g. MMA_BROKER_FOLLOWUP__POLL_TIMEOUT_S=0.05")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                         help="also run the stages from another source tree (e.g. `git archive` of another commit); "
-                             "the runs alternate round by round")
+                             "the runs alternate, each round starting with the next tree")
     parser.add_argument("--rounds", type=int, default=1, help="rounds (each runs this tree and every variant)")
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures to this file")
     parser.add_argument("--layout", action="append", default=[], choices=["stages", "lanes", "lanes-unniced"],
                         help="stages: six processes (default); lanes: enrich and filters as a notices and an optical "
                              "lane, ingest per upstream, nine processes; repeat to alternate them")
+    parser.add_argument("--phases", action="store_true",
+                        help="split each hop of the notice path at its loop's batch: wait, handle, write "
+                             "(PostgreSQL), commit (Kafka transaction)")
+    parser.add_argument("--pg-waits", action="store_true",
+                        help="sample pg_stat_activity every 50 ms while the notices run: what the stages' "
+                             "PostgreSQL backends wait on (lock, WAL flush, I/O, CPU)")
     parser.add_argument("--nice", type=int, default=10,
                         help="niceness of the optical lane's processes in the lanes layout (0: none; default 10)")
     args = parser.parse_args()
@@ -556,7 +733,8 @@ def main() -> None:
             raise SystemExit(f"{name}: {tree.name} holds no broker/ package")
     results = []
     for r in range(args.rounds):
-        for (name, tree), layout in [(t, lay) for t in trees for lay in args.layout]:
+        k = r % len(trees)  # each round starts with another tree: no tree always runs first
+        for (name, tree), layout in [(t, lay) for t in trees[k:] + trees[:k] for lay in args.layout]:
             tag = name if len(args.layout) == 1 else f"{name}, {layout}"
             if layout == "lanes" and args.nice:
                 tag += f" (optical nice {args.nice})"
