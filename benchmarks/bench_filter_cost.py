@@ -104,10 +104,11 @@ def decided_stamps(db_url: str) -> list[float]:
 
 
 def run_stage(phase: e2e.Phase, env: dict[str, str], stage: str, log: Path, pgdata: Path,
-              py_spy: Path | None = None) -> e2e.CpuSampler:
+              py_spy: Path | None = None, py_spy_rate: int = 100) -> e2e.CpuSampler:
     """``mma-broker run --stage STAGE --until-caught-up`` with its CPU sampled; returns the sampler.
 
-    ``py_spy``: also record the process's on-CPU Python stacks there (py-spy raw format, 100 Hz).
+    ``py_spy``: also record the process's on-CPU Python stacks there (py-spy raw format,
+    ``py_spy_rate`` samples per second).
     """
     cmd = [sys.executable, "-m", "broker", "run", "--stage", stage, "--until-caught-up", "--idle", "5"]
     spy = None
@@ -117,7 +118,7 @@ def run_stage(phase: e2e.Phase, env: dict[str, str], stage: str, log: Path, pgda
         try:
             sampler = e2e.CpuSampler({"worker": p.pid}, None, pgdata).start()
             if py_spy is not None:
-                spy = subprocess.Popen([e2e.py_spy_path(), "record", "--pid", str(p.pid), "--rate", "100", "--format",
+                spy = subprocess.Popen([e2e.py_spy_path(), "record", "--pid", str(p.pid), "--rate", str(py_spy_rate), "--format",
                                         "raw", "--output", str(py_spy)], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             p.wait()

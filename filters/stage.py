@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.enrich.enriched import EnrichedEvent, decode_enriched
+from broker.enrich.enriched import ENRICHED_SCHEMA, EnrichedEvent, decode_enriched
 from broker.errors import BrokerError, DecodeError
 from broker.kafka import Outgoing
 from broker.pipeline.runner import NOTICE_PATH_FILL_S, BaseStage, Handled, StageRunner
@@ -58,12 +58,13 @@ from filters.store import LIVE, DecisionRow, decision_rows
 log = logging.getLogger(__name__)
 
 __all__ = ["FILTERED_SCHEMA", "CONTENT_TYPE", "FollowupOutput", "FilterStageStats", "FilterHandler",
-           "FilterRunner", "RawBatch", "encode_filtered", "fetch_raw_many", "filtered_record", "followup_requests", "stages",
-           "check_catalogs", "json_schema"]
+           "FilterRunner", "RawBatch", "LazyRaw", "encode_filtered", "filtered_values", "fetch_raw_many",
+           "filtered_record", "followup_requests", "stages", "check_catalogs", "json_schema"]
 
 FILTERED_SCHEMA = "mma.event.filtered/1"
 """``schema`` of a record of ``mma.filter.<name>`` (``filters/schemas/filtered_event.json``)."""
 CONTENT_TYPE = "application/json"
+_CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 RAW_BATCH_SOURCES = frozenset({"ztf", "lsst"})
 """Sources whose raw bytes are read for the rest of the batch at the first request."""
 
@@ -76,64 +77,133 @@ def json_schema() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ raw bytes
-def fetch_raw_many(archive: Any, event_ids: Sequence[str]) -> dict[str, bytes | None]:
+def fetch_raw_many(archive: Any, event_ids: Sequence[str], *, verify: bool = False) -> Mapping[str, bytes | None]:
     """Raw upstream bytes of several archived Events: one query for their refs, then the raw store.
+
+    With the file raw store (the default) the bytes are read **when asked for**
+    (:class:`LazyRaw`: each segment file opened once, one ``pread`` per alert), not all
+    at once: 500 ZTF alerts are 40 MB, and holding them made the filter stage fault in
+    fresh memory for every batch (about 55 µs of CPU per alert, more than reading
+    them). The :class:`~broker.archive.raw.PostgresRawStore` is read in one query.
+
+    By default the bytes are **not** hashed again: the live stage reads back, seconds
+    after the ingest stage wrote and fsynced them, the ~80 kB of every ZTF alert, and
+    their sha256 was 40 µs of CPU per alert, about a tenth of the stage
+    (docs/filters-speed.md, third pass). Their length is checked; every other reader of
+    the raw store verifies the sha256 (``filters run``, ``events show --raw``, ``dlq
+    raw``, the enrich stage, ``archive export``).
 
     Parameters
     ----------
     archive : broker.archive.Archive
     event_ids : sequence of str
+    verify : bool
+        Hash the bytes read and compare them with the archived sha256.
 
     Returns
     -------
-    dict
-        Event id → bytes (sha256-verified), or None for an Event not archived or
-        whose bytes are missing or corrupt (logged).
+    mapping
+        Event id → bytes, or None for an Event not archived or whose bytes are missing
+        (or, with ``verify``, corrupt; logged). Close it (:meth:`LazyRaw.close`) when
+        done, if it has a ``close``.
     """
-    import sqlalchemy as sa
-
-    from broker.archive.models import events
-    from broker.archive.raw import RawRef
+    from broker.archive.raw import RawRef, RawStoreError
 
     ids = list(dict.fromkeys(event_ids))
-    out: dict[str, bytes | None] = dict.fromkeys(ids)
     if not ids:
-        return out
+        return {}
     store = archive.raw_store
-    cols = (events.c.id, events.c.raw_sha256, events.c.raw_length, events.c.raw_segment, events.c.raw_offset)
     with archive.engine.connect() as conn:
-        rows = conn.execute(sa.select(*cols).where(events.c.id.in_(ids))).all()
-        for eid, sha, length, segment, offset in rows:
-            try:
-                out[eid] = store.get(RawRef(sha256=sha, length=length, segment=segment, offset=offset),
-                                     conn if store.transactional else None)
-            except BrokerError as exc:  # RawStoreError
-                log.warning("filters: raw bytes of %s unreadable: %s", eid, exc)
-    return out
+        # one array parameter (= ANY) rather than SQLAlchemy's IN of 500 bound values
+        rows = conn.exec_driver_sql("SELECT id, raw_sha256, raw_length, raw_segment, raw_offset FROM events "
+                                    "WHERE id = ANY(%s)", (ids,)).all()
+        refs = {eid: RawRef(sha256=sha, length=length, segment=segment, offset=offset)
+                for eid, sha, length, segment, offset in rows}
+        if not hasattr(store, "reader"):  # the PostgreSQL raw store: one query for all
+            out: dict[str, bytes | None] = dict.fromkeys(ids)
+            got = store.get_many(list(refs.values()), conn if store.transactional else None, verify=verify)
+            for eid, data in zip(refs, got):
+                if isinstance(data, RawStoreError):
+                    log.warning("filters: raw bytes of %s unreadable: %s", eid, data)
+                else:
+                    out[eid] = data
+            return out
+    return LazyRaw(ids, refs, store.reader(verify=verify))
+
+
+class LazyRaw(Mapping):
+    """Event id → raw bytes, each read from the file raw store when first asked for.
+
+    Parameters
+    ----------
+    ids : sequence of str
+        The Events asked about (those without a ref map to None).
+    refs : mapping
+        Event id → :class:`broker.archive.raw.RawRef`.
+    reader : broker.archive.raw.SegmentReader
+    """
+
+    def __init__(self, ids: Sequence[str], refs: Mapping[str, Any], reader: Any) -> None:
+        self._ids, self._refs, self._reader = list(ids), dict(refs), reader
+
+    def __getitem__(self, event_id: str) -> bytes | None:
+        from broker.archive.raw import RawStoreError
+
+        if event_id not in self._refs:
+            if event_id in self._ids:
+                return None
+            raise KeyError(event_id)
+        try:
+            return self._reader.read(self._refs[event_id])
+        except RawStoreError as exc:
+            log.warning("filters: raw bytes of %s unreadable: %s", event_id, exc)
+            return None
+
+    def __iter__(self) -> Any:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def close(self) -> None:
+        """Close the segment files."""
+        self._reader.close()
 
 
 class RawBatch:
     """Raw bytes of one batch's Events, read when a filter first asks (see the module docstring).
 
+    The first request of a batch fetches (one query) the rest of the batch; each
+    alert's bytes are then taken from what ``fetch`` returned when that alert asks (a
+    :class:`LazyRaw` reads them only then).
+
     Parameters
     ----------
     fetch : callable
-        ``list of Event ids -> {id: bytes or None}`` (:func:`fetch_raw_many` bound to the archive).
+        ``list of Event ids -> {id: bytes or None}`` (:func:`fetch_raw_many` bound to
+        the archive); a returned mapping with a ``close`` method is closed at the end
+        of the batch.
     """
 
     def __init__(self, fetch: Callable[[Sequence[str]], Mapping[str, bytes | None]]) -> None:
         self.fetch = fetch
         self._order: list[str] = []
         self._at: dict[str, int] = {}
-        self._cache: dict[str, bytes | None] = {}
+        self._pending: dict[str, Mapping[str, bytes | None]] = {}
+        self._fetched: list[Mapping[str, bytes | None]] = []
         self.queries = 0
         self.alerts_read = 0
 
     def begin(self, ids: Sequence[str]) -> None:
         """A new batch: the ids, in order, of its Events whose bytes are read together."""
+        for got in self._fetched:
+            close = getattr(got, "close", None)
+            if close is not None:
+                close()
         self._order = list(ids)
         self._at = {e: i for i, e in enumerate(self._order)}
-        self._cache = {}
+        self._pending = {}
+        self._fetched = []
 
     def clear(self) -> None:
         """Forget the batch (it is over, or will be handled again)."""
@@ -144,17 +214,19 @@ class RawBatch:
         return functools.partial(self.get, event_id)
 
     def get(self, event_id: str) -> bytes | None:
-        """The Event's raw bytes (None when not archived); reads the rest of the batch with it."""
-        if event_id in self._cache:
-            return self._cache.pop(event_id)
-        i = self._at.get(event_id)
-        ids = [event_id] if i is None else [e for e in self._order[i:] if e not in self._cache]
-        got = self.fetch(ids)
-        self.queries += 1
-        self.alerts_read += sum(1 for v in got.values() if v is not None)
-        for e in ids[1:]:
-            self._cache[e] = got.get(e)
-        return got.get(event_id)
+        """The Event's raw bytes (None when not archived); fetches the rest of the batch with it."""
+        got = self._pending.pop(event_id, None)
+        if got is None:
+            i = self._at.get(event_id)
+            ids = [event_id] if i is None else [e for e in self._order[i:] if e not in self._pending]
+            got = self.fetch(ids)
+            self._fetched.append(got)
+            self.queries += 1
+            for e in ids[1:]:
+                self._pending[e] = got
+        data = got.get(event_id)
+        self.alerts_read += data is not None
+        return data
 
 
 # ------------------------------------------------------------------ outputs
@@ -226,6 +298,42 @@ def encode_filtered(doc: Mapping[str, Any], decisions: Sequence[Decision]) -> li
 
 _ENCODER = json.JSONEncoder(allow_nan=False, default=str)
 """What ``json.dumps(obj, allow_nan=False, default=str)`` builds on every call, built once."""
+_ENRICHED_HEAD = b'{"schema": ' + _ENCODER.encode(ENRICHED_SCHEMA).encode() + b", "
+_FILTERED_HEAD = b'{"schema": ' + _ENCODER.encode(FILTERED_SCHEMA).encode() + b", "
+
+
+def filtered_values(data: bytes, decisions: Sequence[Decision]) -> list[bytes]:
+    """The record values of ``decisions`` on their filter topics, made from the enriched record's bytes.
+
+    The enrich stage writes each record as ``json.dumps(doc, allow_nan=False,
+    default=str)`` with ``schema`` first; re-encoding the parsed record gives back the
+    same bytes, so the filtered record — the same document with ``schema`` replaced
+    (first) and the decision as ``filter`` (last) — is those bytes with the tag
+    swapped and the decision appended: no parse, no encode of the document
+    (parsing and encoding the record again was 15-20 µs per accepted ZTF alert;
+    docs/filters-speed.md, third pass). Equal, byte for byte, to
+    :func:`encode_filtered` of ``json.loads(data)`` for every record the enrich stage
+    writes (tested). A record written otherwise (another key order or spacing, another
+    ``"schema"`` or a ``"filter"`` anywhere in it) is parsed and encoded again
+    (:func:`encode_filtered`).
+
+    Parameters
+    ----------
+    data : bytes
+        An ``mma.events.enriched`` record value that :func:`decode_enriched` accepted.
+    decisions : sequence of filters.engine.Decision
+
+    Raises
+    ------
+    ValueError
+        A NaN or infinity in a decision.
+    """
+    if (data.startswith(_ENRICHED_HEAD) and data.endswith(b"}") and data.count(b'"schema"') == 1
+            and b'"filter"' not in data):
+        encode = _ENCODER.encode
+        head = _FILTERED_HEAD + data[len(_ENRICHED_HEAD):-1] + b', "filter": '
+        return [head + encode(d.to_json_dict()).encode() + b"}" for d in decisions]
+    return encode_filtered(json.loads(data), decisions)
 
 
 def followup_requests(enriched: EnrichedEvent, accepted: Sequence[Decision], out: FollowupOutput) -> list[Any]:
@@ -386,13 +494,12 @@ class FilterHandler(BaseStage):
         published: list[str] = []
         kinds: list[str] = []
         if accepted:
-            doc = json.loads(data)
             key = event.upstream_id.encode()
             to_publish = [d for d in accepted if self.topics.get(d.filter) is not None]
-            for d, value in zip(to_publish, encode_filtered(doc, to_publish)):
-                outputs.append(Outgoing(self.topics[d.filter], key, value, [("content-type", CONTENT_TYPE.encode()),
-                                                                            ("mma.event.id", event.id.encode()),
-                                                                            ("mma.filter.name", d.filter.encode())]))
+            eid = ("mma.event.id", event.id.encode())
+            for d, value in zip(to_publish, filtered_values(data, to_publish)):
+                outputs.append(Outgoing(self.topics[d.filter], key, value,
+                                        [_CONTENT_TYPE_HEADER, eid, ("mma.filter.name", d.filter.encode())]))
                 published.append(d.filter)
             if self.followup is not None:
                 for req in followup_requests(enriched, accepted, self.followup):
@@ -411,7 +518,10 @@ class FilterHandler(BaseStage):
             return
         rows: list[DecisionRow] = [r for h in batch if h.write for r in h.write]
         if rows:
-            self.store.put_many(rows)
+            # one Event's rows have distinct keys (instance names are unique): the batch's are
+            # unique unless an Event came twice (then put_many keeps its last decisions)
+            events = [h.write[0].event_id for h in batch if h.write]
+            self.store.put_many(rows, unique=len(set(events)) == len(events))
 
     def on_retry(self) -> None:
         """The batch will be handled again: forget its raw bytes."""

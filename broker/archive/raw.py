@@ -19,7 +19,13 @@ Two implementations behind one small interface (:class:`RawStore`):
     batches, at the cost of sending every byte through the WAL (roughly 2x the raw
     volume in disk writes, and slower; see benchmarks/bench_archive.py).
 
-Either way, :meth:`RawStore.get` verifies the sha256 of what it read.
+Either way, :meth:`RawStore.get` and :meth:`RawStore.get_many` verify the sha256 of what
+they read, unless the caller passes ``verify=False``. Only the live filter stage does
+(:func:`filters.stage.fetch_raw_many`): it reads back, seconds after the ingest stage
+wrote and fsynced them, the bytes of every ZTF/LSST alert, and hashing 80 kB per alert
+was 40 µs of its CPU per alert (docs/filters-speed.md, third pass). Every other reader
+verifies: ``events show --raw``, ``dlq raw``, the enrich stage, the time machine
+(``filters run``, whose results are the reproducible ones) and ``archive export``.
 """
 
 from __future__ import annotations
@@ -81,8 +87,13 @@ class RawStore(Protocol):
         """Store ``blobs`` durably; return one ref per blob, in order."""
         ...
 
-    def get(self, ref: RawRef, connection: "sa.Connection | None" = None) -> bytes:
-        """Return the bytes of ``ref``, verified against ``ref.sha256``."""
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None, *, verify: bool = True) -> bytes:
+        """Return the bytes of ``ref``, verified against ``ref.sha256`` unless ``verify`` is False."""
+        ...
+
+    def get_many(self, refs: Sequence[RawRef], connection: "sa.Connection | None" = None, *,
+                 verify: bool = True) -> "list[bytes | RawStoreError]":
+        """The bytes of each ref, in order, or the :class:`RawStoreError` that ref met (not raised)."""
         ...
 
 
@@ -101,7 +112,9 @@ def _dedupe(blobs: Sequence[bytes]) -> tuple[list[str], dict[str, bytes]]:
     return digests, unique
 
 
-def _verified(data: bytes, ref: RawRef, where: str) -> bytes:
+def _verified(data: bytes, ref: RawRef, where: str, verify: bool = True) -> bytes:
+    if not verify:
+        return data
     digest = hashlib.sha256(data).hexdigest()
     if digest != ref.sha256:
         raise RawStoreError(f"raw bytes at {where} have sha256 {digest}, expected {ref.sha256}")
@@ -188,26 +201,129 @@ class SegmentFileStore:
         log.debug("wrote %d raw messages, %d bytes, to segment %s", len(unique), offset, name)
         return [placed[d] for d in digests]
 
-    def get(self, ref: RawRef, connection: "sa.Connection | None" = None) -> bytes:
-        """Read and verify the bytes of ``ref``.
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None, *, verify: bool = True) -> bytes:
+        """Read the bytes of ``ref`` and verify them against its sha256.
+
+        Parameters
+        ----------
+        ref : RawRef
+        connection : ignored
+        verify : bool
+            Hash what was read and compare (default). False skips the hash (the length
+            is still checked): see the module docstring for who may.
 
         Raises
         ------
         RawStoreError
             If the segment is missing, too short, or the bytes do not match the hash.
         """
+        got = self.get_many([ref], verify=verify)[0]
+        if isinstance(got, RawStoreError):
+            raise got
+        return got
+
+    def get_many(self, refs: Sequence[RawRef], connection: "sa.Connection | None" = None, *,
+                 verify: bool = True) -> "list[bytes | RawStoreError]":
+        """Read several refs, each segment file opened once (``os.pread`` per ref).
+
+        Parameters
+        ----------
+        refs : sequence of RawRef
+        connection : ignored
+        verify : bool
+            As in :meth:`get`.
+
+        Returns
+        -------
+        list
+            Per ref, in order: its bytes, or the :class:`RawStoreError` it met (a missing
+            or short segment, a hash mismatch, a ref without segment); one bad ref does
+            not hide the others.
+        """
+        out: list[bytes | RawStoreError] = []
+        with self.reader(verify=verify) as reader:
+            for ref in refs:
+                try:
+                    out.append(reader.read(ref))
+                except RawStoreError as exc:
+                    out.append(exc)
+        return out
+
+    def reader(self, *, verify: bool = True) -> "SegmentReader":
+        """A :class:`SegmentReader`: refs read one at a time, each segment file opened once."""
+        return SegmentReader(self.directory, verify=verify)
+
+
+class SegmentReader:
+    """Reads refs of a :class:`SegmentFileStore` one at a time, keeping each segment open.
+
+    A batch of ZTF alerts lies in one or two segments (one per ingest batch): one
+    ``open`` for the batch, then one ``os.pread`` per alert, when its bytes are needed
+    (so that a reader of 500 alerts does not hold their 40 MB at once). Close it (or use
+    it as a context manager) to release the files.
+
+    Parameters
+    ----------
+    directory : Path
+        The store's root directory.
+    verify : bool
+        Hash each read and compare with the ref's sha256 (see the module docstring).
+    """
+
+    def __init__(self, directory: Path, *, verify: bool = True) -> None:
+        self.directory = Path(directory)
+        self.verify = verify
+        self._fds: dict[str, int | RawStoreError] = {}
+
+    def read(self, ref: RawRef) -> bytes:
+        """The bytes of ``ref``.
+
+        Raises
+        ------
+        RawStoreError
+            A ref without segment, a segment missing or too short, or (``verify``) bytes
+            not matching the sha256.
+        """
         if ref.segment is None or ref.offset is None:
             raise RawStoreError(f"raw ref {ref.sha256} has no segment: it belongs to a PostgresRawStore")
-        path = self.directory / ref.segment
+        fd = self._fds.get(ref.segment)
+        if fd is None:
+            try:
+                fd = os.open(self.directory / ref.segment, os.O_RDONLY)
+            except OSError as exc:
+                fd = RawStoreError(f"cannot read raw segment {self.directory / ref.segment}: {exc.strerror}")
+            self._fds[ref.segment] = fd
+        if isinstance(fd, RawStoreError):
+            raise fd
         try:
-            with open(path, "rb") as fh:
-                fh.seek(ref.offset)
-                data = fh.read(ref.length)
+            data = os.pread(fd, ref.length, ref.offset)
         except OSError as exc:
-            raise RawStoreError(f"cannot read raw segment {path}: {exc.strerror}") from None
+            raise RawStoreError(f"cannot read raw segment {self.directory / ref.segment}: {exc.strerror}") from None
         if len(data) != ref.length:
-            raise RawStoreError(f"raw segment {path} ends before offset {ref.offset}+{ref.length}")
-        return _verified(data, ref, f"{path}@{ref.offset}")
+            raise RawStoreError(f"raw segment {self.directory / ref.segment} ends before offset "
+                                f"{ref.offset}+{ref.length}")
+        if not self.verify:
+            return data
+        return _verified(data, ref, f"{self.directory / ref.segment}@{ref.offset}")
+
+    def close(self) -> None:
+        """Close the segment files opened so far (the reader can still be used: it opens them again)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            if isinstance(fd, int):
+                os.close(fd)
+
+    def __enter__(self) -> "SegmentReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit os may be gone already
+            pass
 
 
 class PostgresRawStore:
@@ -264,20 +380,49 @@ class PostgresRawStore:
         sizes = {d: len(b) for d, b in unique.items()}
         return [RawRef(sha256=d, length=sizes[d]) for d in digests]
 
-    def get(self, ref: RawRef, connection: "sa.Connection | None" = None) -> bytes:
-        """Fetch and verify the bytes of ``ref``.
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None, *, verify: bool = True) -> bytes:
+        """Fetch the bytes of ``ref`` and verify them (unless ``verify`` is False; see the module docstring).
 
         Raises
         ------
         RawStoreError
             If no row has this sha256, or the bytes do not match it.
         """
+        got = self.get_many([ref], connection, verify=verify)[0]
+        if isinstance(got, RawStoreError):
+            raise got
+        return got
+
+    def get_many(self, refs: Sequence[RawRef], connection: "sa.Connection | None" = None, *,
+                 verify: bool = True) -> "list[bytes | RawStoreError]":
+        """Fetch several refs in one query (``sha256 = ANY(...)``).
+
+        Returns
+        -------
+        list
+            Per ref, in order: its bytes, or the :class:`RawStoreError` it met (no such
+            row, or bytes not matching the sha256).
+        """
         import sqlalchemy as sa
 
-        def fetch(conn: "sa.Connection"):
-            return conn.execute(sa.text("SELECT data FROM raw_messages WHERE sha256 = :h"), {"h": ref.sha256}).scalar()
+        if not refs:
+            return []
+        wanted = list(dict.fromkeys(r.sha256 for r in refs))
 
-        data = self._run(connection, fetch)
-        if data is None:
-            raise RawStoreError(f"raw message {ref.sha256} not found in table raw_messages")
-        return _verified(bytes(data), ref, f"raw_messages[{ref.sha256}]")
+        def fetch(conn: "sa.Connection") -> dict[str, bytes]:
+            rows = conn.execute(sa.text("SELECT sha256, data FROM raw_messages WHERE sha256 = ANY(:h)"),
+                                {"h": wanted})
+            return {h: bytes(d) for h, d in rows}
+
+        found = self._run(connection, fetch)
+        out: list[bytes | RawStoreError] = []
+        for ref in refs:
+            data = found.get(ref.sha256)
+            if data is None:
+                out.append(RawStoreError(f"raw message {ref.sha256} not found in table raw_messages"))
+                continue
+            try:
+                out.append(_verified(data, ref, f"raw_messages[{ref.sha256}]", verify))
+            except RawStoreError as exc:
+                out.append(exc)
+        return out

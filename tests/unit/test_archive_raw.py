@@ -93,3 +93,49 @@ def test_fsync_called_on_file_and_dirs(tmp_path: Path, blobs: list[bytes], monke
     SegmentFileStore(tmp_path / "new").put_many(blobs[:1])
     # segment file, the store root (new day directory) and the day directory
     assert len(synced) == 3
+
+
+def test_get_many_reads_each_segment_once_and_reports_each_bad_ref(tmp_path: Path, blobs: list[bytes],
+                                                                   monkeypatch) -> None:
+    import os
+
+    store = SegmentFileStore(tmp_path)
+    first = store.put_many(blobs[:2])
+    second = store.put_many(blobs[2:])
+    missing = RawRef(sha256="0" * 64, length=10, segment="20000101/missing.seg", offset=0)
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (opened.append(str(path)), real_open(path, *a, **k))[1])
+    got = store.get_many([first[0], missing, second[0], first[1], RawRef(sha256="1" * 64, length=3)])
+    assert got[0] == blobs[0] and got[2] == blobs[2] and got[3] == blobs[1]
+    assert isinstance(got[1], RawStoreError) and "cannot read" in str(got[1])
+    assert isinstance(got[4], RawStoreError) and "no segment" in str(got[4])
+    assert sorted(opened) == sorted(str(tmp_path / s) for s in {first[0].segment, second[0].segment, missing.segment})
+
+
+def test_verify_false_skips_the_hash_but_not_the_length(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    ref = store.put_many(blobs[:1])[0]
+    path = tmp_path / ref.segment
+    data = bytearray(path.read_bytes())
+    data[ref.offset + 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.get(ref, verify=False) == bytes(data[ref.offset:ref.offset + ref.length]) != blobs[0]
+    with pytest.raises(RawStoreError, match="sha256"):
+        store.get(ref)  # verified by default
+    (got,) = store.get_many([ref])
+    assert isinstance(got, RawStoreError) and "sha256" in str(got)
+    path.write_bytes(bytes(data)[:-1])
+    with pytest.raises(RawStoreError, match="ends before"):
+        store.get(ref, verify=False)
+
+
+def test_segment_reader_keeps_files_open_until_closed(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    refs = store.put_many(blobs)
+    with store.reader() as reader:
+        assert [reader.read(r) for r in reversed(refs)] == blobs[::-1]
+        assert len(reader._fds) == 1
+    assert reader._fds == {}
+    assert reader.read(refs[0]) == blobs[0]  # usable again: it reopens
+    reader.close()

@@ -141,7 +141,7 @@ class FakeStore:
         self.rows = []
         self.writes = 0
 
-    def put_many(self, rows):
+    def put_many(self, rows, *, unique=False):
         self.writes += 1
         self.rows += list(rows)
 
@@ -425,3 +425,55 @@ def test_shared_values_are_computed_once_per_alert_by_key_and_a_failure_is_not_k
     assert one.shared(("t", "1", "m"), compute) == 3  # not kept: the next filter asking computes again
     assert other.shared(("t", "1", "n"), compute) == 4  # another alert, its own values
     assert calls == [one, one, one, other]
+
+
+def test_filtered_values_are_the_enriched_bytes_with_the_tag_swapped_and_the_decision_appended(alerts):
+    """The same bytes as encoding the parsed record again, without parsing or encoding it."""
+    from filters.stage import encode_filtered, filtered_record, filtered_values
+
+    r, _, _, _ = runner([cf(BySource()), cf(BySource(), "again")])
+    for event in (alerts["gbm"], *alerts["ztf"]):
+        data = msg(0, event).value()
+        doc = json.loads(data)
+        decisions = r.stage.filter_set.evaluate(FilterInput(event, doc["enrichment"]))
+        assert len(decisions) == 2
+        want = [json.dumps(filtered_record(doc, d), allow_nan=False, default=str).encode() for d in decisions]
+        assert filtered_values(data, decisions) == want == encode_filtered(doc, decisions)
+        assert filtered_values(data, decisions[:1]) == want[:1]
+    # written otherwise (compact, another "schema" or a "filter" inside): parsed and encoded again
+    doc = json.loads(msg(0, alerts["gbm"]).value())
+    decisions = r.stage.filter_set.evaluate(FilterInput(alerts["gbm"], doc["enrichment"]))
+    inner = {**doc, "enrichment": {**doc["enrichment"], "provenance": {"schema": "x", "filter": "y"}}}
+    for other in (json.dumps(doc, separators=(",", ":")).encode(), json.dumps(inner).encode(),
+                  json.dumps(doc).encode() + b" "):
+        assert filtered_values(other, decisions) == encode_filtered(json.loads(other), decisions)
+
+
+def test_raw_batch_takes_each_alerts_bytes_when_it_asks_and_closes_what_it_fetched():
+    class Lazy(dict):
+        def __init__(self, data):
+            super().__init__(data)
+            self.read, self.closed = [], False
+
+        def get(self, key, default=None):
+            self.read.append(key)
+            return super().get(key, default)
+
+        def close(self):
+            self.closed = True
+
+    fetched = []
+
+    def fetch(ids):
+        fetched.append(Lazy({i: i.encode() for i in ids if i != "ztf:3"}))
+        return fetched[-1]
+
+    rb = RawBatch(fetch)
+    rb.begin(["ztf:1", "ztf:2", "ztf:3"])
+    assert rb.get("ztf:1") == b"ztf:1" and fetched[0].read == ["ztf:1"]  # the rest is fetched, not read
+    assert rb.get("ztf:3") is None and rb.get("ztf:2") == b"ztf:2"
+    assert len(fetched) == 1 and fetched[0].read == ["ztf:1", "ztf:3", "ztf:2"]
+    assert (rb.queries, rb.alerts_read) == (1, 2)
+    assert not fetched[0].closed
+    rb.clear()
+    assert fetched[0].closed
