@@ -16,6 +16,7 @@ plugin: it finds stages by name here.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -135,6 +136,13 @@ def run(specs: Sequence[StageSpec], stop: threading.Event, *, until_caught_up: b
         finally:
             done[spec.name].set()
 
+    # What start-up built (modules, numba, settings, clients: ~300,000 objects) lives as long
+    # as the process: out of the collector's full passes, which otherwise walked it every few
+    # batches (200 µs of CPU per ZTF alert in the filter stage; docs/filters-speed.md, third
+    # pass). Once per process (tests call run() many times)
+    if not gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
     threads = [threading.Thread(target=target, args=(s,), name=s.name) for s in specs]
     for t in threads:
         t.start()
