@@ -54,6 +54,10 @@ previous loop's commit to the batch's start (Kafka's delivery to a ``read_commit
 consumer and the batch wait), handle, write and commit. ``--pg-waits`` samples
 ``pg_stat_activity`` every 50 ms while the notices run: what the stages' PostgreSQL
 backends wait on (``IO:WALSync``, ``LWLock:WALWrite``, ``Lock:*``, or running).
+With ``--phases`` the two outbox hops are split too: the reports process notes each
+``Outbox.put`` (start, committed with its NOTIFY), the publish process when its wait for
+a NOTIFY returned, its claim (start, committed) and when the channel's send returned
+(``Outbox.mark_sent`` called); see :data:`OUTBOX_STEPS`.
 
 Layouts (``--layout``, repeat it to alternate several in one run, round by round):
 ``stages`` (the default) runs the six stages as six processes; ``lanes`` runs the
@@ -143,7 +147,20 @@ if phases != "-":
             finally:
                 getattr(self, "_bench_marks", {})[name] = time.time()
         return f
+    import broker.archive.raw as RAW
+    _acc = {}
+    def _timed(name, fn):  # time spent in fn during the batch, s (the raw store's write, its directory fsync)
+        def f(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                _acc[name] = _acc.get(name, 0.0) + time.perf_counter() - t0
+        return f
+    RAW.SegmentFileStore.put_many = _timed("raw_s", RAW.SegmentFileStore.put_many)
+    RAW._fsync_dir = _timed("dir_fsync_s", RAW._fsync_dir)
     def process(self, msgs):
+        _acc.clear()
         self._bench_marks = {"start": time.time()}
         try:
             return _process(self, msgs)
@@ -153,10 +170,39 @@ if phases != "-":
             notes = [(k, c) for k, c in recs if k and not k.startswith("ZTF")]
             if notes:
                 _ph.write(json.dumps({"loop": self.name, "n": len(recs), "keys": [k for k, _ in notes],
-                                      "created": [c for _, c in notes], **self._bench_marks}) + "\n")
+                                      "created": [c for _, c in notes], **self._bench_marks, **_acc}) + "\n")
     R.StageRunner.process = process
     for _name, _attr in (("handled", "_handle_all"), ("written", "_write"), ("committed", "_deliver_transaction")):
         setattr(R.StageRunner, _attr, _mark(_name, getattr(R.StageRunner, _attr)))
+    import broker.sinks.outbox as O
+    _put, _wait, _claim, _sent = O.Outbox.put, O.Outbox.wait, O.Outbox.claim, O.Outbox.mark_sent
+    _pub = {}
+    def put(self, key, *a, **k):  # reports: the entry's INSERT, commit and NOTIFY
+        t0 = time.time()
+        try:
+            return _put(self, key, *a, **k)
+        finally:
+            _ph.write(json.dumps({"loop": "outbox.put", "keys": [key], "start": t0, "committed": time.time()}) + "\n")
+    def wait(self, *a, **k):  # publish: woken by the NOTIFY (or the poll interval)
+        try:
+            return _wait(self, *a, **k)
+        finally:
+            _pub["woke"] = time.time()
+    def claim(self, *a, **k):
+        t0 = time.time()
+        rows = _claim(self, *a, **k)
+        for e in rows:
+            _pub[e.id] = {"keys": [e.key], "woke": _pub.get("woke"), "claim_start": t0, "claimed": time.time()}
+        return rows
+    def mark_sent(self, id, *a, **k):  # called when the channel's send returned
+        t0 = time.time()
+        try:
+            return _sent(self, id, *a, **k)
+        finally:
+            d = _pub.pop(id, None)
+            if d is not None:
+                _ph.write(json.dumps({"loop": "outbox.send", **d, "send_returned": t0, "marked": time.time()}) + "\n")
+    O.Outbox.put, O.Outbox.wait, O.Outbox.claim, O.Outbox.mark_sent = put, wait, claim, mark_sent
 from broker.cli import main
 sys.argv = ["mma-broker", *argv]
 main()
@@ -501,6 +547,7 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
                 if lab in seen:
                     rec[lab], rec[lab + "_created"] = seen[lab]
             rid = rid_by_trigger.get(trig)
+            rec["rid"] = rid
             if rid in outbox:
                 rec["outbox_put"], rec["outbox_sent"] = outbox[rid]
             per.append(rec)
@@ -607,7 +654,47 @@ def phase_split(res: dict) -> dict[str, dict[str, list[float]]]:
             split["write"].append(1e3 * (b.get("written", b["committed"]) - b.get("handled", b["start"])))
             split["commit"].append(1e3 * (b["committed"] - b.get("written", b["start"])))
             split["batch"].append(float(b["n"]))
+            if "raw_s" in b:  # the raw store's share of the write (segment file + fsyncs), the rest PostgreSQL
+                split["raw store"].append(1e3 * b["raw_s"])
+                split["of which directory fsync"].append(1e3 * b.get("dir_fsync_s", 0.0))
+                split["PostgreSQL"].append(split["write"][-1] - 1e3 * b["raw_s"])
             prev = b["committed"]
+    return out
+
+
+OUTBOX_STEPS = [("results → put start (reports: delivery, handle)", "results", "put_start"),
+                ("put: INSERT + commit + NOTIFY", "put_start", "put_committed"),
+                ("put committed → sender woke", "put_committed", "woke"),
+                ("woke → claim start", "woke", "claim_start"),
+                ("claim: UPDATE … RETURNING, committed", "claim_start", "claimed"),
+                ("claimed → send returned (validate, hop-client)", "claimed", "send_returned"),
+                ("send returned → HERMES received", "send_returned", "hermes"),
+                ("(off the path) send returned → sent recorded", "send_returned", "marked")]
+"""The outbox hops of a notice, step by step (``--phases``): label, from, to."""
+
+
+def outbox_split(res: dict) -> dict[str, list[float]]:
+    """The two outbox hops of each published notice split at their steps (``--phases``;
+    :data:`OUTBOX_STEPS`), ms. ``woke`` is the sender's last return from its wait for a
+    NOTIFY before the claim; when it came before the entry was committed (the sender was
+    already busy in a round), the wake step counts 0 and the next one starts at the commit."""
+    puts = {b["keys"][0]: b for b in res.get("batches", []) if b.get("loop") == "outbox.put"}
+    sends = {b["keys"][0]: b for b in res.get("batches", []) if b.get("loop") == "outbox.send"}
+    out: dict[str, list[float]] = defaultdict(list)
+    _, _, done = latencies(res)
+    for r in done:
+        key = f"hermes:followup:{r.get('rid')}"
+        if key not in puts or key not in sends:
+            continue
+        p, sd = puts[key], sends[key]
+        t = {"results": r.get("results"), "put_start": p["start"], "put_committed": p["committed"],
+             "claim_start": sd["claim_start"], "claimed": sd["claimed"], "send_returned": sd["send_returned"],
+             "marked": sd["marked"], "hermes": r.get("hermes")}
+        woke = sd.get("woke")
+        t["woke"] = woke if woke is not None and woke >= p["committed"] else p["committed"]
+        for label, a, b in OUTBOX_STEPS:
+            if t.get(a) is not None and t.get(b) is not None:
+                out[label].append(1e3 * (t[b] - t[a]))
     return out
 
 
@@ -653,6 +740,23 @@ def report(res: dict, args: argparse.Namespace, console: Console) -> None:
                                   + f" / {max(phases[k]):,.0f}"
                                   for k in ("wait", "handle", "write", "commit", "batch")))
         console.print(pt)
+        for hop, phases in split.items():
+            if phases.get("raw store"):
+                console.print(f"{res['label']}: the {hop} write, p50 / p95 / p99 / max ms: " + "; ".join(
+                    f"{k} " + " / ".join(f"{pct(phases[k], q):,.1f}" for q in (0.5, 0.95, 0.99))
+                    + f" / {max(phases[k]):,.1f}" for k in ("write", "raw store", "of which directory fsync",
+                                                            "PostgreSQL")))
+    osplit = outbox_split(res)
+    if osplit:
+        ot = Table(title=f"{res['label']}: the outbox hops (reports → publish) step by step (--phases), ms: "
+                         "p50 / p95 / p99 / max")
+        for col in ("step", "p50", "p95", "p99", "max", "notices"):
+            ot.add_column(col, justify="right" if col != "step" else "left")
+        for label, *_ in OUTBOX_STEPS:
+            xs = osplit.get(label, [])
+            if xs:
+                ot.add_row(label, *(f"{pct(xs, q):,.1f}" for q in (0.5, 0.95, 0.99)), f"{max(xs):,.1f}", str(len(xs)))
+        console.print(ot)
     waits = dict(res.get("pg_waits") or {})
     samples = waits.pop("samples", 0)
     if samples:

@@ -43,6 +43,8 @@ the JSON path, so nothing is lost silently.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -67,10 +69,15 @@ class Put:
 
     key: str
     channel: str
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
     source_event_id: str | None = None
     group_key: str | None = None
     replaces: str | None = None
+    make: Callable[[], dict[str, Any] | None] | None = field(default=None, compare=False, repr=False)
+    """Builds the payload in the durable write when ``payload`` is None (the follow-up's
+    GCN notice and circular: built after the batch's HERMES entries are committed, so a
+    HERMES message never waits for their event query and schema validation); None from
+    it: nothing to put (the builder's reason is logged)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,7 @@ class ReportsHandler(BaseStage):
         self.load_history = load_history or (lambda _rec: None)
         self.load_host = load_host or (lambda _rec: None)
         self.stats = stats or ReportsStats()
+        self._unbuilt: set[int] = set()  # deferred Puts of the last write that built nothing
 
     # ------------------------------------------------------------------ planning
     def handle(self, msg: Any) -> Handled:
@@ -223,21 +231,28 @@ class ReportsHandler(BaseStage):
             return []
         rid, group = doc["request_id"], doc.get("group")
         out: list[Put | Withdraw] = []
-        event = None
+        events: dict[str, Any] = {}
+
+        def event() -> Any:  # loaded once, by the first deferred builder that needs it
+            if "event" not in events:
+                events["event"] = self.load_event(doc["event_id"])
+            return events["event"]
+
+        sup = doc.get("supersedes")
         for slot, build in self.builders.items():
             channel, what = slot.split(":")
             if what != "followup":
                 continue
-            if channel != "hermes" and event is None:
-                event = self.load_event(doc["event_id"])
-            payload = self._build(channel, doc.get("request_id"), lambda: (
-                build(doc, self.options) if channel == "hermes" else
-                build(doc, event) if channel == "gcn-notice" else build(doc, event, self.settings)))
-            if payload is None:
+            key, replaces = f"{channel}:followup:{rid}", f"{channel}:followup:{sup}" if sup else None
+            if channel != "hermes":  # built in the write, after the HERMES entry is committed
+                make = functools.partial(self._build, channel, rid, functools.partial(
+                    lambda b, c: b(doc, event()) if c == "gcn-notice" else b(doc, event(), self.settings),
+                    build, channel))
+                out.append(Put(key, channel, None, doc["event_id"], group, replaces, make=make))
                 continue
-            sup = doc.get("supersedes")
-            out.append(Put(f"{channel}:followup:{rid}", channel, payload, doc["event_id"], group,
-                           f"{channel}:followup:{sup}" if sup else None))
+            payload = self._build(channel, rid, lambda: build(doc, self.options))
+            if payload is not None:
+                out.append(Put(key, channel, payload, doc["event_id"], group, replaces))
         return out
 
     def _build(self, channel: str, what: Any, make: Callable[[], Any]) -> Any:
@@ -295,14 +310,34 @@ class ReportsHandler(BaseStage):
     def write(self, batch: list[Handled]) -> None:
         """Put the batch's entries; withdraw groups and put their retraction messages.
 
-        Idempotent (keys): a batch written again puts nothing new.
+        Idempotent (keys): a batch written again puts nothing new. The entries with a
+        payload (HERMES) are put as they come; the deferred ones (:attr:`Put.make`) are
+        built and put after them, but before any withdrawal that follows them in the
+        batch (a withdrawal still finds every entry of its group that came before it).
+        A deferred one that builds nothing is left out of the counts.
         """
+        self._unbuilt.clear()
+        deferred: list[Put] = []
+
+        def put_deferred() -> None:
+            for op in deferred:
+                payload = op.make()
+                if payload is None:
+                    self._unbuilt.add(id(op))
+                    continue
+                self._put(dataclasses.replace(op, payload=payload, make=None))
+            deferred.clear()
+
         for h in batch:
             for op in h.write or []:
-                if isinstance(op, Put):
+                if isinstance(op, Put) and op.payload is None and op.make is not None:
+                    deferred.append(op)
+                elif isinstance(op, Put):
                     self._put(op)
                 else:
+                    put_deferred()
                     self._withdraw(op)
+        put_deferred()
 
     def _approval(self, channel: str, payload: dict[str, Any]) -> bool:
         publish = getattr(self.settings, "publish", None)
@@ -355,6 +390,8 @@ class ReportsHandler(BaseStage):
         st.records += len(batch)
         for h in batch:
             for op in h.write or []:
+                if isinstance(op, Put) and id(op) in self._unbuilt:
+                    continue
                 if isinstance(op, Put):
                     st.entries += 1
                     st.by_channel[op.channel] = st.by_channel.get(op.channel, 0) + 1

@@ -433,12 +433,52 @@ def test_a_channel_that_does_not_publish_a_record_or_fails_leaves_the_others(grb
         raise KeyError("upper_limits")
 
     builders = load_builders({"hermes"}) | {"gcn-circular:followup": no_circular, "gcn-notice:followup": broken_notice}
-    h = ReportsHandler(outbox=FakeOutbox(), topics={"r": "followup"}, builders=builders, options=OPTS,
+    outbox = FakeOutbox()
+    h = ReportsHandler(outbox=outbox, topics={"r": "followup"}, builders=builders, options=OPTS,
                        load_event=lambda event_id: None)
-    (put,) = h.handle(_Msg("r", grb_doc)).write
-    assert put.channel == "hermes"
+    handled = h.handle(_Msg("r", grb_doc))
+    # the GCN messages are built in the write, after the HERMES entry is put
+    assert [(op.channel, op.payload is None) for op in handled.write] == [
+        ("hermes", False), ("gcn-circular", True), ("gcn-notice", True)]
+    assert h.stats.not_publishable == {} and h.stats.build_errors == {}
+    h.write([handled])
+    h.committed([handled], [])
+    assert [e.channel for e in outbox.entries.values()] == ["hermes"]
+    assert h.stats.entries == 1 and h.stats.by_channel == {"hermes": 1}
     assert h.stats.not_publishable == {"gcn-circular": 1} and h.stats.build_errors == {"gcn-notice": 1}
     assert "not for a channel: gcn-circular 1; builder errors: gcn-notice 1" in h.stats.summary()
+
+
+def test_the_gcn_messages_of_a_result_are_built_after_its_hermes_entry_and_before_a_withdrawal(grb_doc):
+    """The deferred builders run in the write: after the batch's HERMES entry was put
+    (a HERMES message never waits for the event query and the GCN schema), and before a
+    withdrawal later in the same batch, which therefore withdraws them too."""
+    outbox, calls = FakeOutbox(), []
+
+    def notice(doc, event):
+        calls.append(("build gcn-notice", [e.channel for e in outbox.entries.values()], event))
+        return {"notice": doc["request_id"]}
+
+    def load_event(event_id):
+        calls.append(("load event", event_id))
+        return "the event"
+
+    builders = load_builders({"hermes"}) | {"gcn-notice:followup": notice}
+    h = ReportsHandler(outbox=outbox, topics={"r": "followup"}, builders=builders, options=OPTS,
+                       load_event=load_event)
+    result = h.handle(_Msg("r", grb_doc))
+    assert calls == []  # nothing loaded or built for GCN while handling
+    withdrawal = {"kind": "withdrawal", "event_id": grb_doc["event_id"], "request_id": grb_doc["request_id"],
+                  "group": grb_doc.get("group") or grb_doc["upstream_id"], "upstream_id": grb_doc["upstream_id"],
+                  "retracted_by": "gcn:retraction"}
+    gone = h.handle(_Msg("r", withdrawal))  # builds its retraction notice at once (as before)
+    calls.clear()
+    h.write([result, gone])
+    h.committed([result, gone], [])
+    assert calls == [("load event", grb_doc["event_id"]), ("build gcn-notice", ["hermes"], "the event")]
+    states = {e.channel: e.state for e in outbox.entries.values()}
+    assert states == {"hermes": "withdrawn", "gcn-notice": "withdrawn"}
+    assert h.stats.entries == 2 and h.stats.withdrawals == 1
 
 
 @pytest.mark.parametrize("bad_id", [None, "", 12, "x" * 2000])
