@@ -118,8 +118,8 @@ def run_stage(phase: e2e.Phase, env: dict[str, str], stage: str, log: Path, pgda
         try:
             sampler = e2e.CpuSampler({"worker": p.pid}, None, pgdata).start()
             if py_spy is not None:
-                spy = subprocess.Popen([e2e.py_spy_path(), "record", "--pid", str(p.pid), "--rate", str(py_spy_rate), "--format",
-                                        "raw", "--output", str(py_spy)], stdout=subprocess.DEVNULL,
+                spy = subprocess.Popen([e2e.py_spy_path(), "record", "--pid", str(p.pid), "--rate", str(py_spy_rate),
+                                        "--format", "raw", "--output", str(py_spy)], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             p.wait()
             sampler.stop()
@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                     help="record the first repeat's filters stage with py-spy (raw stacks to FILE; its figures "
                          "are then not comparable) and print where its CPU goes")
+    ap.add_argument("--py-spy-rate", type=int, default=100, metavar="HZ",
+                    help="py-spy samples per second (1,000 for a finer profile; it slows the stage more)")
     args = ap.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 120)
     bases = e2e.load_bases(e2e.ZTF_DIR)
@@ -243,7 +245,8 @@ def main() -> None:
                 assert len(st) == args.n, f"enriched {len(st)} of {args.n}"
                 row["enrich"] = per_alert(smp, st[0], st[-1], len(st) - 1)
                 progress.update(task, description=f"repeat {r + 1}: (C) filters ({len(entries)})")
-                smp = run_stage(a, env, "filters", tmp / f"c{r}.log", pgdata, args.py_spy if r == 0 else None)
+                smp = run_stage(a, env, "filters", tmp / f"c{r}.log", pgdata, args.py_spy if r == 0 else None,
+                                args.py_spy_rate)
                 st = decided_stamps(a.db_url)
                 assert len(st) == args.n, f"decided {len(st)} of {args.n}"
                 row["filters"] = per_alert(smp, st[0], st[-1], len(st) - 1)

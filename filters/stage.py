@@ -10,12 +10,14 @@ One loop (consumer group ``<group_id>.filters``) on the stage runner
    catalogs of ``[filters] catalogs``, and its raw upstream bytes *on demand* — a
    filter that calls :meth:`~filters.api.FilterInput.raw` or
    :meth:`~filters.api.FilterInput.ztf_history` makes the stage read them from the
-   archive's raw store. The first such call in a batch reads, in one query, the bytes
-   of that ZTF/LSST alert and of every later ZTF/LSST alert of the batch (their ids are
-   in the ``mma.event.id`` header the enrich stage sets: nothing is decoded for that),
-   so a filter reading the history of every alert costs one query per batch, and a
-   batch where no filter asks reads nothing. The history itself is decoded only for
-   the alerts a filter asks about, once however many filters ask;
+   archive's raw store. The first such call in a batch looks up, in one query, where
+   the bytes of that ZTF/LSST alert and of every later ZTF/LSST alert of the batch are
+   (their ids are in the ``mma.event.id`` header the enrich stage sets: nothing is
+   decoded for that), so a filter reading the history of every alert costs one query
+   per batch, and a batch where no filter asks reads nothing. Each alert's bytes are
+   read when a filter asks for them (:class:`LazyRaw`), not hashed again
+   (:func:`fetch_raw_many`). The history itself is decoded only for the alerts a
+   filter asks about, once however many filters ask;
 3. the :class:`filters.engine.FilterSet` of ``[filters] filters`` decides (each filter
    isolated: one that raises, returns garbage or runs over its budget is counted,
    logged with the Event id, and is an error decision — never an acceptance);
