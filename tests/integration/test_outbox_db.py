@@ -164,6 +164,32 @@ def test_orphans_are_only_the_entries_of_senders_that_are_gone(db):
     third.close()
 
 
+def test_a_claim_is_committed_when_it_returns_and_needs_the_lock_connection_alive(db):
+    """The claim is one autocommit statement on the claim-lock connection: another
+    connection sees the entries ``sending`` as soon as it returns (committed before any
+    send), and a claim on a lost lock connection fails (nothing claimed) rather than
+    claiming under a lock nobody holds; the next claim takes the lock again."""
+    _, engine = db
+    ob, other = Outbox(engine), Outbox(engine)
+    for i in range(3):
+        ob.put(f"k{i}", "fake", {"text": str(i)})
+    (first,) = ob.claim(1)
+    assert states(engine)["k0"] == "sending"  # visible to another connection: committed
+    pid = ob._lock_conn.connection.driver_connection.info.backend_pid
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    with pytest.raises(sa.exc.DBAPIError):
+        ob.claim(1)
+    assert states(engine) == {"k0": "sending", "k1": "queued", "k2": "queued"}
+    # the lock went with the connection: the first claim's entry is an orphan now
+    assert [e.key for e in other.orphans()] == ["k0"]
+    (again,) = ob.claim(1)  # connected again, under its lock
+    assert again.key == "k1" and states(engine)["k1"] == "sending"
+    assert other.orphans() == []
+    ob.close()
+    other.close()
+
+
 # ---------------------------------------------------------------- the sender, in process
 
 
