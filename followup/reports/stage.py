@@ -233,7 +233,7 @@ class ReportsHandler(BaseStage):
         out: list[Put | Withdraw] = []
         events: dict[str, Any] = {}
 
-        def event() -> Any:  # loaded once, by the first deferred builder that needs it
+        def the_event() -> Any:  # loaded once, by the first deferred builder that needs it
             if "event" not in events:
                 events["event"] = self.load_event(doc["event_id"])
             return events["event"]
@@ -246,7 +246,7 @@ class ReportsHandler(BaseStage):
             key, replaces = f"{channel}:followup:{rid}", f"{channel}:followup:{sup}" if sup else None
             if channel != "hermes":  # built in the write, after the HERMES entry is committed
                 make = functools.partial(self._build, channel, rid, functools.partial(
-                    lambda b, c: b(doc, event()) if c == "gcn-notice" else b(doc, event(), self.settings),
+                    lambda b, c: b(doc, the_event()) if c == "gcn-notice" else b(doc, the_event(), self.settings),
                     build, channel))
                 out.append(Put(key, channel, None, doc["event_id"], group, replaces, make=make))
                 continue
