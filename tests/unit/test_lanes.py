@@ -270,11 +270,10 @@ def test_a_trigger_stored_while_the_candidate_is_in_flight_is_found_once():
     assert len(_pairs(h_cand)) == 1
 
 
-def test_a_pair_both_lanes_find_is_the_same_record():
-    """The optical lane handles and stores the candidate while the GW is being handled
-    (after its group was stored, before its region query): both loops find the pair and
-    name the same version (the member archived last)."""
-    notices, optical, locs, archive = _two_lanes()
+def both_lanes_find(notices, optical, locs, archive):
+    """Play "both lanes find the pair": the optical lane handles and writes the candidate
+    while the notices lane handles the GW (between its group's store and its region
+    query). Returns the GW's and the candidate's Handled, the GW and the candidate."""
     (gw,) = _gw_events(archive)
     ra, dec = _peak_of(locs, archive, notices)
     cand = _candidate(1, 1.0, ra, dec)
@@ -291,7 +290,18 @@ def test_a_pair_both_lanes_find_is_the_same_record():
 
     locs.events_in_region = in_between
     h_gw = notices.handle(Msg(CODEC.encode(gw, PROV)))
-    both = _pairs(h_gw) + _pairs(found["optical"])
+    locs.events_in_region = region
+    return h_gw, found["optical"], gw, cand
+
+
+def test_a_pair_both_lanes_find_is_the_same_record():
+    """The optical lane handles and stores the candidate while the GW is being handled
+    (after its group was stored, before its region query): both loops find the pair and
+    name the same version (the member archived last)."""
+    notices, optical, locs, archive = _two_lanes()
+    region = locs.events_in_region
+    h_gw, h_cand, gw, cand = both_lanes_find(notices, optical, locs, archive)
+    both = _pairs(h_gw) + _pairs(h_cand)
     assert both == [("gw-optical:igwn:MS181101ab+ztf:ZTF18test1", cand.id)] * 2
     # without lanes the version is the Event whose arrival found the pair (the GW here)
     single = EnrichHandler(localizations=locs, groups=notices.groups, archive=archive, settings=EnrichSettings(),

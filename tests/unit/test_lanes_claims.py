@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from broker.enrich.config import EnrichSettings
 from broker.pipeline.enrich import EnrichHandler
-from tests.unit.test_enrich_stage import CODEC, PROV, MemLocalizations, Msg, _candidate, docs
-from tests.unit.test_lanes import TimedArchive, _gw_events, _pairs, _peak_of
-from tests.unit.test_enrich_stage import MemGroups
+from tests.unit.test_enrich_stage import CODEC, PROV, MemGroups, MemLocalizations, Msg, docs
+from tests.unit.test_lanes import TimedArchive, _gw_events, _pairs, both_lanes_find
 
 KEY = "gw-optical:igwn:MS181101ab+ztf:ZTF18test1"
 
@@ -44,26 +43,9 @@ def _lanes(claims):
 
 
 def _both_find(claims):
-    """The optical lane handles and writes the candidate while the GW is being handled
-    (between its group's store and its region query): both loops find the pair."""
     notices, optical, locs, archive = _lanes(claims)
-    (gw,) = _gw_events(archive)
-    ra, dec = _peak_of(locs, archive, notices)
-    cand = _candidate(1, 1.0, ra, dec)
-    archive.archived(cand)
-    found = {}
-    region = locs.events_in_region
-
-    def in_between(*a, **k):
-        if "optical" not in found:
-            h = optical.handle(Msg(CODEC.encode(cand, PROV)))
-            optical.write([h])
-            found["optical"] = h
-        return region(*a, **k)
-
-    locs.events_in_region = in_between
-    h_gw = notices.handle(Msg(CODEC.encode(gw, PROV)))
-    return notices, optical, h_gw, found["optical"], cand
+    h_gw, h_cand, _, cand = both_lanes_find(notices, optical, locs, archive)
+    return notices, optical, h_gw, h_cand, cand
 
 
 def test_a_pair_both_lanes_find_is_published_by_the_lane_that_claimed_it():
