@@ -282,7 +282,9 @@ class SegmentReader:
         ------
         RawStoreError
             A ref without segment, a segment missing or too short, or (``verify``) bytes
-            not matching the sha256.
+            not matching the sha256. The message names the segment as the ref does
+            (relative to the store), never the host's directory: it can reach a published
+            record (the enrich stage's ``enrichment.error``).
         """
         if ref.segment is None or ref.offset is None:
             raise RawStoreError(f"raw ref {ref.sha256} has no segment: it belongs to a PostgresRawStore")
@@ -291,20 +293,18 @@ class SegmentReader:
             try:
                 fd = os.open(self.directory / ref.segment, os.O_RDONLY)
             except OSError as exc:
-                fd = RawStoreError(f"cannot read raw segment {self.directory / ref.segment}: {exc.strerror}")
+                fd = RawStoreError(f"cannot read raw segment {ref.segment}: {exc.strerror}")
             self._fds[ref.segment] = fd
         if isinstance(fd, RawStoreError):
             raise fd
         try:
             data = os.pread(fd, ref.length, ref.offset)
         except OSError as exc:
-            raise RawStoreError(f"cannot read raw segment {self.directory / ref.segment}: {exc.strerror}") from None
+            raise RawStoreError(f"cannot read raw segment {ref.segment}: {exc.strerror}") from None
         if len(data) != ref.length:
-            raise RawStoreError(f"raw segment {self.directory / ref.segment} ends before offset "
+            raise RawStoreError(f"raw segment {ref.segment} ends before offset "
                                 f"{ref.offset}+{ref.length}")
-        if not self.verify:
-            return data
-        return _verified(data, ref, f"{self.directory / ref.segment}@{ref.offset}")
+        return _verified(data, ref, f"segment {ref.segment}@{ref.offset}", self.verify)
 
     def close(self) -> None:
         """Close the segment files opened so far (the reader can still be used: it opens them again)."""

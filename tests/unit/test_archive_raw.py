@@ -52,13 +52,19 @@ def test_each_batch_gets_a_new_segment(tmp_path: Path, blobs: list[bytes]) -> No
     assert store.put_many([]) == []
 
 
-def test_corruption_is_detected(tmp_path: Path, blobs: list[bytes]) -> None:
-    store = SegmentFileStore(tmp_path)
-    ref = store.put_many(blobs[:2])[1]
-    path = tmp_path / ref.segment
+def _flip_a_byte(store_dir: Path, ref: RawRef) -> tuple[Path, bytes]:
+    """Corrupt one byte of ``ref`` in its segment file; return the path and the new file bytes."""
+    path = store_dir / ref.segment
     data = bytearray(path.read_bytes())
     data[ref.offset + 100] ^= 0xFF
     path.write_bytes(bytes(data))
+    return path, bytes(data)
+
+
+def test_corruption_is_detected(tmp_path: Path, blobs: list[bytes]) -> None:
+    store = SegmentFileStore(tmp_path)
+    ref = store.put_many(blobs[:2])[1]
+    _flip_a_byte(tmp_path, ref)
     with pytest.raises(RawStoreError, match="sha256"):
         store.get(ref)
 
@@ -73,6 +79,21 @@ def test_corruption_is_detected(tmp_path: Path, blobs: list[bytes]) -> None:
 def test_missing_segment_errors(tmp_path: Path, ref: RawRef, message: str) -> None:
     with pytest.raises(RawStoreError, match=message):
         SegmentFileStore(tmp_path).get(ref)
+
+
+def test_errors_name_the_segment_not_the_host_directory(tmp_path: Path, blobs: list[bytes]) -> None:
+    """A RawStoreError can reach a published record (the enrich stage's enrichment.error)."""
+    store_dir = tmp_path / "host-only-dir"
+    store = SegmentFileStore(store_dir)
+    ref = store.put_many(blobs[:1])[0]
+    missing = RawRef(sha256="0" * 64, length=10, segment="20000101/missing.seg", offset=0)
+    _flip_a_byte(store_dir, ref)
+    errors = [pytest.raises(RawStoreError, store.get, r).value for r in (missing, ref)]
+    (store_dir / ref.segment).write_bytes(b"short")
+    errors.append(pytest.raises(RawStoreError, store.get, ref).value)
+    for exc, what in zip(errors, ("cannot read", "sha256", "ends before")):
+        assert what in str(exc) and "host-only-dir" not in str(exc) and str(tmp_path) not in str(exc), exc
+    assert ref.segment in str(errors[1]) and "20000101/missing.seg" in str(errors[0])
 
 
 def test_truncated_segment(tmp_path: Path, blobs: list[bytes]) -> None:
@@ -116,10 +137,7 @@ def test_get_many_reads_each_segment_once_and_reports_each_bad_ref(tmp_path: Pat
 def test_verify_false_skips_the_hash_but_not_the_length(tmp_path: Path, blobs: list[bytes]) -> None:
     store = SegmentFileStore(tmp_path)
     ref = store.put_many(blobs[:1])[0]
-    path = tmp_path / ref.segment
-    data = bytearray(path.read_bytes())
-    data[ref.offset + 100] ^= 0xFF
-    path.write_bytes(bytes(data))
+    path, data = _flip_a_byte(tmp_path, ref)
     assert store.get(ref, verify=False) == bytes(data[ref.offset:ref.offset + ref.length]) != blobs[0]
     with pytest.raises(RawStoreError, match="sha256"):
         store.get(ref)  # verified by default
