@@ -21,6 +21,10 @@ Source = Literal["igwn", "gcn", "ztf", "lsst", "user", "voevent"]
 (``mma-broker followup request``), never read from an upstream nor put on ``mma.events``;
 ``voevent``: a VOEvent of a stream other than GCN's and LVC's (Gaia, ASAS-SN; see
 :mod:`broker.sources.voevent`)."""
+SURVEY_SOURCES: frozenset[str] = frozenset({"ztf", "lsst"})
+"""Sources of the optical surveys' alert streams: hundreds to thousands of candidates a
+second at night, each a point with a history (the ``optical`` category of event groups,
+the optical lane's sources, the raw bytes a filter batch reads together)."""
 Messenger = Literal["gw", "em", "neutrino"]
 Format = Literal["json", "voevent", "avro"]
 

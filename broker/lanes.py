@@ -30,14 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.errors import BrokerError
+from broker.event import SURVEY_SOURCES
 
 EVENT_ID_HEADER = "mma.event.id"
 """Header naming the Event of a record (``<source>:<upstream id>``)."""
 REST = "*"
 """A lane's source list entry meaning "every source no other lane names"."""
-SURVEY_SOURCES = frozenset({"ztf", "lsst"})
-"""Sources of the optical surveys' alert streams (hundreds to thousands of Events a second
-at night); a lane that takes none of them is idle most of the time (:meth:`Lane.fill_s`)."""
 LANE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
 
@@ -74,6 +72,12 @@ class Lane:
             return self.rest
         return source in self.sources or (self.rest and source not in self.others)
 
+    def takes_survey(self) -> bool:
+        """Whether this lane takes a survey source (:data:`broker.event.SURVEY_SOURCES`):
+        its loops see a stream of candidates (full batches; the optical side of
+        cross-lane coincidences)."""
+        return any(self.takes(src) for src in SURVEY_SOURCES)
+
     def fill_s(self, default: float) -> float:
         """``fill_s`` of this lane's loops (:class:`~broker.pipeline.runner.StageRunner`).
 
@@ -94,7 +98,7 @@ class Lane:
         float
             s.
         """
-        if self.name is None or any(self.takes(src) for src in SURVEY_SOURCES):
+        if self.name is None or self.takes_survey():
             return default
         return 0.0
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.enrich.enriched import ENRICHED_SCHEMA, EnrichedEvent, decode_enriched
+from broker.event import SURVEY_SOURCES
 from broker.errors import BrokerError, DecodeError
 from broker.kafka import Outgoing
 from broker.pipeline.runner import NOTICE_PATH_FILL_S, BaseStage, Handled, StageRunner
@@ -67,7 +68,7 @@ FILTERED_SCHEMA = "mma.event.filtered/1"
 """``schema`` of a record of ``mma.filter.<name>`` (``filters/schemas/filtered_event.json``)."""
 CONTENT_TYPE = "application/json"
 _CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
-RAW_BATCH_SOURCES = frozenset({"ztf", "lsst"})
+RAW_BATCH_SOURCES = SURVEY_SOURCES
 """Sources whose raw bytes are read for the rest of the batch at the first request."""
 
 

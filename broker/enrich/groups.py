@@ -57,7 +57,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from broker.enrich.store import LOCS, LocalizationRef, _utc
 from broker.errors import BrokerError
-from broker.event import Event, format_time
+from broker.event import SURVEY_SOURCES, Event, format_time
 
 __all__ = ["GroupState", "GroupStore", "GroupBatch", "GroupError", "group_key", "category_of", "group_tables"]
 
@@ -97,7 +97,7 @@ def category_of(event: Event) -> str:
     """``gw``, ``neutrino``, ``frb``, ``xray``, ``grb``, ``optical`` or ``user`` (module docstring)."""
     if event.source == "igwn" or event.messenger == "gw":
         return "gw"
-    if event.source in ("ztf", "lsst"):
+    if event.source in SURVEY_SOURCES:
         return "optical"
     if event.source == "user":
         return "user"

@@ -72,7 +72,7 @@ from typing import Any, Protocol
 
 from broker.enrich.enriched import ENRICHED_SCHEMA  # noqa: F401 - re-exported (readers: decode_enriched)
 from broker.errors import BrokerError, DecodeError
-from broker.event import Event, HealpixLocalization, PointLocalization
+from broker.event import SURVEY_SOURCES, Event, HealpixLocalization, PointLocalization
 from broker.kafka import Outgoing
 from broker.pipeline.runner import BaseStage, Handled
 from broker.serde import EventCodec, Provenance
@@ -1216,7 +1216,7 @@ def _held_point(event: Event, sky: Any) -> bool:
     """A ZTF/LSST candidate's position: its localization and group add wait for write()."""
     from broker.enrich.localization import PointRegion
 
-    return event.source in ("ztf", "lsst") and isinstance(sky, PointRegion) and not may_embed_map(event)
+    return event.source in SURVEY_SOURCES and isinstance(sky, PointRegion) and not may_embed_map(event)
 
 
 def _is_infrastructure(exc: BaseException) -> bool:
@@ -1263,7 +1263,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
             localizations=LocalizationStore(engine), groups=GroupStore(engine), archive=archive,
             settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, "enrich"),
             catalogs=catalogs, write_batch=functools.partial(write_enrichment, engine),
-            cross_lane=lane.name is not None, recheck_optical=lane.name is not None and lane.takes("ztf"),
+            cross_lane=lane.name is not None, recheck_optical=lane.name is not None and lane.takes_survey(),
             claim=None if lane.name is None else functools.partial(claim_coincidences, engine, owner=name))
         runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
                              poll_timeout_s=e.poll_timeout_s, fill_s=lane.fill_s(NOTICE_PATH_FILL_S),

@@ -333,3 +333,13 @@ def test_a_trigger_retracted_while_the_candidate_is_in_flight_leaves_no_live_pai
     assert c["retracted"] is True and c["retracted_by"] == c["computed_from"] == retraction.id
     (enr,) = docs([h_cand], "mma.events.enriched")
     assert [r["retracted"] for r in enr["enrichment"]["coincidence_records"]] == [True]
+
+
+def test_a_lane_of_any_survey_source_is_a_survey_lane():
+    """fill_s and the enrich factory's second look for triggers (recheck_optical) ask the
+    same question: an LSST-only optical lane is one too, not only a lane holding ZTF."""
+    s = Settings(lanes={"notices": ["*"], "rubin": ["lsst"], "ztf": ["ztf"]})
+    by = {lane.name: lane for lane in lanes_of(s)}
+    assert [by[n].takes_survey() for n in ("notices", "rubin", "ztf")] == [False, True, True]
+    assert [by[n].fill_s(0.02) for n in ("notices", "rubin", "ztf")] == [0.0, 0.02, 0.02]
+    assert Lane(None).takes_survey()  # the single default lane takes every source
