@@ -6,8 +6,6 @@ readers still verify."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +17,6 @@ from broker.archive import (
     KafkaMeta,
     PostgresRawStore,
     SegmentFileStore,
-    ensure_embedded_postgres,
-    stop_embedded_postgres,
 )
 from broker.archive.raw import RawStoreError
 
@@ -31,25 +27,12 @@ ZTF_MULTI = DATA / "ztf/fink-client/avro_multi_alerts_other.avro"
 IGWN = DATA / "igwn/userguide/MS181101ab-preliminary.json"
 
 
-@pytest.fixture(scope="module")
-def pg():
-    root = Path(tempfile.mkdtemp(prefix="mma-pg-", dir="/tmp"))
-    pgdata = root / "pg"
-    try:
-        url = ensure_embedded_postgres(pgdata)
-        Archive(url, PostgresRawStore()).migrate()
-        yield url
-    finally:
-        stop_embedded_postgres(pgdata)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.fixture(params=["segments", "postgres"])
-def archive(request, pg, tmp_path):
+def archive(request, fresh_db, tmp_path):
+    """An archive on a new database of the session's PostgreSQL (tests/conftest.py), with each raw store."""
     store = SegmentFileStore(tmp_path / "raw") if request.param == "segments" else PostgresRawStore()
-    arch = Archive(pg, store, retry_max_delay_s=0.5)
-    with arch.engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE events, raw_messages"))
+    arch = Archive(fresh_db, store, retry_max_delay_s=0.5)
+    arch.migrate()
     yield arch
     arch.close()
 
