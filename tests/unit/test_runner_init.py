@@ -82,8 +82,15 @@ class Echo(BaseStage):
 
 def run(init_error: KafkaError | None = None) -> tuple[list[str], Producer]:
     log: list[str] = []
-    consumer = UnstableUntilInit({("in", 0): [b"a", b"b", b"c"]}, log)
     producer = Producer(log, init_error)
+    run_echo(producer, log)
+    return log, producer
+
+
+def run_echo(producer, log: list[str]) -> UnstableUntilInit:
+    """Run :class:`Echo` transactionally with ``producer`` over three records until caught up
+    (or 10 s); check that all three offsets were committed; return the consumer."""
+    consumer = UnstableUntilInit({("in", 0): [b"a", b"b", b"c"]}, log)
     producer.consumer = consumer
     runner = StageRunner(Echo(), consumer, producer, dlq_topic="dlq", batch_size=10, poll_timeout_s=0.01,
                          transactional=True)
@@ -95,7 +102,7 @@ def run(init_error: KafkaError | None = None) -> tuple[list[str], Producer]:
     finally:
         timer.cancel()
     assert consumer.committed([TopicPartition("in", 0)])[0].offset == 3
-    return log, producer
+    return consumer
 
 
 def test_init_transactions_comes_before_the_first_poll():

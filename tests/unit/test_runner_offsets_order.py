@@ -11,12 +11,9 @@ refused output, the message it came from dead-lettered, nothing committed twice.
 
 from __future__ import annotations
 
-import threading
+from confluent_kafka import KafkaError, KafkaException
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-from broker.pipeline.runner import StageRunner
-from tests.unit.test_runner_init import Echo, UnstableUntilInit
+from tests.unit.test_runner_init import UnstableUntilInit, run_echo
 
 
 class AckingProducer:
@@ -75,19 +72,8 @@ class AckingProducer:
 
 def run(refuse: bytes | None = None) -> tuple[list[str], AckingProducer, UnstableUntilInit]:
     log: list[str] = []
-    consumer = UnstableUntilInit({("in", 0): [b"a", b"b", b"c"]}, log)
     producer = AckingProducer(log, refuse)
-    producer.consumer = consumer
-    runner = StageRunner(Echo(), consumer, producer, dlq_topic="dlq", batch_size=10, poll_timeout_s=0.01,
-                         transactional=True)
-    stop = threading.Event()
-    timer = threading.Timer(10, stop.set)
-    timer.start()
-    try:
-        runner.run(stop, until_caught_up=True, idle_s=0)
-    finally:
-        timer.cancel()
-    assert consumer.committed([TopicPartition("in", 0)])[0].offset == 3
+    consumer = run_echo(producer, log)
     return [e for e in log if e != "consume"], producer, consumer
 
 
