@@ -108,10 +108,21 @@ def _clean(value: Any, path: str, depth: int, nulled: dict[str, str]) -> Any:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if not isinstance(k, str):
-                raise ValueError(f"properties.{path} has a non-string key {k!r}")
-            check_text(k, f"a key of properties.{path}")
-            out[k] = _clean(v, f"{path}.{k}" if path else k, depth + 1, nulled)
+            t = type(v)
+            # the common leaves inline (an Event validated per record of every stage: a ZTF
+            # alert's ~25 properties cost 7 µs through the general path); the child's path
+            # is only built for what needs it (a container, a non-finite float, an error)
+            if t is str and type(k) is str and k.isascii() and v.isascii() and "\x00" not in k \
+                    and "\x00" not in v:
+                out[k] = v
+            elif (t is int or t is bool or v is None or (t is float and v - v == 0.0)) and type(k) is str \
+                    and k.isascii() and "\x00" not in k:
+                out[k] = v
+            else:
+                if not isinstance(k, str):
+                    raise ValueError(f"properties.{path} has a non-string key {k!r}")
+                check_text(k, f"a key of properties.{path}")
+                out[k] = _clean(v, f"{path}.{k}" if path else k, depth + 1, nulled)
         return out
     if isinstance(value, (list, tuple)):
         return [_clean(v, f"{path}[{i}]", depth + 1, nulled) for i, v in enumerate(value)]

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import from_json
+
 from broker.errors import DecodeError
 from broker.event import Event, validation_reason
 
@@ -82,7 +84,11 @@ def decode_enriched(data: bytes) -> EnrichedEvent:
         and where).
     """
     try:
-        obj = json.loads(data, parse_constant=_no_constant)
+        # pydantic-core's parser (Rust): the same values as json.loads for RFC 8259 JSON in
+        # UTF-8 (what the enrich stage writes), twice as fast (4.5 against 9.5 µs per ZTF
+        # record; docs/filters-speed.md, fourth pass); NaN and Infinity refused
+        obj = from_json(data, allow_inf_nan=False) if isinstance(data, (bytes, bytearray)) \
+            else json.loads(data, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"enriched event: not JSON ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(obj, dict):
