@@ -51,7 +51,7 @@ from broker.errors import BrokerError, DecodeError
 from broker.event import Event, format_time
 from filters.engine import FilterSet
 from filters.stage import CONTENT_TYPE, check_catalogs, filtered_record
-from filters.store import DecisionStore, decision_rows
+from filters.store import DecisionStore
 
 log = logging.getLogger(__name__)
 
@@ -481,8 +481,8 @@ def rerun(settings: Any, filter_names: Sequence[str], since: datetime | str, unt
                 for cf in fs.filters:
                     if cf.name not in seen:
                         summary.skipped_source[cf.name] += 1
-                rows_out += decision_rows(ev.id, decisions, run=run_id, decided_at=decided_at)
-            store.put_many(rows_out)
+                rows_out.append((ev.id, decisions))
+            store.put_decisions(rows_out, run=run_id, decided_at=decided_at)
             if sink is not None:
                 sink.write(records)
                 summary.written += len(records)

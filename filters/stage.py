@@ -32,7 +32,8 @@ One loop (consumer group ``<group_id>.filters``) on the stage runner
    ``window_s`` when the spec gives one). Two filters asking for the same follow-up
    of one Event give one request (same request id);
 5. **durable write**: every decision of the batch, accepted or not, in
-   ``filter_decisions`` (:class:`filters.store.DecisionStore`, one ``COPY`` per batch),
+   ``filter_decisions`` (:class:`filters.store.DecisionStore`: one row per Event, one
+   ``COPY`` per batch),
    *before* the Kafka transaction that publishes the records and commits the offsets.
    A batch consumed again after a crash is evaluated again and overwrites its rows.
 
@@ -56,7 +57,7 @@ from broker.errors import BrokerError, DecodeError
 from broker.kafka import Outgoing
 from broker.pipeline.runner import NOTICE_PATH_FILL_S, BaseStage, Handled, StageRunner
 from filters.engine import Decision, FilterSet
-from filters.store import LIVE, DecisionRow, decision_rows
+from filters.store import LIVE
 
 log = logging.getLogger(__name__)
 
@@ -512,19 +513,16 @@ class FilterHandler(BaseStage):
                     kinds.append(req.kind)
                     log.info("filters: %s request %s for %s (%s)", req.kind, req.request_id, event.id,
                              req.requested_by)
-        rows = decision_rows(event.id, decisions, run=LIVE)
-        return Handled(msg, outputs, write=rows, info=(published, kinds, len(rows)))
+        return Handled(msg, outputs, write=(event.id, decisions) if decisions else None,
+                       info=(published, kinds, len(decisions)))
 
     def write(self, batch: list[Handled]) -> None:
-        """Archive the batch's decisions in one transaction (idempotent)."""
+        """Archive the batch's decisions in one transaction (idempotent; one row per Event)."""
         if self.store is None:
             return
-        rows: list[DecisionRow] = [r for h in batch if h.write for r in h.write]
-        if rows:
-            # one Event's rows have distinct keys (instance names are unique): the batch's are
-            # unique unless an Event came twice (then put_many keeps its last decisions)
-            events = [h.write[0].event_id for h in batch if h.write]
-            self.store.put_many(rows, unique=len(set(events)) == len(events))
+        items = [h.write for h in batch if h.write]
+        if items:  # an Event that came twice keeps its last decisions
+            self.store.put_decisions(items, run=LIVE)
 
     def on_retry(self) -> None:
         """The batch will be handled again: forget its raw bytes."""

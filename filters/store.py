@@ -1,36 +1,44 @@
-"""Every filter decision, archived: ``filter_decisions`` and ``filter_runs`` (migration 0101).
+"""Every filter decision, archived: ``filter_decisions`` and ``filter_runs`` (migrations 0101, 0102).
 
 The filter stage (:mod:`filters.stage`) writes each batch's decisions with
-:meth:`DecisionStore.put_many` in its durable write, before the Kafka transaction
+:meth:`DecisionStore.put_decisions` in its durable write, before the Kafka transaction
 that publishes the accepted Events commits; the time machine (:mod:`filters.rerun`)
 writes its own under its run id. So "why was this alert (not) sent?" has an answer
 (:meth:`DecisionStore.why`, ``mma-broker filters why EVENT_ID``): which filter, which
 plugin version and configuration (hash), accepted or not, the reason code and detail,
 or the error of a call that failed.
 
-One row per (Event id, filter instance, run, config hash). A redelivered batch (a
-crash between this write and the Kafka commit) evaluates its Events again and
-*overwrites* its rows, so the table says what the committed records say; a changed
-configuration (another hash) or a re-run adds rows beside the old ones.
+A decision's key is (Event id, filter instance, run, config hash). A redelivered
+batch (a crash between this write and the Kafka commit) evaluates its Events again and
+*overwrites* their decisions, so the table says what the committed records say; a
+changed configuration (another hash) or a re-run adds decisions beside the old ones.
 
-Speed: one ``DELETE`` of the batch's keys (nothing, unless the batch was consumed
-before) and one binary ``COPY`` of its rows straight into the table, in one
-transaction. ``benchmarks/bench_filter_stage.py`` (docs/filters.md): 51,000 rows/s
-median for 500 Events × 20 filters a batch, the same as a ``COPY`` into a temporary
-table plus ``INSERT ... ON CONFLICT DO UPDATE`` within that machine's noise, and about
-five times SQLAlchemy's ``executemany`` of that upsert.
+Storage (migration 0102): **one row per (Event, run)**, its decisions one JSONB array
+``decisions`` of positional entries ``[filter, config_hash, plugin, version, accepted,
+reason, detail, tags, error, elapsed_ms, followup]`` (a 12th element, the decision
+time in ISO 8601, when it differs from the row's ``decided_at``). Readers expand it
+back into one :class:`DecisionRow` per decision, in SQL, with the order and values the
+one-row-per-decision table of 0101 gave. Why: the stage wrote 20 rows per ZTF alert
+with 20 filters; building and copying them was ~30 µs of the stage's CPU per alert and
+PostgreSQL's rows and index entries ~80 µs of its own (docs/filters-speed.md, fourth
+pass).
+
+Speed: one ``DELETE ... RETURNING`` of the batch's (Event, run) rows (nothing, unless an
+Event was decided before: then its other decisions are kept, merged in Python) and one
+binary ``COPY`` of one row per Event, in one transaction.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["LIVE", "DecisionRow", "DecisionStore", "decision_rows", "DECISIONS", "RUNS"]
+__all__ = ["LIVE", "DecisionRow", "DecisionStore", "decision_rows", "decision_entries", "DECISIONS", "RUNS"]
 
 LIVE = "live"
 """``run`` of the filter stage's own decisions (a re-run has its id there)."""
@@ -39,22 +47,12 @@ _md = sa.MetaData()
 DECISIONS = sa.Table(
     "filter_decisions", _md,
     sa.Column("event_id", sa.Text, primary_key=True),
-    sa.Column("filter", sa.Text, primary_key=True, comment="instance name (topic mma.filter.<filter>)"),
     sa.Column("run", sa.Text, primary_key=True, comment="'live', or the id of a re-run"),
-    sa.Column("config_hash", sa.Text, primary_key=True),
-    sa.Column("plugin", sa.Text, nullable=False),
-    sa.Column("version", sa.Text, nullable=False),
-    sa.Column("accepted", sa.Boolean, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False, comment="machine-readable code, or 'error'"),
-    sa.Column("detail", sa.Text),
-    sa.Column("tags", ARRAY(sa.Text), nullable=False, server_default="{}"),
-    sa.Column("error", sa.Text, comment="raised / garbage / timeout / quarantined"),
-    sa.Column("elapsed_ms", sa.Float(precision=53)),
-    sa.Column("followup", JSONB, comment="follow-ups asked for (accepted only)"),
     sa.Column("decided_at", sa.TIMESTAMP(timezone=True), nullable=False),
-    sa.Index("ix_filter_decisions_run_filter", "run", "filter", "decided_at"),
+    sa.Column("decisions", JSONB, nullable=False),
+    sa.Index("ix_filter_decisions_run", "run", "decided_at"),
 )
-"""Migration 0101's ``filter_decisions`` (must match it)."""
+"""Migration 0102's ``filter_decisions`` (must match it): one row per (Event, run)."""
 RUNS = sa.Table(
     "filter_runs", _md,
     sa.Column("id", sa.Text, primary_key=True),
@@ -70,9 +68,13 @@ RUNS = sa.Table(
 
 _COLUMNS = ("event_id", "filter", "run", "config_hash", "plugin", "version", "accepted", "reason", "detail", "tags",
             "error", "elapsed_ms", "followup", "decided_at")
-_TYPES = ("text", "text", "text", "text", "text", "text", "bool", "text", "text", "text[]", "text", "float8",
-          "jsonb", "timestamptz")
-_COLS = ", ".join(f'"{c}"' for c in _COLUMNS)
+"""The fields of a :class:`DecisionRow` (the columns of 0101's table, one row per decision)."""
+_EXPAND = ("SELECT f.event_id, e->>0, f.run, e->>1, e->>2, e->>3, (e->>4)::boolean, e->>5, e->>6, e->7, e->>8, "
+           "(e->>9)::float8, CASE WHEN jsonb_typeof(e->10) = 'null' THEN NULL ELSE e->10 END, "
+           "coalesce((e->>11)::timestamptz, f.decided_at) AS decided_at "
+           "FROM filter_decisions f CROSS JOIN LATERAL jsonb_array_elements(f.decisions) e ")
+"""One row per archived decision, its fields in the order of :data:`_COLUMNS`."""
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":"), check_circular=False).encode
 
 
 class DecisionRow(NamedTuple):
@@ -120,6 +122,30 @@ class DecisionRow(NamedTuple):
         return d
 
 
+def decision_entries(decisions: Iterable[Any]) -> list[tuple[Any, ...]]:
+    """The ``decisions`` entries of one Event's decisions (:class:`filters.engine.Decision`).
+
+    Each a tuple ``(filter, config_hash, plugin, version, accepted, reason, detail, tags,
+    error, elapsed_ms, followup)``, the values :func:`decision_rows` gives (``accepted``
+    only for a decided acceptance; ``reason`` ``error`` for a failed call; the
+    follow-ups of an accepted result, else None).
+    """
+    out = []
+    for d in decisions:
+        r = d.result
+        if r is None:
+            out.append((d.filter, d.config_hash, d.plugin, d.version, False, "error", None, (), d.error, d.elapsed_ms,
+                        None))
+            continue
+        acc = r.accepted and d.error is None
+        follow = None
+        if acc and r.followup:
+            follow = [{"kind": f.kind, "analyses": list(f.analyses), "window_s": f.window_s} for f in r.followup]
+        out.append((d.filter, d.config_hash, d.plugin, d.version, acc, r.reason, r.detail, r.tags, d.error,
+                    d.elapsed_ms, follow))
+    return out
+
+
 def decision_rows(event_id: str, decisions: Iterable[Any], *, run: str = LIVE,
                   decided_at: datetime | None = None) -> list[DecisionRow]:
     """The rows of one Event's decisions (:class:`filters.engine.Decision`).
@@ -162,60 +188,120 @@ class DecisionStore:
         self.engine = engine
 
     # ------------------------------------------------------------------ writes
+    def put_decisions(self, items: Iterable[tuple[str, Sequence[Any]]], conn: sa.Connection | None = None, *,
+                      run: str = LIVE, decided_at: datetime | None = None) -> int:
+        """Write the decisions of several Events (the filter stage's batch), idempotently.
+
+        An Event given twice keeps its last decisions. A decision already stored under
+        the same key (Event, filter, run, config hash) is overwritten; the Event's other
+        decisions of that run (another configuration's) are kept.
+
+        Parameters
+        ----------
+        items : iterable of (str, sequence of filters.engine.Decision)
+            Event id and its decisions (an Event without any is not written).
+        conn : sqlalchemy.Connection, optional
+            Write inside the caller's transaction; default: one of its own.
+        run : str
+            :data:`LIVE` or a re-run id.
+        decided_at : datetime, optional
+            Aware; default now (UTC).
+
+        Returns
+        -------
+        int
+            Decisions written.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError, psycopg.Error
+            The database refused the write (nothing written).
+        ValueError
+            A NaN or infinite ``elapsed_ms`` (not JSON).
+        """
+        at = decided_at or datetime.now(timezone.utc)
+        rows = {eid: (at, decision_entries(ds)) for eid, ds in items if ds}
+        return self._put({run: rows}, conn)
+
     def put_many(self, rows: Sequence[DecisionRow], conn: sa.Connection | None = None, *,
                  unique: bool = False) -> int:
-        """Write rows idempotently, in one transaction (or on ``conn``, inside the caller's).
+        """Write decision rows idempotently, in one transaction (or on ``conn``, inside the caller's).
 
-        A key met twice keeps the last row; a key already stored is overwritten.
+        A key met twice keeps the last row; a key already stored is overwritten; the
+        Event's other decisions are kept. Each row keeps its own ``decided_at``.
 
         Parameters
         ----------
         rows : sequence of DecisionRow
         conn : sqlalchemy.Connection, optional
         unique : bool
-            The caller guarantees no key appears twice in ``rows`` (the filter stage:
-            one Event's decisions per Event id, distinct instance names), so the
-            de-duplication by key (a dict of 10,000 keys per batch) is skipped.
+            The caller guarantees no key appears twice in ``rows``, so the
+            de-duplication by key is skipped.
 
         Returns
         -------
         int
-            Distinct rows written.
+            Distinct decisions written.
 
         Raises
         ------
-        sqlalchemy.exc.SQLAlchemyError
+        sqlalchemy.exc.SQLAlchemyError, psycopg.Error
             The database refused the write (nothing written).
         """
         if not rows:
             return 0
         todo = rows if unique else list({(r.event_id, r.filter, r.run, r.config_hash): r for r in rows}.values())
+        grouped: dict[str, dict[str, list[DecisionRow]]] = {}
+        for r in todo:
+            grouped.setdefault(r.run, {}).setdefault(r.event_id, []).append(r)
+        out: dict[str, dict[str, tuple[datetime, list[tuple[Any, ...]]]]] = {}
+        for run, events in grouped.items():
+            per = out[run] = {}
+            for eid, rs in events.items():
+                last = max(r.decided_at for r in rs)
+                per[eid] = (last, [(r.filter, r.config_hash, r.plugin, r.version, r.accepted, r.reason, r.detail,
+                                    tuple(r.tags), r.error, r.elapsed_ms, r.followup)
+                                   + (() if r.decided_at == last else (r.decided_at.isoformat(),)) for r in rs])
+        return self._put(out, conn)
+
+    def _put(self, runs: Mapping[str, dict[str, tuple[datetime, list[Any]]]], conn: sa.Connection | None) -> int:
+        if not any(runs.values()):
+            return 0
         if conn is None:
             with self.engine.begin() as c:
-                return self._copy(c, todo)
-        return self._copy(conn, todo)
+                return self._write(c, runs)
+        return self._write(conn, runs)
 
     @staticmethod
-    def _copy(conn: sa.Connection, rows: Iterable[DecisionRow]) -> int:
+    def _write(conn: sa.Connection, runs: Mapping[str, dict[str, tuple[datetime, list[Any]]]]) -> int:
         from psycopg.types.json import Jsonb
 
-        rows = list(rows)
-        ids = sorted({r.event_id for r in rows})
-        runs = sorted({r.run for r in rows})
-        names = sorted({r.filter for r in rows})
-        hashes = sorted({r.config_hash for r in rows})
         dbapi = conn.connection.driver_connection
+        n = 0
         with dbapi.cursor() as cur:
-            # the rows a batch consumed again wrote before (same keys); then the new ones
-            cur.execute("DELETE FROM filter_decisions WHERE event_id = ANY(%s) AND run = ANY(%s) "
-                        "AND filter = ANY(%s) AND config_hash = ANY(%s)", (ids, runs, names, hashes))
-            with cur.copy(f"COPY filter_decisions ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(list(_TYPES))
-                for r in rows:
-                    copy.write_row((r.event_id, r.filter, r.run, r.config_hash, r.plugin, r.version, r.accepted,
-                                    r.reason, r.detail, list(r.tags), r.error, r.elapsed_ms,
-                                    None if r.followup is None else Jsonb(r.followup), r.decided_at))
-        return len(rows)
+            for run, rows in runs.items():
+                # the rows of these Events written before (a batch consumed again, another
+                # configuration): taken out, their decisions not written now kept
+                cur.execute("DELETE FROM filter_decisions WHERE run = %s AND event_id = ANY(%s) "
+                            "RETURNING event_id, decided_at, decisions", (run, list(rows)))
+                for eid, old_at, old in cur.fetchall():
+                    at, entries = rows[eid]
+                    new = {(e[0], e[1]) for e in entries}
+                    kept = []
+                    for e in old:
+                        if (e[0], e[1]) in new:
+                            continue
+                        t = datetime.fromisoformat(e[11]) if len(e) > 11 else old_at
+                        kept.append(tuple(e[:11]) + (() if t == at else (t.isoformat(),)))
+                    if kept:
+                        rows[eid] = (at, kept + list(entries))
+                with cur.copy("COPY filter_decisions (event_id, run, decided_at, decisions) FROM STDIN "
+                              "(FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "text", "timestamptz", "jsonb"])
+                    for eid, (at, entries) in rows.items():
+                        copy.write_row((eid, run, at, Jsonb(entries, dumps=_ENCODE)))
+                        n += len(entries)
+        return n
 
     def start_run(self, run_id: str, filters: Mapping[str, Any], since: datetime, until: datetime,
                   output: str | None) -> None:
@@ -247,25 +333,28 @@ class DecisionStore:
         list of DecisionRow
             Empty when no filter saw the Event (not yet, or none handles its source).
         """
-        d = DECISIONS.c
-        q = sa.select(*(d[c] for c in _COLUMNS)).where(d.event_id == event_id)
+        q, params = _EXPAND + "WHERE f.event_id = %s", [event_id]
         if run is not None:
-            q = q.where(d.run == run)
-        q = q.order_by(sa.case((d.run == LIVE, 0), else_=1), d.decided_at, d.filter, d.run)
-        with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(q)]
+            q += " AND f.run = %s"
+            params.append(run)
+        q += " ORDER BY CASE WHEN f.run = %s THEN 0 ELSE 1 END, decided_at, 2, f.run"
+        return self._rows(q, (*params, LIVE))
 
     def decisions(self, *, run: str = LIVE, filter: str | None = None,
                   accepted: bool | None = None) -> list[DecisionRow]:
-        """The decisions of one run (optionally one filter, accepted or not), by Event id."""
-        d = DECISIONS.c
-        q = sa.select(*(d[c] for c in _COLUMNS)).where(d.run == run)
+        """The decisions of one run (optionally one filter, accepted or not), by Event id and filter."""
+        q, params = _EXPAND + "WHERE f.run = %s", [run]
         if filter is not None:
-            q = q.where(d.filter == filter)
+            q += " AND e->>0 = %s"
+            params.append(filter)
         if accepted is not None:
-            q = q.where(d.accepted.is_(accepted))
+            q += " AND (e->>4)::boolean = %s"
+            params.append(accepted)
+        return self._rows(q + " ORDER BY f.event_id, 2", tuple(params))
+
+    def _rows(self, sql: str, params: tuple[Any, ...]) -> list[DecisionRow]:
         with self.engine.connect() as conn:
-            return [_row(r) for r in conn.execute(q.order_by(d.event_id, d.filter))]
+            return [_row(r) for r in conn.exec_driver_sql(sql, params)]
 
     def run_info(self, run_id: str) -> dict[str, Any] | None:
         """The ``filter_runs`` row of a re-run, or None."""

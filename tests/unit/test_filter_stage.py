@@ -141,9 +141,12 @@ class FakeStore:
         self.rows = []
         self.writes = 0
 
-    def put_many(self, rows, *, unique=False):
+    def put_decisions(self, items, *, run="live", decided_at=None):
+        from filters.store import decision_rows
+
         self.writes += 1
-        self.rows += list(rows)
+        for event_id, decisions in items:
+            self.rows += decision_rows(event_id, decisions, run=run, decided_at=decided_at)
 
 
 class FakeRawSource:
