@@ -56,6 +56,7 @@ are paused is kept and handled in the next batch.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -193,17 +194,51 @@ def hop_format(headers: Sequence[tuple[str, Any]]) -> bytes:
     return b"blob"
 
 
-def with_hop_headers(headers: list[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
-    """``headers`` plus hop-client's ``_id``, ``_sender`` and ``_format`` (kept if present)."""
-    headers = list(headers or [])
+def hop_ids(n: int) -> list[bytes]:
+    """``n`` random version-4 UUIDs as 16 bytes each, what ``uuid.uuid4().bytes`` gives,
+    from one ``os.urandom`` call (a stage's batch: ~1 µs per record less than
+    ``uuid4()``, whose constructor goes through an int)."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])  # RFC 4122 variant
+    return [bytes(raw[i:i + 16]) for i in range(0, 16 * n, 16)]
+
+
+_HOP_FORMATS: dict[Any, bytes] = {}
+"""``hop_format`` of a record whose only content-type header is the key (a few values)."""
+
+
+def with_hop_headers(headers: list[tuple[str, Any]] | None, _id: bytes | None = None) -> list[tuple[str, Any]]:
+    """``headers`` plus hop-client's ``_id``, ``_sender`` and ``_format`` (kept if present).
+
+    ``_id``: the ``_id`` to add (one of :func:`hop_ids`); default a new ``uuid4``.
+    """
+    headers = list(headers or ())
+    ct = None
+    for k, v in headers:
+        if k in _HOP_KEYS or (k == "content-type" and ct is not None):
+            break  # a hop header already there, or two content types: the general path
+        if k == "content-type":
+            ct = v
+    else:
+        fmt = _HOP_FORMATS.get(ct) if isinstance(ct, (bytes, str, type(None))) else None
+        if fmt is None:
+            fmt = hop_format(headers)
+            if isinstance(ct, (bytes, str, type(None))) and len(_HOP_FORMATS) < 64:
+                _HOP_FORMATS[ct] = fmt
+        headers += (("_id", _id or uuid.uuid4().bytes), ("_sender", HOP_SENDER), ("_format", fmt))
+        return headers
     have = {k for k, _ in headers}
     if "_id" not in have:
-        headers.append(("_id", uuid.uuid4().bytes))
+        headers.append(("_id", _id or uuid.uuid4().bytes))
     if "_sender" not in have:
         headers.append(("_sender", HOP_SENDER))
     if "_format" not in have:
         headers.append(("_format", hop_format(headers)))
     return headers
+
+
+_HOP_KEYS = frozenset({"_id", "_sender", "_format"})
 
 
 SEND_OFFSETS_GRACE_S = 10.0
@@ -574,8 +609,8 @@ class StageRunner:
 
     def _records(self, good: list[Handled], dead: list[tuple[Any, str]]) -> list[Outgoing]:
         records = [rec for h in good for rec in h.outputs] + self._dead_letters(dead)
-        for rec in records:
-            rec.headers = with_hop_headers(rec.headers)
+        for rec, _id in zip(records, hop_ids(len(records))):
+            rec.headers = with_hop_headers(rec.headers, _id)
         return records
 
     # ------------------------------------------------------------------ at least once

@@ -55,6 +55,26 @@ def test_hop_headers_are_added_once_and_say_the_format():
     assert dict(with_hop_headers(None))["_id"] != dict(with_hop_headers(None))["_id"]
 
 
+def test_hop_ids_of_a_batch_are_uuid4s_and_headers_the_same_as_one_by_one():
+    import uuid
+
+    from broker.pipeline.runner import hop_ids
+
+    ids = hop_ids(2000)
+    assert len(set(ids)) == 2000 and hop_ids(0) == []
+    assert all(len(b) == 16 and uuid.UUID(bytes=b).version == 4 and uuid.UUID(bytes=b).variant == uuid.RFC_4122
+               for b in ids)
+    for headers in ([("content-type", b"application/json"), ("mma.event.id", b"ztf:1")],
+                    [("content-type", "application/x+json; v=1")], [("content-type", b"application/avro")], None, [],
+                    [("content-type", b""), ("content-type", b"application/json")],
+                    [("content-type", b"application/json"), ("_sender", b"other")], [("_format", b"blob")]):
+        for _ in range(2):  # the second time from the formats' cache
+            want = [(k, v) for k, v in with_hop_headers(headers) if k != "_id"]
+            got = with_hop_headers(headers, ids[0])
+            assert [(k, v) for k, v in got if k != "_id"] == want, headers
+            assert dict(got)["_id"] == ids[0] and headers != got
+
+
 def test_instance_id_is_refused_unless_a_plain_name():
     import pytest
 
