@@ -388,6 +388,28 @@ def stage_commands(layout: str, nice: int, timing: Path,
             "publish": (run("--stage", "publish"), lanes)}
 
 
+def proc_env(specs: list[str], commands: dict) -> dict[str, dict[str, str]]:
+    """``--proc-env PROC[,PROC...]:NAME=VALUE`` → process name → extra environment.
+
+    Raises
+    ------
+    SystemExit
+        A process name the layout does not start, or a spec without ``:`` and ``=``.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        names, sep, kv = spec.partition(":")
+        k, eq, v = kv.partition("=")
+        if not sep or not eq or not k:
+            raise SystemExit(f"--proc-env {spec!r}: PROC[,PROC...]:NAME=VALUE")
+        for name in names.split(","):
+            if name not in commands:
+                raise SystemExit(f"--proc-env {spec!r}: no process {name!r} in this layout "
+                                 f"({', '.join(commands)})")
+            out.setdefault(name, {})[k] = v
+    return out
+
+
 def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str, layout: str = "stages") -> dict:
     """Start the stages from the source ``tree`` in ``layout``, run the load and the notices, return the figures."""
     bootstrap = args.bootstrap or settings_class()().kafka.bootstrap_servers
@@ -431,10 +453,13 @@ def run_once(tree: Path, args: argparse.Namespace, console: Console, label: str,
         (tmp / "logs").mkdir()
         timing = tmp / "analysis.jsonl"
         phases = tmp / "phases.jsonl" if args.phases else None
-        for st, (cmd, extra) in stage_commands(layout, args.nice, timing, phases).items():
+        commands = stage_commands(layout, args.nice, timing, phases)
+        per_proc = proc_env(args.proc_env, commands)
+        for st, (cmd, extra) in commands.items():
             log = (tmp / "logs" / f"{st}.log").open("w")
             logs.append(log)
-            procs[st] = subprocess.Popen(cmd, env=env | extra, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
+            procs[st] = subprocess.Popen(cmd, env=env | extra | per_proc.get(st, {}), cwd=tree, stdout=log,
+                                         stderr=subprocess.STDOUT)
 
         tracker = Tracker(s, f"{group}.tracker", path)
         base_id = 700_000_000 + int(run_id, 16) % 100_000 * 1000
@@ -807,6 +832,9 @@ def main() -> None:
     parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the broker's setting)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra setting for every stage, e.g. MMA_BROKER_FOLLOWUP__POLL_TIMEOUT_S=0.05")
+    parser.add_argument("--proc-env", action="append", default=[], metavar="PROC[,PROC]:NAME=VALUE",
+                        help="extra setting for some stage processes only (names as the layout starts them, "
+                             "e.g. ingest.notices,enrich.notices:MMA_BROKER_ARCHIVE__RAW_STORE=postgres)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                         help="also run the stages from another source tree (e.g. `git archive` of another commit); "
                              "the runs alternate, each round starting with the next tree")

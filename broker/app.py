@@ -150,6 +150,21 @@ def _with_connect_timeout(url: str, seconds: int) -> str:
     return u.update_query_dict({"connect_timeout": str(seconds)}).render_as_string(hide_password=False)
 
 
+def raw_store(settings: Settings):
+    """The raw store of ``[archive]``: PostgreSQL (``raw_store = "postgres"``), segment
+    files under ``<home>/raw`` (``file`` and no ``raw_store_postgres_sources``), or both,
+    routed by Event source (:class:`~broker.archive.raw.RoutedRawStore`; the default)."""
+    from broker.archive.raw import PostgresRawStore, RoutedRawStore, SegmentFileStore
+
+    a = settings.archive
+    if a.raw_store == "postgres":
+        return PostgresRawStore()
+    files = SegmentFileStore(settings.home / "raw")
+    if not a.raw_store_postgres_sources:
+        return files
+    return RoutedRawStore(files, PostgresRawStore(), a.raw_store_postgres_sources)
+
+
 def open_archive(settings: Settings, *, migrate: bool = True, read_only: bool = False):
     """An :class:`broker.archive.Archive` for these settings.
 
@@ -169,9 +184,7 @@ def open_archive(settings: Settings, *, migrate: bool = True, read_only: bool = 
         password), the archive was never initialized, or its schema is out of date.
     """
     from broker.archive import Archive
-    from broker.archive.raw import PostgresRawStore, SegmentFileStore
-
-    raw = SegmentFileStore(settings.home / "raw") if settings.archive.raw_store == "file" else PostgresRawStore()
+    raw = raw_store(settings)
     if read_only:
         url = _with_connect_timeout(database_url(settings, start=False), READ_CONNECT_TIMEOUT_S)
         archive = Archive(url, raw_store=raw, retry_deadline_s=0)

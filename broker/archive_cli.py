@@ -143,8 +143,9 @@ def gc(
         r = collect(archive, grace_s=grace * 3600.0, raw_retention_days=retention or None, dry_run=dry_run)
     finally:
         archive.close()
-    what = "segment files" if r.store == "file" else "raw_messages rows"
     verb = "would remove" if dry_run else "removed"
-    print(f"raw store ({r.store}): {r.scanned:,} {what}, {r.unreferenced:,} referenced by no row "
-          f"({r.kept_young:,} younger than {grace:g} h, kept); {verb} {r.removed:,} ({r.removed_bytes:,} bytes)"
-          + (f", {r.expired:,} of them past the raw retention of {retention:g} days" if retention else ""))
+    for r in (r.halves.values() if r.halves else [r]):  # a routed raw store: one line per half
+        what = "segment files" if r.store == "file" else "raw_messages rows"
+        print(f"raw store ({r.store}): {r.scanned:,} {what}, {r.unreferenced:,} referenced by no row "
+              f"({r.kept_young:,} younger than {grace:g} h, kept); {verb} {r.removed:,} ({r.removed_bytes:,} bytes)"
+              + (f", {r.expired:,} of them past the raw retention of {retention:g} days" if retention else ""))

@@ -38,6 +38,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from broker import plugins
 from broker.errors import BrokerError
+from broker.event import Source
 from broker.limits import DecodeLimits
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,20 @@ class ArchiveSettings(Section):
         return v
     raw_store: Literal["file", "postgres"] = "file"
     """Raw upstream bytes: append-only segment files under ``<home>/raw`` (fast; needs a
-    shared file system when workers run on several hosts) or a PostgreSQL table."""
+    shared file system when workers run on several hosts) or a PostgreSQL table. With
+    ``file``, the sources in ``raw_store_postgres_sources`` still go to the table."""
+    raw_store_postgres_sources: list[Source] = Field(
+        default_factory=lambda: ["gcn", "igwn", "voevent", "user"])
+    """With ``raw_store = "file"``: Event sources whose raw bytes go to the PostgreSQL table
+    in the rows' own transaction, not to a segment file. Default: the notices (every
+    source but the surveys ztf and lsst). A notice is a few kB on the latency path; its
+    segment file's ``fsync`` waited, on one file system, behind the survey ingest's
+    ~80 MB/s of segment data (p99 124 ms under 1,000 ZTF alerts/s), while in the table it
+    costs no flush beyond its commit's. The surveys' bytes stay in segment files: in the
+    table they would go through the WAL that every commit flushes
+    (docs/publishing-latency.md). ``[]``: everything in segment files. Dead letters and
+    follow-up artifacts (bytes without an Event) go to the segment files; every reader
+    finds bytes by their ref, so changing this list needs no migration."""
     raw_retention_days: float | None = Field(None, gt=0)
     """``mma-broker archive gc`` also removes the raw bytes of Events archived more than
     this many days ago (the Events stay; their raw bytes are gone). None: keep forever."""

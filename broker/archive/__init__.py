@@ -2,12 +2,12 @@
 
 Public API: :class:`Archive`, :class:`ArchiveItem`, :class:`KafkaMeta`,
 :class:`ArchivedEvent`, :class:`WriteResult`, the raw stores
-(:class:`SegmentFileStore`, :class:`PostgresRawStore`) and the embedded server helpers
+(:class:`SegmentFileStore`, :class:`PostgresRawStore`, :class:`RoutedRawStore`) and the embedded server helpers
 (:func:`ensure_embedded_postgres`, :func:`stop_embedded_postgres`).
 """
 
 from broker.archive.embedded import ensure_embedded_postgres, stop_embedded_postgres
-from broker.archive.raw import PostgresRawStore, RawRef, RawStore, RawStoreError, SegmentFileStore
+from broker.archive.raw import PostgresRawStore, RawRef, RawStore, RawStoreError, RoutedRawStore, SegmentFileStore
 from broker.archive.rows import ArchiveDataError, ArchivedEvent, ArchiveItem, KafkaMeta
 from broker.archive.store import Archive, WriteResult, alembic_config
 
@@ -21,6 +21,7 @@ __all__ = [
     "RawRef",
     "RawStore",
     "RawStoreError",
+    "RoutedRawStore",
     "SegmentFileStore",
     "WriteResult",
     "alembic_config",

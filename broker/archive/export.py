@@ -37,7 +37,11 @@ to. Catalogs (reference data loaded from files, often millions of rows) only wit
 Where raw bytes lie in the source archive (``raw_segment``, ``raw_offset``: a segment
 file and offset, or NULL for the PostgreSQL raw store) is not content: it is left out
 of the file, and import fills it with where the target's raw store put the bytes. So
-an archive exported, imported elsewhere and exported again gives the same members.
+an archive exported, imported elsewhere and exported again gives the same members. With
+a routed raw store (:class:`~broker.archive.raw.RoutedRawStore`, the default settings:
+notices' bytes in PostgreSQL, surveys' in segment files) export reads each ref from the
+half it names, and import stores the blobs it does not already hold (in either half) in
+the segment files, the rule for bytes that come without their Event's source.
 
 Import is idempotent: rows go in with ``INSERT ... ON CONFLICT DO NOTHING`` (an
 existing row is never changed), raw bytes already referenced in the target are not
@@ -578,10 +582,13 @@ def _verify_member(zf: zipfile.ZipFile, member: str, sha256: str, name: str) -> 
 def _existing_refs(conn: sa.Connection, archive: Any, shas: list[str]) -> dict[str, tuple[str | None, int | None]]:
     """Where the target already keeps these raw bytes (they are not stored again)."""
     found: dict[str, tuple[str | None, int | None]] = {}
-    if archive.raw_store.transactional:
+    store = archive.raw_store
+    routed = hasattr(store, "store_for")  # a RoutedRawStore: bytes may be in either half
+    if store.transactional:
         for (h,) in conn.execute(sa.text("SELECT sha256 FROM raw_messages WHERE sha256 = ANY(:h)"), {"h": shas}):
             found[h] = (None, None)
-        return found
+        if not routed:
+            return found
     present = set(_tables(conn))
     for table, (h, _, seg, off) in RAW_REFS.items():
         if table in present:

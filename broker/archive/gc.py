@@ -1,5 +1,9 @@
 """Garbage collection of the raw store: ``mma-broker archive gc [--dry-run]``.
 
+Both kinds of store are collected as below; with the default settings the raw store is
+a :class:`~broker.archive.raw.RoutedRawStore` (notices' bytes in ``raw_messages``,
+surveys' and dead letters' in segment files), and both halves are collected in one run.
+
 What is garbage. The file raw store (:class:`~broker.archive.raw.SegmentFileStore`)
 writes one segment file per batch *before* the batch's transaction; a batch delivered
 again after a crash, or whose transaction failed, writes a new segment, while the rows
@@ -56,7 +60,9 @@ class GcReport:
     Attributes
     ----------
     store : str
-        ``file`` or ``postgres``.
+        ``file``, ``postgres``, or ``file+postgres`` (a
+        :class:`~broker.archive.raw.RoutedRawStore`: the counts are the sums of both
+        halves, each half's report in ``halves``).
     scanned : int
         Segment files (or ``raw_messages`` rows) looked at.
     unreferenced : int
@@ -80,6 +86,7 @@ class GcReport:
     kept_young: int = 0
     dry_run: bool = False
     names: list[str] = field(default_factory=list, repr=False)
+    halves: dict[str, "GcReport"] = field(default_factory=dict, repr=False)
 
 
 def _ref_tables(conn: sa.Connection) -> dict[str, tuple[str, str, str, str]]:
@@ -127,7 +134,16 @@ def collect(archive: Any, *, grace_s: float = 7 * 86400.0, raw_retention_days: f
     if raw_retention_days is not None and raw_retention_days <= 0:
         raise ValueError("raw_retention_days must be > 0")
     now = time.time() if now is None else now
-    if archive.raw_store.transactional:
+    store = archive.raw_store
+    if hasattr(store, "store_for"):  # a RoutedRawStore: both halves, one report
+        files = _collect_files(archive, grace_s, raw_retention_days, dry_run, now)
+        rows = _collect_postgres(archive, grace_s, raw_retention_days, dry_run, now)
+        report = GcReport(store="file+postgres", dry_run=dry_run, names=files.names + rows.names)
+        for f in ("scanned", "unreferenced", "removed", "removed_bytes", "expired", "kept_young"):
+            setattr(report, f, getattr(files, f) + getattr(rows, f))
+        report.halves = {"file": files, "postgres": rows}
+        return report
+    if store.transactional:
         return _collect_postgres(archive, grace_s, raw_retention_days, dry_run, now)
     return _collect_files(archive, grace_s, raw_retention_days, dry_run, now)
 

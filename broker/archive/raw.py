@@ -1,8 +1,8 @@
 """Content-addressed store of raw upstream bytes, exactly as upstream sent them.
 
-Two implementations behind one small interface (:class:`RawStore`):
+Three implementations behind one small interface (:class:`RawStore`):
 
-:class:`SegmentFileStore` (default)
+:class:`SegmentFileStore`
     One append-only segment file per batch, fsynced (file and directory) before
     :meth:`put_many` returns, so the bytes are durable before the archive commits and
     before Kafka offsets are committed. Writing 35 MB of a 500-alert ZTF batch is one
@@ -18,6 +18,13 @@ Two implementations behind one small interface (:class:`RawStore`):
     without a shared file system: one thing to back up, true deduplication across
     batches, at the cost of sending every byte through the WAL (roughly 2x the raw
     volume in disk writes, and slower; see benchmarks/bench_archive.py).
+:class:`RoutedRawStore` (default)
+    Both: the Events of some sources (by default the notices: gcn, igwn, voevent, user)
+    in ``raw_messages``, all other bytes (the surveys' alerts, dead letters, artifacts)
+    in segment files; reads go by the ref (no segment: the table). Why: a notice's
+    segment ``fsync`` waits behind the survey stream's dirty data on a shared file
+    system, and the surveys' bytes in the table would load the WAL every commit flushes
+    (docs/publishing-latency.md).
 
 Either way, :meth:`RawStore.get` and :meth:`RawStore.get_many` verify the sha256 of what
 they read, unless the caller passes ``verify=False``. Only the live filter stage does
@@ -426,3 +433,153 @@ class PostgresRawStore:
             except RawStoreError as exc:
                 out.append(exc)
         return out
+
+
+class RoutedRawStore:
+    """Raw bytes of some sources in PostgreSQL, of all others in segment files.
+
+    Why: a GCN or IGWN notice is a few kB and on the latency path (notice in → HERMES
+    out); a ZTF or LSST alert is ~80 kB, a thousand a second. In one segment file store
+    a notice's ``fsync`` waits, on ext4 ``data=ordered``, for the journal commit that
+    flushes the survey ingest's dirty segment data written meanwhile (raw-store p99 of
+    the notices' ingest 124 ms under 1,000 ZTF alerts/s, docs/publishing-latency.md),
+    and all in PostgreSQL sends the survey bytes through the WAL that every commit of
+    the notice path flushes (measured worse). Routed, the notices' bytes go in the
+    rows' own transaction (one WAL flush, which the commit needs anyway) and the
+    surveys' stay sequential file I/O outside the database.
+
+    Writes route by the Event's source (:meth:`store_for`, used by
+    :meth:`broker.archive.Archive.write_batch`); bytes without an Event (dead letters,
+    follow-up artifacts, :meth:`put_many` without a source, ``archive import``) go to
+    the segment files. Reads route by the ref: ``segment`` None → ``raw_messages``, else
+    the segment file, so an archive holding refs of both kinds (and one whose setting
+    changed over time) reads back whole.
+
+    Parameters
+    ----------
+    files : SegmentFileStore
+    postgres : PostgresRawStore
+    postgres_sources : iterable of str
+        Event sources (``Event.source``: ``gcn``, ``igwn``, ...) whose bytes go to
+        PostgreSQL.
+
+    Attributes
+    ----------
+    transactional : bool
+        True: readers pass a connection (the PostgreSQL half reads with it; the file
+        half ignores it). Writers route with :meth:`store_for` and ask each half.
+    """
+
+    transactional = True
+
+    def __init__(self, files: SegmentFileStore, postgres: PostgresRawStore, postgres_sources) -> None:
+        self.files = files
+        self.postgres = postgres
+        self.postgres_sources = frozenset(postgres_sources)
+
+    @property
+    def directory(self) -> Path:
+        """The segment files' root directory (``archive gc``, the writers' touch of a segment)."""
+        return self.files.directory
+
+    @property
+    def engine(self) -> "sa.Engine | None":
+        """The PostgreSQL half's engine (lazy reads of :meth:`reader`); the Archive lends its own."""
+        return self.postgres.engine
+
+    @engine.setter
+    def engine(self, value: "sa.Engine | None") -> None:
+        self.postgres.engine = value
+
+    def __repr__(self) -> str:
+        return f"RoutedRawStore({self.files!r}, postgres for {sorted(self.postgres_sources)})"
+
+    def store_for(self, source: str | None) -> "SegmentFileStore | PostgresRawStore":
+        """The half that keeps the bytes of an Event of ``source`` (None: bytes without an Event)."""
+        return self.postgres if source in self.postgres_sources else self.files
+
+    def put_many(self, blobs: Sequence[bytes], connection: "sa.Connection | None" = None) -> list[RawRef]:
+        """Store bytes without a source (dead letters, artifacts, imports) in the segment files.
+
+        Returns
+        -------
+        list of RawRef
+            One per blob, in order (:meth:`SegmentFileStore.put_many`).
+        """
+        return self.files.put_many(blobs)
+
+    def get(self, ref: RawRef, connection: "sa.Connection | None" = None, *, verify: bool = True) -> bytes:
+        """The bytes of ``ref`` from the half it names (see :meth:`get_many`).
+
+        Raises
+        ------
+        RawStoreError
+            As the half's ``get``.
+        """
+        if ref.segment is None:
+            return self.postgres.get(ref, connection, verify=verify)
+        return self.files.get(ref, verify=verify)
+
+    def get_many(self, refs: Sequence[RawRef], connection: "sa.Connection | None" = None, *,
+                 verify: bool = True) -> "list[bytes | RawStoreError]":
+        """Per ref, in order, its bytes or the :class:`RawStoreError` it met: the refs
+        without segment in one query on ``connection``, the others from their segment files."""
+        out: list[bytes | RawStoreError | None] = [None] * len(refs)
+        pg = [i for i, r in enumerate(refs) if r.segment is None]
+        fs = [i for i, r in enumerate(refs) if r.segment is not None]
+        for idx, half in ((pg, self.postgres), (fs, self.files)):
+            if idx:
+                got = half.get_many([refs[i] for i in idx], connection if half is self.postgres else None,
+                                    verify=verify)
+                for i, g in zip(idx, got):
+                    out[i] = g
+        return out  # type: ignore[return-value]
+
+    def reader(self, *, verify: bool = True) -> "RoutedReader":
+        """A :class:`RoutedReader`: segment refs as :class:`SegmentReader` reads them, the
+        others one query each on the PostgreSQL half's engine."""
+        return RoutedReader(SegmentReader(self.files.directory, verify=verify), self.postgres, verify=verify)
+
+
+class RoutedReader:
+    """Reads refs of a :class:`RoutedRawStore` one at a time (the filters' :class:`~filters.stage.LazyRaw`).
+
+    A ref with a segment is read by the :class:`SegmentReader` (the survey alerts of a
+    batch: each segment opened once, one ``pread`` per alert); a ref without one (a
+    notice, a few per batch at most) by one query on the PostgreSQL half's engine.
+
+    Parameters
+    ----------
+    segments : SegmentReader
+    postgres : PostgresRawStore
+        Its ``engine`` must be set (:class:`broker.archive.Archive` lends its own).
+    verify : bool
+        Hash what is read (see the module docstring).
+    """
+
+    def __init__(self, segments: SegmentReader, postgres: PostgresRawStore, *, verify: bool = True) -> None:
+        self.segments = segments
+        self.postgres = postgres
+        self.verify = verify
+
+    def read(self, ref: RawRef) -> bytes:
+        """The bytes of ``ref``.
+
+        Raises
+        ------
+        RawStoreError
+            As :meth:`SegmentReader.read` or :meth:`PostgresRawStore.get`.
+        """
+        if ref.segment is None:
+            return self.postgres.get(ref, verify=self.verify)
+        return self.segments.read(ref)
+
+    def close(self) -> None:
+        """Close the segment files opened so far."""
+        self.segments.close()
+
+    def __enter__(self) -> "RoutedReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

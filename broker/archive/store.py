@@ -8,7 +8,9 @@ Write path of one batch, in one transaction:
 
 1. raw bytes, deduplicated by sha256 (a :class:`~broker.archive.raw.SegmentFileStore`
    writes and fsyncs its segment *before* the transaction, once, outside the retry
-   loop; a :class:`~broker.archive.raw.PostgresRawStore` writes inside it);
+   loop; a :class:`~broker.archive.raw.PostgresRawStore` writes inside it; a
+   :class:`~broker.archive.raw.RoutedRawStore` splits the batch by Event source and
+   does each part its half's way);
 2. ``INSERT ... ON CONFLICT (id) DO NOTHING RETURNING id`` for all rows;
 3. retraction marking (see :meth:`Archive.write_batch`).
 
@@ -179,8 +181,11 @@ class Archive:
         SQLAlchemy URL, ``postgresql+psycopg://user:password@host/db`` (or the unix
         socket URL of :func:`~broker.archive.embedded.ensure_embedded_postgres`).
     raw_store : RawStore
-        Where raw upstream bytes go (:class:`~broker.archive.raw.SegmentFileStore`
-        by default in the broker's settings).
+        Where raw upstream bytes go: :class:`~broker.archive.raw.SegmentFileStore`,
+        :class:`~broker.archive.raw.PostgresRawStore`, or (the broker's default settings)
+        :class:`~broker.archive.raw.RoutedRawStore`, the notices' bytes in PostgreSQL and
+        the surveys' in segment files. A PostgreSQL store without an engine gets this
+        archive's.
     retry_deadline_s : float or None
         How long :meth:`write_batch` keeps retrying while the database is unreachable;
         None (default) waits forever, so a PostgreSQL restart pauses the stage.
@@ -198,6 +203,10 @@ class Archive:
     ) -> None:
         self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
         self.raw_store = raw_store
+        if getattr(raw_store, "engine", False) is None:
+            # a PostgreSQL raw store made without an engine reads with the archive's where no
+            # connection is passed (a RoutedRawStore's reader, for the filters' lazy reads)
+            raw_store.engine = self.engine
         self.retry_deadline_s = retry_deadline_s
         self.retry_max_delay_s = retry_max_delay_s
         self._secret = self.engine.url.password
@@ -292,20 +301,38 @@ class Archive:
             return WriteResult(0, 0, 0)
         blobs = [item.raw for item in batch]
         store = self.raw_store
-        rows = None
-        if not store.transactional:
-            rows = event_rows(batch, store.put_many(blobs))
+        halves = _halves(store, batch)
+        placed: dict[int, RawRef] = {}  # refs of the halves written before the transaction (segment files)
+
+        def put_outside() -> None:
+            for half, idx in halves:
+                if not half.transactional:
+                    placed.update(zip(idx, half.put_many([blobs[i] for i in idx])))
+
+        def rows_of(refs: dict[int, RawRef]) -> list[dict[str, Any]]:
+            return event_rows(batch, [refs[i] for i in range(len(batch))])
+
+        put_outside()
+        rows = rows_of(placed) if len(placed) == len(batch) else None
         retractions = [it.event for it in batch if it.event.is_retraction]
 
         def txn() -> WriteResult:
             nonlocal rows
-            if rows is not None and not _touch_segments(store, rows):
+            if placed and not _touch_segments(store, [{"raw_segment": r.segment} for r in placed.values()]):
                 # ``archive gc`` took the segment while this batch waited (broker.archive.gc): write it again
-                rows = event_rows(batch, store.put_many(blobs))
+                put_outside()
+                rows = rows_of(placed) if len(placed) == len(batch) else None
             with self.engine.begin() as conn:
                 lock = "pg_advisory_xact_lock" if retractions else "pg_advisory_xact_lock_shared"
                 conn.execute(sa.text(f"SELECT {lock}(:k)"), {"k": RETRACTION_LOCK_KEY})
-                batch_rows = rows if rows is not None else event_rows(batch, store.put_many(blobs, conn))
+                if rows is not None:
+                    batch_rows = rows
+                else:  # the transactional halves write in this transaction
+                    refs = dict(placed)
+                    for half, idx in halves:
+                        if half.transactional:
+                            refs.update(zip(idx, half.put_many([blobs[i] for i in idx], conn)))
+                    batch_rows = rows_of(refs)
                 inserted_ids = _insert_rows(conn, batch_rows)
                 owners = {it.event.id: it.kafka for it in batch}
                 inserted = set(inserted_ids)  # once: rebuilt per id it made each batch O(n²)
@@ -341,6 +368,9 @@ class Archive:
             Where each blob is (deduplicated by sha256); :meth:`raw_by_ref` reads it back.
         """
         store = self.raw_store
+        route = getattr(store, "store_for", None)
+        if route is not None:  # a RoutedRawStore: bytes without an Event go where its rule says
+            store = route(None)
         if not store.transactional:
             return store.put_many(blobs)
 
@@ -441,6 +471,22 @@ class Archive:
         """Number of archived Events."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one())
+
+
+def _halves(store: RawStore, batch: Sequence[ArchiveItem]) -> list[tuple[RawStore, list[int]]]:
+    """Which store keeps each item's raw bytes: (store, indices into ``batch``) pairs.
+
+    One pair for a plain store; for a :class:`~broker.archive.raw.RoutedRawStore` one
+    per half that the items' Event sources route to (:meth:`~broker.archive.raw.RoutedRawStore.store_for`).
+    """
+    route = getattr(store, "store_for", None)
+    if route is None:
+        return [(store, list(range(len(batch))))]
+    parts: dict[int, tuple[RawStore, list[int]]] = {}
+    for i, item in enumerate(batch):
+        half = route(item.event.source)
+        parts.setdefault(id(half), (half, []))[1].append(i)
+    return list(parts.values())
 
 
 def _touch_segments(store: RawStore, rows: list[dict[str, Any]]) -> bool:

@@ -27,6 +27,7 @@ from broker.archive import (
     ArchiveItem,
     KafkaMeta,
     PostgresRawStore,
+    RoutedRawStore,
     SegmentFileStore,
     ensure_embedded_postgres,
     stop_embedded_postgres,
@@ -57,10 +58,13 @@ def pg():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=["segments", "postgres"])
+@pytest.fixture(params=["segments", "postgres", "routed"])
 def archive(request, pg, tmp_path):
     url, _ = pg
-    store = SegmentFileStore(tmp_path / "raw") if request.param == "segments" else PostgresRawStore()
+    store = {"segments": lambda: SegmentFileStore(tmp_path / "raw"), "postgres": PostgresRawStore,
+             # the default settings' store: notices in PostgreSQL, surveys in segment files
+             "routed": lambda: RoutedRawStore(SegmentFileStore(tmp_path / "raw"), PostgresRawStore(),
+                                              ["gcn", "igwn", "voevent", "user"])}[request.param]()
     arch = Archive(url, store, retry_max_delay_s=0.5)
     with arch.engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE events, raw_messages"))
