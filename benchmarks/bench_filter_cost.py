@@ -34,9 +34,10 @@ server is shared with other users of the machine: its CPU is not counted.
 
 Prints µs of CPU per alert for each stage (median and range over ``--repeat``), and
 the ratio C ÷ (A + B) taken within each repeat: worker processes alone, and workers +
-PostgreSQL. ``--variant NAME=PATH`` runs (C) again right after it, with ``PYTHONPATH=PATH``
-(another consumer group on the same enriched topic), for before/after figures from one
-run. Run::
+PostgreSQL. ``--variant NAME=PATH`` runs (C) again, with ``PYTHONPATH=PATH`` (another
+consumer group on the same enriched topic, and its own copy of the database taken
+after (B), downgraded to the schema that tree knows), before or after this tree's (C)
+(the order rotates from repeat to repeat), for before/after figures from one run. Run::
 
     .venv/bin/python benchmarks/bench_filter_cost.py [--n 5000] [--repeat 3] [--variant NAME=PATH]
 """
@@ -94,13 +95,72 @@ def ingest_span(phase: e2e.Phase) -> tuple[float, float, int]:
 
 
 def decided_stamps(db_url: str) -> list[float]:
-    """Sorted first ``decided_at`` (Unix s) of every Event with a live decision."""
+    """Sorted first ``decided_at`` (Unix s) of every Event with a live decision (either
+    layout of ``filter_decisions``: a row per decision, 0101, or per Event, 0102)."""
     import psycopg
 
     with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        rows = conn.execute("SELECT extract(epoch FROM min(decided_at))::float8 FROM filter_decisions "
-                            "WHERE run = 'live' GROUP BY event_id ORDER BY 1").fetchall()
+        per_decision = conn.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                                    "current_schema() AND table_name = 'filter_decisions' AND column_name = 'filter'"
+                                    ).fetchone()[0]
+        if per_decision:
+            rows = conn.execute("SELECT extract(epoch FROM min(decided_at))::float8 FROM filter_decisions "
+                                "WHERE run = 'live' GROUP BY event_id ORDER BY 1").fetchall()
+        else:
+            rows = conn.execute("SELECT extract(epoch FROM decided_at)::float8 FROM filter_decisions "
+                                "WHERE run = 'live' ORDER BY 1").fetchall()
     return [float(t) for (t,) in rows]
+
+
+def variant_database(phase: e2e.Phase, server_url: str, name: str, path: str) -> str:
+    """A copy of the phase's database (after (B)) at the schema the variant's tree knows; its URL.
+
+    The variant's filter stage gets the same Events and raw refs without the decisions
+    of this tree's (C), and its own tables: this tree may have migrated further (a
+    variant refuses a schema newer than it knows), so the copy is downgraded, with this
+    tree's revisions, revision by revision until every applied one is known to the variant.
+    """
+    import psycopg
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from broker.archive.store import alembic_config
+
+    src, db = f"bench_{phase.name}", f"bench_{phase.name}_{name}"
+    admin = server_url.replace("postgresql+psycopg://", "postgresql://").replace("/mma_broker?", "/postgres?")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}" TEMPLATE "{src}"')
+    url = phase.db_url.replace(f"/{src}?", f"/{db}?")
+    script = ("from alembic.script import ScriptDirectory\nfrom broker.archive.store import alembic_config\n"
+              "print(' '.join(r.revision for r in ScriptDirectory.from_config(alembic_config()).walk_revisions()))")
+    known = set(subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=path), cwd=path,
+                               capture_output=True, text=True, check=True).stdout.split())
+    ours = ScriptDirectory.from_config(alembic_config())
+    engine = sa.create_engine(url)
+    try:
+        while True:
+            with engine.connect() as conn:
+                applied = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+            unknown = sorted(v for v in applied if v not in known)
+            if not unknown:
+                break
+            assert ours.get_revision(unknown[0]) is not None, unknown
+            cfg = alembic_config()
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, f"{unknown[0]}@-1")
+    finally:
+        engine.dispose()
+    return url
+
+
+def drop_database(server_url: str, db: str) -> None:
+    """Drop one of the variants' database copies."""
+    import psycopg
+
+    admin = server_url.replace("postgresql+psycopg://", "postgresql://").replace("/mma_broker?", "/postgres?")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def run_stage(phase: e2e.Phase, env: dict[str, str], stage: str, log: Path, pgdata: Path,
@@ -150,9 +210,9 @@ PARTS = [  # (label, regular expression searched in the ';'-joined stack, outerm
     ("handle: history decode (decode_history)", r"decode_history \("),
     ("handle: FilterSet.evaluate", r"FilterSet\.evaluate \("),
     ("  filters' apply minus history decode", r"\.apply \((?!.*decode_history)"),
-    ("handle: decision rows", r"decision_rows \("),
+    ("write: decision entries (one row per Event)", r"decision_entries \(|decision_rows \("),
     ("handle: accepted records (json)", r"filtered_record \(|FilterHandler\.handle \(.*(json/|dumps|loads)"),
-    ("write: decisions COPY (put_many)", r"put_many \("),
+    ("write: decisions DELETE + COPY (put_decisions)", r"put_decisions \(|put_many \("),
     ("deliver: transaction", r"_deliver_transaction \("),
     ("outside the stage loop", r"\A(?!.*StageRunner\.run)"),
 ]
@@ -196,7 +256,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=os.environ.get("MMA_BROKER_TEST_KAFKA", "127.0.0.1:9092"))
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
                     help="also run (C) with PYTHONPATH=PATH (e.g. a git archive of another commit) on the same "
-                         "enriched topic, another consumer group, right after (C): before/after figures of one run")
+                         "enriched topic, another consumer group, its own copy of the database; before or after "
+                         "(C), rotating: before/after figures of one run")
     ap.add_argument("--py-spy", type=Path, default=None, metavar="FILE",
                     help="record the first repeat's filters stage with py-spy (raw stacks to FILE; its figures "
                          "are then not comparable) and print where its CPU goes")
@@ -244,19 +305,31 @@ def main() -> None:
                 st = e2e.enriched_stamps(a)
                 assert len(st) == args.n, f"enriched {len(st)} of {args.n}"
                 row["enrich"] = per_alert(smp, st[0], st[-1], len(st) - 1)
-                progress.update(task, description=f"repeat {r + 1}: (C) filters ({len(entries)})")
-                smp = run_stage(a, env, "filters", tmp / f"c{r}.log", pgdata, args.py_spy if r == 0 else None,
-                                args.py_spy_rate)
-                st = decided_stamps(a.db_url)
-                assert len(st) == args.n, f"decided {len(st)} of {args.n}"
-                row["filters"] = per_alert(smp, st[0], st[-1], len(st) - 1)
-                for name, path in variants:
+                copies = {}
+                for name, path in variants:  # before (C) writes any decision
+                    progress.update(task, description=f"repeat {r + 1}: database of {name}")
+                    copies[name] = variant_database(a, server, name, path)
+                # (C) of this tree and of each variant, the order rotated from repeat to repeat so
+                # that none always runs first (each on its own database, the same enriched topic)
+                runs = [(None, None)] + list(variants)
+                k = r % len(runs)
+                for name, path in runs[k:] + runs[:k]:
+                    if name is None:
+                        progress.update(task, description=f"repeat {r + 1}: (C) filters ({len(entries)})")
+                        smp = run_stage(a, env, "filters", tmp / f"c{r}.log", pgdata,
+                                        args.py_spy if r == 0 else None, args.py_spy_rate)
+                        st = decided_stamps(a.db_url)
+                        assert len(st) == args.n, f"decided {len(st)} of {args.n}"
+                        row["filters"] = per_alert(smp, st[0], st[-1], len(st) - 1)
+                        continue
                     progress.update(task, description=f"repeat {r + 1}: (C) filters, {name}")
-                    env_v = dict(env, MMA_BROKER_GROUP_ID=a.group + "-" + name, PYTHONPATH=path)
+                    env_v = dict(env, MMA_BROKER_GROUP_ID=a.group + "-" + name, PYTHONPATH=path,
+                                 MMA_BROKER_ARCHIVE__DATABASE_URL=copies[name])
                     smp = run_stage(a, env_v, "filters", tmp / f"c{r}-{name}.log", pgdata)
-                    st = decided_stamps(a.db_url)  # the variant's decisions replaced (C)'s rows
+                    st = decided_stamps(copies[name])
                     assert len(st) == args.n, f"{name}: decided {len(st)} of {args.n}"
                     row[f"filters {name}"] = per_alert(smp, st[0], st[-1], len(st) - 1)
+                    drop_database(server, f"bench_{a.name}_{name}")
                 loads.append(os.getloadavg()[0])
                 rows.append(row)
                 e2e.drop_phase(a, server, s)
