@@ -356,7 +356,11 @@ class Archive:
         return result
 
     def store_raw(self, blobs: Sequence[bytes]) -> list[RawRef]:
-        """Keep raw bytes that have no Event (dead letters) in the raw store.
+        """Keep raw bytes that have no Event (dead letters, follow-up artifacts) in the raw store.
+
+        A :class:`~broker.archive.raw.RoutedRawStore` keeps them in its segment files
+        (:meth:`~broker.archive.raw.RoutedRawStore.store_for` of no source): they have no
+        source to route by, and none is on the notice path's latency.
 
         Parameters
         ----------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,37 @@ def test_segment_reader_keeps_files_open_until_closed(tmp_path: Path, blobs: lis
     assert reader._fds == {}
     assert reader.read(refs[0]) == blobs[0]  # usable again: it reopens
     reader.close()
+
+
+def test_a_large_segment_is_written_back_a_chunk_at_a_time_then_fsynced(tmp_path: Path, monkeypatch) -> None:
+    import broker.archive.raw as raw
+
+    assert raw._sync_file_range is not None  # Linux: libc has it
+    calls: list[tuple[int, int, int]] = []
+    real = raw._sync_file_range
+
+    def record(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        calls.append((offset, nbytes, flags))
+        return real(fd, offset, nbytes, flags)  # the real call: it must accept what we pass
+
+    monkeypatch.setattr(raw, "_sync_file_range", record)
+    monkeypatch.setattr(raw, "WRITEBACK_CHUNK", 100_000)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    blobs = [bytes([i]) * 30_000 for i in range(20)]  # 600 kB: writeback every 4 blobs
+    store = SegmentFileStore(tmp_path)
+    store.put_many([b"the day's directory exists"])
+    fsyncs.clear()
+    refs = store.put_many(blobs)
+    assert store.get_many(refs) == blobs
+    assert [c[0] for c in calls] == [0, 120_000, 240_000, 360_000, 480_000]
+    assert all(n == 120_000 and f == raw._SYNC_FILE_RANGE_WRITE for _, n, f in calls)
+    assert len(fsyncs) == 2  # still the file's fsync and its directory's: durability unchanged
+    calls.clear()
+    store.put_many([b"small"])  # under one chunk: written in one go
+    SegmentFileStore(tmp_path, fsync=False).put_many(blobs[:10] + [b"x"])  # no fsync: no writeback either
+    assert calls == []
+    monkeypatch.setattr(raw, "_sync_file_range", None)  # where libc has none: written in one go
+    refs = store.put_many([b"y" * 300_000])
+    assert store.get(refs[0]) == b"y" * 300_000
