@@ -57,7 +57,7 @@ from broker.errors import BrokerError, DecodeError
 from broker.kafka import Outgoing
 from broker.pipeline.runner import NOTICE_PATH_FILL_S, BaseStage, Handled, StageRunner
 from filters.engine import Decision, FilterSet
-from filters.store import LIVE
+from filters.store import LIVE, encode_decisions
 
 log = logging.getLogger(__name__)
 
@@ -513,7 +513,9 @@ class FilterHandler(BaseStage):
                     kinds.append(req.kind)
                     log.info("filters: %s request %s for %s (%s)", req.kind, req.request_id, event.id,
                              req.requested_by)
-        return Handled(msg, outputs, write=(event.id, decisions) if decisions else None,
+        # the decisions encoded now, kept as one str until the batch's write: the Decision
+        # objects die here instead of living through the batch (the collector's work)
+        return Handled(msg, outputs, write=(event.id, encode_decisions(decisions)) if decisions else None,
                        info=(published, kinds, len(decisions)))
 
     def write(self, batch: list[Handled]) -> None:
@@ -522,7 +524,7 @@ class FilterHandler(BaseStage):
             return
         items = [h.write for h in batch if h.write]
         if items:  # an Event that came twice keeps its last decisions
-            self.store.put_decisions(items, run=LIVE)
+            self.store.put_encoded(items, run=LIVE)
 
     def on_retry(self) -> None:
         """The batch will be handled again: forget its raw bytes."""

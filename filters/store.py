@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["LIVE", "DecisionRow", "DecisionStore", "decision_rows", "decision_entries", "DECISIONS", "RUNS"]
+__all__ = ["LIVE", "DecisionRow", "DecisionStore", "decision_rows", "decision_entries", "encode_decisions",
+           "rows_of_encoded", "DECISIONS", "RUNS"]
 
 LIVE = "live"
 """``run`` of the filter stage's own decisions (a re-run has its id there)."""
@@ -146,6 +147,31 @@ def decision_entries(decisions: Iterable[Any]) -> list[tuple[Any, ...]]:
     return out
 
 
+def encode_decisions(decisions: Iterable[Any]) -> str:
+    """The ``decisions`` JSON of one Event's decisions (:func:`decision_entries`), for
+    :meth:`DecisionStore.put_encoded`.
+
+    Raises
+    ------
+    ValueError
+        A NaN or infinite ``elapsed_ms`` (not JSON).
+    """
+    return _ENCODE(decision_entries(decisions))
+
+
+def rows_of_encoded(event_id: str, text: str, *, run: str = LIVE, decided_at: datetime | None = None
+                    ) -> list[DecisionRow]:
+    """The :class:`DecisionRow`s of one Event's :func:`encode_decisions` text (what a read
+    of the archive gives back), in the order encoded."""
+    at = decided_at or datetime.now(timezone.utc)
+    return [DecisionRow(event_id, e[0], run, e[1], e[2], e[3], e[4], e[5], e[6], tuple(e[7]), e[8], e[9], e[10],
+                        datetime.fromisoformat(e[11]) if len(e) > 11 else at) for e in json.loads(text)]
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
 def decision_rows(event_id: str, decisions: Iterable[Any], *, run: str = LIVE,
                   decided_at: datetime | None = None) -> list[DecisionRow]:
     """The rows of one Event's decisions (:class:`filters.engine.Decision`).
@@ -221,7 +247,35 @@ class DecisionStore:
         """
         at = decided_at or datetime.now(timezone.utc)
         rows = {eid: (at, decision_entries(ds)) for eid, ds in items if ds}
-        return self._put({run: rows}, conn)
+        self._put({run: rows}, conn)
+        return sum(len(e) for _, e in rows.values())
+
+    def put_encoded(self, items: Iterable[tuple[str, str]], conn: sa.Connection | None = None, *,
+                    run: str = LIVE, decided_at: datetime | None = None) -> int:
+        """:meth:`put_decisions` of decisions already encoded (:func:`encode_decisions`).
+
+        The filter stage encodes each Event's decisions as it decides them and keeps the
+        text until the batch's write, instead of the ``Decision`` objects: ~60 objects per
+        ZTF alert that would otherwise live through the batch and be walked by the
+        collector again and again (about 20 µs per alert, docs/filters-speed.md, fourth
+        pass).
+
+        Parameters
+        ----------
+        items : iterable of (str, str)
+            Event id and its decisions' entries as :func:`encode_decisions` gives them.
+        conn, run, decided_at
+            As :meth:`put_decisions`.
+
+        Returns
+        -------
+        int
+            Events written.
+        """
+        at = decided_at or datetime.now(timezone.utc)
+        rows = {eid: (at, text) for eid, text in items}
+        self._put({run: rows}, conn)
+        return len(rows)
 
     def put_many(self, rows: Sequence[DecisionRow], conn: sa.Connection | None = None, *,
                  unique: bool = False) -> int:
@@ -262,22 +316,24 @@ class DecisionStore:
                 per[eid] = (last, [(r.filter, r.config_hash, r.plugin, r.version, r.accepted, r.reason, r.detail,
                                     tuple(r.tags), r.error, r.elapsed_ms, r.followup)
                                    + (() if r.decided_at == last else (r.decided_at.isoformat(),)) for r in rs])
-        return self._put(out, conn)
+        self._put(out, conn)
+        return len(todo)
 
-    def _put(self, runs: Mapping[str, dict[str, tuple[datetime, list[Any]]]], conn: sa.Connection | None) -> int:
+    def _put(self, runs: Mapping[str, dict[str, tuple[datetime, Any]]], conn: sa.Connection | None) -> None:
         if not any(runs.values()):
-            return 0
+            return
         if conn is None:
             with self.engine.begin() as c:
-                return self._write(c, runs)
-        return self._write(conn, runs)
+                self._write(c, runs)
+        else:
+            self._write(conn, runs)
 
     @staticmethod
-    def _write(conn: sa.Connection, runs: Mapping[str, dict[str, tuple[datetime, list[Any]]]]) -> int:
+    def _write(conn: sa.Connection, runs: Mapping[str, dict[str, tuple[datetime, Any]]]) -> None:
+        """Per run, Event id → (decided_at, entries: a list of tuples, or their JSON text)."""
         from psycopg.types.json import Jsonb
 
         dbapi = conn.connection.driver_connection
-        n = 0
         with dbapi.cursor() as cur:
             for run, rows in runs.items():
                 # the rows of these Events written before (a batch consumed again, another
@@ -286,6 +342,8 @@ class DecisionStore:
                             "RETURNING event_id, decided_at, decisions", (run, list(rows)))
                 for eid, old_at, old in cur.fetchall():
                     at, entries = rows[eid]
+                    if isinstance(entries, str):
+                        entries = json.loads(entries)
                     new = {(e[0], e[1]) for e in entries}
                     kept = []
                     for e in old:
@@ -299,9 +357,8 @@ class DecisionStore:
                               "(FORMAT BINARY)") as copy:
                     copy.set_types(["text", "text", "timestamptz", "jsonb"])
                     for eid, (at, entries) in rows.items():
-                        copy.write_row((eid, run, at, Jsonb(entries, dumps=_ENCODE)))
-                        n += len(entries)
-        return n
+                        copy.write_row((eid, run, at, Jsonb(entries, dumps=_as_is if isinstance(entries, str)
+                                                            else _ENCODE)))
 
     def start_run(self, run_id: str, filters: Mapping[str, Any], since: datetime, until: datetime,
                   output: str | None) -> None:

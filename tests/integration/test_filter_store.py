@@ -16,7 +16,7 @@ from broker.archive import Archive, SegmentFileStore
 from broker.archive.store import alembic_config
 from filters.api import FilterResult, FollowupSpec
 from filters.engine import Decision
-from filters.store import DecisionRow, DecisionStore, decision_rows
+from filters.store import DecisionRow, DecisionStore, decision_rows, encode_decisions, rows_of_encoded
 
 pytestmark = pytest.mark.integration
 
@@ -84,10 +84,10 @@ def test_a_write_replaces_its_keys_and_keeps_the_events_other_decisions(archive)
     ds = decisions()
     store.put_decisions([("ztf:1", ds)], decided_at=T0)
     store.put_decisions([("ztf:1", ds)], decided_at=T0, run="rerun-1")
-    # the batch consumed again after a crash: the same keys, new values, overwritten
+    # the batch consumed again after a crash: the same keys, new values, overwritten (as the stage writes)
     t1 = T0 + timedelta(seconds=5)
     again = decisions("again")
-    store.put_decisions([("ztf:1", again)], decided_at=t1)
+    assert store.put_encoded([("ztf:1", encode_decisions(again))], decided_at=t1) == 1
     assert store.why("ztf:1", run="live") == want("ztf:1", again, "live", t1)
     # one filter's configuration changed: its new decision beside the old ones, each with its own time
     t2 = T0 + timedelta(minutes=1)
@@ -139,3 +139,11 @@ def test_0102_migrates_every_decision_both_ways(archive):
         assert conn.execute(sa.text("SELECT event_id, run, decided_at, jsonb_array_length(decisions) "
                                     "FROM filter_decisions ORDER BY 1, 2")).all() == [
             ("ztf:1", "live", t1, 5), ("ztf:1", "rerun-1", t1, 2), ("ztf:2", "live", T0, 4)]
+
+
+def test_encoded_decisions_read_back_as_their_rows():
+    ds = decisions()
+    assert rows_of_encoded("ztf:1", encode_decisions(ds), run="r", decided_at=T0) == decision_rows(
+        "ztf:1", ds, run="r", decided_at=T0)
+    with pytest.raises(ValueError):
+        encode_decisions([Decision("x", "p", "1", "h", FilterResult.reject("no"), elapsed_ms=float("inf"))])

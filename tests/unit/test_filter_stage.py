@@ -141,12 +141,12 @@ class FakeStore:
         self.rows = []
         self.writes = 0
 
-    def put_decisions(self, items, *, run="live", decided_at=None):
-        from filters.store import decision_rows
+    def put_encoded(self, items, *, run="live", decided_at=None):
+        from filters.store import rows_of_encoded
 
         self.writes += 1
-        for event_id, decisions in items:
-            self.rows += decision_rows(event_id, decisions, run=run, decided_at=decided_at)
+        for event_id, text in items:
+            self.rows += rows_of_encoded(event_id, text, run=run, decided_at=decided_at)
 
 
 class FakeRawSource:
