@@ -49,8 +49,11 @@ DECISIONS = sa.Table(
     "filter_decisions", _md,
     sa.Column("event_id", sa.Text, primary_key=True),
     sa.Column("run", sa.Text, primary_key=True, comment="'live', or the id of a re-run"),
-    sa.Column("decided_at", sa.TIMESTAMP(timezone=True), nullable=False),
-    sa.Column("decisions", JSONB, nullable=False),
+    sa.Column("decided_at", sa.TIMESTAMP(timezone=True), nullable=False,
+              comment="time of the decisions (an entry's 12th element when it differs)"),
+    sa.Column("decisions", JSONB, nullable=False,
+              comment="[[filter, config_hash, plugin, version, accepted, reason, detail, tags, error, elapsed_ms, "
+                      "followup(, decided_at)], ...]"),
     sa.Index("ix_filter_decisions_run", "run", "decided_at"),
 )
 """Migration 0102's ``filter_decisions`` (must match it): one row per (Event, run)."""
