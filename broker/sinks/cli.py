@@ -11,7 +11,8 @@ imports typer and the standard library only; each command imports SQLAlchemy whe
 * ``outbox retry ID [--by NAME]`` — a ``failed``, ``unknown``, ``rejected`` or ``withdrawn``
   entry is queued again (an ``unknown`` one only after checking on the channel that it
   did not go out);
-* ``serve [--host H] [--port P]`` — the artifacts over HTTP (:mod:`broker.sinks.web`).
+* ``serve [--host H] [--port P]`` — the artifacts over HTTP (:mod:`broker.sinks.web`) and the
+  archive's read JSON API under ``/api`` (:mod:`broker.web.api`).
 
 ``--by`` defaults to the login name. Errors are one line, ``mma-broker: error: ...``,
 exit code 1.
@@ -27,7 +28,7 @@ import typer
 app = typer.Typer(name="outbox", no_args_is_help=True, add_completion=False,
                   help="Outgoing messages (HERMES, GCN, TNS): list, show, approve, reject, retry.")
 serve_app = typer.Typer(name="serve", add_completion=False, invoke_without_command=True,
-                        help="Serve the artifacts (PNG, JSON) that published messages link to.")
+                        help="Serve the artifacts (PNG, JSON) that published messages link to, and the archive's JSON API.")
 
 
 @app.callback()
@@ -193,5 +194,6 @@ def serve(
     h = host or s.publish.serve_host
     p = s.publish.serve_port if port is None else port
     print(f"serving artifacts on http://{h}:{p}/artifacts/sha256/<hex> "
-          f"(public links: {s.publish.public_base_url}/artifacts/sha256/<hex>)", flush=True)
+          f"(public links: {s.publish.public_base_url}/artifacts/sha256/<hex>), "
+          f"the archive API on http://{h}:{p}/api/events (OpenAPI: /openapi.json)", flush=True)
     run(s, host=h, port=p)

@@ -18,6 +18,8 @@ Routes
     ``{"sha256", "bytes", "media_type", "url"}`` (``url`` under the public base URL).
 ``GET /health``
     ``{"status": "ok"}``.
+``GET /api/...``, ``GET /openapi.json``
+    The archive's read JSON API (:mod:`broker.web.api`, docs/web.md) and its OpenAPI.
 
 The core does not import ``followup/``: the artifact index is read by its table name
 (:func:`archive_fetcher`), the schema migration 0003 made.
@@ -77,7 +79,7 @@ def archive_fetcher(archive: Any) -> Fetch:
     return fetch
 
 
-def make_app(fetch: Fetch, public_base_url: str) -> Any:
+def make_app(fetch: Fetch, public_base_url: str, engine: Any = None) -> Any:
     """The FastAPI application.
 
     Parameters
@@ -86,11 +88,19 @@ def make_app(fetch: Fetch, public_base_url: str) -> Any:
         sha256 hex → (bytes, media type) or None (:func:`archive_fetcher`, or a fake).
     public_base_url : str
         ``[publish] public_base_url`` (no trailing slash), for the links it returns.
+    engine : sqlalchemy.Engine, optional
+        The archive's database: when given, the read JSON API of :mod:`broker.web.api`
+        is mounted under ``/api`` (issue 13). OpenAPI is served at ``/openapi.json``.
     """
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, Response
 
-    app = FastAPI(title="mma-broker", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="mma-broker", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  description="Artifacts of published messages and the archive's read API (docs/web.md).")
+    if engine is not None:
+        from broker.web.api import install
+
+        install(app, engine)
     base = public_base_url.rstrip("/")
 
     def _get(name: str) -> tuple[str, bytes, str]:
@@ -112,7 +122,8 @@ def make_app(fetch: Fetch, public_base_url: str) -> Any:
     def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/artifacts/sha256/{name}")
+    # response_model=None: the bytes are the answer (and OpenAPI cannot resolve the local Response annotation)
+    @app.get("/artifacts/sha256/{name}", response_model=None, summary="An artifact's bytes (or .json: its metadata)")
     def artifact(name: str) -> Response:
         if name.endswith(".json"):
             digest, data, media_type = _get(name.removesuffix(".json"))
@@ -134,7 +145,7 @@ def serve(settings: Any, *, host: str | None = None, port: int | None = None) ->
     p = settings.publish
     archive = open_archive(settings, read_only=True)
     try:
-        app = make_app(archive_fetcher(archive), p.public_base_url)
+        app = make_app(archive_fetcher(archive), p.public_base_url, archive.engine)
         uvicorn.run(app, host=host or p.serve_host, port=p.serve_port if port is None else port,
                     log_level="warning", access_log=False)
     finally:
