@@ -123,6 +123,21 @@ def test_cone_finds_a_ztf_alert_and_the_sky_map_holding_it(world):
     assert z.id not in far
 
 
+@pytest.mark.parametrize("pa_deg", [0.0, 90.0, 200.0])
+def test_cone_edge_is_the_great_circle_distance(world, pa_deg):
+    """A centre 0.9° from a ZTF alert (position angle pa_deg): inside a 0.95° cone, not a 0.85° one."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    client, evs = world
+    z = next(e for e in evs.values() if e.source == "ztf")
+    c = SkyCoord(z.localization.ra * u.deg, z.localization.dec * u.deg).directional_offset_by(pa_deg * u.deg,
+                                                                                             0.9 * u.deg)
+    ra, dec = float(c.ra.deg), float(c.dec.deg)
+    assert z.id in _all(client, ra_deg=ra, dec_deg=dec, radius_deg=0.95)
+    assert z.id not in _all(client, ra_deg=ra, dec_deg=dec, radius_deg=0.85)
+
+
 def test_cone_finds_the_gbm_circle_and_gw_map_at_its_densest_pixel(world):
     client, evs = world
     final = next(e for e in evs.values() if e.source == "gcn" and e.id.split(":")[4] == "7")  # the final circle
