@@ -8,6 +8,7 @@ once per session. Nothing here skips: if a server cannot start, the tests fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -55,24 +56,37 @@ def pg_url():
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture()
-def fresh_db(pg_url):
-    """URL of a new, empty database on the session's PostgreSQL, dropped afterwards:
-    for tests that count archive rows exactly (the session database holds the same real
-    alerts, archived by other tests, and archive ids are deterministic)."""
+@contextlib.contextmanager
+def _new_database(pg_url):
+    """A new, empty database on the session's PostgreSQL, dropped on exit; yields its URL."""
     import sqlalchemy as sa
 
     name = f"t_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
+        yield sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture()
+def fresh_db(pg_url):
+    """URL of a new, empty database on the session's PostgreSQL, dropped afterwards:
+    for tests that count archive rows exactly (the session database holds the same real
+    alerts, archived by other tests, and archive ids are deterministic)."""
+    with _new_database(pg_url) as url:
+        yield url
+
+
+@pytest.fixture()
+def second_db(pg_url):
+    """Another new, empty database beside :func:`fresh_db` (e.g. an import target)."""
+    with _new_database(pg_url) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,19 +35,6 @@ from tests.conftest import DATA
 pytestmark = pytest.mark.integration
 USERGUIDE = DATA / "igwn" / "userguide"
 GCN = DATA / "gcn" / "gwcelery-kafka"
-
-
-@pytest.fixture
-def second_db(pg_url):
-    """Another empty database on the session's PostgreSQL (the import target)."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _alert_files() -> list[Path]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -54,19 +53,6 @@ def _refs(archive: Archive) -> dict[str, tuple[str, str, str | None]]:
 def _pg_shas(archive: Archive) -> set[str]:
     with archive.engine.connect() as conn:
         return set(conn.execute(sa.text("SELECT sha256 FROM raw_messages")).scalars())
-
-
-@pytest.fixture
-def other_db(pg_url):
-    """A second empty database on the session's PostgreSQL (an import target)."""
-    name = f"t_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield sa.make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_a_mixed_batch_goes_by_source_and_every_read_finds_it(fresh_db, tmp_path):
@@ -206,7 +192,7 @@ def test_gc_collects_both_halves_in_one_run(fresh_db, tmp_path):
     archive.close()
 
 
-def test_a_mixed_archive_exports_imports_and_exports_again_the_same(fresh_db, other_db, tmp_path):
+def test_a_mixed_archive_exports_imports_and_exports_again_the_same(fresh_db, second_db, tmp_path):
     src = _routed(fresh_db, tmp_path / "raw-a")
     items = _items(ZTF + NOTICES)
     src.write_batch(items)
@@ -217,7 +203,7 @@ def test_a_mixed_archive_exports_imports_and_exports_again_the_same(fresh_db, ot
     again = import_archive(src, first, progress=False)  # into itself: every blob found, in its half
     assert again.raw_stored == 0 and sum(t.inserted for t in again.tables) == 0
 
-    dst = _routed(other_db, tmp_path / "raw-b")
+    dst = _routed(second_db, tmp_path / "raw-b")
     s2 = import_archive(dst, first, progress=False)
     assert s2.raw_stored == s1.raw_blobs  # bytes without their source: to the segment files
     second = tmp_path / "b.zip"
