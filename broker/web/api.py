@@ -34,7 +34,7 @@ category, a date that is not ISO 8601, a limit above :data:`MAX_LIMIT`, text wit
 or other control characters or undecodable bytes, text longer than
 :data:`MAX_TEXT`, a cursor this API did not give) answers **400** with
 ``{"detail": "<what is wrong>", "parameter": "<name>"}``; never a traceback or a
-host path. Unknown ids answer 404.
+host path. Unknown ids answer 404; a database that cannot be reached answers 503.
 """
 
 from __future__ import annotations
@@ -224,9 +224,9 @@ def _utc(name: str, value: str | None) -> datetime | None:
     s = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     try:
         t = datetime.fromisoformat(s)
-    except ValueError:
+        return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved out of range by its offset
         raise ParamError(name, f"{name}: not an ISO 8601 time such as 2019-04-25T08:18:05Z") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def _cursor_out(t: datetime, event_id: str) -> str:
@@ -237,11 +237,19 @@ def _cursor_out(t: datetime, event_id: str) -> str:
 def _cursor_in(value: str | None) -> tuple[datetime, str] | None:
     if _text("cursor", value, 4 * MAX_ID_CHARS) is None:
         return None
+    bad = ParamError("cursor", "cursor: not a cursor this API gave (use next_cursor of the last page)")
     try:
         t, eid = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-        return datetime.fromisoformat(t), str(eid)
+        t = datetime.fromisoformat(t)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise ParamError("cursor", "cursor: not a cursor this API gave (use next_cursor of the last page)") from None
+        raise bad from None
+    if t.tzinfo is None or not isinstance(eid, str):
+        raise bad
+    try:
+        _text("cursor", eid, MAX_ID_CHARS)
+    except ParamError:
+        raise bad from None
+    return t, eid
 
 
 # ------------------------------------------------------------------ rows → models
@@ -483,6 +491,11 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse({"detail": f"{name}: {kind}" if name else kind, "parameter": name}, status_code=400)
 
 
+def _database_error(request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+    log.warning("archive query failed: %s", type(exc).__name__)  # the message may hold the database URL
+    return JSONResponse({"detail": "the archive database is unavailable", "parameter": None}, status_code=503)
+
+
 def install(app: FastAPI, engine: sa.Engine) -> None:
     """Mount the API on ``app``, reading from ``engine`` (the archive's database, migrated).
 
@@ -498,3 +511,4 @@ def install(app: FastAPI, engine: sa.Engine) -> None:
     app.include_router(router)
     app.add_exception_handler(ParamError, _param_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(sa.exc.SQLAlchemyError, _database_error)

@@ -400,6 +400,10 @@ def test_serve_answers_a_stored_artifact_by_its_sha256(db, env):
         meta = httpx.get(f"{base}/artifacts/sha256/{art['sha256']}.json", timeout=5).json()
         assert meta["url"] == f"https://broker.example.org/artifacts/sha256/{art['sha256']}"
         assert httpx.get(f"{base}/artifacts/sha256/{'0' * 64}", timeout=5).status_code == 404
+        # the same app serves the archive's JSON API (broker/web/api.py, docs/web.md)
+        api = httpx.get(f"{base}/api/events", params={"limit": 1}, timeout=5)
+        assert api.status_code == 200 and "items" in api.json()
+        assert "/api/events" in httpx.get(f"{base}/openapi.json", timeout=5).json()["paths"]
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=20)

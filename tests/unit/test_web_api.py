@@ -185,6 +185,12 @@ def test_group_lists_revisions_in_order_with_the_latest_localization(world):
     assert r.status_code == 404 and r.json()["parameter"] == "key"
 
 
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
 @pytest.mark.parametrize("params, name", [
     ({"limit": 501}, "limit"), ({"limit": 0}, "limit"), ({"limit": "ten"}, "limit"),
     ({"ra_deg": "nan", "dec_deg": 0, "radius_deg": 1}, "ra_deg"),
@@ -196,7 +202,9 @@ def test_group_lists_revisions_in_order_with_the_latest_localization(world):
     ({"ra_deg": 10, "dec_deg": 0}, "radius_deg"), ({"ra_deg": "x", "dec_deg": 0, "radius_deg": 1}, "ra_deg"),
     ({"category": "supernova"}, "category"), ({"since": "yesterday"}, "since"), ({"until": "2019-13-01"}, "until"),
     ({"q": "S1\x00"}, "q"), ({"source": "z" * 201}, "source"), ({"mission": "\x1b[31m"}, "mission"),
-    ({"q": ""}, "q"), ({"cursor": "not-a-cursor"}, "cursor"),
+    ({"q": ""}, "q"), ({"cursor": "not-a-cursor"}, "cursor"), ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+    ({"cursor": _b64('["2019-01-01T00:00:00+00:00", "a\\u0000b"]')}, "cursor"),
+    ({"cursor": _b64('["2019-01-01T00:00:00", "abc"]')}, "cursor"), ({"cursor": _b64('{"a": 1}')}, "cursor"),
 ])
 def test_bad_parameters_are_named_400s(world, params, name):
     client, _ = world
@@ -214,6 +222,14 @@ def test_undecodable_bytes_and_nul_in_ids_are_400s(world):
     for path in ("/api/events/ab%00cd", "/api/groups/ab%00cd", "/api/events/" + "x" * 1025):
         r = client.get(path)
         assert r.status_code == 400 and r.json()["parameter"] in ("id", "key"), path
+
+
+def test_an_unreachable_database_is_a_503_without_its_url(world):
+    client, _ = world
+    dead = sa.create_engine("postgresql+psycopg://nobody:secret@127.0.0.1:1/nothing", pool_pre_ping=False)
+    app = make_app(lambda _: None, "https://broker.example.org", dead)
+    r = TestClient(app, raise_server_exceptions=False).get("/api/events")
+    assert r.status_code == 503 and "secret" not in r.text and "127.0.0.1" not in r.text
 
 
 def test_openapi_lists_the_endpoints_with_units(world):
