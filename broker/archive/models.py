@@ -63,6 +63,10 @@ events = sa.Table(
     sa.Index("ix_events_time", "time"),
     sa.Index("ix_events_hpx", "hpx"),
     sa.Index("ix_events_category_time", "category", "time"),  # migration 0008: events list --category
+    # migration 0011: the web API's q (= or LIKE prefix) and case-insensitive mission / instrument
+    sa.Index("ix_events_upstream_id_pattern", "upstream_id", postgresql_ops={"upstream_id": "text_pattern_ops"}),
+    sa.Index("ix_events_lower_mission", sa.func.lower(sa.column("mission"))),
+    sa.Index("ix_events_lower_instrument", sa.func.lower(sa.column("instrument"))),
     sa.Index(
         "ix_events_retractions",
         "source",
