@@ -120,13 +120,13 @@ def import_(file: Path = typer.Argument(..., help="A file written by `mma-broker
 def gc(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be removed."),
     grace_hours: Optional[float] = typer.Option(None, "--grace-hours", min=0.0,
-                                                help="Keep unreferenced raw bytes younger than this, h "
+                                                help="Keep unreferenced raw bytes and coincidence claims younger than this, h "
                                                      "(default [archive] gc_grace_hours, 168)."),
     raw_retention_days: Optional[float] = typer.Option(None, "--raw-retention-days", min=0.0,
                                                        help="Also remove raw bytes of Events archived longer ago "
                                                             "(default [archive] raw_retention_days: never)."),
 ) -> None:
-    """Remove raw bytes no archived row refers to, after a grace period.
+    """Remove raw bytes no archived row refers to, and coincidence claims, after a grace period.
 
     Redelivered batches leave segment files no row refers to; dead letters' bytes are
     referenced from mma.dlq only (keep the grace period at least its retention). With
@@ -140,12 +140,14 @@ def gc(
     retention = s.archive.raw_retention_days if raw_retention_days is None else raw_retention_days
     archive = open_archive(s, read_only=True)
     try:
-        r = collect(archive, grace_s=grace * 3600.0, raw_retention_days=retention or None, dry_run=dry_run)
+        report = collect(archive, grace_s=grace * 3600.0, raw_retention_days=retention or None, dry_run=dry_run)
     finally:
         archive.close()
     verb = "would remove" if dry_run else "removed"
-    for r in (r.halves.values() if r.halves else [r]):  # a routed raw store: one line per half
+    for r in (report.halves.values() if report.halves else [report]):  # a routed raw store: one line per half
         what = "segment files" if r.store == "file" else "raw_messages rows"
         print(f"raw store ({r.store}): {r.scanned:,} {what}, {r.unreferenced:,} referenced by no row "
               f"({r.kept_young:,} younger than {grace:g} h, kept); {verb} {r.removed:,} ({r.removed_bytes:,} bytes)"
               + (f", {r.expired:,} of them past the raw retention of {retention:g} days" if retention else ""))
+    print(f"coincidence claims: {report.claims:,} rows; {verb} {report.claims_removed:,} "
+          f"older than {grace:g} h")

@@ -34,6 +34,12 @@ finds it gone and writes its blobs again into a new segment. Only then is the re
 file deleted. A ``.gc`` file left by an interrupted collector is handled by the next
 run the same way. The one case this cannot cover is a single transaction attempt that
 lasts longer than the grace period.
+
+Coincidence claims. The same run deletes the rows of ``coincidence_claims`` (migration
+0010, :mod:`broker.enrich.claims`) claimed longer ago than the grace period: a claim
+matters only while a batch that made it can be replayed or the other lane can find the
+same pair (seconds to hours), and the table would otherwise grow by one row per
+coincidence version forever.
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ class GcReport:
         Of ``removed``, those removed because of raw retention (still referenced).
     kept_young : int
         Unreferenced but younger than the grace period (kept).
+    claims, claims_removed : int
+        Rows of ``coincidence_claims`` (:mod:`broker.enrich.claims`) before the run, and
+        those removed (with ``dry_run``: that would be) as older than the grace period.
     dry_run : bool
     """
 
@@ -84,6 +93,8 @@ class GcReport:
     removed_bytes: int = 0
     expired: int = 0
     kept_young: int = 0
+    claims: int = 0
+    claims_removed: int = 0
     dry_run: bool = False
     names: list[str] = field(default_factory=list, repr=False)
     halves: dict[str, "GcReport"] = field(default_factory=dict, repr=False)
@@ -99,7 +110,8 @@ def _ref_tables(conn: sa.Connection) -> dict[str, tuple[str, str, str, str]]:
 
 def collect(archive: Any, *, grace_s: float = 7 * 86400.0, raw_retention_days: float | None = None,
             dry_run: bool = False, now: float | None = None) -> GcReport:
-    """Remove raw bytes no row refers to (and, with retention, bytes of old Events).
+    """Remove raw bytes no row refers to (and, with retention, bytes of old Events), and
+    coincidence claims older than the grace period.
 
     Parameters
     ----------
@@ -109,7 +121,8 @@ def collect(archive: Any, *, grace_s: float = 7 * 86400.0, raw_retention_days: f
         Unreferenced bytes younger than this (file modification time, or
         ``raw_messages.stored_at``) are kept, s. Must cover the retention of ``mma.dlq``
         (dead letters' bytes are referenced from Kafka only) and the longest
-        transaction attempt of a writer.
+        transaction attempt of a writer. Coincidence claims (``claimed_at``) younger
+        than this are kept too (:func:`broker.enrich.claims.expire_claims`).
     raw_retention_days : float or None
         Also remove bytes whose Events were all archived more than this many days ago
         (and that no artifact refers to). None: keep them forever.
@@ -142,10 +155,16 @@ def collect(archive: Any, *, grace_s: float = 7 * 86400.0, raw_retention_days: f
         for f in ("scanned", "unreferenced", "removed", "removed_bytes", "expired", "kept_young"):
             setattr(report, f, getattr(files, f) + getattr(rows, f))
         report.halves = {"file": files, "postgres": rows}
-        return report
-    if store.transactional:
-        return _collect_postgres(archive, grace_s, raw_retention_days, dry_run, now)
-    return _collect_files(archive, grace_s, raw_retention_days, dry_run, now)
+    elif store.transactional:
+        report = _collect_postgres(archive, grace_s, raw_retention_days, dry_run, now)
+    else:
+        report = _collect_files(archive, grace_s, raw_retention_days, dry_run, now)
+    from broker.enrich.claims import expire_claims
+
+    report.claims, report.claims_removed = expire_claims(archive.engine, now - grace_s, dry_run=dry_run)
+    log.info("coincidence claims gc: %d rows, %d %s", report.claims, report.claims_removed,
+             "would be removed" if dry_run else "removed")
+    return report
 
 
 def _segments(root: Path) -> list[tuple[str, Path]]:

@@ -78,3 +78,44 @@ def claim_coincidences(engine: sa.Engine, keys: Sequence[tuple[str, str]], owner
         rows = conn.execute(sa.select(t.c.id, t.c.computed_from)
                             .where(t.c.owner == owner, sa.tuple_(t.c.id, t.c.computed_from).in_(keys))).all()
     return {(r[0], r[1]) for r in rows}
+
+
+def expire_claims(engine: sa.Engine, before: float, *, dry_run: bool = False) -> tuple[int, int]:
+    """Delete the claims made before ``before`` (``mma-broker archive gc``).
+
+    A claim matters only while a batch that made it can be replayed (its offsets not yet
+    committed) or the other lane can still find the same pair: seconds to hours. Past
+    that the row is dead weight, and ``coincidence_claims`` would otherwise grow by one
+    row per coincidence version forever. Deleting a claim that still mattered would let
+    both lanes publish that version once each, so the caller's cut-off must be far
+    older than a batch's replay window (gc uses its grace period, default 168 h).
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The archive's engine. An archive without the table (before migration 0010)
+        has nothing to delete.
+    before : float
+        Unix time, s: claims with ``claimed_at`` strictly earlier go.
+    dry_run : bool
+        Only count.
+
+    Returns
+    -------
+    (int, int)
+        Rows in the table before, and rows deleted (with ``dry_run``: that would be).
+
+    Raises
+    ------
+    sqlalchemy.exc.SQLAlchemyError
+        The database refused the query (nothing is deleted).
+    """
+    t = CLAIMS
+    old = t.c.claimed_at < sa.func.to_timestamp(before)
+    with engine.begin() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('coincidence_claims')")).scalar() is None:
+            return 0, 0
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())
+        if dry_run:
+            return total, int(conn.execute(sa.select(sa.func.count()).select_from(t).where(old)).scalar_one())
+        return total, conn.execute(sa.delete(t).where(old)).rowcount

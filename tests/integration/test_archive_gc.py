@@ -4,6 +4,7 @@ Real alerts are archived; a redelivered batch and a dead letter leave unreferenc
 bytes. The collector keeps them during the grace period, removes them after it (a dry
 run only counts), never removes referenced bytes unless raw retention says so, and a
 writer whose segment is collected before its transaction commits writes it again.
+Coincidence claims older than the grace period go in the same run (library and CLI).
 """
 
 from __future__ import annotations
@@ -150,3 +151,47 @@ def test_postgres_store_gc(fresh_db):
     with archive.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM raw_messages")).scalar_one() == len(FILES) - 1
     archive.close()
+
+
+def test_gc_expires_coincidence_claims_older_than_the_grace_period(fresh_db, broker_env):
+    from broker.enrich.claims import claim_coincidences
+    from tests.conftest import run_cli
+
+    archive = Archive(fresh_db, PostgresRawStore())
+    archive.migrate()
+    assert claim_coincidences(archive.engine, [("c1", "e1"), ("c2", "e2"), ("c3", "e3")], "enrich.notices") == \
+        {("c1", "e1"), ("c2", "e2"), ("c3", "e3")}
+    assert claim_coincidences(archive.engine, [("c4", "e4")], "enrich.optical") == {("c4", "e4")}
+    with archive.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE coincidence_claims SET claimed_at = now() - interval '2 hours' "
+                             "WHERE id IN ('c1', 'c2')"))
+        conn.execute(sa.text("UPDATE coincidence_claims SET claimed_at = now() - interval '50 minutes' "
+                             "WHERE id = 'c3'"))
+
+    def left() -> set[str]:
+        with archive.engine.connect() as conn:
+            return set(conn.execute(sa.text("SELECT id FROM coincidence_claims")).scalars())
+
+    r = collect(archive, grace_s=3600, dry_run=True)
+    assert (r.claims, r.claims_removed) == (4, 2) and left() == {"c1", "c2", "c3", "c4"}
+    r = collect(archive, grace_s=3600)
+    assert (r.claims, r.claims_removed) == (4, 2) and left() == {"c3", "c4"}  # 50 min < 1 h: kept
+    # an expired version claimed again is a new claim, by whichever lane comes first
+    assert claim_coincidences(archive.engine, [("c1", "e1")], "enrich.optical") == {("c1", "e1")}
+    archive.close()
+
+    env = dict(broker_env, MMA_BROKER_ARCHIVE__DATABASE_URL=fresh_db)
+    proc = run_cli(env, "archive", "gc", "--dry-run", "--grace-hours", "0.5")
+    assert "coincidence claims: 3 rows; would remove 1 older than 0.5 h" in proc.stdout, proc.stdout
+    proc = run_cli(env, "archive", "gc", "--grace-hours", "0.5")
+    assert "coincidence claims: 3 rows; removed 1 older than 0.5 h" in proc.stdout, proc.stdout
+    assert _claim_ids(fresh_db) == {"c1", "c4"}
+
+
+def _claim_ids(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(sa.text("SELECT id FROM coincidence_claims")).scalars())
+    finally:
+        engine.dispose()
