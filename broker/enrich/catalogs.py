@@ -451,6 +451,37 @@ def list_catalogs(engine: sa.Engine) -> list[dict[str, Any]]:
         return [dict(r._mapping) for r in conn.execute(sa.select(CATALOGS).order_by(CATALOGS.c.name))]
 
 
+def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float, max_depth: int) -> np.ndarray:
+    """Order-29 nested HEALPix index ranges covering a cone (a superset: every cell it overlaps).
+
+    The cone is a mocpy MOC (``MOC.from_cone``) of cells down to ``max_depth``; its
+    ranges are what healpix-alchemy's ``hpx`` columns (order 29) are compared with, so
+    a cone is a range join or range test on a B-tree index. Callers remove the cells'
+    margin with the exact separation.
+
+    Parameters
+    ----------
+    ra_deg, dec_deg : float
+        Centre, ICRS, deg.
+    radius_deg : float
+        Radius, deg (> 0).
+    max_depth : int
+        Deepest MOC order (0-29): deeper is a tighter cover with more ranges.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, 2), int64
+        ``[lo, hi)`` per range, sorted and merged.
+    """
+    import astropy.units as u
+    from astropy.coordinates import Latitude, Longitude
+    from mocpy import MOC
+
+    moc = MOC.from_cone(lon=Longitude(ra_deg * u.deg), lat=Latitude(dec_deg * u.deg), radius=radius_deg * u.deg,
+                        max_depth=max_depth)
+    return np.asarray(moc.to_depth29_ranges, dtype=np.int64).reshape(-1, 2)
+
+
 def cone_search(engine: sa.Engine, name: str, ra_deg: float, dec_deg: float, radius_deg: float) -> list[int]:
     """Rows (0-based, in the file) of the sources of catalog ``name`` within a cone.
 
@@ -463,13 +494,9 @@ def cone_search(engine: sa.Engine, name: str, ra_deg: float, dec_deg: float, rad
     CatalogError
         For an unknown catalog.
     """
-    import astropy.units as u
-    from astropy.coordinates import Latitude, Longitude, angular_separation
-    from mocpy import MOC
+    from astropy.coordinates import angular_separation
 
-    moc = MOC.from_cone(lon=Longitude(ra_deg * u.deg), lat=Latitude(dec_deg * u.deg), radius=radius_deg * u.deg,
-                        max_depth=14)
-    ranges = np.asarray(moc.to_depth29_ranges, dtype=np.int64)
+    ranges = cone_ranges(ra_deg, dec_deg, radius_deg, max_depth=14)
     with engine.connect() as conn:
         cid = conn.execute(sa.select(CATALOGS.c.id).where(CATALOGS.c.name == name)).scalar()
         if cid is None:

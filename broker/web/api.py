@@ -300,27 +300,13 @@ def _select() -> sa.Select:
 
 
 def _cone_ranges(ra: float, dec: float, radius: float) -> list[tuple[int, int]]:
-    """Order-29 nested index ranges ``[lo, hi)`` covering the cone (a superset), merged.
+    """Order-29 ranges ``[lo, hi)`` covering the cone (:func:`broker.enrich.catalogs.cone_ranges`),
+    with cells down to the order whose pixels are about a quarter of the radius, so that
+    a cone is at most a few hundred range tests."""
+    from broker.enrich.catalogs import cone_ranges
 
-    The cone is covered with astropy-healpix's ``cone_search_lonlat`` (every pixel that
-    overlaps it) at the level whose pixels are about a quarter of the radius (at most
-    a few hundred pixels), each pixel then spans ``4**(29 - level)`` order-29 indices.
-    """
-    import astropy.units as u
-    from astropy_healpix import HEALPix
-
-    level = int(np.clip(np.floor(np.log2(58.6 / max(radius / 4, 1e-9))), 0, 29))  # pixel ~58.6°/2**level
-    pix = np.sort(HEALPix(nside=2 ** level, order="nested").cone_search_lonlat(
-        ra * u.deg, dec * u.deg, radius * u.deg).astype(np.int64))
-    shift = 2 * (29 - level)
-    out: list[tuple[int, int]] = []
-    for p in pix.tolist():
-        lo, hi = p << shift, (p + 1) << shift
-        if out and out[-1][1] == lo:
-            out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
+    depth = int(np.clip(np.floor(np.log2(58.6 / max(radius / 4, 1e-9))), 0, 29))  # pixel ~58.6°/2**depth
+    return [(int(lo), int(hi)) for lo, hi in cone_ranges(ra, dec, radius, max_depth=depth)]
 
 
 def _cone(ra: float, dec: float, radius: float) -> sa.ColumnElement[bool]:
