@@ -94,6 +94,8 @@ def decode_enriched(data: bytes) -> EnrichedEvent:
             obj = json.loads(data, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"enriched event: not JSON ({' '.join(str(exc).split())[:200]})") from None
+        except RecursionError:  # pydantic-core refuses the depth, json.loads then overflows the stack
+            raise DecodeError("enriched event: nested too deeply (RecursionError)") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"enriched event: a JSON {type(obj).__name__}, expected an object")
     if obj.get("schema") != ENRICHED_SCHEMA:
