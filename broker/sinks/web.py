@@ -79,7 +79,7 @@ def archive_fetcher(archive: Any) -> Fetch:
     return fetch
 
 
-def make_app(fetch: Fetch, public_base_url: str, engine: Any = None) -> Any:
+def make_app(fetch: Fetch, public_base_url: str, engine: Any = None, settings: Any = None) -> Any:
     """The FastAPI application.
 
     Parameters
@@ -91,6 +91,9 @@ def make_app(fetch: Fetch, public_base_url: str, engine: Any = None) -> Any:
     engine : sqlalchemy.Engine, optional
         The archive's database: when given, the read JSON API of :mod:`broker.web.api`
         is mounted under ``/api`` (issue 13). OpenAPI is served at ``/openapi.json``.
+    settings : broker.config.Settings, optional
+        With ``engine``: the HTML pages of :mod:`broker.web.pages` (home, live stream,
+        search, group pages, approval desk) are mounted too, built from these settings.
     """
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, Response
@@ -101,6 +104,10 @@ def make_app(fetch: Fetch, public_base_url: str, engine: Any = None) -> Any:
         from broker.web.api import install
 
         install(app, engine)
+        if settings is not None:
+            from broker.web.pages import install as install_pages
+
+            install_pages(app, engine=engine, settings=settings, fetch=fetch)
     base = public_base_url.rstrip("/")
 
     def _get(name: str) -> tuple[str, bytes, str]:
@@ -145,7 +152,7 @@ def serve(settings: Any, *, host: str | None = None, port: int | None = None) ->
     p = settings.publish
     archive = open_archive(settings, read_only=True)
     try:
-        app = make_app(archive_fetcher(archive), p.public_base_url, archive.engine)
+        app = make_app(archive_fetcher(archive), p.public_base_url, archive.engine, settings)
         uvicorn.run(app, host=host or p.serve_host, port=p.serve_port if port is None else port,
                     log_level="warning", access_log=False)
     finally:
