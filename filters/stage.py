@@ -613,16 +613,17 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     enriched, dlq = s.topic(s.enrich.enriched_topic), s.topic(s.dlq_topic)
     followup = followup_output(s)
     archive = open_archive(s)
-    catalogs = None
+    catalogs: Callable[[], dict[str, Any]] | None = None
     try:
         if f.catalogs or any(cf.filter.required_catalogs() for cf in filter_set.filters):
             from broker.pipeline.enrich import CatalogCache
 
             cache = CatalogCache(archive.engine, f.catalogs)
 
-            def catalogs() -> dict[str, Any]:
+            def loaded_catalogs() -> dict[str, Any]:
                 return {c.name: c for c in cache.catalogs()}
 
+            catalogs = loaded_catalogs
             check_catalogs(filter_set, f.catalogs, catalogs())
         outputs = sorted({t for t in topics.values() if t is not None}) + ([followup.topic] if followup else [])
         ensure_topics(s, [enriched, dlq, *outputs])
