@@ -30,4 +30,5 @@ if [ ! -x "$VENV/bin/kubeconform" ] && command -v go >/dev/null 2>&1; then
     "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" >&2 \
     || echo "setup: warning: could not build kubeconform; the manifest validation tests will skip" >&2
 fi
+"$ROOT/deploy/web_assets.sh" >&2 || echo "setup: warning: the Aladin Lite bundle was not installed (deploy/web_assets.sh)" >&2
 echo "$VENV"
