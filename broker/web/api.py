@@ -64,7 +64,8 @@ from broker.event import MAX_ID_CHARS, format_time
 
 log = logging.getLogger(__name__)
 
-__all__ = ["install", "router", "MAX_LIMIT", "MAX_TEXT", "ParamError"]
+__all__ = ["install", "router", "query_events", "check_text", "check_category", "EventItem", "EventPage",
+           "LocalizationSummary", "MAX_LIMIT", "MAX_TEXT", "ParamError"]
 
 MAX_LIMIT = 500
 """Largest page (``limit``)."""
@@ -349,24 +350,59 @@ def _engine(request: Request) -> sa.Engine:
     return request.app.state.api_engine
 
 
-@router.get("/events", response_model=EventPage, summary="Recent Events, newest first, with filters",
-            description="Archived Events ordered by T0 (newest first, then id); page with `cursor`.")
-def list_events(
-    request: Request,
-    limit: int = Query(50, description=f"page size, 1..{MAX_LIMIT}"),
-    cursor: Optional[str] = Query(None, description="next_cursor of the previous page"),
-    source: Optional[str] = Query(None, description="igwn, gcn, ztf, lsst, voevent or user"),
-    category: Optional[str] = Query(None, description="normalized category (docs/categories.md), e.g. gw_cbc"),
-    mission: Optional[str] = Query(None, description="mission, case-insensitive (Fermi, Swift, ZTF, ...)"),
-    instrument: Optional[str] = Query(None, description="instrument, case-insensitive (GBM, BAT, ...)"),
-    alert_type: Optional[str] = Query(None, description="preliminary, initial, update, retraction, ..."),
-    since: Optional[str] = Query(None, description="T0 >= since, ISO 8601 UTC"),
-    until: Optional[str] = Query(None, description="T0 < until, ISO 8601 UTC"),
-    q: Optional[str] = Query(None, description="upstream id (superevent, trigger, object id): exact or prefix"),
-    ra_deg: Optional[float] = Query(None, description="cone centre, ICRS right ascension, deg [0, 360]"),
-    dec_deg: Optional[float] = Query(None, description="cone centre, ICRS declination, deg [-90, 90]"),
-    radius_deg: Optional[float] = Query(None, description="cone radius for point localizations, deg (0, 180]"),
-) -> EventPage:
+def check_text(name: str, value: str | None, max_chars: int = MAX_TEXT) -> str | None:
+    """``value`` if it is printable text of 1..``max_chars`` characters (None passes).
+
+    Raises
+    ------
+    ParamError
+        Empty, too long, NUL, other control characters or bytes that were not UTF-8.
+    """
+    return _text(name, value, max_chars)
+
+
+def check_category(category: str | None) -> str | None:
+    """``category`` if it is one of :data:`broker.category.CATEGORIES` (None passes).
+
+    Raises
+    ------
+    ParamError
+        Not text (:func:`check_text`) or an unknown category (the message lists them).
+    """
+    if _text("category", category) is not None and category not in CATEGORIES:
+        raise ParamError("category", "category: unknown; one of " + ", ".join(sorted(CATEGORIES)))
+    return category
+
+
+def query_events(engine: sa.Engine, *, limit: int = 50, cursor: str | None = None, source: str | None = None,
+                 category: str | None = None, mission: str | None = None, instrument: str | None = None,
+                 alert_type: str | None = None, since: str | None = None, until: str | None = None,
+                 q: str | None = None, ra_deg: float | None = None, dec_deg: float | None = None,
+                 radius_deg: float | None = None) -> EventPage:
+    """One page of archived Events, newest T0 first: what ``GET /api/events`` answers.
+
+    The pages (home, search) call it with the request's parameters as they came, so a
+    bad one is the same named :class:`ParamError` as in the API.
+
+    Parameters
+    ----------
+    engine : sqlalchemy.Engine
+        The archive's database.
+    limit, cursor, source, category, mission, instrument, alert_type, since, until, q, ra_deg, dec_deg, radius_deg
+        As in the API (docs/web.md): text unparsed, angles in deg.
+
+    Returns
+    -------
+    EventPage
+        Up to ``limit`` items and the ``next_cursor`` (None on the last page).
+
+    Raises
+    ------
+    ParamError
+        A bad parameter (named).
+    sqlalchemy.exc.SQLAlchemyError
+        The database cannot be reached or the query failed.
+    """
     if not 1 <= limit <= MAX_LIMIT:
         raise ParamError("limit", f"limit: {limit} is outside 1..{MAX_LIMIT}")
     after = _cursor_in(cursor)
@@ -377,9 +413,7 @@ def list_events(
     for name, col, value in (("mission", EV.c.mission, mission), ("instrument", EV.c.instrument, instrument)):
         if _text(name, value) is not None:
             stmt = stmt.where(sa.func.lower(col) == value.lower())
-    if _text("category", category) is not None:
-        if category not in CATEGORIES:
-            raise ParamError("category", "category: unknown; one of " + ", ".join(sorted(CATEGORIES)))
+    if check_category(category) is not None:
         stmt = stmt.where(EV.c.category == category)
     t_lo, t_hi = _utc("since", since), _utc("until", until)
     if t_lo is not None:
@@ -401,12 +435,35 @@ def list_events(
         t, eid = after
         stmt = stmt.where(sa.or_(EV.c.time < t, sa.and_(EV.c.time == t, EV.c.id > eid)))
     stmt = stmt.order_by(EV.c.time.desc(), EV.c.id).limit(limit + 1)
-    with _engine(request).connect() as conn:
+    with engine.connect() as conn:
         rows = conn.execute(stmt).all()
     more = len(rows) > limit
     rows = rows[:limit]
     return EventPage(items=[EventItem(**_item_fields(r)) for r in rows],
                      next_cursor=_cursor_out(rows[-1].time, rows[-1].id) if more else None)
+
+
+@router.get("/events", response_model=EventPage, summary="Recent Events, newest first, with filters",
+            description="Archived Events ordered by T0 (newest first, then id); page with `cursor`.")
+def list_events(
+    request: Request,
+    limit: int = Query(50, description=f"page size, 1..{MAX_LIMIT}"),
+    cursor: Optional[str] = Query(None, description="next_cursor of the previous page"),
+    source: Optional[str] = Query(None, description="igwn, gcn, ztf, lsst, voevent or user"),
+    category: Optional[str] = Query(None, description="normalized category (docs/categories.md), e.g. gw_cbc"),
+    mission: Optional[str] = Query(None, description="mission, case-insensitive (Fermi, Swift, ZTF, ...)"),
+    instrument: Optional[str] = Query(None, description="instrument, case-insensitive (GBM, BAT, ...)"),
+    alert_type: Optional[str] = Query(None, description="preliminary, initial, update, retraction, ..."),
+    since: Optional[str] = Query(None, description="T0 >= since, ISO 8601 UTC"),
+    until: Optional[str] = Query(None, description="T0 < until, ISO 8601 UTC"),
+    q: Optional[str] = Query(None, description="upstream id (superevent, trigger, object id): exact or prefix"),
+    ra_deg: Optional[float] = Query(None, description="cone centre, ICRS right ascension, deg [0, 360]"),
+    dec_deg: Optional[float] = Query(None, description="cone centre, ICRS declination, deg [-90, 90]"),
+    radius_deg: Optional[float] = Query(None, description="cone radius for point localizations, deg (0, 180]"),
+) -> EventPage:
+    return query_events(_engine(request), limit=limit, cursor=cursor, source=source, category=category,
+                        mission=mission, instrument=instrument, alert_type=alert_type, since=since, until=until,
+                        q=q, ra_deg=ra_deg, dec_deg=dec_deg, radius_deg=radius_deg)
 
 
 @router.get("/events/{event_id:path}", response_model=EventDetail, summary="One Event with its archive metadata",
