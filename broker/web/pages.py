@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 
-PAGE_MODULES: list[str] = []
+PAGE_MODULES: list[str] = ["broker.web.live", "broker.web.home", "broker.web.group", "broker.web.group_extra"]
 """Modules whose ``install(app, ctx)`` adds page routes, in order."""
 
 
