@@ -145,15 +145,15 @@ def make_app(fetch: Fetch, public_base_url: str, engine: Any = None, settings: A
 
 def serve(settings: Any, *, host: str | None = None, port: int | None = None) -> None:
     """Run the app on uvicorn until SIGINT/SIGTERM (``mma-broker serve``)."""
-    import uvicorn
-
     from broker.app import open_archive
 
     p = settings.publish
     archive = open_archive(settings, read_only=True)
     try:
         app = make_app(archive_fetcher(archive), p.public_base_url, archive.engine, settings)
-        uvicorn.run(app, host=host or p.serve_host, port=p.serve_port if port is None else port,
-                    log_level="warning", access_log=False)
+        from broker.web.live import uvicorn_server  # ends open /api/stream responses at shutdown
+
+        uvicorn_server(app, host=host or p.serve_host, port=p.serve_port if port is None else port,
+                       log_level="warning", access_log=False, timeout_graceful_shutdown=3).run()
     finally:
         archive.close()

@@ -54,7 +54,8 @@ from broker.web.api import EventItem, LocalizationSummary, ParamError, check_cat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StreamFilter", "StreamHub", "decode_record", "stream_item", "sse", "install", "HEARTBEAT_S",
+__all__ = ["StreamFilter", "StreamHub", "decode_record", "stream_item", "sse", "install", "uvicorn_server",
+           "HEARTBEAT_S",
            "FILTERED_SCHEMA"]
 
 HEARTBEAT_S = 15.0
@@ -218,6 +219,7 @@ class _Client:
         self.lock = threading.Lock()
         self.wake = asyncio.Event()
         self.dropped = False
+        self.closing = False
 
     def offer(self, chunk: bytes) -> bool:
         """Queue ``chunk``; False (and marked dropped) when the buffer is full."""
@@ -296,6 +298,19 @@ class StreamHub:
     def unsubscribe(self, client: _Client) -> None:
         with self._lock:
             self._clients.discard(client)
+
+    def close_clients(self) -> None:
+        """End every open stream (the server is stopping): each generator returns, so the
+        server's graceful shutdown does not wait for them; browsers reconnect by themselves."""
+        with self._lock:
+            clients = list(self._clients)
+            self._clients.clear()
+        for c in clients:
+            c.closing = True
+            try:
+                c.loop.call_soon_threadsafe(c.wake.set)
+            except RuntimeError:
+                pass
 
     @property
     def n_clients(self) -> int:
@@ -441,6 +456,26 @@ class StreamHub:
         self._broadcast(sse("event", item, f"{topic}/{part}/{offset}"), item)
 
 
+# ------------------------------------------------------------------ server
+def uvicorn_server(app: Any, **config: Any) -> Any:
+    """A :class:`uvicorn.Server` for ``app`` that ends the open streams when it shuts down.
+
+    uvicorn's graceful shutdown waits for every response to finish, and a stream never
+    does: this server first ends them (:meth:`StreamHub.close_clients`), so SIGINT or
+    SIGTERM stops ``mma-broker serve`` at once. ``config``: :class:`uvicorn.Config`'s.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            hub = getattr(app.state, "live_hub", None)
+            if hub is not None:
+                hub.close_clients()
+            await super().shutdown(sockets)
+
+    return Server(uvicorn.Config(app, **config))
+
+
 # ------------------------------------------------------------------ route
 async def _events(hub: StreamHub, client: _Client, heartbeat_s: float) -> AsyncIterator[bytes]:
     try:
@@ -458,6 +493,8 @@ async def _events(hub: StreamHub, client: _Client, heartbeat_s: float) -> AsyncI
             if client.dropped:
                 yield sse("reload", {"reason": f"this client fell {hub.queue_size} messages behind; reload"})
                 return
+            if client.closing:
+                return
     finally:
         hub.unsubscribe(client)
 
@@ -470,6 +507,7 @@ def install(app: Any, ctx: Any) -> None:
 
     hub = ctx.extra.get("live_hub") or StreamHub(ctx.settings)
     ctx.extra["live_hub"] = hub
+    app.state.live_hub = hub
     heartbeat_s = float(ctx.extra.get("live_heartbeat_s", HEARTBEAT_S))
 
     @app.get("/api/stream", tags=["archive"], summary="New Events as server-sent events, from Kafka",
