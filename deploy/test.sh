@@ -7,6 +7,20 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 VENV=$("$ROOT/deploy/setup.sh")
+# The browser tests (tests/browser) drive Debian's headless Chromium with Playwright; a browser
+# downloaded by `playwright install` does not run on these machines. Installed here when missing
+# (as root, or with sudo); without it those tests skip and say why.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >&2 \
+      || echo "test.sh: warning: could not install chromium; the browser tests will skip" >&2
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >&2 \
+      || echo "test.sh: warning: could not install chromium; the browser tests will skip" >&2
+  else
+    echo "test.sh: /usr/bin/chromium is missing and this is not root (no sudo): the browser tests will skip" >&2
+  fi
+fi
 export PATH="$VENV/bin:$PATH" MMA_BROKER_PYTHON="$VENV/bin/python"
 export MMA_BROKER_HOME="$ROOT/.mma-broker"   # Kafka's state; the tests give each run its own home
 export MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS=${MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${MMA_BROKER_KAFKA_PORT:-9092}}
