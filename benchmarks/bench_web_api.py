@@ -48,6 +48,66 @@ JOIN (SELECT *, row_number() OVER (ORDER BY id) - 1 AS k FROM events
 """
 
 
+def seed(archive, n_events: int, days: float, console) -> tuple[list, float]:
+    """Fill a migrated, empty ``archive`` as the module docstring says: the real alerts
+    (archived, localizations and groups stored as the enrich stage does, ZTF positions
+    indexed) and ``n_events`` copies made in SQL, T0 over ``days`` days (seeded).
+
+    Returns
+    -------
+    decoded : list of (broker.event.Event, bytes)
+        The real alerts and their raw bytes.
+    fill_s : float
+        Wall time of the copies, s.
+    """
+    import sqlalchemy as sa
+    from rich.progress import Progress
+
+    from broker.archive import ArchiveItem, KafkaMeta
+    from broker.enrich.groups import GroupStore
+    from broker.enrich.localization import extract_localization
+    from broker.enrich.store import LocalizationStore, _hpx, index_positions
+    from broker.sources import decode
+
+    paths = ([DATA / "igwn/userguide" / n for n in ("MS181101ab-preliminary.json", "MS181101ab-initial.json",
+                                                     "MS181101ab-retraction.json")]
+             + [DATA / "gcn/gwcelery-kafka" / f"kafka_alert_fermi_{k}.json"
+                for k in ("alert", "flight", "ground", "final")]
+             + sorted((DATA / "ztf").rglob("*.avro"))[:3])
+    decoded = [(ev, p.read_bytes()) for p in paths for ev in decode(p.read_bytes())]
+    archive.write_batch([ArchiveItem(event=ev, raw=raw, kafka=KafkaMeta("t", 0, i))
+                         for i, (ev, raw) in enumerate(decoded)])
+    locs, groups = LocalizationStore(archive.engine), GroupStore(archive.engine)
+    for ev, raw in decoded:
+        if ev.source != "ztf":
+            sky = extract_localization(ev, raw)
+            groups.add(ev, locs.put(ev.id, sky) if sky is not None else None)
+    index_positions(archive.engine, [ev for ev, _ in decoded if ev.source == "ztf"])
+    n_ztf = int(round(n_events * 0.98))
+    t = time.perf_counter()
+    with archive.engine.begin() as conn, Progress(console=console, transient=True) as progress:
+        conn.execute(sa.text("SELECT setseed(0.42)"))  # T0s
+        rng_pos = np.random.default_rng(42)  # positions
+        task = progress.add_task("copies", total=n_events)
+        step = 10_000
+        for lo in range(1, n_events + 1, step):
+            hi = min(lo + step - 1, n_events)
+            for a, b, sources, move in ((lo, min(hi, n_ztf), ["ztf"], True),
+                                        (max(lo, n_ztf + 1), hi, ["igwn", "gcn"], False)):
+                if a <= b:
+                    n = 3 if sources == ["ztf"] else 7
+                    g = np.arange(a, b + 1, dtype=np.int64)
+                    ra = rng_pos.uniform(0, 360, g.size)
+                    dec = np.degrees(np.arcsin(rng_pos.uniform(-1, 1, g.size)))
+                    conn.execute(sa.text(COPY), dict(g=g.tolist(), ra=ra.tolist(), dec=dec.tolist(),
+                                                     hpx=_hpx(ra, dec).tolist(), days=days, move=move,
+                                                     sources=sources, n=n))
+            progress.update(task, completed=hi)
+        conn.execute(sa.text("ANALYZE"))
+    fill_s = time.perf_counter() - t
+    return decoded, fill_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=100_000)
@@ -55,19 +115,13 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=30.0)
     args = ap.parse_args()
 
-    import sqlalchemy as sa
     from fastapi.testclient import TestClient
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
 
-    from broker.archive import (Archive, ArchiveItem, KafkaMeta, PostgresRawStore, ensure_embedded_postgres,
-                                stop_embedded_postgres)
-    from broker.enrich.groups import GroupStore
-    from broker.enrich.localization import extract_localization
-    from broker.enrich.store import LocalizationStore, _hpx, index_positions
+    from broker.archive import Archive, PostgresRawStore, ensure_embedded_postgres, stop_embedded_postgres
     from broker.sinks.web import make_app
-    from broker.sources import decode
 
     console = Console()
     pgdir = Path(tempfile.mkdtemp(prefix="mmaweb-", dir="/tmp"))
@@ -75,42 +129,7 @@ def main() -> None:
         url = ensure_embedded_postgres(pgdir / "pg")
         archive = Archive(url, PostgresRawStore())
         archive.migrate()
-        paths = ([DATA / "igwn/userguide" / n for n in ("MS181101ab-preliminary.json", "MS181101ab-initial.json",
-                                                         "MS181101ab-retraction.json")]
-                 + [DATA / "gcn/gwcelery-kafka" / f"kafka_alert_fermi_{k}.json"
-                    for k in ("alert", "flight", "ground", "final")]
-                 + sorted((DATA / "ztf").rglob("*.avro"))[:3])
-        decoded = [(ev, p.read_bytes()) for p in paths for ev in decode(p.read_bytes())]
-        archive.write_batch([ArchiveItem(event=ev, raw=raw, kafka=KafkaMeta("t", 0, i))
-                             for i, (ev, raw) in enumerate(decoded)])
-        locs, groups = LocalizationStore(archive.engine), GroupStore(archive.engine)
-        for ev, raw in decoded:
-            if ev.source != "ztf":
-                sky = extract_localization(ev, raw)
-                groups.add(ev, locs.put(ev.id, sky) if sky is not None else None)
-        index_positions(archive.engine, [ev for ev, _ in decoded if ev.source == "ztf"])
-        n_ztf = int(round(args.events * 0.98))
-        t = time.perf_counter()
-        with archive.engine.begin() as conn, Progress(console=console, transient=True) as progress:
-            conn.execute(sa.text("SELECT setseed(0.42)"))  # T0s
-            rng_pos = np.random.default_rng(42)  # positions
-            task = progress.add_task("copies", total=args.events)
-            step = 10_000
-            for lo in range(1, args.events + 1, step):
-                hi = min(lo + step - 1, args.events)
-                for a, b, sources, move in ((lo, min(hi, n_ztf), ["ztf"], True),
-                                            (max(lo, n_ztf + 1), hi, ["igwn", "gcn"], False)):
-                    if a <= b:
-                        n = 3 if sources == ["ztf"] else 7
-                        g = np.arange(a, b + 1, dtype=np.int64)
-                        ra = rng_pos.uniform(0, 360, g.size)
-                        dec = np.degrees(np.arcsin(rng_pos.uniform(-1, 1, g.size)))
-                        conn.execute(sa.text(COPY), dict(g=g.tolist(), ra=ra.tolist(), dec=dec.tolist(),
-                                                         hpx=_hpx(ra, dec).tolist(), days=args.days, move=move,
-                                                         sources=sources, n=n))
-                progress.update(task, completed=hi)
-            conn.execute(sa.text("ANALYZE"))
-        fill_s = time.perf_counter() - t
+        decoded, fill_s = seed(archive, args.events, args.days, console)
         total = archive.total()
         client = TestClient(make_app(lambda _: None, "https://broker.example.org", archive.engine))
         first = client.get("/api/events", params={"limit": 50}).json()
