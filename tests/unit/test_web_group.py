@@ -244,8 +244,10 @@ def test_skymap_png_is_a_png_of_the_right_size_and_not_blank(world):
     red = (px[..., 0] > 150) & (px[..., 1] < 80) & (px[..., 2] < 80)
     assert red.sum() > 200
     # cached: the second request is the same bytes without a new drawing
+    renderer = client.app.state.group_skyplot
+    n = renderer.renders
     r2 = client.get(f"/groups/{GWKEY}/skymap.png")
-    assert r2.content == r.content and r2.headers["etag"] == r.headers["etag"]
+    assert r2.content == r.content and r2.headers["etag"] == r.headers["etag"] and renderer.renders == n
     # a point localization: the GBM final circle
     r = client.get(f"/groups/gcn:fermi:{f['gbm'].upstream_id}/skymap.png")
     im = Image.open(io.BytesIO(r.content))
