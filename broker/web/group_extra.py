@@ -58,6 +58,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 from fastapi import Request
+from sqlalchemy.dialects.postgresql import JSONB
 
 from broker.archive.models import events as EV
 from broker.enrich.store import LINKS, LOCS, TILES
@@ -65,7 +66,7 @@ from broker.web import cutouts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ztf_section", "followup_section", "install", "candidate_data", "WINDOW_DAYS", "LEVEL",
+__all__ = ["ztf_section", "followup_section", "followup_group", "install", "candidate_data", "WINDOW_DAYS", "LEVEL",
            "MAX_CANDIDATES", "MAX_FOLLOWUP_ROWS", "OPTICAL_SOURCES"]
 
 WINDOW_DAYS = (-1.0, 14.0)
@@ -250,7 +251,7 @@ def ztf_section(ctx: Any, group: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ section: follow-up results
 _FOLLOWUP = sa.table("followup_results", sa.column("request_id"), sa.column("kind"), sa.column("event_id"),
-                     sa.column("status"), sa.column("document"), sa.column("summary_text"), sa.column("withdrawn"),
+                     sa.column("status"), sa.column("document", JSONB), sa.column("summary_text"), sa.column("withdrawn"),
                      sa.column("withdrawn_by"), sa.column("created_at"), sa.column("group_key"),
                      sa.column("superseded_by"))
 
@@ -377,6 +378,43 @@ def followup_section(ctx: Any, group: Any) -> dict[str, Any]:
     out.update(available=True, results=[_result_view(r) for r in rows],
                n_total=counts.get("result", 0) + counts.get("withdrawal", 0), n_skipped=counts.get("skipped", 0))
     return out
+
+
+def followup_group(ctx: Any, key: str) -> dict[str, Any] | None:
+    """A group-like dict for a follow-up group that has no event group, or None.
+
+    Ad-hoc requests (``mma-broker followup request --name "GRB 230307A"``, group key
+    ``user:GRB 230307A``) are analysed without their Event being archived or grouped, so
+    :func:`broker.web.api.get_group` answers 404 for their key; their results are found
+    by ``group_key`` alone. The group page can show them with this dict.
+
+    Parameters
+    ----------
+    ctx : broker.web.pages.PageContext
+    key : str
+        The ``group_key`` of ``followup_results``.
+
+    Returns
+    -------
+    dict or None
+        ``key``, ``category`` (``"user"``), ``t0`` (the newest result's T0, ISO 8601
+        UTC), ``retracted`` (False), ``n_revisions`` (0), ``revisions`` ([]),
+        ``latest`` (the newest result's Event id), ``best_localization``,
+        ``latest_localization`` (None), ``latest_localization_event`` (None),
+        ``followup_only`` (True); None when no result has that key (or no follow-up tables).
+    """
+    t = _FOLLOWUP
+    with ctx.engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('followup_results')")).scalar() is None:
+            return None
+        row = conn.execute(sa.select(t.c.event_id, t.c.document["t0"].astext.label("t0"), t.c.created_at)
+                           .where(t.c.group_key == key, t.c.kind.in_(("result", "withdrawal")))
+                           .order_by(t.c.created_at.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return {"key": key, "category": "user", "t0": row.t0 or _iso(row.created_at), "retracted": False,
+            "n_revisions": 0, "revisions": [], "latest": row.event_id, "best_localization": None,
+            "latest_localization": None, "latest_localization_event": None, "followup_only": True}
 
 
 # ------------------------------------------------------------------ candidate data (raw packet → history)

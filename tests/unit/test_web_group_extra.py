@@ -338,6 +338,16 @@ def test_followup_section_of_grb_230307a(world):
     assert _png_array(png.content).std() > 10
 
 
+def test_followup_group_of_an_ad_hoc_request(world):
+    client, ctx, f = world
+    g = group_extra.followup_group(ctx, "user:GRB 230307A")
+    assert g["key"] == "user:GRB 230307A" and g["t0"] == "2023-03-07T15:44:06.670Z" and g["revisions"] == []
+    assert g["latest"].startswith("user:GRB 230307A:") and g["followup_only"] is True
+    assert group_extra.followup_section(ctx, g)["results"][0]["status"] == "done"
+    assert group_extra.ztf_section(ctx, g)["mode"] is None  # no stored localization: said, not an error
+    assert group_extra.followup_group(ctx, "user:nobody") is None
+
+
 def test_followup_section_of_a_trigger_group(world):
     client, ctx, f = world
     out = group_extra.followup_section(ctx, _group(client, "gcn:fermi:745121685"))
