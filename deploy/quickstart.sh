@@ -72,6 +72,42 @@ echo "=== GRB 230307A: what the broker published (HERMES, GCN notice) and drafte
 echo
 echo "=== GRB 250702D, after INTEGRAL's end of science operations (2025-02-28) ==="
 mma-broker followup show "$LATE_ID"
+# The web interface (docs/web.md): `mma-broker serve` in the background, its pid in
+# $MMA_BROKER_HOME/serve.pid (deploy/stop.sh stops it). A previous quickstart's serve is
+# stopped first, so a second run does not find the port taken by it.
+SERVE_PID="$MMA_BROKER_HOME/serve.pid"
+SERVE_LOG="$MMA_BROKER_HOME/serve.log"
+SERVE_PORT=${MMA_BROKER_SERVE_PORT:-$("$VENV/bin/python" -c 'from broker.config import settings_class; print(settings_class()().publish.serve_port)')}
+"$ROOT/deploy/serve_ctl.sh" stop "$SERVE_PID"
+# new session (setsid): it outlives this shell; the inner shell writes its pid, then execs serve
+# shellcheck disable=SC2016  # $$, $1 and $@ belong to the inner shell
+nohup setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$SERVE_PID" mma-broker serve --host 127.0.0.1 \
+  --port "$SERVE_PORT" >>"$SERVE_LOG" 2>&1 </dev/null &
+if "$VENV/bin/python" - "$SERVE_PORT" "$SERVE_PID" <<'PY'
+# wait for /health (60 s at most), giving up at once if serve has exited
+import os, sys, time, urllib.request
+url, pid_file = f"http://127.0.0.1:{sys.argv[1]}/health", sys.argv[2]
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            sys.exit(0 if r.status == 200 else 1)
+    except OSError:
+        time.sleep(0.3)
+    try:
+        pid = int(open(pid_file).read().strip() or 0)
+    except (OSError, ValueError):
+        continue
+    if pid and not os.path.exists(f"/proc/{pid}"):
+        sys.exit(1)
+sys.exit(1)
+PY
+then
+  echo
+  echo "web: http://127.0.0.1:$SERVE_PORT/"
+else
+  echo "quickstart: mma-broker serve did not answer on port $SERVE_PORT (see .mma-broker/serve.log)" >&2
+fi
 cat >&2 <<MSG
 
 Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL keep running. Try:
@@ -86,5 +122,6 @@ Kafka ($MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS) and the embedded PostgreSQL keep ru
   mma-broker outbox list                       # every message sent or waiting: HERMES, GCN notices, circular drafts
   hop subscribe --no-auth -s EARLIEST -e kafka://$MMA_BROKER_KAFKA__BOOTSTRAP_SERVERS/hermes.test   # the HERMES messages
   mma-broker filters list                      # the filters enabled (each publishes on mma.filter.<name>)
+The web interface (live events, search, group pages, approval desk): http://127.0.0.1:$SERVE_PORT/
 Stop everything with: deploy/stop.sh
 MSG
