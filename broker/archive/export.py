@@ -26,12 +26,13 @@ its ingestion time (``--by ingested``) is in ``[since, until)``. With it go the 
 that name it (any table with an ``event_id`` column: localization links, positions,
 group memberships, cross-matches, follow-up results, filter decisions), the event
 groups it belongs to, the localizations (and their tiles) these rows name, the outbox
-entries about it or its groups, the coincidence claims of versions computed from it, the follow-up artifacts its results refer to
+entries about it or its groups (with their ``outbox_audit`` decisions), the coincidence claims of versions computed from it, the follow-up artifacts its results refer to
 (``mma-broker://artifact/sha256/<hex>``) and the filter re-runs its decisions belong
 to. Catalogs (reference data loaded from files, often millions of rows) only with
 ``--catalogs``. Not exported: ``alembic_version`` (in the manifest), ``raw_messages``
 (the PostgreSQL raw store: its bytes travel as ``raw/`` members), ``followup_cache``
-(a cache, rebuilt on demand). A table this module does not know and that has no
+(a cache, rebuilt on demand), ``web_accounts`` and ``web_api_tokens`` (the logins of
+``mma-broker serve``: password and token hashes stay with their archive). A table this module does not know and that has no
 ``event_id`` column (a plugin's) is exported whole, with a warning.
 
 Where raw bytes lie in the source archive (``raw_segment``, ``raw_offset``: a segment
@@ -89,6 +90,8 @@ EXCLUDED = {
     "alembic_version": "the schema revisions are in the manifest",
     "raw_messages": "the PostgreSQL raw store: its bytes are the raw/ members",
     "followup_cache": "a cache of analysis steps, rebuilt on demand",
+    "web_accounts": "logins of mma-broker serve (password hashes) stay with their archive",
+    "web_api_tokens": "API tokens of mma-broker serve (their hashes) stay with their archive",
 }
 """Tables never exported, with the reason recorded in the manifest."""
 
@@ -220,6 +223,7 @@ def _selections(conn: sa.Connection, present: set[str]) -> dict[str, str]:
     sel["localizations"] = "id IN (SELECT id FROM x_locs)"
     sel["localization_tiles"] = "localization_id IN (SELECT id FROM x_locs)"
     sel["outbox"] = f"source_event_id IN (SELECT id FROM x_events) OR group_key IN ({groups})"
+    sel["outbox_audit"] = f"outbox_id IN (SELECT id FROM outbox WHERE {sel['outbox']})"  # decisions on them
     sel["coincidence_claims"] = "computed_from IN (SELECT id FROM x_events)"  # versions computed from them
     if "followup_results" in present:
         # the artifacts the period's results refer to (followup.store.artifact_ref), read out of the documents

@@ -30,6 +30,11 @@ States (:data:`STATES`)::
                                └─ crash ─► (orphan) ─ recover ─► sent | queued | unknown
     unsent (pending_approval, queued, failed) ─ withdraw_group / replaced ─► withdrawn
     failed, unknown, rejected ─ retry ─► queued
+    pending_approval ─ edit ─► pending_approval (new payload and payload_sha256)
+
+Every decision by a person (approve, reject, edit, retry) is also written to
+``outbox_audit`` (migration 0012) in the transaction that makes it: who, when, the
+state and the payload's sha256 before and after (:meth:`Outbox.audit`).
 
 Every timestamp is UTC (``timestamptz``).
 """
@@ -124,6 +129,34 @@ def outbox_table(metadata: sa.MetaData) -> sa.Table:
 
 
 OUTBOX = outbox_table(sa.MetaData())
+
+
+AUDIT_ACTIONS = ("approve", "reject", "edit", "retry")
+"""Decisions recorded in ``outbox_audit`` (:meth:`Outbox.audit`)."""
+
+
+def outbox_audit_table(metadata: sa.MetaData) -> sa.Table:
+    """Define ``outbox_audit`` (migration 0012) on ``metadata``: who decided what, when."""
+    return sa.Table(
+        "outbox_audit",
+        metadata,
+        sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+        sa.Column("outbox_id", sa.BigInteger, sa.ForeignKey("outbox.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("action", sa.Text, nullable=False, comment="approve | reject | edit | retry"),
+        sa.Column("actor", sa.Text, nullable=False, comment="who: a desk login, a token's user, or --by of the CLI"),
+        sa.Column("at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("state_before", sa.Text, nullable=False),
+        sa.Column("state_after", sa.Text, nullable=False),
+        sa.Column("sha256_before", sa.Text, nullable=False, comment="payload_sha256 before the decision"),
+        sa.Column("sha256_after", sa.Text, nullable=False, comment="payload_sha256 after it (differs for an edit)"),
+        sa.Column("detail", sa.Text, nullable=True, comment="reason of a rejection, what an edit changed"),
+        sa.CheckConstraint("action IN ('" + "', '".join(AUDIT_ACTIONS) + "')", name="ck_outbox_audit_action"),
+        sa.Index("ix_outbox_audit_outbox_id", "outbox_id", "id"),
+        sa.Index("ix_outbox_audit_at", "at"),
+    )
+
+
+OUTBOX_AUDIT = outbox_audit_table(sa.MetaData())
 
 
 @dataclass(frozen=True)
@@ -373,12 +406,23 @@ class Outbox:
             return conn.execute(sa.select(sa.func.count()).select_from(t).where(cond)).scalar_one()
 
     # ------------------------------------------------------------------ decisions
-    def _transition(self, id: int, allowed: tuple[str, ...], verb: str, **values: Any) -> OutboxEntry:
+    def _transition(self, id: int, allowed: tuple[str, ...], verb: str, *,
+                    audit: tuple[str, str, str | None] | None = None, **values: Any) -> OutboxEntry:
         t = self.t
         values.setdefault("updated_at", _now())
         with self.engine.begin() as conn:
+            before = None
+            if audit is not None:  # the row as it was, locked until the audit row is written with the change
+                before = conn.execute(sa.select(t.c.state, t.c.payload_sha256).where(t.c.id == int(id))
+                                      .with_for_update()).first()
             row = conn.execute(t.update().where(t.c.id == int(id), t.c.state.in_(allowed)).values(**values)
                                .returning(*t.c)).first()
+            if row is not None and before is not None:
+                action, by, detail = audit
+                conn.execute(OUTBOX_AUDIT.insert().values(
+                    outbox_id=int(id), action=action, actor=one_line(by, 200), at=values["updated_at"],
+                    state_before=before.state, state_after=row.state, sha256_before=before.payload_sha256,
+                    sha256_after=row.payload_sha256, detail=one_line(detail, 500) if detail else None))
             if row is not None and values.get("state") == "queued":
                 _notify(conn)
             if row is None:
@@ -399,7 +443,7 @@ class Outbox:
         """
         now = _now()
         return self._transition(id, ("pending_approval",), "approved", state="queued", approved_by=by,
-                                approved_at=now, retry_at=None, updated_at=now)
+                                approved_at=now, retry_at=None, updated_at=now, audit=("approve", by, None))
 
     def reject(self, id: int, by: str, reason: str) -> OutboxEntry:
         """``pending_approval`` (or ``queued``, ``failed``) → ``rejected``: never sent.
@@ -410,7 +454,8 @@ class Outbox:
             No such entry, or it is being sent or was sent already.
         """
         return self._transition(id, ("pending_approval", "queued", "failed", "unknown"), "rejected",
-                                state="rejected", decided_by=by, decision=one_line(reason, 500), retry_at=None)
+                                state="rejected", decided_by=by, decision=one_line(reason, 500), retry_at=None,
+                                audit=("reject", by, reason))
 
     def retry(self, id: int, by: str) -> OutboxEntry:
         """``failed``, ``unknown``, ``rejected`` or ``withdrawn`` → ``queued``, due now.
@@ -429,7 +474,68 @@ class Outbox:
             raise OutboxError(f"no outbox entry {id}")
         state = "pending_approval" if e.requires_approval and e.approved_at is None else "queued"
         return self._transition(id, RETRYABLE_STATES, "retried", state=state, retry_at=None, decided_by=by,
-                                decision=f"retry (was {e.state})")
+                                decision=f"retry (was {e.state})", audit=("retry", by, f"was {e.state}"))
+
+    def edit(self, id: int, by: str, payload: dict) -> OutboxEntry:
+        """Replace the payload of an entry still ``pending_approval`` (the approval desk's edit).
+
+        The new payload is validated by the entry's channel first (when this outbox has
+        its channels), ``payload_sha256`` is recomputed, and an ``outbox_audit`` row with
+        the sha256 before and after is written in the same transaction. The key stays:
+        the entry is the same message, changed before anyone approved it.
+
+        Parameters
+        ----------
+        id : int
+        by : str
+            Who edits (kept in the audit row).
+        payload : dict
+            The whole new payload (JSON-ready).
+
+        Returns
+        -------
+        OutboxEntry
+            The entry with its new payload, still ``pending_approval``.
+
+        Raises
+        ------
+        ValueError
+            Not a JSON object, not JSON (NaN, a datetime), or refused by the channel's
+            ``validate`` (the message names the field).
+        OutboxError
+            No such entry, or it is no longer pending approval (approved, rejected,
+            sent: an edit never changes what was decided or sent).
+        """
+        if not isinstance(payload, dict):
+            raise ValueError(f"outbox {id}: payload must be a JSON object, got {type(payload).__name__}")
+        try:
+            digest = canonical_sha256(payload)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"outbox {id}: payload is not JSON ({exc})") from None
+        e = self.get(int(id))
+        if e is None:
+            raise OutboxError(f"no outbox entry {id}")
+        if self.channels is not None and e.channel in self.channels:
+            self.channels[e.channel].validate(payload)
+        detail = "no change" if digest == e.payload_sha256 else "payload replaced"
+        return self._transition(id, ("pending_approval",), "edited", payload=payload, payload_sha256=digest,
+                                audit=("edit", by, detail))
+
+    def audit(self, id: int | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Decisions recorded in ``outbox_audit``, newest first: of entry ``id``, or of all.
+
+        Returns
+        -------
+        list of dict
+            ``id, outbox_id, action, actor, at, state_before, state_after,
+            sha256_before, sha256_after, detail`` (``at`` a UTC datetime).
+        """
+        a = OUTBOX_AUDIT
+        q = sa.select(a).order_by(a.c.id.desc()).limit(limit)
+        if id is not None:
+            q = q.where(a.c.outbox_id == int(id))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def withdraw_group(self, group_key: str, by_event_id: str) -> tuple[list[OutboxEntry], list[OutboxEntry]]:
         """A retraction of the group's source event: withdraw what was not sent.

@@ -79,7 +79,8 @@ def archive_fetcher(archive: Any) -> Fetch:
     return fetch
 
 
-def make_app(fetch: Fetch, public_base_url: str, engine: Any = None, settings: Any = None) -> Any:
+def make_app(fetch: Fetch, public_base_url: str, engine: Any = None, settings: Any = None, *,
+             write_engine: Any = None) -> Any:
     """The FastAPI application.
 
     Parameters
@@ -94,6 +95,9 @@ def make_app(fetch: Fetch, public_base_url: str, engine: Any = None, settings: A
     settings : broker.config.Settings, optional
         With ``engine``: the HTML pages of :mod:`broker.web.pages` (home, live stream,
         search, group pages, approval desk) are mounted too, built from these settings.
+    write_engine : sqlalchemy.Engine, optional
+        The engine the approval desk and the logins write with when ``engine`` is the
+        read-only one (:func:`broker.web.readonly.read_engine_for`); default ``engine``.
     """
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, Response
@@ -107,7 +111,8 @@ def make_app(fetch: Fetch, public_base_url: str, engine: Any = None, settings: A
         if settings is not None:
             from broker.web.pages import install as install_pages
 
-            install_pages(app, engine=engine, settings=settings, fetch=fetch)
+            install_pages(app, engine=engine, settings=settings, fetch=fetch,
+                          extra={"write_engine": write_engine if write_engine is not None else engine})
     base = public_base_url.rstrip("/")
 
     def _get(name: str) -> tuple[str, bytes, str]:
@@ -149,11 +154,17 @@ def serve(settings: Any, *, host: str | None = None, port: int | None = None) ->
 
     p = settings.publish
     archive = open_archive(settings, read_only=True)
+    reader = None
     try:
-        app = make_app(archive_fetcher(archive), p.public_base_url, archive.engine, settings)
+        from broker.web.readonly import read_engine_for
+
+        reader = read_engine_for(settings, archive.engine)  # pages and /api: SET ROLE, read-only transactions
+        app = make_app(archive_fetcher(archive), p.public_base_url, reader, settings, write_engine=archive.engine)
         from broker.web.live import uvicorn_server  # ends open /api/stream responses at shutdown
 
         uvicorn_server(app, host=host or p.serve_host, port=p.serve_port if port is None else port,
                        log_level="warning", access_log=False, timeout_graceful_shutdown=3).run()
     finally:
+        if reader is not None:
+            reader.dispose()
         archive.close()

@@ -21,7 +21,8 @@ HERE = Path(__file__).parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 
-PAGE_MODULES: list[str] = ["broker.web.live", "broker.web.home", "broker.web.group", "broker.web.group_extra"]
+PAGE_MODULES: list[str] = ["broker.web.live", "broker.web.home", "broker.web.group", "broker.web.group_extra",
+                          "broker.web.desk"]
 """Modules whose ``install(app, ctx)`` adds page routes, in order."""
 
 
@@ -57,8 +58,12 @@ def make_templates() -> Any:
     return Jinja2Templates(directory=str(TEMPLATES_DIR))
 
 
-def install(app: Any, *, engine: Any, settings: Any, fetch: Any) -> PageContext:
+def install(app: Any, *, engine: Any, settings: Any, fetch: Any, extra: dict | None = None) -> PageContext:
     """Mount ``/static`` and every page module of :data:`PAGE_MODULES` on ``app``.
+
+    ``extra`` starts ``ctx.extra``: ``serve`` puts the broker's writing engine there as
+    ``write_engine`` (the approval desk and the logins write; ``engine`` is then the
+    read-only one of :mod:`broker.web.readonly`).
 
     Returns
     -------
@@ -67,7 +72,7 @@ def install(app: Any, *, engine: Any, settings: Any, fetch: Any) -> PageContext:
     """
     from fastapi.staticfiles import StaticFiles
 
-    ctx = PageContext(engine=engine, settings=settings, fetch=fetch, templates=make_templates())
+    ctx = PageContext(engine=engine, settings=settings, fetch=fetch, templates=make_templates(), extra=dict(extra or {}))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     for name in PAGE_MODULES:
         importlib.import_module(name).install(app, ctx)

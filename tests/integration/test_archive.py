@@ -134,6 +134,11 @@ def test_schema_matches_models(pg) -> None:
     from broker.sinks.outbox import outbox_table
 
     outbox_table(full)  # migration 0009, a core branch from 0001
+    from broker.sinks.outbox import outbox_audit_table
+    from broker.web.auth import auth_tables
+
+    outbox_audit_table(full)  # migration 0012, on 0009
+    auth_tables(full)
     url, _ = pg
     engine = sa.create_engine(url)
     with engine.connect() as conn:
