@@ -466,9 +466,12 @@ def _extra_sections(ctx: Any, group: Any) -> dict[str, Any]:
     except ImportError:
         return out
     out["has_extra"] = True
+    from types import SimpleNamespace
+
+    arg = dict(vars(group)) if isinstance(group, SimpleNamespace) else group  # a follow-up-only group: its dict
     for name in ("ztf", "followup"):
         try:
-            out[name] = getattr(group_extra, f"{name}_section")(ctx, group)
+            out[name] = getattr(group_extra, f"{name}_section")(ctx, arg)
         except Exception:  # noqa: BLE001 - one section must not take the page down
             log.exception("group page: the %s section failed", name)
             out[name] = {"unavailable": True}
@@ -495,8 +498,28 @@ def _has_template(ctx: Any, name: str) -> bool:
     return True
 
 
-def _checked_group(request: Request, key: str) -> Any:
-    """``get_group``'s answer for ``key``: a GroupDetail, or (status, message)."""
+def _followup_only(ctx: Any, key: str) -> Any:
+    """A follow-up group without an event group (an ad-hoc request such as ``user:GRB 230307A``:
+    :func:`broker.web.group_extra.followup_group`), as an object like a GroupDetail; or None."""
+    from types import SimpleNamespace
+
+    try:
+        from broker.web.group_extra import followup_group  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        d = followup_group(ctx, key)
+    except Exception:  # noqa: BLE001 - then it is a 404 like any unknown key
+        log.exception("group page: follow-up group lookup failed")
+        return None
+    if not d:
+        return None
+    return SimpleNamespace(**{"url": None, "followup_only": True, **d})
+
+
+def _checked_group(request: Request, key: str, ctx: Any = None) -> Any:
+    """``get_group``'s answer for ``key``: a GroupDetail (or, with ``ctx``, a follow-up-only
+    group), or (status, message)."""
     from broker.web.api import ParamError, get_group
 
     try:
@@ -504,7 +527,9 @@ def _checked_group(request: Request, key: str) -> Any:
     except ParamError as exc:
         return 400, exc.detail
     if isinstance(g, Response):
-        return 404, "no such event group (give a group key such as igwn:S230518h or a member Event id)"
+        g = _followup_only(ctx, key) if ctx is not None else None
+        if g is None:
+            return 404, "no such event group (give a group key such as igwn:S230518h or a member Event id)"
     return g
 
 
@@ -554,7 +579,7 @@ def install(app: FastAPI, ctx: Any) -> None:
     app.state.group_skyplot = renderer  # for the benchmark and the tests (its cache, its render count)
 
     async def skymap_png(request: Request, key: str) -> Response:
-        g = await asyncio.to_thread(_checked_group, request, key)
+        g = await asyncio.to_thread(_checked_group, request, key, ctx)
         if isinstance(g, tuple):
             return _error_page(ctx, request, *g)
         event = request.query_params.get("event")
@@ -586,7 +611,7 @@ def install(app: FastAPI, ctx: Any) -> None:
                         headers={"ETag": f'"{cache_key[:32]}"', "Cache-Control": "public, max-age=60"})
 
     def moc_json(request: Request, key: str) -> Response:
-        g = _checked_group(request, key)
+        g = _checked_group(request, key, ctx)
         if isinstance(g, tuple):
             return JSONResponse({"detail": g[1], "parameter": "key"}, status_code=g[0])
         try:
@@ -603,7 +628,7 @@ def install(app: FastAPI, ctx: Any) -> None:
                              **moc_of(ctx.engine, loc[0], level)})
 
     def group_page(request: Request, key: str) -> Response:
-        g = _checked_group(request, key)
+        g = _checked_group(request, key, ctx)
         if isinstance(g, tuple):
             return _error_page(ctx, request, *g)
         return ctx.templates.TemplateResponse(request, "group.html", page_context(ctx, g))

@@ -122,7 +122,7 @@ def world(pg_url, tmp_path_factory):
                             raise_server_exceptions=False)
         try:
             yield client, evs, {"gw": gw, "gbm": gbm, "xm": xm, "coinc": rec, "gw_ref": refs[gw.id],
-                                "engine": archive.engine}
+                                "engine": archive.engine, "archive": archive}
         finally:
             archive.close()
 
@@ -357,3 +357,57 @@ def test_member_event_id_is_accepted_and_event_param_checked(world):
     r = client.get(f"/groups/{GWKEY}/skymap.png", params={"event": gw.id})
     assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
     assert client.get(f"/groups/{GWKEY}/skymap.png", params={"event": "igwn:other"}).status_code == 404
+
+
+def test_followup_only_group_has_a_page(world, tmp_path):
+    """An ad-hoc follow-up (``mma-broker followup request --name "GRB 230307A"``: no archived
+    Event, no event group) has a page: its results, no revisions, an empty sky."""
+    from broker.event import PointLocalization
+    from broker.serde import Provenance
+    from followup.attitude import LocalOrbitFiles
+    from followup.availability import RetryPolicy
+    from followup.bundled import bundled_data_dir
+    from followup.cache import DirectoryCache
+    from followup.datasources import LocalFitsSource, MmodaSource
+    from followup.isgri import IsgriClient
+    from followup.messages import FollowupRequest, adhoc_event
+    from followup.service import FollowupSources
+    from followup.store import FollowupStore
+    from followup.worker import FollowupStats, WorkerHandler
+
+    client, evs, f = world
+    key = "user:GRB 230307A"
+    assert client.get(f"/groups/{key}").status_code == 404  # nothing yet
+    data = bundled_data_dir()
+    sources = FollowupSources(LocalFitsSource(data), LocalOrbitFiles(data), IsgriClient(
+        MmodaSource(url="http://127.0.0.1:9/dispatch-data", retry=RetryPolicy(attempts=1, base_delay_s=0.01))))
+    worker = WorkerHandler(store=FollowupStore(f["engine"]), archive=f["archive"], sources=sources,
+                           cache=DirectoryCache(tmp_path / "cache"), results_topic="r",
+                           provenance=Provenance(component="test", version="0", config_hash="0"),
+                           stats=FollowupStats())
+    grb = adhoc_event("2023-03-07T15:44:06.670Z", "GRB 230307A",
+                      PointLocalization(ra=60.85935, dec=-75.3788, error_radius=0.00094, containment=0.9))
+    worker.execute(FollowupRequest(kind="analyze", event=grb, analyses=("spiacs",),
+                                   params={"window_s": 300.0, "max_sky_samples": 1000}, requested_by="cli"))
+    r, doc = _html(client, f"/groups/{key}")
+    assert r.status_code == 200, r.text[:300]
+    assert doc.cssselect("section#revisions") and not doc.cssselect("section#revisions tr[data-event-id]")
+    assert "SPI-ACS" in doc.cssselect("section#followup")[0].text_content()
+    png = client.get(f"/groups/{key}/skymap.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get(f"/groups/{key}/moc.json").json()["moc"] == {}
+
+
+def test_a_failing_extra_section_leaves_the_page_standing(world, monkeypatch):
+    from broker.web import group_extra
+
+    client, evs, f = world
+
+    def broken(ctx, group):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(group_extra, "ztf_section", broken)
+    r, doc = _html(client, f"/groups/{GWKEY}")
+    assert r.status_code == 200 and "boom" not in r.text
+    assert "unavailable" in doc.cssselect("section#ztf")[0].text_content()
+    assert doc.cssselect("section#followup") and doc.cssselect("section#revisions tr[data-event-id]")
