@@ -279,7 +279,8 @@ def moc_of(engine: sa.Engine, localization_id: str, level: float = 0.9) -> dict[
     -------
     dict
         ``moc`` (IVOA MOC 2.0 JSON, ``{"<order>": [ipix, ...]}``), ``max_order``,
-        ``area_deg2`` (the MOC's sky area, deg²), ``n_tiles``, ``level``.
+        ``area_deg2`` (the MOC's sky area, deg²), ``n_tiles``, ``level``, and
+        ``center_ra_deg``, ``center_dec_deg``, ``radius_deg`` (:func:`_extent`).
     """
     import numpy as np
     from mocpy import MOC
@@ -290,15 +291,41 @@ def moc_of(engine: sa.Engine, localization_id: str, level: float = 0.9) -> dict[
         rows = conn.execute(sa.select(sa.func.lower(TILES.c.hpx), sa.func.upper(TILES.c.hpx))
                             .where(TILES.c.localization_id == localization_id, TILES.c.cum_prob <= level)).all()
     if not rows:
-        return {"moc": {}, "max_order": 0, "area_deg2": 0.0, "n_tiles": 0, "level": level}
+        return {"moc": {}, "max_order": 0, "area_deg2": 0.0, "n_tiles": 0, "level": level,
+                "center_ra_deg": None, "center_dec_deg": None, "radius_deg": None}
     ranges = np.array([(lo, hi) for lo, hi in rows], dtype=np.uint64)  # (n, 2); plain tuples: numpy is slow on Rows
     width = (ranges[:, 1] - ranges[:, 0]).astype(np.float64)
     # a tile of order k spans 4**(29-k) order-29 cells: the finest tile gives the MOC's order
     max_order = int(29 - np.floor(np.log2(width.min()) / 2))
     moc = MOC.from_depth29_ranges(max_order, ranges)
     area = float(moc.sky_fraction * 4 * np.pi * (180 / np.pi) ** 2)
-    return {"moc": moc.serialize(format="json"), "max_order": max_order, "area_deg2": area,
-            "n_tiles": len(rows), "level": level}
+    cells = moc.serialize(format="json")
+    return {"moc": cells, "max_order": max_order, "area_deg2": area, "n_tiles": len(rows), "level": level,
+            **_extent(engine, localization_id, cells)}
+
+
+def _extent(engine: sa.Engine, localization_id: str, cells: dict[str, list[int]]) -> dict[str, Any]:
+    """``center_ra_deg``, ``center_dec_deg`` (the stored position: the densest tile's centre or
+    the point) and ``radius_deg``: the largest distance from it to a MOC cell's centre plus
+    that cell's size, so a view of that radius holds the region (Aladin Lite's field of view)."""
+    import numpy as np
+    from astropy_healpix import HEALPix
+
+    p = _stored_point(engine, localization_id)
+    if p is None or p["ra_deg"] is None or not cells:
+        return {"center_ra_deg": None, "center_dec_deg": None, "radius_deg": None}
+    ra0, dec0 = np.radians(p["ra_deg"]), np.radians(p["dec_deg"])
+    radius = 0.0
+    for order, ipix in cells.items():
+        if not ipix:
+            continue
+        hp = HEALPix(nside=2 ** int(order), order="nested")
+        lon, lat = hp.healpix_to_lonlat(np.asarray(ipix, dtype=np.int64))
+        lon, lat = lon.to_value("rad"), lat.to_value("rad")
+        cos = np.sin(dec0) * np.sin(lat) + np.cos(dec0) * np.cos(lat) * np.cos(lon - ra0)
+        sep = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max()
+        radius = max(radius, float(sep) + hp.pixel_resolution.to_value("deg"))
+    return {"center_ra_deg": float(p["ra_deg"]), "center_dec_deg": float(p["dec_deg"]), "radius_deg": radius}
 
 
 def _stored_point(engine: sa.Engine, localization_id: str) -> dict[str, Any] | None:
@@ -623,7 +650,8 @@ def install(app: FastAPI, ctx: Any) -> None:
         loc = localization_of(ctx.engine, g.key)
         if loc is None:
             return JSONResponse({"key": g.key, "localization_id": None, "event_id": None, "moc": {},
-                                 "max_order": 0, "area_deg2": 0.0, "n_tiles": 0, "level": level})
+                                 "max_order": 0, "area_deg2": 0.0, "n_tiles": 0, "level": level,
+                                 "center_ra_deg": None, "center_dec_deg": None, "radius_deg": None})
         return JSONResponse({"key": g.key, "localization_id": loc[0], "event_id": loc[1],
                              **moc_of(ctx.engine, loc[0], level)})
 

@@ -59,8 +59,11 @@ async function start() {
           name: Math.round(100 * j.level) + " % region", color: "#ff6600", opacity: 0.25,
           lineWidth: 2, fill: true, perimeter: true,
         }));
-        if (loc.kind !== "point" && j.area_deg2 > 0) {
-          aladin.setFoV(Math.min(Math.max(3 * Math.sqrt(j.area_deg2), 2), 180));
+        if (j.radius_deg > 0) {
+          // the field of view is the view's width: fit the region's diameter in its height
+          const aspect = Math.max(1, el.clientWidth / Math.max(1, el.clientHeight));
+          aladin.gotoRaDec(j.center_ra_deg, j.center_dec_deg);
+          aladin.setFoV(Math.min(Math.max(2.2 * j.radius_deg * aspect, 0.02), 360));
         }
       }
     } catch (err) {
