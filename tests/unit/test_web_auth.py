@@ -358,3 +358,70 @@ def test_web_settings_validate_the_role_name():
 
     with pytest.raises(SettingsError, match="readonly_role"):
         settings_class()(web={"readonly_role": "x; DROP TABLE events"})
+
+
+# ------------------------------------------------------------------ the CLI
+def test_cli_users_tokens_and_readonly_role(pg_url, tmp_path):
+    """``mma-broker web ...`` as a user runs it, on a database of its own."""
+    from tests.conftest import run_cli
+
+    with _new_database(pg_url) as url:
+        archive = Archive(url, PostgresRawStore())
+        archive.migrate()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MMA_BROKER_")}
+        env.update(MMA_BROKER_HOME=str(tmp_path / "home"), MMA_BROKER_ARCHIVE__DATABASE_URL=url)
+        pw = tmp_path / "pw"
+        pw.write_text(PASSWORD + "\n")
+        os.chmod(pw, 0o644)
+        bad = run_cli(env, "web", "users", "add", "frank", "--password-file", str(pw), check=False)
+        assert bad.returncode == 1 and "chmod 600" in bad.stderr and "Traceback" not in bad.stderr
+        os.chmod(pw, 0o600)
+        run_cli(env, "web", "users", "add", "frank", "--password-file", str(pw))
+        assert Accounts(archive.engine).verify("frank", PASSWORD) is not None
+        bad = run_cli(env, "web", "users", "add", "x" * 10_000, "--password-file", str(pw), check=False)
+        assert bad.returncode == 1 and "x" * 100 not in bad.stderr
+        made = run_cli(env, "web", "tokens", "create", "--user", "frank", "--expires", "7", "--name", "ci")
+        token = made.stdout.strip()
+        assert token.startswith("mmab_") and "shown only now" in made.stderr
+        listed = run_cli(env, "web", "tokens", "list").stdout
+        assert "frank" in listed and token not in listed and "active" in listed
+        tid = re.search(r"^\s*(\d+)\s+frank", listed, re.M).group(1)
+        run_cli(env, "web", "tokens", "revoke", tid)
+        assert Accounts(archive.engine).token_account(token) is None
+        assert "disabled" in run_cli(env, "web", "users", "disable", "frank").stdout
+        assert "frank" in run_cli(env, "web", "users", "list").stdout
+        out = run_cli(env, "web", "readonly-role", "--role", "mma_test_ro").stdout
+        assert "read-only role mma_test_ro" in out and "tables" in out
+        out = run_cli(env, "web", "readonly-role", "--role", "mma_test_ro").stdout  # idempotent
+        assert "updated" in out
+        archive.close()
+
+
+def test_serve_read_engine_sets_the_role_up_on_the_embedded_database_and_warns_otherwise(db, caplog):
+    import logging
+
+    from broker.web.readonly import read_engine_for
+
+    url, engine = db
+    embedded = settings_class()(web={"readonly_role": "mma_embedded_ro"})  # no [archive] database_url
+    assert embedded.archive.database_url is None
+    ro = read_engine_for(embedded, engine)
+    try:
+        with ro.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_user")).scalar() == "mma_embedded_ro"
+            with pytest.raises(sa.exc.DBAPIError):
+                conn.execute(sa.text("DELETE FROM outbox"))
+    finally:
+        ro.dispose()
+    caplog.set_level(logging.WARNING, logger="broker.web.readonly")
+    configured = settings_class()(web={"readonly_role": "mma_never_made"}, archive={"database_url": url})
+    ro = read_engine_for(configured, engine)  # not embedded: never created by serve, a warning instead
+    try:
+        assert any("mma-broker web readonly-role" in r.getMessage() for r in caplog.records)
+        with ro.connect() as conn:
+            assert conn.execute(sa.text("SELECT current_user")).scalar() != "mma_never_made"
+            with pytest.raises(sa.exc.DBAPIError):
+                conn.execute(sa.text("DELETE FROM outbox"))  # still read-only transactions
+    finally:
+        ro.dispose()
+    assert url not in caplog.text
