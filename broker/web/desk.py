@@ -155,6 +155,7 @@ def tns_rows(payload: dict) -> list[dict[str, Any]]:
 def install(app: Any, ctx: Any) -> None:
     """Add the desk's pages and JSON routes (and the logins of :mod:`broker.web.auth` if not yet)."""
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from starlette.concurrency import run_in_threadpool
 
     from broker.web import auth as auth_mod
     from broker.web.config import WebSettings
@@ -234,8 +235,11 @@ def install(app: Any, ctx: Any) -> None:
         return entry_page(request, e, done=done if done in ("approved", "rejected", "edited") else None)
 
     async def decide(request: Request, entry_id: str, action: str) -> Any:
-        acct = auth.require_user(request)
         form = await read_form(request, max_bytes)
+        return await run_in_threadpool(_decide, request, entry_id, action, form)  # database work off the loop
+
+    def _decide(request: Request, entry_id: str, action: str, form: dict[str, str]) -> Any:
+        acct = auth.require_user(request)
         if not auth.check_csrf(request, form):
             return render_error(request, 403, "CSRF token missing or wrong: reload the page and try again")
         e = load(request, entry_id)
@@ -309,6 +313,10 @@ def install(app: Any, ctx: Any) -> None:
         return {"items": [api_entry(e) for e in outbox.list(state="pending_approval", limit=PENDING_LIMIT)]}
 
     async def api_decide(request: Request, entry_id: str, action: str) -> Any:
+        body = await read_body(request, max_bytes) if action == "reject" else b""
+        return await run_in_threadpool(_api_decide, request, entry_id, action, body)
+
+    def _api_decide(request: Request, entry_id: str, action: str, body: bytes) -> Any:
         acct = auth.bearer(request)
         if acct is None:
             return unauthorized()
@@ -317,7 +325,6 @@ def install(app: Any, ctx: Any) -> None:
             return JSONResponse({"detail": "id: not an outbox entry id", "parameter": "id"}, status_code=400)
         reason = None
         if action == "reject":
-            body = await read_body(request, max_bytes)
             try:
                 doc = json.loads(body.decode("utf-8")) if body else {}
             except (UnicodeDecodeError, ValueError, RecursionError):
