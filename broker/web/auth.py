@@ -729,7 +729,8 @@ def install(app: Any, ctx: Any) -> None:
 
     @app.get("/logout", response_class=HTMLResponse, include_in_schema=False)
     def logout_page(request: Request):
-        return templates.TemplateResponse(request, "login.html", {"logout": True}, headers={"cache-control": "no-store"})
+        return templates.TemplateResponse(request, "login.html", {"logout": True},
+                                          headers={"cache-control": "no-store"})
 
     @app.post("/logout", include_in_schema=False)
     async def logout(request: Request):

@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from fastapi import Request
 
 from broker.sinks.outbox import OUTBOX, OUTBOX_AUDIT, Outbox, OutboxEntry, OutboxError
-from broker.web.auth import FormError, read_body, read_form
+from broker.web.auth import read_body, read_form
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def summary(e: OutboxEntry) -> str:
         names = [str(r.get("internal_name", "?")) for r in reps.values() if isinstance(r, dict)]
         return f"AT report: {', '.join(names)[:180]}" if names else "AT report"
     if e.channel == "gcn-notice":
-        return ", ".join(f"{k}={str(p[k])[:60]}" for k in ("mission", "id", "alert_type", "trigger_time") if k in p)[:200]
+        keys = ("mission", "id", "alert_type", "trigger_time")
+        return ", ".join(f"{k}={str(p[k])[:60]}" for k in keys if k in p)[:200]
     return e.key[:200]
 
 

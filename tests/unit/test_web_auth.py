@@ -333,7 +333,8 @@ def test_readonly_role_cannot_write_nor_read_logins(db):
     # a table made later (a new migration) is readable by the role through the default privileges
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE later_table (i int)"))
-        assert conn.execute(sa.text("SELECT has_table_privilege('mma_broker_web_ro', 'later_table', 'SELECT')")).scalar()
+        assert conn.execute(sa.text("SELECT has_table_privilege('mma_broker_web_ro', 'later_table', 'SELECT')")
+                            ).scalar()
         conn.execute(sa.text("DROP TABLE later_table"))
 
 

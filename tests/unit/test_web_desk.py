@@ -267,7 +267,8 @@ def test_api_reject_needs_a_reason(db, token):
     assert c.post(f"/api/desk/{i}/reject", headers=h, json={"reason": "x" * 501}).status_code == 400
     assert c.post(f"/api/desk/{i}/reject", headers=h, content=b"x" * 300_000).status_code == 413
     r = c.post(f"/api/desk/{i}/reject", headers=h, json={"reason": "superseded by a new draft"})
-    assert r.status_code == 200 and r.json()["state"] == "rejected" and r.json()["decision"] == "superseded by a new draft"
+    assert r.status_code == 200 and r.json()["state"] == "rejected"
+    assert r.json()["decision"] == "superseded by a new draft"
 
 
 def test_recent_decisions_on_the_desk(db, desk):
