@@ -100,11 +100,16 @@ def ensure_readonly_role(engine: sa.Engine, role: str) -> dict[str, Any]:
 
 
 def role_usable(engine: sa.Engine, role: str) -> bool:
-    """Whether ``role`` exists, the engine's user may ``SET ROLE`` to it, and it cannot read the logins."""
+    """Whether ``role`` exists, the engine's user may ``SET ROLE`` to it, it may read this
+    database's ``events`` (roles are cluster-wide, grants are per database: a role set up
+    for another database of the same server is not usable here), and it cannot read the logins."""
     with engine.connect() as conn:
         if conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first() is None:
             return False
         if not conn.execute(sa.text("SELECT pg_has_role(current_user, :r, 'MEMBER')"), {"r": role}).scalar():
+            return False
+        if not conn.execute(sa.text("SELECT has_schema_privilege(:r, current_schema(), 'USAGE') AND "
+                                    "has_table_privilege(:r, 'events', 'SELECT')"), {"r": role}).scalar():
             return False
         for t in PRIVATE_TABLES:
             if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": t}).scalar() is not None and \

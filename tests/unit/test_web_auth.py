@@ -426,3 +426,21 @@ def test_serve_read_engine_sets_the_role_up_on_the_embedded_database_and_warns_o
     finally:
         ro.dispose()
     assert url not in caplog.text
+
+
+def test_a_role_set_up_for_another_database_is_not_used(db, pg_url):
+    """Roles are cluster-wide, grants per database: serve must not SET ROLE to a role that
+    cannot read this database (every page would fail)."""
+    from broker.web.readonly import ensure_readonly_role, role_usable
+
+    url, engine = db
+    ensure_readonly_role(engine, "mma_other_db_ro")
+    with _new_database(pg_url) as other_url:
+        other = Archive(other_url, PostgresRawStore())
+        other.migrate()
+        try:
+            assert not role_usable(other.engine, "mma_other_db_ro")
+            ensure_readonly_role(other.engine, "mma_other_db_ro")
+            assert role_usable(other.engine, "mma_other_db_ro")
+        finally:
+            other.close()
