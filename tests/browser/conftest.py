@@ -1,6 +1,8 @@
-"""The real stack the browser tests drive, started once per session.
+"""The real stack the browser tests drive, started once for all of them.
 
-One session-scoped fixture, :func:`web_stack`, starts what a user of the quickstart has:
+One fixture, :func:`web_stack`, shared by every browser test, starts what a user of the
+quickstart has (package scope: it is stopped when the browser tests are done, so the
+pipeline and the server it runs do not stay up through the rest of the suite):
 
 * the real Kafka (``MMA_BROKER_TEST_KAFKA``, as every integration test) and the session's
   embedded PostgreSQL, with a database of this module's own (the outbox is counted exactly);
@@ -81,7 +83,7 @@ def chromium_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def smtp_server():
     """A real SMTP server (aiosmtpd) on a free local port; ``received``: the envelopes."""
     from aiosmtpd.controller import Controller
@@ -183,13 +185,15 @@ def _wait(what: str, check, procs: dict[str, tuple[subprocess.Popen, Path]], tim
     raise AssertionError(f"web stack: no {what} after {timeout:.0f} s (last error: {last_exc!r})\n{logs}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def web_stack(kafka_bootstrap, pg_url, smtp_server, tmp_path_factory):
     """The running stack (module docstring). Attributes: ``url`` (the app's base URL),
     ``env`` (the processes' environment, for ``run_cli``), ``db_url``, ``smtp``,
     ``engine`` (SQLAlchemy, for checks), ``grb_request_id``, ``replay(*paths)``,
     ``timings`` (s per setup step)."""
     reason = chromium_missing()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the browser tests: {reason}")  # CI runs deploy/test.sh as root
     if reason:
         pytest.skip(reason)
     import httpx
@@ -260,7 +264,7 @@ def web_stack(kafka_bootstrap, pg_url, smtp_server, tmp_path_factory):
                               procs=procs, home=home)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(web_stack):
     """Debian's headless Chromium driven by Playwright (never a downloaded browser)."""
     from playwright.sync_api import sync_playwright
