@@ -153,6 +153,7 @@ def _candidate_row(r: Any, t0: datetime | None) -> dict[str, Any]:
     row = {"event_id": r.id, "object_id": r.upstream_id, "source": r.source, "t0": _iso(r.time),
            "dt_days": dt, "ra_deg": r.ra_deg, "dec_deg": r.dec_deg, "url": candidate_url(r.id),
            "credible_level": getattr(r, "cum_prob", None), "probdensity_deg2": None,
+           "separation_deg": getattr(r, "separation_deg", None),
            "detected_before_t0": before, "drb": _num(props.get("drb")), "rb": _num(props.get("rb")),
            "ndethist": props.get("ndethist") if isinstance(props.get("ndethist"), int) else None}
     dens = getattr(r, "probdensity", None)
@@ -237,16 +238,70 @@ def ztf_section(ctx: Any, group: Any) -> dict[str, Any]:
             out["reason"] = "no stored localization for this group (the enrich stage stores them)"
             return out
         out.update(localization_id=loc.localization_id, localization_kind=loc.kind, localization_event=loc.event_id)
-        join = TILES.join(EV, sa.and_(EV.c.hpx >= sa.func.lower(TILES.c.hpx), EV.c.hpx < sa.func.upper(TILES.c.hpx)))
-        where = (TILES.c.localization_id == loc.localization_id, TILES.c.cum_prob <= LEVEL,
-                 EV.c.source.in_(OPTICAL_SOURCES), EV.c.time >= since, EV.c.time < until)
-        rows = conn.execute(sa.select(*_COLS, TILES.c.cum_prob, TILES.c.probdensity).select_from(join).where(*where)
-                            .order_by(TILES.c.cum_prob, EV.c.time, EV.c.id).limit(MAX_CANDIDATES)).all()
-        n = len(rows)
-        if n == MAX_CANDIDATES:
-            n = conn.execute(sa.select(sa.func.count()).select_from(join).where(*where)).scalar_one()
+        if loc.kind == "point":
+            found = _in_circle(conn, loc.localization_id, since, until)
+            if found is None:
+                out["reason"] = "the latest localization is a point without an error radius"
+                return out
+            rows, n = found
+        else:
+            join = TILES.join(EV, sa.and_(EV.c.hpx >= sa.func.lower(TILES.c.hpx),
+                                          EV.c.hpx < sa.func.upper(TILES.c.hpx)))
+            where = (TILES.c.localization_id == loc.localization_id, TILES.c.cum_prob <= LEVEL,
+                     EV.c.source.in_(OPTICAL_SOURCES), EV.c.time >= since, EV.c.time < until)
+            rows = conn.execute(sa.select(*_COLS, TILES.c.cum_prob, TILES.c.probdensity).select_from(join)
+                                .where(*where).order_by(TILES.c.cum_prob, EV.c.time, EV.c.id)
+                                .limit(MAX_CANDIDATES)).all()
+            n = len(rows)
+            if n == MAX_CANDIDATES:
+                n = conn.execute(sa.select(sa.func.count()).select_from(join).where(*where)).scalar_one()
     out.update(mode="region", rows=[_candidate_row(r, t0) for r in rows], n_total=n, n_more=max(0, n - len(rows)))
     return out
+
+
+def _in_circle(conn: sa.Connection, loc_id: str, since: datetime, until: datetime) -> Any:
+    """(rows, total) of the optical Events in the 90 % disc of a stored point localization.
+
+    The exact circle, as :func:`broker.enrich.coinc.optical_verdict` decides it (not the
+    disc's stored tiles, whose edge pixels are in or out by their centres): the
+    radius at :data:`LEVEL` of the circular Gaussian the store gives the error circle
+    (σ from the radius and its containment, 0.9 when unstated), points found on the
+    ``events.hpx`` index (:func:`broker.web.api._cone_ranges`) and kept by haversine
+    distance, nearest first. Each row gets ``cum_prob`` = ``1 − exp(−θ²/2σ²)`` and
+    ``probdensity`` = ``exp(−θ²/2σ²) / 2πσ²`` (sr⁻¹), the numbers of the stored tiles
+    at the exact separation θ. None when the point has no error radius.
+    """
+    from types import SimpleNamespace
+
+    from broker.enrich.store import _sigma_deg
+    from broker.web.api import _cone_ranges
+
+    p = conn.execute(sa.select(LOCS.c.ra_deg, LOCS.c.dec_deg, LOCS.c.error_radius_deg, LOCS.c.containment)
+                     .where(LOCS.c.id == loc_id)).first()
+    if p is None or p.error_radius_deg is None or not p.error_radius_deg > 0:
+        return None
+    sigma = _sigma_deg(p.error_radius_deg, p.containment)
+    radius = min(sigma * math.sqrt(-2.0 * math.log1p(-LEVEL)), 180.0)
+    r = math.radians
+    d1 = sa.func.radians(EV.c.dec_deg)
+    hav = (sa.func.power(sa.func.sin((d1 - r(p.dec_deg)) / 2), 2) + math.cos(r(p.dec_deg)) * sa.func.cos(d1)
+           * sa.func.power(sa.func.sin((sa.func.radians(EV.c.ra_deg) - r(p.ra_deg)) / 2), 2))
+    where = (sa.or_(*(sa.and_(EV.c.hpx >= lo, EV.c.hpx < hi) for lo, hi in _cone_ranges(p.ra_deg, p.dec_deg, radius))),
+             hav <= math.sin(r(radius) / 2) ** 2, EV.c.source.in_(OPTICAL_SOURCES), EV.c.time >= since,
+             EV.c.time < until)
+    rows = conn.execute(sa.select(*_COLS, hav.label("hav")).where(*where)
+                        .order_by(hav, EV.c.time, EV.c.id).limit(MAX_CANDIDATES)).all()
+    n = len(rows)
+    if n == MAX_CANDIDATES:
+        n = conn.execute(sa.select(sa.func.count()).select_from(EV).where(*where)).scalar_one()
+    s = r(sigma)
+    out = []
+    for row in rows:
+        theta = 2.0 * math.asin(min(1.0, math.sqrt(max(row.hav, 0.0))))
+        x = theta * theta / (2 * s * s)
+        out.append(SimpleNamespace(**row._mapping, cum_prob=-math.expm1(-x),
+                                   probdensity=math.exp(-x) / (2 * math.pi * s * s), separation_deg=math.degrees(theta)))
+    return out, n
 
 
 # ------------------------------------------------------------------ section: follow-up results

@@ -119,7 +119,13 @@ def world(pg_url, tmp_path_factory):
         centre = SkyCoord(gbm.localization.ra * u.deg, gbm.localization.dec * u.deg)
         away = centre.directional_offset_by(180 * u.deg if centre.dec.deg > 0 else 0 * u.deg,
                                             (gbm.localization.error_radius * 4 + 1.0) * u.deg)
-        for c, hours in ((centre, 1), (away, 2)):  # GBM circle: at its centre, 4 radii + 1 deg off
+        from broker.enrich.coinc import radius_at_level
+
+        r90 = radius_at_level(gbm.localization.error_radius, gbm.localization.containment, 0.9)
+        edge_in = centre.directional_offset_by(40 * u.deg, 0.98 * r90 * u.deg)
+        edge_out = centre.directional_offset_by(40 * u.deg, 1.02 * r90 * u.deg)
+        # GBM circle: at its centre, 4 radii + 1 deg off, just inside and just outside its 90 % radius
+        for c, hours in ((centre, 1), (away, 2), (edge_in, 3), (edge_out, 4)):
             ev, raw = real[1]
             made.append((_moved(ev, n, t_gbm + timedelta(hours=hours), float(c.ra.deg), float(c.dec.deg)), raw))
             n += 1
@@ -198,8 +204,14 @@ def test_ztf_section_of_a_grb_error_circle(world):
     client, ctx, f = world
     out = group_extra.ztf_section(ctx, _group(client, "gcn:fermi:745121685"))
     assert out["mode"] == "region" and out["localization_kind"] == "point"
-    assert [r["event_id"] for r in out["rows"]] == [f["made"][17][0].id]  # in the circle, not 4 radii off
-    assert out["rows"][0]["detected_before_t0"] is True  # jdstarthist 2020, the GBM trigger 2024
+    # in the exact 90 % circle of optical_verdict (radius_at_level): the centre and 0.98 r90, nearest
+    # first; not 1.02 r90 nor 4 radii off
+    assert [r["event_id"] for r in out["rows"]] == [f["made"][17][0].id, f["made"][19][0].id]
+    centre, edge = out["rows"]
+    assert centre["separation_deg"] < 1e-6 and centre["credible_level"] < 1e-9
+    assert edge["credible_level"] == pytest.approx(1 - 0.1 ** (0.98 ** 2), rel=1e-6)  # Rayleigh law at 0.98 r90
+    assert centre["probdensity_deg2"] > edge["probdensity_deg2"] > 0
+    assert centre["detected_before_t0"] is True  # jdstarthist 2020, the GBM trigger 2024
 
 
 def test_ztf_section_is_bounded(world, monkeypatch):
