@@ -87,15 +87,14 @@ def _raster(sky: Any) -> tuple[np.ndarray, int]:
     return (prob / total if total > 0 else prob), order
 
 
-def _region_extent(prob: np.ndarray, order: int) -> tuple[float, float, float, float]:
-    """(ra, dec, radius, area_90) of the 90 % region: centre = most probable pixel, radius =
-    the largest separation of a 90 % pixel from it (deg), area in deg²."""
-    from astropy_healpix import HEALPix
-    from ligo.skymap.postprocess import find_greedy_credible_levels
+def _region_extent(prob: np.ndarray, cls: np.ndarray, order: int) -> tuple[float, float, float, float]:
+    """(ra, dec, radius, area_90) of the 90 % region (``cls``: each pixel's greedy credible
+    level): centre = most probable pixel, radius = the largest separation of a 90 % pixel
+    from it (deg), area in deg²."""
     import astropy.units as u
+    from astropy_healpix import HEALPix
 
     hp = HEALPix(nside=2 ** order, order="nested")
-    cls = find_greedy_credible_levels(prob)
     inside = np.flatnonzero(cls <= 0.9)
     peak = int(np.argmax(prob))
     lon, lat = hp.healpix_to_lonlat(np.concatenate([[peak], inside]))
@@ -188,7 +187,7 @@ def render_png(sky: Any, *, markers: Sequence[Marker] = (), title: str = "",
         if not prob.any():
             raise ValueError("the sky map holds no probability")
         cls = find_greedy_credible_levels(prob)
-        ra0, dec0, radius, area = _region_extent(prob, order)
+        ra0, dec0, radius, area = _region_extent(prob, cls, order)
         if area <= ZOOM_MAX_AREA_DEG2:
             zoom = (ra0, dec0, min(max(1.15 * radius, 1.0), 40.0))
     elif sky is not None:
