@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
 import threading
@@ -186,7 +187,7 @@ def notice_text(raw: bytes) -> tuple[str, str, bool]:
         import fastavro
 
         try:
-            records = [_shorten(r) for r in fastavro.reader(__import__("io").BytesIO(raw))]
+            records = [_shorten(r) for r in fastavro.reader(io.BytesIO(raw))]
             kind = "avro"
             text = json.dumps(records[0] if len(records) == 1 else records, indent=1, default=str,
                               ensure_ascii=False)
