@@ -13,6 +13,9 @@ Routes (HTML and its helpers; the JSON of the group is ``/api/groups/{key}``)
     The sky map PNG (:func:`broker.web.skyplot.render_png`) of the group's latest
     localization (or of one member Event's), cached by localization id, plot version
     and markers; rendered in one worker thread with a timeout, never on the event loop.
+``GET /groups/{key}/notice?event=<id>``
+    One revision's notice as the page shows it (older revisions than the latest
+    :data:`NOTICES_INLINE` link to it).
 ``GET /groups/{key}/moc.json[?level=0.9]``
     The credible region of the latest localization as a MOC (mocpy, IVOA MOC 2.0 JSON
     ``{"order": [ipix, ...]}``), built from the stored NUNIQ tiles with
@@ -64,8 +67,9 @@ NOTICE_MAX_CHARS = 64_000
 """A notice shown inline is cut after this many characters (a note says so)."""
 NOTICE_STRING_MAX = 1_000
 """In JSON and Avro notices, a string longer than this (a base64 sky map) is shortened."""
-NOTICES_INLINE = 50
-"""Only the latest this-many revisions' notices are read and shown inline."""
+NOTICES_INLINE = 20
+"""Only the latest this-many revisions' notices are read and shown inline (a ZTF object may
+have hundreds of alerts); the others are one link each to ``/groups/{key}/notice?event=``."""
 RENDER_TIMEOUT_S = 30.0
 """A sky map PNG not drawn within this many seconds answers 503 (it is cached when done)."""
 PNG_CACHE_ENTRIES = 512
@@ -591,6 +595,9 @@ def page_context(ctx: Any, group: Any) -> dict[str, Any]:
             "stored": stored, "coincidences": coincs, "crossmatch_event": xm_event, "crossmatch": xmatch,
             "published": published, "aladin": aladin, "aladin_json": json.dumps(aladin),
             "skymap_url": _group_path(group.key) + "/skymap.png", "api_url": group.url,
+            "notice_url": {i: _group_path(group.key) + "/notice?event=" + quote(i, safe=":") for i in ids},
+            "map_url": {r.event_id: _group_path(group.key) + "/skymap.png?event=" + quote(r.event_id, safe=":")
+                        for r in group.revisions if r.localization is not None},
             **_extra_sections(ctx, group)}
 
 
@@ -619,7 +626,8 @@ def install(app: FastAPI, ctx: Any) -> None:
         markers = await asyncio.to_thread(_markers, ctx.engine, coincs, xmatch)
         loc_id = loc[0] if loc else "none"
         kinds = {r.event_id: r.alert_type for r in g.revisions}
-        title = g.key + (f" · {kinds.get(loc[1], '')} revision" if loc else " · no stored localization")
+        title = g.key + (f" · {kinds.get(loc[1], '')} revision" if loc else " · no stored localization") \
+            + (" · RETRACTED" if getattr(g, "retracted", False) else "")
         cache_key = hashlib.sha256(json.dumps([skyplot.PLOT_VERSION, loc_id, title,
                                                [m.__dict__ for m in markers]]).encode()).hexdigest()
 
@@ -662,8 +670,24 @@ def install(app: FastAPI, ctx: Any) -> None:
             return _error_page(ctx, request, *g)
         return ctx.templates.TemplateResponse(request, "group.html", page_context(ctx, g))
 
+    def notice(request: Request, key: str) -> Response:
+        g = _checked_group(request, key, ctx)
+        if isinstance(g, tuple):
+            return _error_page(ctx, request, *g)
+        event = request.query_params.get("event")
+        if event is None or event not in {r.event_id for r in g.revisions}:
+            return _error_page(ctx, request, 404, "event: not a revision of this group")
+        n = _notices(ctx, [event]).get(event)
+        if n is None or "error" in n:
+            return _error_page(ctx, request, 404, "the notice of this revision is not archived")
+        note = (f"\n[cut after {len(n['text']):,} characters]\n" if n["cut"] else "")
+        media = "application/json" if n["kind"] in ("json", "avro") else "text/plain"
+        return Response(n["text"] + note, media_type=f"{media}; charset=utf-8")
+
     async def dispatch(request: Request, key: str) -> Response:
         # one path route: group keys and Event ids hold ':' and may hold '/'
+        if key.endswith("/notice"):
+            return await asyncio.to_thread(notice, request, key.removesuffix("/notice"))
         if key.endswith("/skymap.png"):
             return await skymap_png(request, key.removesuffix("/skymap.png"))
         if key.endswith("/moc.json"):

@@ -420,3 +420,21 @@ def test_a_failing_extra_section_leaves_the_page_standing(world, monkeypatch):
     assert r.status_code == 200 and "boom" not in r.text
     assert "unavailable" in doc.cssselect("section#ztf")[0].text_content()
     assert doc.cssselect("section#followup") and doc.cssselect("section#revisions tr[data-event-id]")
+
+
+def test_older_notices_are_links_to_the_notice_route(world, monkeypatch):
+    from broker.web import group
+
+    client, evs, f = world
+    monkeypatch.setattr(group, "NOTICES_INLINE", 1)
+    _, doc = _html(client, f"/groups/{GWKEY}")
+    rows = doc.cssselect("section#revisions tr[data-event-id]")
+    assert [bool(tr.cssselect("details pre")) for tr in rows] == [False, False, True]
+    link = next(a.get("href") for a in rows[0].cssselect("a") if "/notice?event=" in a.get("href"))
+    r = client.get(link)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert json.loads(r.text)["alert_type"] == "PRELIMINARY"
+    maps = [a.get("href") for tr in rows for a in tr.cssselect("a") if "skymap.png?event=" in a.get("href")]
+    assert len(maps) == 2 and client.get(maps[0]).content[:8] == b"\x89PNG\r\n\x1a\n"  # the two map revisions
+    assert client.get(f"/groups/{GWKEY}/notice", params={"event": "igwn:x"}).status_code == 404
+    assert client.get(f"/groups/{GWKEY}/notice").status_code == 404
