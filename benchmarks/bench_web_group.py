@@ -6,19 +6,23 @@ the archive. The archive is filled exactly as ``benchmarks/bench_web_api.py`` fi
 enriched — MS181101ab with its multi-order map, Fermi GBM trigger 745121685, three ZTF
 packets — then ``--events`` copies, 98 % ZTF at uniform positions and 2 % notices), plus
 what the group page reads besides: the real 50MGC cross-match of the MS181101ab map,
-one GW–GRB coincidence record in the outbox as the reports stage writes it, and
-``--outbox`` other outbox rows (so the outbox scans are measured at a realistic size).
+one GW–GRB coincidence record in the outbox as the reports stage writes it,
+``--outbox`` other outbox rows (so the outbox scans are measured at a realistic size), and
+one ZTF object of ``--ztf-alerts`` alerts (copies of a real packet given one object id and
+grouped: a long group).
 
 Timed through FastAPI's TestClient (HTTP handling, the queries, template rendering, no
 network), ``--repeat`` rounds, the requests interleaved round by round:
 
 * the group page HTML of the GW superevent (3 revisions, two 1 MB JSON notices read from
-  the raw store and shortened) and of the GBM trigger (4 revisions);
+  the raw store and shortened), of the GBM trigger (4 revisions) and of the long ZTF
+  object (its latest 10 Avro notices decoded);
 * ``/skymap.png`` cold (the PNG cache emptied before each request: a full ligo.skymap
   drawing) and cached;
 * ``/moc.json`` (the 90 % MOC built with mocpy from the stored tiles).
 
-Usage: ``python benchmarks/bench_web_group.py [--events 100000] [--repeat 30] [--outbox 20000]``
+Usage: ``python benchmarks/bench_web_group.py [--events 100000] [--repeat 30] [--outbox 20000]
+[--ztf-alerts 300]``
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--outbox", type=int, default=20_000, help="other outbox rows")
+    ap.add_argument("--ztf-alerts", type=int, default=300, help="alerts of the long ZTF group")
     args = ap.parse_args()
 
     import sqlalchemy as sa
@@ -136,6 +141,14 @@ def main() -> None:
                 "CAST(:p AS jsonb), md5(g::text), 'sent', 'gw-grb:igwn:S' || g || '+gcn:fermi:' || g "
                 "FROM generate_series(1, :n) AS g"), {"p": payload, "n": args.outbox})
             conn.execute(sa.text("ANALYZE"))
+        # one ZTF object with --ztf-alerts alerts (copies of a real packet renamed): a long group
+        with archive.engine.begin() as conn:
+            big = list(conn.execute(sa.text(
+                "UPDATE events SET upstream_id = 'ZTF26benchbig' WHERE id IN (SELECT id FROM events "
+                "WHERE source = 'ztf' AND id LIKE '%#c%' ORDER BY id LIMIT :n) RETURNING id"),
+                {"n": args.ztf_alerts}).scalars())
+        for eid in sorted(big, key=lambda i: archive.get(i).event.time):
+            groups.add(archive.get(eid).event, None)
         fill_s = time.perf_counter() - t
         total = archive.total()
         settings = settings_class()(home=pgdir / "home", archive={"raw_store": "postgres"})
@@ -145,6 +158,8 @@ def main() -> None:
         requests = {
             "group page igwn:MS181101ab (3 revisions, 2 x 1 MB notices)": ("/groups/igwn:MS181101ab", None),
             f"group page {gbm_key} (4 revisions)": (f"/groups/{gbm_key}", None),
+            f"group page ztf:ZTF26benchbig ({args.ztf_alerts} alerts, 10 Avro notices inline)":
+                ("/groups/ztf:ZTF26benchbig", None),
             "skymap.png MS181101ab, cold (drawn)": ("/groups/igwn:MS181101ab/skymap.png", "cold"),
             "skymap.png MS181101ab, cached": ("/groups/igwn:MS181101ab/skymap.png", None),
             f"skymap.png {gbm_key} (point), cold": (f"/groups/{gbm_key}/skymap.png", "cold"),

@@ -67,7 +67,7 @@ NOTICE_MAX_CHARS = 64_000
 """A notice shown inline is cut after this many characters (a note says so)."""
 NOTICE_STRING_MAX = 1_000
 """In JSON and Avro notices, a string longer than this (a base64 sky map) is shortened."""
-NOTICES_INLINE = 20
+NOTICES_INLINE = 10
 """Only the latest this-many revisions' notices are read and shown inline (a ZTF object may
 have hundreds of alerts); the others are one link each to ``/groups/{key}/notice?event=``."""
 RENDER_TIMEOUT_S = 30.0
@@ -170,6 +170,21 @@ def _shorten(obj: Any) -> Any:
     return obj
 
 
+def _pretty(obj: Any, depth: int = 2, level: int = 0) -> str:
+    """JSON of ``obj`` with its first ``depth`` levels one item per line (indented by one
+    space per level) and deeper values compact: as readable as ``indent=1`` for a notice,
+    yet encoded by the C encoder (``json.dumps`` with an indent runs in Python: 4 ms for a
+    ZTF alert against under 1 ms)."""
+    if level < depth and isinstance(obj, (dict, list)) and obj:
+        pad, end = " " * (level + 1), " " * level
+        if isinstance(obj, dict):
+            items = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {_pretty(v, depth, level + 1)}"
+                     for k, v in obj.items()]
+            return "{\n" + ",\n".join(items) + "\n" + end + "}"
+        return "[\n" + ",\n".join(pad + _pretty(v, depth, level + 1) for v in obj) + "\n" + end + "]"
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
 def notice_text(raw: bytes) -> tuple[str, str, bool]:
     """A notice's bytes as text to show.
 
@@ -193,8 +208,7 @@ def notice_text(raw: bytes) -> tuple[str, str, bool]:
         try:
             records = [_shorten(r) for r in fastavro.reader(io.BytesIO(raw))]
             kind = "avro"
-            text = json.dumps(records[0] if len(records) == 1 else records, indent=1, default=str,
-                              ensure_ascii=False)
+            text = _pretty(records[0] if len(records) == 1 else records)
         except Exception as exc:  # noqa: BLE001 - a corrupt container is shown as such
             text = f"<{len(raw):,} bytes: an Avro container that does not decode ({type(exc).__name__})>"
     else:
@@ -207,7 +221,7 @@ def notice_text(raw: bytes) -> tuple[str, str, bool]:
             kind, text = ("xml" if stripped.startswith("<") else "text"), s
             if stripped[:1] in ("{", "["):
                 try:
-                    text, kind = json.dumps(_shorten(json.loads(s)), indent=1, ensure_ascii=False), "json"
+                    text, kind = _pretty(_shorten(json.loads(s))), "json"
                 except ValueError:
                     pass
     cut = len(text) > NOTICE_MAX_CHARS
