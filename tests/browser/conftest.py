@@ -76,9 +76,9 @@ def chromium_missing() -> str | None:
     if not CHROMIUM.exists():
         return (f"{CHROMIUM} is missing: deploy/test.sh installs Debian's chromium when run as root "
                 "(apt-get install chromium); the browser tests need it")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("playwright") is None:
         return "playwright (Python) is not installed: pip install -e '.[test]'"
     return None
 

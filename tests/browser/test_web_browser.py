@@ -20,7 +20,6 @@ import re
 import stat
 import time
 from email import policy
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
