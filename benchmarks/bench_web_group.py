@@ -17,12 +17,14 @@ network), ``--repeat`` rounds, the requests interleaved round by round:
 * the group page HTML of the GW superevent (3 revisions, two 1 MB JSON notices read from
   the raw store and shortened), of the GBM trigger (4 revisions) and of the long ZTF
   object (its latest 10 Avro notices decoded);
+* the long ZTF object's page again with the notice cache emptied before each request (its
+  10 notices read and decoded: the first view);
 * ``/skymap.png`` cold (the PNG cache emptied before each request: a full ligo.skymap
   drawing) and cached;
 * ``/moc.json`` (the 90 % MOC built with mocpy from the stored tiles).
 
 Usage: ``python benchmarks/bench_web_group.py [--events 100000] [--repeat 30] [--outbox 20000]
-[--ztf-alerts 300]``
+[--ztf-alerts 300] [--gc-freeze]``
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--outbox", type=int, default=20_000, help="other outbox rows")
     ap.add_argument("--ztf-alerts", type=int, default=300, help="alerts of the long ZTF group")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after the warm-up (the imported modules leave the collector's generations)")
     args = ap.parse_args()
 
     import sqlalchemy as sa
@@ -154,12 +158,14 @@ def main() -> None:
         settings = settings_class()(home=pgdir / "home", archive={"raw_store": "postgres"})
         client = TestClient(make_app(lambda _: None, "https://broker.example.org", archive.engine, settings))
         renderer = client.app.state.group_skyplot
+        notices = client.app.state.group_notice_cache
         gbm_key = f"gcn:fermi:{gbm.upstream_id}"
         requests = {
             "group page igwn:MS181101ab (3 revisions, 2 x 1 MB notices)": ("/groups/igwn:MS181101ab", None),
             f"group page {gbm_key} (4 revisions)": (f"/groups/{gbm_key}", None),
             f"group page ztf:ZTF26benchbig ({args.ztf_alerts} alerts, 10 Avro notices inline)":
                 ("/groups/ztf:ZTF26benchbig", None),
+            "the same, notices not cached (read and decoded)": ("/groups/ztf:ZTF26benchbig", "cold-notices"),
             "skymap.png MS181101ab, cold (drawn)": ("/groups/igwn:MS181101ab/skymap.png", "cold"),
             "skymap.png MS181101ab, cached": ("/groups/igwn:MS181101ab/skymap.png", None),
             f"skymap.png {gbm_key} (point), cold": (f"/groups/{gbm_key}/skymap.png", "cold"),
@@ -168,6 +174,11 @@ def main() -> None:
         }
         for path, _ in requests.values():  # warm-up: imports, first connection, template compile
             assert client.get(path).status_code == 200, path
+        if args.gc_freeze:
+            import gc
+
+            gc.collect()
+            gc.freeze()
         times: dict[str, list[float]] = {k: [] for k in requests}
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("requests", total=args.repeat)
@@ -175,13 +186,16 @@ def main() -> None:
                 for name, (path, mode) in requests.items():
                     if mode == "cold":
                         renderer.cache = type(renderer.cache)()
+                    elif mode == "cold-notices":
+                        notices.__init__(notices.max_entries, notices.max_bytes)
                     t = time.perf_counter()
                     r = client.get(path)
                     times[name].append(time.perf_counter() - t)
                     assert r.status_code == 200, (name, r.text[:200])
                 progress.advance(task)
         table = Table(title=f"Group page at {total:,} archived Events ({args.repeat} requests each; "
-                            f"fill {fill_s:.0f} s; {args.outbox:,} other outbox rows)")
+                            f"fill {fill_s:.0f} s; {args.outbox:,} other outbox rows"
+                            + ("; gc.freeze() after the warm-up)" if args.gc_freeze else ")"))
         for col in ("request", "p50 ms", "p95 ms", "max ms"):
             table.add_column(col, justify="right" if col != "request" else "left")
         for name, ts in times.items():

@@ -245,29 +245,57 @@ def _raw_store(ctx: Any) -> Any:
     return store
 
 
+NOTICE_CACHE_ENTRIES = 2048
+NOTICE_CACHE_BYTES = 64 * 2**20
+
+
+def _notice_cache(ctx: Any) -> PngCache:
+    """The notices shown, by raw sha256 (the same bytes always show the same text)."""
+    cache = ctx.extra.get("notice_cache")
+    if cache is None:
+        cache = ctx.extra["notice_cache"] = PngCache(NOTICE_CACHE_ENTRIES, NOTICE_CACHE_BYTES)
+    return cache
+
+
 def _notices(ctx: Any, event_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """event id → {kind, text, cut, bytes} or {error}; the raw bytes read through the
-    archive's raw store by their stored reference (sha256-verified)."""
+    """event id → {kind, text, cut, bytes} or {error}: the raw bytes read through the
+    archive's raw store by their stored references (one query; sha256-verified), shown by
+    :func:`notice_text`, cached by sha256 (:func:`_notice_cache`)."""
     from broker.archive.models import events as EV
     from broker.archive.raw import RawRef
 
     out: dict[str, dict[str, Any]] = {}
     if not event_ids:
         return out
-    store = _raw_store(ctx)
+    cache = _notice_cache(ctx)
     cols = (EV.c.id, EV.c.raw_sha256, EV.c.raw_length, EV.c.raw_segment, EV.c.raw_offset)
     with ctx.engine.connect() as conn:
         rows = conn.execute(sa.select(*cols).where(EV.c.id.in_(event_ids))).all()
+        todo = []
         for r in rows:
-            ref = RawRef(sha256=r.raw_sha256, length=r.raw_length, segment=r.raw_segment, offset=r.raw_offset)
+            hit = cache.get(r.raw_sha256)
+            if hit is not None:
+                kind, text, cut, n = json.loads(hit)
+                out[r.id] = {"kind": kind, "text": text, "cut": cut, "bytes": n}
+            else:
+                todo.append(r)
+        if todo:
+            store = _raw_store(ctx)
+            refs = [RawRef(sha256=r.raw_sha256, length=r.raw_length, segment=r.raw_segment, offset=r.raw_offset)
+                    for r in todo]
             try:
-                raw = store.get(ref, conn if store.transactional else None)
-            except Exception as exc:  # noqa: BLE001 - one unreadable notice must not break the page
-                log.warning("group page: raw bytes of %s unreadable: %s", r.id[:80], type(exc).__name__)
-                out[r.id] = {"error": "the archived bytes could not be read"}
-                continue
-            kind, text, cut = notice_text(raw)
-            out[r.id] = {"kind": kind, "text": text, "cut": cut, "bytes": len(raw)}
+                got = store.get_many(refs, conn if store.transactional else None)
+            except Exception as exc:  # noqa: BLE001 - unreadable notices must not break the page
+                log.warning("group page: raw bytes unreadable: %s", type(exc).__name__)
+                got = [exc] * len(refs)
+            for r, raw in zip(todo, got):
+                if isinstance(raw, BaseException):
+                    log.warning("group page: raw bytes of %s unreadable: %s", r.id[:80], type(raw).__name__)
+                    out[r.id] = {"error": "the archived bytes could not be read"}
+                    continue
+                kind, text, cut = notice_text(raw)
+                out[r.id] = {"kind": kind, "text": text, "cut": cut, "bytes": len(raw)}
+                cache.put(r.raw_sha256, json.dumps([kind, text, cut, len(raw)]).encode())
     return out
 
 
@@ -626,6 +654,7 @@ def install(app: FastAPI, ctx: Any) -> None:
     """
     renderer = ctx.extra.setdefault("skyplot", SkyRenderer())
     app.state.group_skyplot = renderer  # for the benchmark and the tests (its cache, its render count)
+    app.state.group_notice_cache = _notice_cache(ctx)
 
     async def skymap_png(request: Request, key: str) -> Response:
         g = await asyncio.to_thread(_checked_group, request, key, ctx)

@@ -438,3 +438,19 @@ def test_older_notices_are_links_to_the_notice_route(world, monkeypatch):
     assert len(maps) == 2 and client.get(maps[0]).content[:8] == b"\x89PNG\r\n\x1a\n"  # the two map revisions
     assert client.get(f"/groups/{GWKEY}/notice", params={"event": "igwn:x"}).status_code == 404
     assert client.get(f"/groups/{GWKEY}/notice").status_code == 404
+
+
+def test_unreadable_notice_bytes_leave_the_page_standing(world, monkeypatch):
+    from broker.archive.raw import PostgresRawStore, RawStoreError
+
+    client, evs, f = world
+    client.app.state.group_notice_cache.__init__()  # emptied: the bytes are read again
+    monkeypatch.setattr(PostgresRawStore, "get_many",
+                        lambda self, refs, connection=None, verify=True: [RawStoreError("gone")] * len(refs))
+    r, doc = _html(client, f"/groups/gcn:fermi:{f['gbm'].upstream_id}")
+    assert r.status_code == 200 and "gone" not in r.text
+    cells = [tr.cssselect("td.notice")[0].text_content() for tr in doc.cssselect("section#revisions tr[data-event-id]")]
+    assert len(cells) == 4 and all("could not be read" in c for c in cells)
+    monkeypatch.undo()
+    _, doc = _html(client, f"/groups/gcn:fermi:{f['gbm'].upstream_id}")
+    assert len(doc.cssselect("section#revisions details pre")) == 4  # not cached as errors
