@@ -4,8 +4,9 @@ Pages (a login is needed: without one they redirect to ``/login``)
 ------------------------------------------------------------------
 ``GET /desk``
     ``table#pending``: the outbox entries waiting for approval (``tr[data-outbox-id]``),
-    newest first; ``table#recent``: the latest decisions (approve, reject, edit, retry),
-    by whom and when.
+    newest first; ``table#attention``: entries ``failed`` or ``unknown`` (a crash during a
+    send on a channel that cannot tell whether it went out); ``table#recent``: the latest
+    decisions (approve, reject, edit, retry), by whom and when.
 ``GET /desk/{id}``
     One entry as it will be sent: a circular's subject and body as text (with the
     ``From`` and ``To`` of ``[publish.gcn_circular]``), a notice's JSON, a TNS report's
@@ -13,10 +14,10 @@ Pages (a login is needed: without one they redirect to ``/login``)
     ``form#approve``, ``form#reject`` (a reason) and ``form#edit`` while it is pending
     (a circular: subject and body; another channel: the payload as JSON), and
     ``table#audit``: who did what when, with the payload's sha256 before and after.
-``POST /desk/{id}/approve|reject|edit``
+``POST /desk/{id}/approve|reject|edit|retry``
     The decisions, each with the form's CSRF token (403 without it). They call
-    :meth:`broker.sinks.outbox.Outbox.approve`, ``reject`` and ``edit`` — the methods
-    ``mma-broker outbox approve|reject`` call — so the running ``publish`` stage sends an
+    :meth:`broker.sinks.outbox.Outbox.approve`, ``reject``, ``edit`` and ``retry`` — the
+    methods ``mma-broker outbox approve|reject|retry`` call — so the running ``publish`` stage sends an
     approved entry once, whichever way it was approved. An edit is checked by the
     channel's own validation before it is saved, refused once the entry is no longer
     pending, and refused (409) when the payload changed since the page was shown.
@@ -45,12 +46,13 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Request
 
-from broker.sinks.outbox import OUTBOX, OUTBOX_AUDIT, Outbox, OutboxEntry, OutboxError
+from broker.sinks.outbox import OUTBOX, OUTBOX_AUDIT, RETRYABLE_STATES, Outbox, OutboxEntry, OutboxError
 from broker.web.auth import read_body, read_form
 
 log = logging.getLogger(__name__)
 
 PENDING_LIMIT = 200
+ATTENTION_LIMIT = 50
 RECENT_LIMIT = 30
 MAX_REASON_CHARS = 500
 MAX_JSON_DEPTH = 64
@@ -203,6 +205,7 @@ def install(app: Any, ctx: Any) -> None:
             "edit_body": edit_body if edit_body is not None else str(p.get("body", "")),
             "envelope": circular_envelope(), "tns": tns_rows(p) if e.channel == "tns" else [],
             "audit": recent(e.id, 200), "csrf_token": auth.csrf_token(request), "error": error, "done": done,
+            "retryable": e.state in RETRYABLE_STATES,
             "user": auth.user(request).username if auth.user(request) else None}, status_code=status,
             headers={"cache-control": "no-store"})
 
@@ -219,12 +222,14 @@ def install(app: Any, ctx: Any) -> None:
         acct = auth.require_user(request)
         try:
             pending = outbox.list(state="pending_approval", limit=PENDING_LIMIT)
+            attention = [e for s in ("failed", "unknown") for e in outbox.list(state=s, limit=ATTENTION_LIMIT)]
             decided = recent()
         except sa.exc.SQLAlchemyError as exc:
             log.warning("desk: outbox query failed: %s", type(exc).__name__)
             return render_error(request, 503, "the archive database is unavailable")
         return templates.TemplateResponse(request, "desk.html", {
             "pending": [(e, summary(e)) for e in pending], "recent": decided, "user": acct.username,
+            "attention": sorted(((e, summary(e)) for e in attention), key=lambda x: -x[0].id),
             "limit": PENDING_LIMIT}, headers={"cache-control": "no-store"})
 
     @app.get("/desk/{entry_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -233,7 +238,7 @@ def install(app: Any, ctx: Any) -> None:
         e = load(request, entry_id)
         if not isinstance(e, OutboxEntry):
             return e
-        return entry_page(request, e, done=done if done in ("approved", "rejected", "edited") else None)
+        return entry_page(request, e, done=done if done in ("approved", "rejected", "edited", "retried") else None)
 
     async def decide(request: Request, entry_id: str, action: str) -> Any:
         form = await read_form(request, max_bytes)
@@ -251,6 +256,8 @@ def install(app: Any, ctx: Any) -> None:
         try:
             if action == "approve":
                 outbox.approve(e.id, by)
+            elif action == "retry":
+                outbox.retry(e.id, by)
             elif action == "reject":
                 reason = form.get("reason", "").strip()
                 if not reason or len(reason) > MAX_REASON_CHARS:
@@ -278,11 +285,14 @@ def install(app: Any, ctx: Any) -> None:
         except OutboxError:
             now = outbox.get(e.id)
             state = now.state if now is not None else "gone"
-            return entry_page(request, now or e, status=409,
-                              error=f"Not done: the entry is {state}; only an entry pending approval can be "
-                                    f"{ {'approve': 'approved', 'reject': 'rejected', 'edit': 'edited'}[action] }.")
+            if action == "retry":
+                why = f"Not done: the entry is {state}; only a {', '.join(RETRYABLE_STATES)} entry can be retried."
+            else:
+                verb = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
+                why = f"Not done: the entry is {state}; only an entry pending approval can be {verb}."
+            return entry_page(request, now or e, status=409, error=why)
         log.info("desk: %s %s outbox entry %d", by, action, e.id)
-        done = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
+        done = {"approve": "approved", "reject": "rejected", "edit": "edited", "retry": "retried"}[action]
         return RedirectResponse(f"/desk/{e.id}?done={done}", status_code=303)
 
     @app.post("/desk/{entry_id}/approve", include_in_schema=False)
@@ -296,6 +306,10 @@ def install(app: Any, ctx: Any) -> None:
     @app.post("/desk/{entry_id}/edit", include_in_schema=False)
     async def desk_edit(request: Request, entry_id: str):
         return await decide(request, entry_id, "edit")
+
+    @app.post("/desk/{entry_id}/retry", include_in_schema=False)
+    async def desk_retry(request: Request, entry_id: str):
+        return await decide(request, entry_id, "retry")
 
     # -------------------------------------------------------------- JSON
     def unauthorized() -> JSONResponse:

@@ -279,3 +279,29 @@ def test_recent_decisions_on_the_desk(db, desk):
     with db.connect() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(OUTBOX_AUDIT)).scalar()
     assert n >= 1
+
+
+def test_retry_from_the_desk_and_the_attention_list(db, desk):
+    import sqlalchemy as sa
+
+    from broker.sinks.outbox import OUTBOX
+
+    i = pending(db)
+    Outbox(db).reject(i, "alice", "too early")
+    token = csrf(desk.get(f"/desk/{i}").text)
+    assert 'id="retry"' in desk.get(f"/desk/{i}").text
+    assert desk.post(f"/desk/{i}/retry", data={}).status_code == 403
+    r = desk.post(f"/desk/{i}/retry", data={"csrf_token": token})
+    assert r.status_code == 303 and r.headers["location"] == f"/desk/{i}?done=retried"
+    assert Outbox(db).get(i).state == "pending_approval"  # never approved: back to approval, not to the queue
+    assert [a["action"] for a in audit(db, i)] == ["retry", "reject"]
+    assert desk.post(f"/desk/{i}/retry", data={"csrf_token": token}).status_code == 409
+    # an entry whose send may have happened (unknown) is listed and warned about
+    j = pending(db)
+    with db.begin() as conn:
+        conn.execute(OUTBOX.update().where(OUTBOX.c.id == j).values(state="unknown", last_error="sender died"))
+    page = desk.get("/desk")
+    assert 'id="attention"' in page.text and f'<tr data-outbox-id="{j}">' in page.text
+    assert "It may have gone out" in desk.get(f"/desk/{j}").text
+    with db.connect() as conn:
+        assert conn.execute(sa.select(OUTBOX.c.state).where(OUTBOX.c.id == j)).scalar() == "unknown"
