@@ -19,7 +19,7 @@ Routes (HTML and its helpers; the JSON of the group is ``/api/groups/{key}``)
 ``GET /groups/{key}/moc.json[?level=0.9]``
     The credible region of the latest localization as a MOC (mocpy, IVOA MOC 2.0 JSON
     ``{"order": [ipix, ...]}``), built from the stored NUNIQ tiles with
-    ``cum_prob <= level``, with its area.
+    ``cum_prob <= level``, with its area and the centre and radius that frame it.
 
 ``key`` is a group key (``igwn:S230518h``, ``gcn:fermi:745121685``, ``ztf:ZTF18abc``) or
 a member Event id, as :func:`broker.web.api.get_group` takes it. A key that is not
@@ -30,7 +30,11 @@ echoes the key back nor shows a traceback or a host path.
 Where the sections come from
 ----------------------------
 * revisions and localizations: :func:`broker.web.api.get_group`, the stored tiles of
-  :mod:`broker.enrich.store`, the raw bytes through the archive's raw store;
+  :mod:`broker.enrich.store`, the raw bytes through the archive's raw store
+  (``ctx.extra["archive"]``'s when the app shares its Archive, else one built from the
+  settings), the notices shown cached by the bytes' sha256;
+* a follow-up asked for by hand (no archived Event, no event group):
+  :func:`broker.web.group_extra.followup_group`, so ``user:GRB 230307A`` has a page;
 * coincidences: PostgreSQL holds no table of ``mma.coincidences`` records; the page
   shows the records the reports stage put in the outbox (``hermes:coincidence:<id>:
   <version>`` entries, each carrying the record in ``data.extra_data.coincidence``),
