@@ -26,8 +26,8 @@ Stamps are drawn with IRAF's zscale interval (astropy ``ZScaleInterval``, the di
 convention of ZTF's own alert viewers and of Fink and Lasair), grey, north up as stored
 (ZTF stamps are in the detector frame, not rotated). Light curves are magnitude (axis
 inverted) against MJD, per band ZTF g/r/i (LSST u/g/r/i/z/y), detections as points
-with 1-sigma error bars and non-detections as open downward triangles at their limiting
-magnitude. Rendering uses matplotlib's Agg canvas on a :class:`~matplotlib.figure.Figure`
+with 1-sigma error bars, non-detections as open downward triangles at their limiting
+magnitude, and ZTF forced photometry with S/N ≥ 3 as faint squares. Rendering uses matplotlib's Agg canvas on a :class:`~matplotlib.figure.Figure`
 (no pyplot state), under one lock, with PNG metadata carrying no host path.
 """
 
@@ -57,7 +57,7 @@ CUTOUT_KINDS = ("science", "template", "difference")
 """The three stamps of an alert, in the order the pages show them."""
 STAMP_PX = 300
 """Side of a cutout PNG, pixels."""
-LIGHTCURVE_SIZE_PX = (720, 400)
+LIGHTCURVE_SIZE_PX = (720, 460)
 """(width, height) of a light-curve PNG, pixels."""
 PNG_METADATA = {"Software": "mma-broker"}
 """PNG text chunks of every image (matplotlib's own would name its version; never a path)."""
@@ -171,6 +171,12 @@ def _first_image(hdul: Any) -> np.ndarray:
     raise StampError("no image in the FITS file")
 
 
+def _inches(px: int) -> float:
+    """Figure inches at 100 dpi for ``px`` pixels (a quarter pixel more: Agg truncates
+    ``4.6 in × 100`` = 459.99... to 459)."""
+    return (px + 0.25) / 100
+
+
 def _zscale(img: np.ndarray) -> tuple[float, float]:
     from astropy.visualization import ZScaleInterval
 
@@ -214,7 +220,7 @@ def stamp_png(img: np.ndarray, label: str = "", side_px: int = STAMP_PX) -> byte
 
     lo, hi = _zscale(img)
     with _render_lock:
-        fig = Figure(figsize=(side_px / 100, side_px / 100), dpi=100)
+        fig = Figure(figsize=(_inches(side_px), _inches(side_px)), dpi=100)
         ax = fig.add_axes((0, 0, 1, 1))
         cmap = _grey()
         ax.imshow(np.ma.masked_invalid(img), cmap=cmap, vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
@@ -256,6 +262,9 @@ class LightPoint:
         with respect to the template).
     current : bool
         The alert's own candidate (drawn larger).
+    forced : bool
+        Forced photometry at the object's position (ZTF ``fp_hists``), not an alert
+        detection.
     """
 
     mjd: float
@@ -265,6 +274,7 @@ class LightPoint:
     upper_limit: bool = False
     negative: bool = False
     current: bool = False
+    forced: bool = False
 
 
 _ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
@@ -277,8 +287,14 @@ def _f(v: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def ztf_points(prv_candidates: Iterable[dict], candidate: dict | None = None) -> list[LightPoint]:
-    """Light-curve points of a ZTF alert: its history and its own candidate.
+#: Forced-photometry S/N at or above which a flux is a detection (ZTF Forced Photometry
+#: Service guide, Masci et al. 2019, "SNT" = 3).
+FORCED_SNT = 3.0
+
+
+def ztf_points(prv_candidates: Iterable[dict], candidate: dict | None = None,
+               fp_hists: Iterable[dict] = ()) -> list[LightPoint]:
+    """Light-curve points of a ZTF alert: its history, its own candidate, its forced photometry.
 
     Parameters
     ----------
@@ -288,6 +304,13 @@ def ztf_points(prv_candidates: Iterable[dict], candidate: dict | None = None) ->
     candidate : dict, optional
         The alert's candidate (``jd``, ``fid``, ``magpsf``, ``sigmapsf``, ``isdiffpos``;
         as in Event ``properties``, where ``isdiffpos`` is a bool).
+    fp_hists : iterable of dict
+        Forced photometry (schema ≥ 4.0): ``forcediffimflux ± forcediffimfluxunc`` (DN)
+        with ``magzpsci``; a flux with S/N ≥ :data:`FORCED_SNT` becomes the magnitude
+        ``magzpsci − 2.5 log10(flux)``, ``σ = 1.0857 unc / flux`` (``forced=True``).
+        Fainter forced measurements are not drawn (the alert history's limits say as much
+        at ZTF's cadence), nor those with ZTF's −99999 "none" or a ``procstatus`` other
+        than ``"0"`` (processing not clean).
 
     Returns
     -------
@@ -315,6 +338,17 @@ def ztf_points(prv_candidates: Iterable[dict], candidate: dict | None = None) ->
                                   False, negative, current))
         elif lim is not None and 5.0 <= lim <= 30.0:
             out.append(LightPoint(jd - _MJD_JD, band, lim, None, True, False, current))
+    for p in fp_hists:
+        if not isinstance(p, dict) or str(p.get("procstatus", "0")).strip() != "0":
+            continue
+        jd, band = _f(p.get("jd")), _ZTF_BANDS.get(p.get("fid"))
+        flux, unc, zp = _f(p.get("forcediffimflux")), _f(p.get("forcediffimfluxunc")), _f(p.get("magzpsci"))
+        if jd is None or band is None or None in (flux, unc, zp) or flux <= -99999 or unc <= 0:
+            continue
+        if flux / unc >= FORCED_SNT:
+            mag = zp - 2.5 * math.log10(flux)
+            if 5.0 <= mag <= 30.0:
+                out.append(LightPoint(jd - _MJD_JD, band, mag, 1.0857 * unc / flux, forced=True))
     return sorted(out, key=lambda q: q.mjd)
 
 
@@ -378,34 +412,37 @@ def lightcurve_png(points: Sequence[LightPoint], title: str = "", t0_mjd: float 
 
     w, h = size_px
     with _render_lock:
-        fig = Figure(figsize=(w / 100, h / 100), dpi=100)
+        fig = Figure(figsize=(_inches(w), _inches(h)), dpi=100)
         ax = fig.add_subplot(1, 1, 1)
         bands = sorted({p.band for p in points}, key=lambda b: _BAND_ORDER.index(b) if b in _BAND_ORDER else 99)
         for b in bands:
             c = _BAND_COLOURS.get(b, "k")
-            det = [p for p in points if p.band == b and not p.upper_limit]
-            lim = [p for p in points if p.band == b and p.upper_limit]
-            if det:
-                pos = [p for p in det if not p.negative]
-                neg = [p for p in det if p.negative]
-                for group, face in ((pos, c), (neg, "none")):
-                    if group:
-                        ax.errorbar([p.mjd for p in group], [p.mag for p in group],
-                                    yerr=[p.mag_err if p.mag_err is not None else 0.0 for p in group],
-                                    fmt="o", ms=5, color=c, mfc=face, ecolor=c, elinewidth=1, capsize=2,
-                                    label=f"{b}" if face == c else f"{b} (negative difference)")
+            mine = [p for p in points if p.band == b]
+            det = [p for p in mine if not p.upper_limit and not p.forced and not p.current]
+            for group, face, label in (([p for p in det if not p.negative], c, f"{b}"),
+                                       ([p for p in det if p.negative], "none", f"{b} (negative difference)")):
+                if group:
+                    ax.errorbar([p.mjd for p in group], [p.mag for p in group],
+                                yerr=[p.mag_err if p.mag_err is not None else 0.0 for p in group],
+                                fmt="o", ms=5, color=c, mfc=face, ecolor=c, elinewidth=1, capsize=2, label=label)
+            forced = [p for p in mine if p.forced]
+            if forced:
+                ax.errorbar([p.mjd for p in forced], [p.mag for p in forced], yerr=[p.mag_err or 0.0 for p in forced],
+                            fmt="s", ms=3.5, color=c, alpha=0.45, elinewidth=0.8, label=f"{b} forced photometry")
+            lim = [p for p in mine if p.upper_limit]
             if lim:
                 ax.scatter([p.mjd for p in lim], [p.mag for p in lim], marker="v", s=30, facecolors="none",
                            edgecolors=c, linewidths=1, label=f"{b} upper limit")
-            cur = [p for p in points if p.band == b and p.current and not p.upper_limit]
+            cur = [p for p in mine if p.current and not p.upper_limit]
             if cur:
-                ax.scatter([p.mjd for p in cur], [p.mag for p in cur], s=90, color=c, edgecolors="k",
-                           linewidths=1.2, zorder=5, label=f"{b}: this alert")
+                ax.errorbar([p.mjd for p in cur], [p.mag for p in cur], yerr=[p.mag_err or 0.0 for p in cur],
+                            fmt="o", ms=10, color=c, mfc=c if not cur[0].negative else "none", mec="k", mew=1.2,
+                            ecolor=c, elinewidth=1, capsize=2, zorder=5, label=f"{b}: this alert")
         if t0_mjd is not None and math.isfinite(t0_mjd):
             ax.axvline(t0_mjd, color="#555", ls="--", lw=1, label="trigger T0")
         if points:
             ax.invert_yaxis()
-            ax.legend(loc="best", fontsize=8, ncol=2, framealpha=0.8)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=4, frameon=False)
         else:
             ax.text(0.5, 0.5, "no photometry in this alert", transform=ax.transAxes, ha="center", va="center")
         ax.set_xlabel("MJD (UTC)")
@@ -414,5 +451,7 @@ def lightcurve_png(points: Sequence[LightPoint], title: str = "", t0_mjd: float 
         ax.grid(alpha=0.3)
         if title:
             ax.set_title(title, fontsize=11)
-        fig.tight_layout()
+        # fixed margins (room for the legend below the axes): tight_layout would draw the
+        # figure once more to measure it, ~40 % of the drawing time
+        fig.subplots_adjust(left=0.095, right=0.985, top=0.93, bottom=0.25)
         return _png(fig)

@@ -561,7 +561,8 @@ def candidate_data(ctx: Any, event_id: str) -> dict[str, Any] | None:
     jd = row.time.timestamp() / 86400.0 + _JD_UNIX
     if row.source == "ztf":
         own = dict(props, jd=_num(props.get("jd")) or jd)
-        points = cutouts.ztf_points(history["prv_candidates"] if history else [], own)
+        points = cutouts.ztf_points(history["prv_candidates"] if history else [], own,
+                                    history.get("fp_hists") or [] if history else [])
     else:
         own = {"midpointMjdTai": jd - 2400000.5, "band": props.get("band"), "psfFlux": props.get("psfFlux_njy"),
                "psfFluxErr": props.get("psfFluxErr_njy")}
@@ -667,7 +668,7 @@ def install(app: Any, ctx: Any) -> None:
         summary = {**ev, **_photometry(ev["source"], ev["properties"])}
         return page(request, 200, candidate=summary, stamps=stamps, error=None, history_error=data["error"],
                     n_history=data["n_history"], n_points=len(data["points"]),
-                    lightcurve_url=f"{candidate_url(event_id)}/lightcurve.png",
+                    lightcurve_url=f"{candidate_url(event_id)}/lightcurve.png", lightcurve_size=cutouts.LIGHTCURVE_SIZE_PX,
                     properties=sorted((k, v) for k, v in ev["properties"].items()
                                       if isinstance(v, (str, int, float, bool)) or v is None))
 

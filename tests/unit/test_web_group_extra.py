@@ -273,6 +273,25 @@ def test_lightcurve_points_come_from_the_history():
     assert cur[0].mjd == pytest.approx(ev.properties["jd"] - 2400000.5)
 
 
+def test_forced_photometry_points():
+    """A schema-4 packet's fp_hists: S/N >= 3 fluxes become magzpsci - 2.5 log10(flux), others are left out."""
+    import math
+
+    from broker.sources import avro, ztf
+
+    raw = (DATA / "ztf/kowalski/20231012/2475433850015010009.avro").read_bytes()
+    ev = decode(raw)[0]
+    h = ztf.decode_history(raw, avro.read_header(raw), ev.properties["candid"])
+    assert h["fp_hists"]
+    forced = [p for p in cutouts.ztf_points([], None, h["fp_hists"]) if p.forced]
+    good = [p for p in h["fp_hists"] if p["procstatus"] == "0" and p["forcediffimflux"] > -99999
+            and p["forcediffimflux"] / p["forcediffimfluxunc"] >= 3]
+    assert 0 < len(forced) == len(good) < len(h["fp_hists"])
+    for pt, fp in zip(forced, sorted(good, key=lambda q: q["jd"])):
+        assert pt.mag == pytest.approx(fp["magzpsci"] - 2.5 * math.log10(fp["forcediffimflux"]))
+        assert pt.mjd == pytest.approx(fp["jd"] - 2400000.5) and not pt.upper_limit
+
+
 @pytest.mark.parametrize("kind", cutouts.CUTOUT_KINDS)
 def test_cutout_pngs_are_the_stamps(world, kind):
     client, ctx, f = world
