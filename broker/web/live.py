@@ -226,15 +226,19 @@ class _Client:
         with self.lock:
             if self.dropped:
                 return False
+            # wake the event loop only when the buffer was empty: a take() is due anyway
+            # otherwise (one cross-thread call per burst, not per message)
+            wake = not self.buf
             if len(self.buf) >= self.size:
-                self.dropped = True
+                self.dropped, wake = True, True
                 self.buf.clear()
             else:
                 self.buf.append(chunk)
-        try:
-            self.loop.call_soon_threadsafe(self.wake.set)
-        except RuntimeError:  # its event loop is closed: the client is gone
-            self.dropped = True
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self.wake.set)
+            except RuntimeError:  # its event loop is closed: the client is gone
+                self.dropped = True
         return not self.dropped
 
     def take(self) -> list[bytes]:
