@@ -353,7 +353,7 @@ def ztf_points(prv_candidates: Iterable[dict], candidate: dict | None = None,
 
 
 def lsst_points(prv_dia_sources: Iterable[dict], current: dict | None = None) -> list[LightPoint]:
-    """Light-curve points of a Rubin alert from its DIASources (difference-image fluxes).
+    """Light-curve points of a Rubin alert from its DIASources: difference-image PSF fluxes.
 
     Parameters
     ----------
@@ -365,9 +365,11 @@ def lsst_points(prv_dia_sources: Iterable[dict], current: dict | None = None) ->
     Returns
     -------
     list of LightPoint
-        Positive fluxes as AB magnitudes ``31.4 − 2.5 log10(f/nJy)`` with
-        ``σ_m = 1.0857 σ_f / f``; a flux ≤ 0 with an error becomes a 5-sigma limit
-        ``31.4 − 2.5 log10(5 σ_f)`` (the time scale is TAI, 37 s from UTC: invisible on the plot).
+        By MJD (TAI, 37 s from UTC: invisible on the plot), each with ``mag`` holding the
+        **difference flux in nJy** and ``mag_err`` its 1-sigma error: Rubin's difference
+        fluxes are often negative (a source fainter than in the template), which no
+        magnitude can show, so :func:`lightcurve_png` draws them with ``flux=True``.
+        ``negative`` marks a flux below 0.
     """
     out: list[LightPoint] = []
     rows = [(p, False) for p in prv_dia_sources if isinstance(p, dict)]
@@ -378,17 +380,14 @@ def lsst_points(prv_dia_sources: Iterable[dict], current: dict | None = None) ->
         flux, ferr = _f(p.get("psfFlux")), _f(p.get("psfFluxErr"))
         if mjd is None or band not in _BAND_COLOURS or flux is None:
             continue
-        if flux > 0:
-            err = 1.0857 * ferr / flux if ferr is not None and ferr > 0 else None
-            out.append(LightPoint(mjd, band, NJY_AB_ZP - 2.5 * math.log10(flux), err, current=cur))
-        elif ferr is not None and ferr > 0:
-            out.append(LightPoint(mjd, band, NJY_AB_ZP - 2.5 * math.log10(5 * ferr), None, True, current=cur))
+        out.append(LightPoint(mjd, band, flux, ferr if ferr is not None and ferr >= 0 else None, False, flux < 0,
+                              current=cur))
     return sorted(out, key=lambda q: q.mjd)
 
 
 def lightcurve_png(points: Sequence[LightPoint], title: str = "", t0_mjd: float | None = None,
-                   size_px: tuple[int, int] = LIGHTCURVE_SIZE_PX) -> bytes:
-    """A light curve as a PNG: magnitude (inverted axis) against MJD, per band.
+                   size_px: tuple[int, int] = LIGHTCURVE_SIZE_PX, flux: bool = False) -> bytes:
+    """A light curve as a PNG: magnitude (inverted axis), or difference flux, against MJD, per band.
 
     Parameters
     ----------
@@ -399,6 +398,9 @@ def lightcurve_png(points: Sequence[LightPoint], title: str = "", t0_mjd: float 
         A vertical dashed line (the trigger's T0), MJD.
     size_px : (int, int)
         Width and height, pixels.
+    flux : bool
+        The points' ``mag`` are difference fluxes in nJy (:func:`lsst_points`): a linear
+        axis, not inverted, with a line at zero flux.
 
     Returns
     -------
@@ -419,8 +421,9 @@ def lightcurve_png(points: Sequence[LightPoint], title: str = "", t0_mjd: float 
             c = _BAND_COLOURS.get(b, "k")
             mine = [p for p in points if p.band == b]
             det = [p for p in mine if not p.upper_limit and not p.forced and not p.current]
-            for group, face, label in (([p for p in det if not p.negative], c, f"{b}"),
-                                       ([p for p in det if p.negative], "none", f"{b} (negative difference)")):
+            split = ((det, c, f"{b}"),) if flux else (([p for p in det if not p.negative], c, f"{b}"),
+                                                      ([p for p in det if p.negative], "none", f"{b} (negative difference)"))
+            for group, face, label in split:
                 if group:
                     ax.errorbar([p.mjd for p in group], [p.mag for p in group],
                                 yerr=[p.mag_err if p.mag_err is not None else 0.0 for p in group],
@@ -436,22 +439,25 @@ def lightcurve_png(points: Sequence[LightPoint], title: str = "", t0_mjd: float 
             cur = [p for p in mine if p.current and not p.upper_limit]
             if cur:
                 ax.errorbar([p.mjd for p in cur], [p.mag for p in cur], yerr=[p.mag_err or 0.0 for p in cur],
-                            fmt="o", ms=10, color=c, mfc=c if not cur[0].negative else "none", mec="k", mew=1.2,
+                            fmt="o", ms=10, color=c, mfc=c if flux or not cur[0].negative else "none", mec="k", mew=1.2,
                             ecolor=c, elinewidth=1, capsize=2, zorder=5, label=f"{b}: this alert")
         if t0_mjd is not None and math.isfinite(t0_mjd):
             ax.axvline(t0_mjd, color="#555", ls="--", lw=1, label="trigger T0")
+        if flux:
+            ax.axhline(0.0, color="#888", lw=0.8)
         if points:
-            ax.invert_yaxis()
+            if not flux:
+                ax.invert_yaxis()
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=4, frameon=False)
         else:
             ax.text(0.5, 0.5, "no photometry in this alert", transform=ax.transAxes, ha="center", va="center")
         ax.set_xlabel("MJD (UTC)")
-        ax.set_ylabel("magnitude (AB)")
+        ax.set_ylabel("difference flux (nJy)" if flux else "magnitude (AB)")
         ax.ticklabel_format(axis="x", useOffset=False, style="plain")
         ax.grid(alpha=0.3)
         if title:
             ax.set_title(title, fontsize=11)
         # fixed margins (room for the legend below the axes): tight_layout would draw the
         # figure once more to measure it, ~40 % of the drawing time
-        fig.subplots_adjust(left=0.095, right=0.985, top=0.93, bottom=0.25)
+        fig.subplots_adjust(left=0.13 if flux else 0.095, right=0.985, top=0.93, bottom=0.25)
         return _png(fig)

@@ -137,7 +137,8 @@ def _photometry(source: str, props: dict[str, Any]) -> dict[str, Any]:
         mag = cutouts.NJY_AB_ZP - 2.5 * math.log10(f) if f is not None and f > 0 else None
         err = 1.0857 * e / f if mag is not None and e is not None and e > 0 else None
         return {"band": props.get("band"), "mag": mag, "mag_err": err, "limit_mag": None,
-                "positive": props.get("isNegative") is not True}
+                "positive": props.get("isNegative") is not True and (f is None or f >= 0),
+                "flux_njy": f, "flux_err_njy": e}
     mag, err = _num(props.get("magpsf")), _num(props.get("sigmapsf"))
     return {"band": props.get("band"), "mag": mag if mag is not None and 5 <= mag <= 30 else None,
             "mag_err": err, "limit_mag": _num(props.get("diffmaglim")), "positive": props.get("isdiffpos") is not False}
@@ -555,7 +556,7 @@ def candidate_data(ctx: Any, event_id: str) -> dict[str, Any] | None:
             raw, error = None, "the alert's raw packet cannot be read from the archive"
     if raw is not None:
         try:
-            history = _decode_history(row.source, raw, props)
+            history = _decode_history(row.source, raw, props, event_id)
         except Exception as exc:  # noqa: BLE001 - DecodeError and whatever a hostile packet raises
             error = f"the alert's history and cutouts do not decode ({type(exc).__name__})"
     jd = row.time.timestamp() / 86400.0 + _JD_UNIX
@@ -570,13 +571,14 @@ def candidate_data(ctx: Any, event_id: str) -> dict[str, Any] | None:
     ev = {"id": row.id, "source": row.source, "object_id": row.upstream_id, "t0": _iso(row.time),
           "group_key": key or f"{row.source}:{row.upstream_id}",
           "ra_deg": row.ra_deg, "dec_deg": row.dec_deg, "properties": props}
-    data = {"event": ev, "points": points, "stamps": (history or {}).get("cutouts") or {}, "error": error,
+    data = {"event": ev, "points": points, "flux": row.source == "lsst",
+            "stamps": (history or {}).get("cutouts") or {}, "error": error,
             "n_history": len(history.get("prv_candidates") or history.get("prvDiaSources") or []) if history else 0}
     cache.put(event_id, data)
     return data
 
 
-def _decode_history(source: str, raw: bytes, props: dict[str, Any]) -> dict[str, Any]:
+def _decode_history(source: str, raw: bytes, props: dict[str, Any], event_id: str) -> dict[str, Any]:
     from broker.sources import avro
 
     if source == "ztf":
@@ -586,7 +588,7 @@ def _decode_history(source: str, raw: bytes, props: dict[str, Any]) -> dict[str,
         return decode_history(raw, avro.read_header(raw), candid)
     from broker.sources.lsst import decode_history as lsst_history
 
-    return lsst_history(raw)
+    return lsst_history(raw, dia_source_id=int(event_id.split(":", 1)[1]))  # a container may hold several
 
 
 # ------------------------------------------------------------------ routes
@@ -667,7 +669,7 @@ def install(app: Any, ctx: Any) -> None:
         ev = data["event"]
         summary = {**ev, **_photometry(ev["source"], ev["properties"])}
         return page(request, 200, candidate=summary, stamps=stamps, error=None, history_error=data["error"],
-                    n_history=data["n_history"], n_points=len(data["points"]),
+                    n_history=data["n_history"], n_points=len(data["points"]), flux_curve=data["flux"],
                     lightcurve_url=f"{candidate_url(event_id)}/lightcurve.png", lightcurve_size=cutouts.LIGHTCURVE_SIZE_PX,
                     properties=sorted((k, v) for k, v in ev["properties"].items()
                                       if isinstance(v, (str, int, float, bool)) or v is None))
@@ -684,7 +686,8 @@ def install(app: Any, ctx: Any) -> None:
                 data = candidate_data(ctx, event_id)
                 if data is None:
                     return None
-                return cutouts.lightcurve_png(data["points"], f"{data['event']['object_id']} ({event_id})")
+                return cutouts.lightcurve_png(data["points"], f"{data['event']['object_id']} ({event_id})",
+                                              flux=data["flux"])
             try:
                 png = await _in_thread(ctx, draw)
             except asyncio.TimeoutError:

@@ -43,6 +43,7 @@ from tests.conftest import DATA, _new_database
 GW = [DATA / "igwn/userguide" / n for n in ("MS181101ab-preliminary.json", "MS181101ab-initial.json")]
 GBM = [DATA / "gcn/gwcelery-kafka" / f"kafka_alert_fermi_{k}.json" for k in ("alert", "flight")]
 ZTF = sorted((DATA / "ztf/kowalski").rglob("*.avro"))
+LSST = DATA / "relayed/fink/lsst/part-2-918301-first2.avro"  # two real Rubin alerts relayed by Fink
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -131,7 +132,8 @@ def world(pg_url, tmp_path_factory):
             n += 1
         hostile_raw = _bomb_packet(ZTF[7].read_bytes())
         hostile = decode(hostile_raw)[0]
-        items = notices + real + made + [(hostile, hostile_raw)]
+        rubin = [(ev, LSST.read_bytes()) for ev in decode(LSST.read_bytes())]
+        items = notices + real + made + [(hostile, hostile_raw)] + rubin
         archive.write_batch([ArchiveItem(event=ev, raw=raw, kafka=KafkaMeta("t", 0, i))
                              for i, (ev, raw) in enumerate(items)])
         locs, groups = LocalizationStore(archive.engine), GroupStore(archive.engine)
@@ -163,7 +165,8 @@ def world(pg_url, tmp_path_factory):
         group_extra.install(app, ctx)
         client = TestClient(app, raise_server_exceptions=False)
         levels = credible_level_at(sky, np.array([ra % 360 for ra, _ in grid]), np.array([d for _, d in grid]))
-        facts = {"gw": gw, "gbm": gbm, "made": made, "grid_levels": levels, "hostile": hostile, "real": real}
+        facts = {"gw": gw, "gbm": gbm, "made": made, "grid_levels": levels, "hostile": hostile, "real": real,
+                 "rubin": rubin}
         try:
             yield client, ctx, facts
         finally:
@@ -255,6 +258,30 @@ def test_candidate_page_and_lightcurve(world):
     colours = {tuple(c) for c in img.reshape(-1, 3)}
     assert (44, 160, 44) in colours or (214, 39, 40) in colours
     assert b"/work" not in png.content and b"/home" not in png.content and b"/tmp" not in png.content
+
+
+def test_rubin_candidate_page_flux_curve_and_cutouts(world):
+    """The second alert of a two-alert container: its own history and stamps, drawn as fluxes."""
+    from broker.sources import lsst
+
+    client, ctx, f = world
+    ev, raw = f["rubin"][1]
+    sid = int(ev.id.split(":")[1])
+    page = client.get(f"/candidates/{ev.id}")
+    assert page.status_code == 200 and "unavailable" not in page.text and "nJy" in page.text
+    hist = lsst.decode_history(raw, dia_source_id=sid)
+    assert f"its {len(hist['prvDiaSources'])} history entries" in page.text
+    data = group_extra.candidate_data(ctx, ev.id)
+    assert data["flux"] and sum(p.current for p in data["points"]) == 1
+    cur = next(p for p in data["points"] if p.current)
+    assert cur.mag == pytest.approx(ev.properties["psfFlux_njy"])  # flux, nJy
+    png = client.get(f"/candidates/{ev.id}/lightcurve.png")
+    assert png.status_code == 200 and _png_array(png.content).std() > 10
+    for kind in cutouts.CUTOUT_KINDS:
+        r = client.get(f"/candidates/{ev.id}/cutout/{kind}.png")
+        assert r.status_code == 200 and _png_array(r.content)[40:].std() > 5
+        img = cutouts.stamp_image(hist["cutouts"][kind])
+        assert img.ndim == 2 and np.isfinite(img).any()
 
 
 def test_lightcurve_points_come_from_the_history():
