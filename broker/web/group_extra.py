@@ -54,7 +54,7 @@ import re
 import threading
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import sqlalchemy as sa
 from fastapi import Request
@@ -130,6 +130,13 @@ def candidate_url(event_id: str) -> str:
     return "/candidates/" + event_id
 
 
+def _with_t0(url: str, t0: str | None) -> str:
+    """``url`` with ``?t0=<trigger T0>`` (the light curve then marks the trigger's T0)."""
+    from urllib.parse import quote
+
+    return f"{url}?t0={quote(t0, safe=':')}" if t0 else url
+
+
 def _photometry(source: str, props: dict[str, Any]) -> dict[str, Any]:
     """Band, magnitude ± error and limiting magnitude of an alert's own detection."""
     if source == "lsst":
@@ -152,7 +159,7 @@ def _candidate_row(r: Any, t0: datetime | None) -> dict[str, Any]:
     if start is not None and t0 is not None:
         before = start < t0.timestamp() / 86400.0 + _JD_UNIX
     row = {"event_id": r.id, "object_id": r.upstream_id, "source": r.source, "t0": _iso(r.time),
-           "dt_days": dt, "ra_deg": r.ra_deg, "dec_deg": r.dec_deg, "url": candidate_url(r.id),
+           "dt_days": dt, "ra_deg": r.ra_deg, "dec_deg": r.dec_deg, "url": _with_t0(candidate_url(r.id), _iso(t0)),
            "credible_level": getattr(r, "cum_prob", None), "probdensity_deg2": None,
            "separation_deg": getattr(r, "separation_deg", None),
            "detected_before_t0": before, "drb": _num(props.get("drb")), "rb": _num(props.get("rb")),
@@ -630,6 +637,16 @@ async def _in_thread(ctx: Any, fn: Callable[[], Any]) -> Any:
     return await asyncio.wait_for(run_in_threadpool(bounded), RENDER_TIMEOUT_S)
 
 
+def _trigger_t0(value: str | None) -> tuple[datetime | None, str | None]:
+    """(the ``t0`` parameter as a UTC datetime, or None; the reason it is bad, or None)."""
+    from broker.web.api import ParamError, _utc as api_utc
+
+    try:
+        return api_utc("t0", value), None
+    except ParamError as exc:
+        return None, exc.detail
+
+
 def _png_response(png: bytes) -> Any:
     from fastapi.responses import Response
 
@@ -646,10 +663,13 @@ def install(app: Any, ctx: Any) -> None:
         return ctx.templates.TemplateResponse(request, "candidate.html", kw, status_code=status)
 
     @app.get("/candidates/{event_id}", response_class=HTMLResponse, include_in_schema=False)
-    async def candidate_page(request: Request, event_id: str) -> HTMLResponse:
+    async def candidate_page(request: Request, event_id: str, t0: Optional[str] = None) -> HTMLResponse:
         bad = _check_id(event_id)
         if bad is not None:
             return page(request, 400, error=bad, parameter="event_id", candidate=None, heading="Bad request")
+        trigger, bad = _trigger_t0(t0)
+        if bad is not None:
+            return page(request, 400, error=bad, parameter="t0", candidate=None, heading="Bad request")
         data = await _in_thread(ctx, lambda: candidate_data(ctx, event_id))
         if data is None:
             return page(request, 404, error="no such optical candidate in the archive", parameter="event_id",
@@ -667,19 +687,25 @@ def install(app: Any, ctx: Any) -> None:
                     reason = str(exc)
             stamps.append({"kind": kind, "url": f"{candidate_url(event_id)}/cutout/{kind}.png", "error": reason})
         ev = data["event"]
-        summary = {**ev, **_photometry(ev["source"], ev["properties"])}
+        summary = {**ev, **_photometry(ev["source"], ev["properties"]), "trigger_t0": _iso(trigger),
+                   "dt_days": ((_utc(ev["t0"]) - trigger).total_seconds() / 86400.0) if trigger else None}
         return page(request, 200, candidate=summary, stamps=stamps, error=None, history_error=data["error"],
                     n_history=data["n_history"], n_points=len(data["points"]), flux_curve=data["flux"],
-                    lightcurve_url=f"{candidate_url(event_id)}/lightcurve.png", lightcurve_size=cutouts.LIGHTCURVE_SIZE_PX,
+                    lightcurve_url=_with_t0(f"{candidate_url(event_id)}/lightcurve.png", _iso(trigger)),
+                    lightcurve_size=cutouts.LIGHTCURVE_SIZE_PX,
                     properties=sorted((k, v) for k, v in ev["properties"].items()
                                       if isinstance(v, (str, int, float, bool)) or v is None))
 
     @app.get("/candidates/{event_id}/lightcurve.png", include_in_schema=False)
-    async def candidate_lightcurve(event_id: str) -> Any:
+    async def candidate_lightcurve(event_id: str, t0: Optional[str] = None) -> Any:
         bad = _check_id(event_id)
         if bad is not None:
             return _problem(400, bad, "event_id")
-        key = (event_id, "lightcurve")
+        trigger, bad = _trigger_t0(t0)
+        if bad is not None:
+            return _problem(400, bad, "t0")
+        t0_mjd = trigger.timestamp() / 86400.0 + _JD_UNIX - 2400000.5 if trigger is not None else None
+        key = (event_id, "lightcurve", _iso(trigger))
         png = pngs.get(key)
         if png is None:
             def draw() -> bytes | None:
@@ -687,7 +713,7 @@ def install(app: Any, ctx: Any) -> None:
                 if data is None:
                     return None
                 return cutouts.lightcurve_png(data["points"], f"{data['event']['object_id']} ({event_id})",
-                                              flux=data["flux"])
+                                              t0_mjd=t0_mjd, flux=data["flux"])
             try:
                 png = await _in_thread(ctx, draw)
             except asyncio.TimeoutError:

@@ -195,7 +195,7 @@ def test_ztf_section_lists_the_candidates_in_the_90_region_and_window(world):
     assert [r["credible_level"] for r in out["rows"]] == sorted(r["credible_level"] for r in out["rows"])
     for r in out["rows"]:
         assert r["credible_level"] == pytest.approx(lv[r["event_id"]], abs=1e-9)
-        assert r["url"] == f"/candidates/{r['event_id']}" and r["object_id"].startswith("ZTF")
+        assert r["url"] == f"/candidates/{r['event_id']}?t0={f['gw'].time}" and r["object_id"].startswith("ZTF")
         assert 1.0 <= r["dt_days"] <= 2.0 and r["band"] in ("g", "r", "i") and r["probdensity_deg2"] > 0
         # ZTF's jdstarthist of these real packets (2020, 2023) is after this 2018 trigger
         assert r["detected_before_t0"] is False
@@ -284,6 +284,18 @@ def test_rubin_candidate_page_flux_curve_and_cutouts(world):
         assert img.ndim == 2 and np.isfinite(img).any()
 
 
+def test_candidate_linked_from_a_trigger_marks_its_t0(world):
+    client, ctx, f = world
+    ztf = group_extra.ztf_section(ctx, _group(client, "igwn:MS181101ab"))
+    row = ztf["rows"][0]
+    page = client.get(row["url"])
+    assert page.status_code == 200 and "after the trigger's T0 2018-11-01T22:22:46.654Z" in page.text
+    assert f"lightcurve.png?t0={f['gw'].time}" in page.text
+    plain = client.get(f"/candidates/{row['event_id']}/lightcurve.png").content
+    marked = client.get(f"/candidates/{row['event_id']}/lightcurve.png", params={"t0": f["gw"].time}).content
+    assert marked[:8] == PNG and marked != plain  # another image: the T0 line (and the wider time axis)
+
+
 def test_lightcurve_points_come_from_the_history():
     raw = ZTF[0].read_bytes()
     from broker.sources import avro, ztf
@@ -367,6 +379,7 @@ def test_gzip_bomb_is_refused_without_inflating_it():
     ("/candidates/" + "9" * 5000, 400), ("/candidates/ztf:%C3%28", 400), ("/candidates/ztf:1", 404),
     ("/candidates/ztf:1/lightcurve.png", 404), ("/candidates/ztf:1/cutout/science.png", 404),
     ("/candidates/nope/lightcurve.png", 400), ("/candidates/ztf:1/cutout/other.png", 400),
+    ("/candidates/ztf:1?t0=yesterday", 400), ("/candidates/ztf:1/lightcurve.png?t0=2020-13-01", 400),
 ])
 def test_bad_and_unknown_ids(world, path, status):
     client, ctx, f = world
