@@ -167,6 +167,17 @@ def test_search_by_cone_finds_the_event(web_stack, page):
     with page.expect_navigation():
         form.locator('button[type="submit"]').click()
     assert fermi["id"] not in row_ids(page, "table#results tbody tr[data-event-id]")
+    # paging one row at a time with a#next-page: every gcn Event once, in the API's order
+    page.goto("/search?source=gcn&limit=1")
+    paged: list[str] = []
+    for _ in range(20):
+        paged += row_ids(page, "table#results tbody tr[data-event-id]")
+        nxt = page.locator("a#next-page")
+        if nxt.count() == 0:
+            break
+        with page.expect_navigation():
+            nxt.click()
+    assert paged == [it["id"] for it in api_items(web_stack, source="gcn")] and len(paged) >= 2
     # a bad value is named on the page (400), never a traceback
     resp = page.goto("/search?ra_deg=400&dec_deg=0&radius_deg=1")
     assert resp.status == 400
