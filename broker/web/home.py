@@ -36,7 +36,7 @@ from broker.web.api import MAX_TEXT, ParamError, check_text, query_events
 
 log = logging.getLogger(__name__)
 
-__all__ = ["install", "render_error", "loc_summary", "group_href", "HOME_LIMIT", "SEARCH_LIMIT"]
+__all__ = ["install", "loc_summary", "group_href", "HOME_LIMIT", "SEARCH_LIMIT"]
 
 HOME_LIMIT = 50
 """Events the home page lists."""

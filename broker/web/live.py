@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from fastapi import Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from broker.enrich.enriched import ENRICHED_SCHEMA, EnrichedEvent, decode_enriched
 from broker.errors import DecodeError
@@ -264,6 +264,9 @@ class StreamHub:
         Seconds between attempts while Kafka does not answer.
     metadata_timeout_s : float
         Longest wait for one topic listing, s.
+    max_clients : int
+        Streams open at once; one more is answered 503 (each holds a connection, a
+        buffer and a share of the fan-out).
 
     Notes
     -----
@@ -273,8 +276,9 @@ class StreamHub:
     """
 
     def __init__(self, settings: Any, *, queue_size: int = 1000, relist_s: float = 10.0, retry_s: float = 2.0,
-                 metadata_timeout_s: float = 5.0) -> None:
+                 metadata_timeout_s: float = 5.0, max_clients: int = 500) -> None:
         self.settings = settings
+        self.max_clients = max_clients
         self.queue_size, self.relist_s, self.retry_s = queue_size, relist_s, retry_s
         self.metadata_timeout_s = metadata_timeout_s
         self.enriched_topic, self.filter_prefix = _topics(settings)
@@ -519,7 +523,8 @@ def install(app: Any, ctx: Any) -> None:
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "event: event (an /api/events item plus topic), event: status, "
                                              "event: reload; id = topic/partition/offset"},
-                        400: {"description": "a bad parameter (named)"}})
+                        400: {"description": "a bad parameter (named)"},
+                        503: {"description": "too many streams open in this process"}})
     async def stream(
         request: Request,
         source: Optional[str] = Query(None, description="igwn, gcn, ztf, lsst, voevent or user"),
@@ -530,6 +535,9 @@ def install(app: Any, ctx: Any) -> None:
     ) -> StreamingResponse:
         flt = StreamFilter.from_params(ctx.settings, source=source, category=category, mission=mission,
                                        alert_type=alert_type, topic=topic)
+        if hub.n_clients >= hub.max_clients:
+            return JSONResponse({"detail": f"{hub.max_clients} live streams are open; retry later",
+                                 "parameter": None}, status_code=503, headers={"Retry-After": "30"})
         client = hub.subscribe(flt)
         return StreamingResponse(_events(hub, client, heartbeat_s), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

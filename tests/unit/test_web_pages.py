@@ -323,3 +323,11 @@ def test_an_unreachable_kafka_is_a_status_message_not_an_error(tmp_path):
     assert seen.startswith(b'event: status\ndata: {"state":"connecting"')
     assert b'event: status\ndata: {"state":"unreachable","detail":"Kafka is unreachable; retrying"}' in seen
     assert b"127.0.0.1" not in seen
+
+
+def test_streams_beyond_the_limit_are_503s(tmp_path):
+    dead = sa.create_engine("postgresql+psycopg://nobody:secret@127.0.0.1:1/nothing")
+    app = make_app(lambda _: None, "https://broker.example.org", dead, _settings(home=tmp_path))
+    app.state.live_hub.max_clients = 0
+    r = TestClient(app, raise_server_exceptions=False).get("/api/stream")
+    assert r.status_code == 503 and r.headers["retry-after"] == "30" and "live streams are open" in r.json()["detail"]
