@@ -26,7 +26,8 @@ its ingestion time (``--by ingested``) is in ``[since, until)``. With it go the 
 that name it (any table with an ``event_id`` column: localization links, positions,
 group memberships, cross-matches, follow-up results, filter decisions), the event
 groups it belongs to, the localizations (and their tiles) these rows name, the outbox
-entries about it or its groups (with their ``outbox_audit`` decisions), the coincidence claims of versions computed from it, the follow-up artifacts its results refer to
+entries about it or its groups (with their ``outbox_audit`` decisions), the coincidence claims of versions computed from it, the coincidences (``coincidences``, every
+version computed from it or naming it as a member), the follow-up artifacts its results refer to
 (``mma-broker://artifact/sha256/<hex>``) and the filter re-runs its decisions belong
 to. Catalogs (reference data loaded from files, often millions of rows) only with
 ``--catalogs``. Not exported: ``alembic_version`` (in the manifest), ``raw_messages``
@@ -225,6 +226,9 @@ def _selections(conn: sa.Connection, present: set[str]) -> dict[str, str]:
     sel["outbox"] = f"source_event_id IN (SELECT id FROM x_events) OR group_key IN ({groups})"
     sel["outbox_audit"] = f"outbox_id IN (SELECT id FROM outbox WHERE {sel['outbox']})"  # decisions on them
     sel["coincidence_claims"] = "computed_from IN (SELECT id FROM x_events)"  # versions computed from them
+    # the coincidence versions computed from them or naming them as a member (migration 0013)
+    sel["coincidences"] = ("computed_from IN (SELECT id FROM x_events) OR trigger_event_id IN (SELECT id FROM x_events) "
+                           "OR other_event_id IN (SELECT id FROM x_events)")
     if "followup_results" in present:
         # the artifacts the period's results refer to (followup.store.artifact_ref), read out of the documents
         conn.execute(sa.text(

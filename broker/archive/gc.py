@@ -39,7 +39,9 @@ Coincidence claims. The same run deletes the rows of ``coincidence_claims`` (mig
 0010, :mod:`broker.enrich.claims`) claimed longer ago than the grace period: a claim
 matters only while a batch that made it can be replayed or the other lane can find the
 same pair (seconds to hours), and the table would otherwise grow by one row per
-coincidence version forever.
+coincidence version forever. The coincidences themselves (``coincidences``, migration
+0013, :mod:`broker.enrich.coincidence_store`) are archive data, not bookkeeping: gc
+never deletes them.
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ One loop (consumer group ``<group_id>.enrich``) on the stage runner
    its id ``<kind>:<group key>+<group key>`` — stable, so a new revision of a member
    publishes a new version under the same key, and a replay publishes nothing new.
    A retraction of a member publishes each of its coincidences again with
-   ``retracted: true``.
+   ``retracted: true``. Every version published is also a row of table
+   ``coincidences`` (migration 0013, :mod:`broker.enrich.coincidence_store`), written
+   before the Kafka transaction in the transaction that claims it.
 4. **Publish** the Event as JSON with its ``enrichment`` on ``mma.events.enriched``
    (schema ``broker/schemas/mma/enriched_event.json``, key = ``upstream_id`` as on
    ``mma.events``), the coincidences, and commit the consumed offsets in one Kafka
@@ -463,7 +465,15 @@ class EnrichHandler(BaseStage):
         (:func:`broker.enrich.claims.claim_coincidences`): with ``[lanes]``, the batch's
         trigger–optical records another loop claimed first are not published by this
         one (:meth:`_keep_claimed`), so a pair both lanes found is on
-        ``mma.coincidences`` once. None: every record is published.
+        ``mma.coincidences`` once. None: every record is published. Ignored when
+        ``store_coincidences`` is given (it claims).
+    store_coincidences : callable, optional
+        ``store_coincidences(records) -> set`` of the (``id``, ``computed_from``) this loop
+        owns (:func:`broker.enrich.coincidence_store.write_coincidences` bound to the
+        engine and, with ``[lanes]``, the loop's name): in one transaction it claims the
+        trigger–optical versions and writes table ``coincidences`` (one row per version
+        this loop owns, ``ON CONFLICT DO NOTHING``), before the Kafka transaction
+        (:meth:`_keep_claimed`). Called only for batches with coincidence records.
     """
 
     name = "enrich"
@@ -475,7 +485,9 @@ class EnrichHandler(BaseStage):
                  extract: Callable[[Event, bytes], Any] | None = None,
                  fetch: Callable[[Event], Any] | None = None, codec: EventCodec | None = None,
                  cross_lane: bool = False, recheck_optical: bool = False,
-                 claim: Callable[[Sequence[tuple[str, str]]], set[tuple[str, str]]] | None = None) -> None:
+                 claim: Callable[[Sequence[tuple[str, str]]], set[tuple[str, str]]] | None = None,
+                 store_coincidences: Callable[[Sequence[dict[str, Any]]], set[tuple[str, str]]] | None = None
+                 ) -> None:
         if extract is None:
             from broker.enrich.localization import extract_localization as extract
         self.localizations, self.groups, self.archive, self.settings = localizations, groups, archive, settings
@@ -490,7 +502,7 @@ class EnrichHandler(BaseStage):
                                       schemes=tuple(settings.skymap_url_schemes))
         self.fetch = fetch
         self.cross_lane, self.recheck_optical = cross_lane or recheck_optical, recheck_optical
-        self.claim = claim
+        self.claim, self.store_coincidences = claim, store_coincidences
         self._ingested = _Lru(4096)
         self._looked_at: set[str] | None = None
         self.codec = codec or EventCodec()
@@ -608,7 +620,8 @@ class EnrichHandler(BaseStage):
 
         loc = enrichment["localization"]
         rows = crossmatch_rows(event.id, enrichment["crossmatch"], loc["id"] if loc else None)
-        todo = _Write([event] if point else [], rows) if point or rows else None
+        # a message with coincidence records has a durable write too: write() claims and stores them
+        todo = _Write([event] if point else [], rows) if point or rows or coincidences else None
         return Handled(msg, outputs, write=todo, info=note)
 
     def _wants_url_map(self, event: Event) -> bool:
@@ -637,7 +650,9 @@ class EnrichHandler(BaseStage):
         adds (:meth:`_write_held`, one transaction each), then in one transaction the
         positions of its point Events and its cross-match results (table
         ``event_crossmatches``), with ``write_batch``; without it, the positions alone
-        with ``index_positions``. With ``recheck_optical``, then :meth:`_recheck_optical`."""
+        with ``index_positions``. With ``recheck_optical``, then :meth:`_recheck_optical`.
+        Last, the batch's coincidence records: claimed and stored (``store_coincidences``)
+        or claimed (``claim``), see :meth:`_keep_claimed`."""
         self._write_held()
         events = [e for h in batch if h.write is not None for e in h.write.events]
         rows = [r for h in batch if h.write is not None for r in h.write.crossmatch]
@@ -648,28 +663,40 @@ class EnrichHandler(BaseStage):
             self.index_positions(events)
         if self.recheck_optical and self.settings.optical:
             self._recheck_optical(batch)
-        if self.claim is not None:
+        if self.store_coincidences is not None or self.claim is not None:
             self._keep_claimed(batch)
 
     def _keep_claimed(self, batch: list[Handled]) -> None:
-        """Drop the batch's trigger–optical coincidence records another lane owns.
+        """Store the batch's coincidence records; drop the trigger–optical ones another lane owns.
 
         Both lanes may find a pair (see :meth:`_recheck_optical`) and build the same
-        record; ``claim`` (:func:`broker.enrich.claims.claim_coincidences`, committed
-        before this loop's Kafka transaction) says which loop publishes each version, so
+        record; the claim (:func:`broker.enrich.coincidence_store.write_coincidences` or
+        :func:`broker.enrich.claims.claim_coincidences`, committed before this loop's
+        Kafka transaction) says which loop publishes each version, so
         ``mma.coincidences`` carries it once. The Events' enriched records still list it.
+        With ``store_coincidences`` the same transaction writes the rows of table
+        ``coincidences`` of the versions this loop owns; a batch without coincidence
+        records costs no query.
         """
         found: list[tuple[Handled, Outgoing, tuple[str, str], tuple[str, bool]]] = []
+        docs: list[dict[str, Any]] = []
         for h in batch:
             for rec in h.outputs:
                 if rec.topic != self.coincidences_topic:
                     continue
                 c = json.loads(rec.value)
+                if self.store_coincidences is not None:
+                    docs.append(c)
                 if c["kind"] in CROSS_LANE_KINDS:
                     found.append((h, rec, (c["id"], c["computed_from"]), (c["kind"], c["retracted"])))
-        if not found:
+        if self.store_coincidences is not None:
+            if not docs:
+                return
+            mine = self.store_coincidences(docs)
+        elif not found:
             return
-        mine = self.claim([key for _, _, key, _ in found])
+        else:
+            mine = self.claim([key for _, _, key, _ in found])
         for h, rec, key, note in found:
             if key in mine:
                 continue
@@ -1234,7 +1261,7 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
     transactional producer; the stores are the archive's PostgreSQL.
     """
     from broker.app import open_archive, provenance
-    from broker.enrich.claims import claim_coincidences
+    from broker.enrich.coincidence_store import write_coincidences
     from broker.enrich.groups import GroupStore
     from broker.enrich.matchstore import write_enrichment
     from broker.enrich.store import LocalizationStore
@@ -1264,7 +1291,8 @@ def stages(app: Any, *, until_caught_up: bool = False) -> list[Any]:
             settings=e, enriched_topic=enriched, coincidences_topic=coincs, provenance=provenance(s, "enrich"),
             catalogs=catalogs, write_batch=functools.partial(write_enrichment, engine),
             cross_lane=lane.name is not None, recheck_optical=lane.name is not None and lane.takes_survey(),
-            claim=None if lane.name is None else functools.partial(claim_coincidences, engine, owner=name))
+            store_coincidences=functools.partial(write_coincidences, engine,
+                                                 owner=None if lane.name is None else name))
         runner = StageRunner(handler, consumer, stage_producer(s, name, slot), dlq_topic=dlq, batch_size=e.batch_size,
                              poll_timeout_s=e.poll_timeout_s, fill_s=lane.fill_s(NOTICE_PATH_FILL_S),
                              limits=s.limits, store_raw=archive.store_raw,

@@ -127,6 +127,9 @@ def test_schema_matches_models(pg) -> None:
     from broker.enrich.claims import claim_table
 
     claim_table(full)  # migration 0010, on 0006
+    from broker.enrich.coincidence_store import coincidence_table
+
+    coincidence_table(full)  # migration 0013, on 0010
     from filters.store import DECISIONS, RUNS
 
     DECISIONS.to_metadata(full)  # the filters' migration 0101, a branch from 0001

@@ -73,6 +73,17 @@ def populate(archive: Archive) -> dict[str, int]:
 
     claim_coincidences(eng, [(f"gw-optical:{gw.id}+ztf:ZTF18test1", gw.id)], "enrich.notices")
     grb = next(ev for ev in events if ev.source == "gcn" and ev.mission.lower().startswith("fermi"))
+    from broker.enrich.coincidence_store import write_coincidences
+
+    gw_key, grb_key = states[events.index(gw)].key, states[events.index(grb)].key
+    members = [{"role": r, "group": k, "event_id": e.id, "source": e.source, "mission": e.mission,
+                "upstream_id": e.upstream_id, "t0": e.time, "localization": None}
+               for r, k, e in (("gw", gw_key, gw), ("grb", grb_key, grb))]
+    write_coincidences(eng, [{"schema": "mma.coincidence/1", "id": f"gw-grb:{gw_key}+{grb_key}", "kind": "gw-grb",
+                              "members": members, "coincident": True, "dt_s": 2.02, "overlap_integral": 31.25,
+                              "joint_far_hz": 1.0e-9 / 3, "retracted": False, "retracted_by": None,
+                              "computed_from": grb.id, "provenance": {"component": "enrich", "version": "test",
+                                                                       "config_hash": "0" * 16}}])
     plot = ArtifactStore(archive).put(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
     results = FollowupStore(eng)
     doc = {"request_id": "a" * 64, "kind": "result", "event_id": grb.id, "source": grb.source, "mission": grb.mission,
@@ -101,7 +112,7 @@ def populate(archive: Archive) -> dict[str, int]:
 
 TABLES = ("events", "localizations", "localization_tiles", "event_localizations", "event_positions", "event_groups",
           "event_group_members", "event_crossmatches", "followup_results", "followup_artifacts", "filter_decisions",
-          "filter_runs", "outbox", "coincidence_claims")
+          "filter_runs", "outbox", "coincidence_claims", "coincidences")
 
 
 def test_export_import_export_round_trips_exactly(fresh_db, second_db, tmp_path):

@@ -58,7 +58,7 @@ def test_every_revision_downgrades_and_upgrades_on_a_populated_archive(fresh_db,
     populate(archive)
     script = ScriptDirectory.from_config(alembic_config())
     revisions = [r.revision for r in script.walk_revisions()]  # newest first, a child before its parent
-    assert {"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0101",
+    assert {"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0013", "0101",
             "0102"} <= set(revisions)
     cfg = alembic_config()
     with archive.engine.connect() as conn:
@@ -66,7 +66,7 @@ def test_every_revision_downgrades_and_upgrades_on_a_populated_archive(fresh_db,
         before_tables = _tables(conn)
         before_indexes = _indexes(conn)
     for t in ("events", "localization_tiles", "event_groups", "followup_results", "filter_decisions", "outbox",
-              "event_crossmatches", "followup_artifacts", "filter_runs", "event_group_members"):
+              "event_crossmatches", "coincidences", "followup_artifacts", "filter_runs", "event_group_members"):
         assert before[(t, before_tables[t][0])][0] > 0, t
     ancestors = {r: {a.revision for a in script.iterate_revisions(r, "base")} for r in revisions}
     for rev in revisions:
