@@ -23,12 +23,14 @@ failure is a :class:`StampError` with a one-line reason (no traceback, no path).
 Images
 ------
 Stamps are drawn with IRAF's zscale interval (astropy ``ZScaleInterval``, the display
-convention of ZTF's own alert viewers and of Fink and Lasair), grey, north up as stored
-(ZTF stamps are in the detector frame, not rotated). Light curves are magnitude (axis
-inverted) against MJD, per band ZTF g/r/i (LSST u/g/r/i/z/y), detections as points
-with 1-sigma error bars, non-detections as open downward triangles at their limiting
-magnitude, and ZTF forced photometry with S/N ≥ 3 as faint squares. Rendering uses matplotlib's Agg canvas on a :class:`~matplotlib.figure.Figure`
-(no pyplot state), under one lock, with PNG metadata carrying no host path.
+convention of ZTF's own alert viewers and of Fink and Lasair), grey, as stored (ZTF
+stamps are in the detector frame, not rotated north up). ZTF light curves are magnitude
+(axis inverted) against MJD per band g/r/i: detections as points with 1-sigma error bars,
+non-detections as open downward triangles at their limiting magnitude, forced photometry
+with S/N ≥ 3 as faint squares. Rubin light curves are difference flux (nJy) against MJD
+per band u/g/r/i/z/y. Rendering uses matplotlib's Agg canvas on a
+:class:`~matplotlib.figure.Figure` (no pyplot state), under one lock, with PNG metadata
+carrying no host path.
 """
 
 from __future__ import annotations

@@ -19,12 +19,10 @@ from __future__ import annotations
 import io
 import zlib
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import fastavro
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from broker.archive import Archive, ArchiveItem, KafkaMeta, PostgresRawStore
