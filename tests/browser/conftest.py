@@ -41,6 +41,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import ROOT, _new_database, delete_topics, run_cli
+from tests.integration.test_followup_e2e import GRB230307A  # the quickstart's request (published GCN values)
 
 CHROMIUM = Path("/usr/bin/chromium")
 DATA = ROOT / "tests" / "data"
@@ -49,8 +50,6 @@ GWCELERY = DATA / "gcn" / "gwcelery-kafka"
 IMG = ROOT / "docs" / "img"
 VIEWPORT = {"width": 1280, "height": 800}
 
-GRB230307A = ["--t0", "2023-03-07T15:44:06.67", "--name", "GRB 230307A",  # GBM trigger time, GCN Circ. 33405
-              "--ra", "60.85935", "--dec", "-75.3788", "--error-deg", "0.00094"]  # Swift-XRT, GCN Circ. 33429
 GRB_GROUP = "user:GRB 230307A"
 GW_GROUP = "igwn:MS181101ab"
 ALERTS = [USERGUIDE / "MS181101ab-preliminary.json", USERGUIDE / "MS181101ab-initial.json",
