@@ -6,8 +6,9 @@ the archive. The archive is filled exactly as ``benchmarks/bench_web_api.py`` fi
 enriched — MS181101ab with its multi-order map, Fermi GBM trigger 745121685, three ZTF
 packets — then ``--events`` copies, 98 % ZTF at uniform positions and 2 % notices), plus
 what the group page reads besides: the real 50MGC cross-match of the MS181101ab map,
-one GW–GRB coincidence record in the outbox as the reports stage writes it,
-``--outbox`` other outbox rows (so the outbox scans are measured at a realistic size), and
+one GW–GRB coincidence record in table ``coincidences`` as the enrich stage writes it and
+in the outbox as the reports stage writes it, ``--outbox`` other outbox rows and as many
+other groups' coincidences (so those reads are measured at a realistic size), and
 one ZTF object of ``--ztf-alerts`` alerts (copies of a real packet given one object id and
 grouped: a long group).
 
@@ -134,6 +135,10 @@ def main() -> None:
         with archive.engine.begin() as conn:
             put_crossmatches(conn, crossmatch_rows(gw.id, _crossmatch(skies[gw.id]), refs[gw.id].id))
         rec = _coincidence(gw, skies[gw.id], refs[gw.id], gbm, refs[gbm.id])
+        from broker.enrich.coincidence_store import write_coincidences
+
+        write_coincidences(archive.engine, [rec | {"provenance": {"component": "enrich", "version": "bench",
+                                                                 "config_hash": "0" * 16}}])
         Outbox(archive.engine).put(f"hermes:coincidence:{rec['id']}:{rec['computed_from']}", "hermes",
                                    coincidence_message(rec, HermesOptions()), group_key=rec["id"],
                                    source_event_id=gw.id)
@@ -144,6 +149,12 @@ def main() -> None:
                 "SELECT 'hermes:coincidence:gw-grb:igwn:S' || g || '+gcn:fermi:' || g || '-v1', 'hermes', "
                 "CAST(:p AS jsonb), md5(g::text), 'sent', 'gw-grb:igwn:S' || g || '+gcn:fermi:' || g "
                 "FROM generate_series(1, :n) AS g"), {"p": payload, "n": args.outbox})
+            conn.execute(sa.text(
+                "INSERT INTO coincidences (id, computed_from, kind, trigger_group, trigger_event_id, other_group, "
+                "other_event_id, dt_s, coincident, retracted, record) "
+                "SELECT 'gw-grb:igwn:S' || g || '+gcn:fermi:' || g, 'igwn:S' || g || ':v1', 'gw-grb', 'igwn:S' || g, "
+                "'igwn:S' || g || ':v1', 'gcn:fermi:' || g, 'gcn:fermi:' || g || ':v1', 1.0, true, false, '{}'::jsonb "
+                "FROM generate_series(1, :n) AS g"), {"n": args.outbox})
             conn.execute(sa.text("ANALYZE"))
         # one ZTF object with --ztf-alerts alerts (copies of a real packet renamed): a long group
         with archive.engine.begin() as conn:

@@ -15,7 +15,9 @@ Routes (described by OpenAPI at ``/openapi.json``)
 ``GET /api/groups/{key}``
     One superevent or trigger group (:mod:`broker.enrich.groups`; a member Event id
     is accepted too): every revision in arrival order, as ``mma-broker events
-    group`` shows them, the best (smallest 90 %) and the latest localization.
+    group`` shows them, the best (smallest 90 %) and the latest localization, and its
+    ``coincidences`` (table ``coincidences``, either member: the latest version of
+    each, newest first, at most :data:`MAX_COINCIDENCES`).
 
 Cone search
 -----------
@@ -68,6 +70,8 @@ __all__ = ["install", "router", "query_events", "check_text", "check_category", 
            "LocalizationSummary", "MAX_LIMIT", "MAX_TEXT", "ParamError"]
 
 MAX_LIMIT = 500
+MAX_COINCIDENCES = 200
+"""A group's answer lists at most this many coincidences (the most recently written)."""
 """Largest page (``limit``)."""
 MAX_TEXT = 200
 """Longest filter text (source, mission, ``q``...), characters; ids may be up to
@@ -167,6 +171,26 @@ class Revision(BaseModel):
     latest: bool = Field(description="the last revision to arrive")
 
 
+class Coincidence(BaseModel):
+    """One coincidence of the group (the latest version of its id), from table ``coincidences``."""
+
+    id: str = Field(description="<kind>:<trigger group>+<other group>, the key on mma.coincidences")
+    kind: str = Field(description="gw-grb | gw-neutrino | gw-optical | grb-optical")
+    version: str = Field(description="computed_from: the Event whose arrival produced this version")
+    role: str = Field(description="which member this group is: trigger (the GW, else the GRB) or other")
+    other_group: str = Field(description="the other member's group key")
+    other_url: str = Field(description="the other group in this API")
+    other_event_id: str = Field(description="the other member's revision used")
+    dt_s: Optional[float] = Field(None, description="t_other - t_trigger, s (optical kinds: from dt_days)")
+    overlap_integral: Optional[float] = Field(None, description="sky overlap integral, when computed")
+    joint_far_hz: Optional[float] = Field(None, description="joint FAR, Hz, when computed (gw-grb)")
+    coincident: bool = Field(description="false: superseded (a later revision moved the pair out of its window)")
+    retracted: bool
+    retracted_by: Optional[str] = None
+    created_at: str = Field(description="when the enrich stage wrote this version, ISO 8601 UTC")
+    record: dict[str, Any] = Field(description="the whole mma.coincidences record (schema mma.coincidence/1)")
+
+
 class GroupDetail(BaseModel):
     """One superevent or trigger: every revision in order."""
 
@@ -183,6 +207,7 @@ class GroupDetail(BaseModel):
     latest_localization: Optional[LocalizationSummary] = Field(
         None, description="the latest revision that has a localization: its summary")
     latest_localization_event: Optional[str] = Field(None, description="that revision's Event id")
+    coincidences: list[Coincidence] = Field(default_factory=list, description="newest first")
 
 
 class Problem(BaseModel):
@@ -501,6 +526,7 @@ def get_group(request: Request, key: str) -> GroupDetail:
     with engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(_select().where(EV.c.id.in_(state.revisions)))}
         n_rev = conn.execute(sa.select(GROUPS.c.n_revisions).where(GROUPS.c.key == state.key)).scalar_one()
+        coincs = _coincidences(conn, state.key)
     revisions, latest_loc, latest_loc_event = [], None, None
     for i, (eid, kind) in enumerate(zip(state.revisions, state.alert_types), 1):
         r = rows.get(eid)
@@ -515,7 +541,20 @@ def get_group(request: Request, key: str) -> GroupDetail:
     return GroupDetail(key=state.key, url=_group_path(state.key), category=state.category, t0=state.t0,
                        retracted=state.retracted, n_revisions=n_rev, latest=state.latest, revisions=revisions,
                        best_localization=None if best is None else StoredLocalization(**best.to_json_dict()),
-                       latest_localization=latest_loc, latest_localization_event=latest_loc_event)
+                       latest_localization=latest_loc, latest_localization_event=latest_loc_event,
+                       coincidences=coincs)
+
+
+def _coincidences(conn: sa.Connection, key: str) -> list[Coincidence]:
+    """The group's coincidences (:func:`broker.enrich.coincidence_store.latest_of_group`)."""
+    from broker.enrich.coincidence_store import latest_of_group
+
+    return [Coincidence(id=r["id"], kind=r["kind"], version=r["computed_from"], role=r["role"],
+                        other_group=r["other_group"], other_url=_group_path(r["other_group"]),
+                        other_event_id=r["other_event_id"], dt_s=r["dt_s"], overlap_integral=r["overlap_integral"],
+                        joint_far_hz=r["joint_far_hz"], coincident=r["coincident"], retracted=r["retracted"],
+                        retracted_by=r["retracted_by"], created_at=format_time(r["created_at"]), record=r["record"])
+            for r in latest_of_group(conn, key, MAX_COINCIDENCES)]
 
 
 # ------------------------------------------------------------------ mounting
@@ -548,7 +587,7 @@ def install(app: FastAPI, engine: sa.Engine) -> None:
         :func:`broker.sinks.web.make_app`'s application.
     engine : sqlalchemy.Engine
         Read-only use: SELECTs on ``events``, ``event_groups``, ``event_group_members``,
-        ``event_localizations``, ``localizations`` and ``localization_tiles``.
+        ``event_localizations``, ``localizations``, ``localization_tiles`` and ``coincidences``.
     """
     app.state.api_engine = engine
     app.include_router(router)

@@ -35,10 +35,12 @@ Where the sections come from
   settings), the notices shown cached by the bytes' sha256;
 * a follow-up asked for by hand (no archived Event, no event group):
   :func:`broker.web.group_extra.followup_group`, so ``user:GRB 230307A`` has a page;
-* coincidences: PostgreSQL holds no table of ``mma.coincidences`` records; the page
-  shows the records the reports stage put in the outbox (``hermes:coincidence:<id>:
-  <version>`` entries, each carrying the record in ``data.extra_data.coincidence``),
-  the latest version per coincidence id;
+* coincidences: table ``coincidences`` (migration 0013), written by the enrich stage
+  with every version it publishes on ``mma.coincidences``: the group as either
+  member, the latest version per coincidence id (``GroupDetail.coincidences`` of
+  :func:`broker.web.api.get_group`). The outbox's ``hermes:coincidence:`` entries are no
+  longer read: they exist only when the reports stage runs, and only for what it
+  reported;
 * catalog matches: ``event_crossmatches`` of the latest revision that has them;
 * published: outbox rows whose ``group_key`` is this group or one of its coincidences.
 """
@@ -64,7 +66,7 @@ from broker.web import skyplot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["install", "PngCache", "SkyRenderer", "notice_text", "coincidences_of", "published_of",
+__all__ = ["install", "PngCache", "SkyRenderer", "notice_text", "coincidences_of", "page_coincidences", "published_of",
            "crossmatch_of", "moc_of", "NOTICE_MAX_CHARS", "RENDER_TIMEOUT_S"]
 
 NOTICE_MAX_CHARS = 64_000
@@ -82,8 +84,6 @@ MAX_CATALOG_MARKERS = 50
 """Catalog matches drawn on the sky (the best ranked)."""
 MAX_ROWS = 200
 """Rows of coincidences, matches and published messages shown (the most recent)."""
-
-_KINDS = ("gw-grb", "gw-neutrino", "gw-optical", "grb-optical")
 
 
 # ------------------------------------------------------------------ PNG cache and renderer
@@ -394,47 +394,48 @@ def _has_table(conn: sa.Connection, name: str) -> bool:
     return conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": name}).scalar() is not None
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def coincidences_of(engine: sa.Engine, key: str) -> list[dict[str, Any]]:
-    """The coincidences of group ``key`` recorded in the outbox, latest version of each.
+    """The coincidences of group ``key`` (either member), the latest version of each.
 
-    Reads the ``hermes:coincidence:...`` entries (``group_key`` = the coincidence id,
-    ``<kind>:<trigger group>+<other group>``) that name ``key`` as a member; each entry's
-    payload holds the ``mma.coincidences`` record (``data.extra_data.coincidence``).
+    Reads table ``coincidences`` (:func:`broker.enrich.coincidence_store.latest_of_group`).
 
     Returns
     -------
     list of dict
-        The records, newest first, each with ``other`` (the other member) and
-        ``outbox_state`` (``sent``, ``withdrawn``...) added.
+        Newest first, at most :data:`MAX_ROWS`: as :func:`page_coincidences` makes them.
     """
-    from broker.sinks.outbox import OUTBOX as O
+    from broker.enrich.coincidence_store import latest_of_group
 
-    k = _like_escape(key)
     with engine.connect() as conn:
-        if not _has_table(conn, "outbox"):
-            return []
-        rows = conn.execute(
-            sa.select(O.c.id, O.c.group_key, O.c.payload, O.c.state, O.c.created_at)
-            .where(O.c.key.like("hermes:coincidence:%"),
-                   sa.or_(O.c.group_key.like(f"%:{k}+%", escape="\\"), O.c.group_key.like(f"%+{k}", escape="\\")))
-            .order_by(O.c.id)).all()
-    latest: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        rec = ((r.payload or {}).get("data") or {}).get("extra_data", {}).get("coincidence")
-        if not isinstance(rec, dict) or rec.get("kind") not in _KINDS:
-            continue
-        members = rec.get("members") or []
-        if key not in [m.get("group") for m in members if isinstance(m, dict)]:
-            continue
-        other = next((m for m in members if m.get("group") != key), {})
-        latest[str(rec.get("id") or r.group_key)] = rec | {
-            "other": other, "other_url": _group_path(str(other["group"])) if other.get("group") else None,
-            "outbox_state": r.state, "outbox_id": r.id}
-    return list(reversed(list(latest.values())))[:MAX_ROWS]
+        rows = latest_of_group(conn, key, MAX_ROWS)
+    return [_shown(r["record"], r) for r in rows]
+
+
+def page_coincidences(group: Any) -> list[dict[str, Any]]:
+    """The rows of the page's coincidences section, from ``group.coincidences``
+    (:class:`broker.web.api.Coincidence`; a follow-up-only group has none): each one's
+    record with ``other`` (the other member of ``members``), ``other_url``, ``version``,
+    ``written_at`` and the stored ``coincident`` / ``retracted`` flags, overlap integral,
+    joint FAR (Hz) and time offset (s; optical kinds keep ``dt_days``)."""
+    return [_shown(c.record, c.model_dump()) for c in getattr(group, "coincidences", None) or []][:MAX_ROWS]
+
+
+def _shown(record: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    members = [m for m in record.get("members") or [] if isinstance(m, dict)]
+    other = next((m for m in members if m.get("group") == row["other_group"]), {"group": row["other_group"]})
+    out = dict(record)
+    out.update({"id": row["id"], "kind": row["kind"], "version": row.get("version") or row.get("computed_from"),
+                "other": other, "other_url": _group_path(row["other_group"]),
+                "written_at": row.get("created_at"), "coincident": row["coincident"], "retracted": row["retracted"],
+                "overlap_integral": row["overlap_integral"], "joint_far_hz": row["joint_far_hz"],
+                # JSONB keeps numbers as numeric (a float with a large exponent reads back as an int)
+                "temporal_far_hz": num(record.get("temporal_far_hz")),
+                "credible_level": num(record.get("credible_level")), "dt_days": num(record.get("dt_days")),
+                "dt_s": row["dt_s"] if "dt_s" in record else None})
+    return out
 
 
 def crossmatch_of(engine: sa.Engine, event_ids: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -618,7 +619,7 @@ def page_context(ctx: Any, group: Any) -> dict[str, Any]:
     notices = _notices(ctx, ids[-NOTICES_INLINE:])
     loc = localization_of(engine, group.key)
     stored = _stored_point(engine, loc[0]) if loc else None
-    coincs = coincidences_of(engine, group.key)
+    coincs = page_coincidences(group)
     xm_event, xmatch = crossmatch_of(engine, ids)
     published = published_of(engine, group.key, [str(c.get("id")) for c in coincs if c.get("id")])
     from broker.event import format_time
@@ -668,7 +669,7 @@ def install(app: FastAPI, ctx: Any) -> None:
         if event is not None and event not in {r.event_id for r in g.revisions}:
             return _error_page(ctx, request, 404, "event: not a revision of this group")
         loc = await asyncio.to_thread(localization_of, ctx.engine, g.key, event)
-        coincs = await asyncio.to_thread(coincidences_of, ctx.engine, g.key)
+        coincs = page_coincidences(g)
         _, xmatch = await asyncio.to_thread(crossmatch_of, ctx.engine, [r.event_id for r in g.revisions])
         markers = await asyncio.to_thread(_markers, ctx.engine, coincs, xmatch)
         loc_id = loc[0] if loc else "none"

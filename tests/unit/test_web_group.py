@@ -88,7 +88,8 @@ def _coincidence(gw, gw_sky, gw_ref, gbm, gbm_ref) -> dict:
 @pytest.fixture(scope="module")
 def world(pg_url, tmp_path_factory):
     """(client, events by id, facts): the alerts archived, localized, grouped, cross-matched, and
-    one coincidence in the outbox."""
+    one coincidence in table ``coincidences`` (as the enrich stage writes it) and in the outbox
+    (as the reports stage puts it)."""
     from broker.enrich.matchstore import crossmatch_rows, put_crossmatches
     from broker.sinks.outbox import Outbox
     from followup.reports.hermes import HermesOptions, coincidence_message
@@ -114,6 +115,9 @@ def world(pg_url, tmp_path_factory):
         with archive.engine.begin() as conn:
             put_crossmatches(conn, crossmatch_rows(gw.id, xm, refs[gw.id].id))
         rec = _coincidence(gw, skies[gw.id], refs[gw.id], gbm, refs[gbm.id])
+        from broker.enrich.coincidence_store import write_coincidences
+
+        write_coincidences(archive.engine, [rec])
         payload = coincidence_message(rec, HermesOptions())
         Outbox(archive.engine).put(f"hermes:coincidence:{rec['id']}:{rec['computed_from']}", "hermes", payload,
                                    group_key=rec["id"], source_event_id=gw.id)
@@ -212,6 +216,55 @@ def test_sections_coincidences_crossmatches_published(world):
     pub = doc.cssselect("section#published tr[data-outbox-id]")
     assert len(pub) == 1 and "hermes" in pub[0].text_content()
     assert pub[0].cssselect("a")[0].get("href") == f"/desk/{pub[0].get('data-outbox-id')}"
+
+
+def test_coincidences_come_from_the_table_latest_version_either_side_and_in_the_api(world):
+    import sqlalchemy as sa
+
+    from broker.enrich.coincidence_store import write_coincidences
+
+    client, evs, f = world
+    rec = f["coinc"]
+    gbm_key = rec["members"][1]["group"]
+    for key, other in ((GWKEY, gbm_key), (gbm_key, GWKEY)):
+        (c,) = client.get(f"/api/groups/{key}").json()["coincidences"]
+        assert (c["id"], c["version"], c["other_group"], c["other_url"]) == (
+            rec["id"], rec["computed_from"], other, f"/api/groups/{other}")
+        assert c["role"] == ("trigger" if key == GWKEY else "other")
+        assert c["dt_s"] == pytest.approx(rec["dt_s"]) and c["overlap_integral"] == pytest.approx(
+            rec["overlap_integral"]) and c["joint_far_hz"] == pytest.approx(rec["joint_far_hz"])
+        assert c["coincident"] is True and c["retracted"] is False and c["record"]["kind"] == "gw-grb"
+    retraction = next(e for e in evs.values() if e.source == "igwn" and e.is_retraction)
+    later = rec | {"retracted": True, "retracted_by": retraction.id, "computed_from": retraction.id}
+    engine = f["engine"]
+    try:
+        write_coincidences(engine, [later])  # the GW's retraction republishes it: a new version
+        for key in (GWKEY, gbm_key):
+            _, doc = _html(client, f"/groups/{key}")
+            rows = doc.cssselect("section#coincidences tr[data-coincidence-id]")
+            assert len(rows) == 1 and rows[0].get("data-version") == retraction.id, key
+            assert rows[0].cssselect("td")[-1].text_content().strip() == "retracted"
+        (c,) = client.get(f"/api/groups/{GWKEY}").json()["coincidences"]
+        assert (c["version"], c["retracted"], c["retracted_by"]) == (retraction.id, True, retraction.id)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM coincidences WHERE computed_from = :v"), {"v": retraction.id})
+    # a hermes:coincidence outbox entry without its row (the reports stage's copy) is not read
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE coincidences SET id = 'x' || id WHERE id = :i"), {"i": rec["id"]})
+    try:
+        for key in (GWKEY, gbm_key):
+            _, doc = _html(client, f"/groups/{key}")
+            assert [r.get("data-coincidence-id") for r in doc.cssselect("section#coincidences tr[data-coincidence-id]")] \
+                == ["x" + rec["id"]]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE coincidences SET id = :i WHERE id = :x"), {"i": rec["id"], "x": "x" + rec["id"]})
+    z = next(e for e in evs.values() if e.source == "ztf")
+    r, doc = _html(client, f"/groups/ztf:{z.upstream_id}")
+    assert r.status_code == 200 and not doc.cssselect("section#coincidences tr[data-coincidence-id]")
+    assert "No coincidence of this group is recorded" in doc.cssselect("section#coincidences")[0].text_content()
+    assert client.get(f"/api/groups/ztf:{z.upstream_id}").json()["coincidences"] == []
 
 
 def test_hermes_sent_payload_inline(world):
