@@ -162,7 +162,11 @@ def test_gc_expires_coincidence_claims_older_than_the_grace_period(fresh_db, bro
     assert claim_coincidences(archive.engine, [("c1", "e1"), ("c2", "e2"), ("c3", "e3")], "enrich.notices") == \
         {("c1", "e1"), ("c2", "e2"), ("c3", "e3")}
     assert claim_coincidences(archive.engine, [("c4", "e4")], "enrich.optical") == {("c4", "e4")}
-    with archive.engine.begin() as conn:
+    with archive.engine.begin() as conn:  # a coincidence row (archive data, migration 0013) as old: gc leaves it
+        conn.execute(sa.text(
+            "INSERT INTO coincidences (id, computed_from, kind, trigger_group, trigger_event_id, other_group, "
+            "other_event_id, coincident, retracted, record, created_at) VALUES ('c1', 'e1', 'gw-optical', 'igwn:S1', "
+            "'e0', 'ztf:ZTF1', 'e1', true, false, '{}', now() - interval '2 hours')"))
         conn.execute(sa.text("UPDATE coincidence_claims SET claimed_at = now() - interval '2 hours' "
                              "WHERE id IN ('c1', 'c2')"))
         conn.execute(sa.text("UPDATE coincidence_claims SET claimed_at = now() - interval '50 minutes' "
@@ -186,6 +190,10 @@ def test_gc_expires_coincidence_claims_older_than_the_grace_period(fresh_db, bro
     proc = run_cli(env, "archive", "gc", "--grace-hours", "0.5")
     assert "coincidence claims: 3 rows; removed 1 older than 0.5 h" in proc.stdout, proc.stdout
     assert _claim_ids(fresh_db) == {"c1", "c4"}
+    engine = sa.create_engine(fresh_db)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id, computed_from FROM coincidences")).all() == [("c1", "e1")]
+    engine.dispose()
 
 
 def _claim_ids(url: str) -> set[str]:
