@@ -23,16 +23,17 @@ An optical Event (source ``ztf`` or ``lsst``) is listed on a trigger's page when
 within :data:`WINDOW_DAYS` of the group's T0 and its position lies in the 90 %
 (:data:`LEVEL`) credible region of the group's **latest** stored localization (the
 latest revision that has one): for a sky map the tiles the enrich stage stored with
-``cum_prob <= 0.9``, for a GCN error circle the tiles of its Rayleigh disc (the enrich
-stage stores a point as its error region, :mod:`broker.enrich.store`). Each candidate's
+``cum_prob <= 0.9``, for a GCN error circle the radius at 90 % of the circular Gaussian
+the enrich stage gives it (:mod:`broker.enrich.store`, :func:`_in_circle`). Each candidate's
 tile gives its credible level — ligo.skymap's ``searched_prob``, the number the enrich
 stage's GW/GRB–optical coincidence (:func:`broker.enrich.coinc.optical_verdict`) compares
 with 0.9 — and the probability density there; rows are ranked by that level (most
-probable region first), then by time. The enrich stage publishes its coincidences on
-Kafka but stores none in PostgreSQL, so the page recomputes nothing else: it shows
-whether ZTF's own history (``jdstarthist``) says the object was detected before T0, the
-first test of the enrich verdict. At most :data:`MAX_CANDIDATES` rows are shown, with the
-number left out.
+probable region first), then by time; a GCN error circle's rows by distance, in the exact
+90 % circle. The candidates the enrich stage itself found coincident (``gw-optical`` /
+``grb-optical`` rows of table ``coincidences``, whose verdict also read the alert's
+history) come first, flagged; for the others the page shows whether ZTF's own history
+(``jdstarthist``) says the object was detected before T0, the first test of that verdict.
+At most :data:`MAX_CANDIDATES` rows are shown, with the number left out.
 
 Follow-up results
 -----------------
@@ -151,7 +152,8 @@ def _photometry(source: str, props: dict[str, Any]) -> dict[str, Any]:
             "mag_err": err, "limit_mag": _num(props.get("diffmaglim")), "positive": props.get("isdiffpos") is not False}
 
 
-def _candidate_row(r: Any, t0: datetime | None) -> dict[str, Any]:
+def _candidate_row(r: Any, t0: datetime | None, enrich: dict[str, Any] | None = None,
+                   outside_region: bool = False) -> dict[str, Any]:
     props = r.properties or {}
     dt = (r.time - t0).total_seconds() / 86400.0 if t0 is not None else None
     start = _num(props.get("jdstarthist"))
@@ -161,7 +163,8 @@ def _candidate_row(r: Any, t0: datetime | None) -> dict[str, Any]:
     row = {"event_id": r.id, "object_id": r.upstream_id, "source": r.source, "t0": _iso(r.time),
            "dt_days": dt, "ra_deg": r.ra_deg, "dec_deg": r.dec_deg, "url": _with_t0(candidate_url(r.id), _iso(t0)),
            "credible_level": getattr(r, "cum_prob", None), "probdensity_deg2": None,
-           "separation_deg": getattr(r, "separation_deg", None),
+           "separation_deg": getattr(r, "separation_deg", None), "enrich": enrich,
+           "outside_region": outside_region,
            "detected_before_t0": before, "drb": _num(props.get("drb")), "rb": _num(props.get("rb")),
            "ndethist": props.get("ndethist") if isinstance(props.get("ndethist"), int) else None}
     dens = getattr(r, "probdensity", None)
@@ -210,8 +213,11 @@ def ztf_section(ctx: Any, group: Any) -> dict[str, Any]:
         ``object_id``, ``source``, ``t0``, ``dt_days`` (d after the group's T0),
         ``band``, ``mag``, ``mag_err``, ``limit_mag`` (AB mag), ``positive``,
         ``credible_level`` (0..1), ``probdensity_deg2`` (deg⁻²), ``detected_before_t0``
-        (from ``jdstarthist``; None unknown), ``drb``, ``rb``, ``ndethist``, ``url``);
-        ``n_total``, ``n_more`` (rows not shown), ``level``, ``window_days``,
+        (from ``jdstarthist``; None unknown), ``drb``, ``rb``, ``ndethist``, ``url``,
+        ``separation_deg`` (circles), ``enrich`` (the enrich stage's recorded coincidence:
+        :func:`_enrich_optical`, or None), ``outside_region`` (recorded, but not in the
+        latest region and window)); ``n_total``, ``n_more`` (rows not shown),
+        ``n_enrich`` (rows with a recorded coincidence), ``level``, ``window_days``,
         ``since``, ``until`` (ISO 8601 UTC), ``localization_id``, ``localization_kind``,
         ``localization_event``.
 
@@ -225,7 +231,8 @@ def ztf_section(ctx: Any, group: Any) -> dict[str, Any]:
     t0 = _utc(g.get("t0"))
     out: dict[str, Any] = {"mode": None, "reason": None, "rows": [], "n_total": 0, "n_more": 0, "level": LEVEL,
                            "window_days": list(WINDOW_DAYS), "since": None, "until": None, "localization_id": None,
-                           "localization_kind": None, "localization_event": None, "max_rows": MAX_CANDIDATES}
+                           "localization_kind": None, "localization_event": None, "max_rows": MAX_CANDIDATES,
+                           "n_enrich": 0}
     if g.get("category") == "optical":
         with ctx.engine.connect() as conn:
             rows = conn.execute(sa.select(*_COLS).where(EV.c.id.in_(revisions), EV.c.source.in_(OPTICAL_SOURCES))
@@ -246,28 +253,83 @@ def ztf_section(ctx: Any, group: Any) -> dict[str, Any]:
             out["reason"] = "no stored localization for this group (the enrich stage stores them)"
             return out
         out.update(localization_id=loc.localization_id, localization_kind=loc.kind, localization_event=loc.event_id)
-        if loc.kind == "point":
-            found = _in_circle(conn, loc.localization_id, since, until)
-            if found is None:
-                out["reason"] = "the latest localization is a point without an error radius"
-                return out
-            rows, n = found
-        else:
-            join = TILES.join(EV, sa.and_(EV.c.hpx >= sa.func.lower(TILES.c.hpx),
-                                          EV.c.hpx < sa.func.upper(TILES.c.hpx)))
-            where = (TILES.c.localization_id == loc.localization_id, TILES.c.cum_prob <= LEVEL,
-                     EV.c.source.in_(OPTICAL_SOURCES), EV.c.time >= since, EV.c.time < until)
-            rows = conn.execute(sa.select(*_COLS, TILES.c.cum_prob, TILES.c.probdensity).select_from(join)
-                                .where(*where).order_by(TILES.c.cum_prob, EV.c.time, EV.c.id)
-                                .limit(MAX_CANDIDATES)).all()
-            n = len(rows)
-            if n == MAX_CANDIDATES:
-                n = conn.execute(sa.select(sa.func.count()).select_from(join).where(*where)).scalar_one()
-    out.update(mode="region", rows=[_candidate_row(r, t0) for r in rows], n_total=n, n_more=max(0, n - len(rows)))
+        found = _region(conn, loc, since, until)
+        if found is None:
+            out["reason"] = "the latest localization is a point without an error radius"
+            return out
+        rows, n = found
+        enrich = _enrich_optical(conn, g.get("key"))
+        # the candidates the enrich stage found coincident come first (its verdict read the
+        # alert's history too); those ranked below the first rows by level are fetched
+        extra = [eid for eid in enrich if eid not in {r.id for r in rows}]
+        outside: list[Any] = []
+        if extra:
+            inside, _ = _region(conn, loc, since, until, ids=extra)
+            found_ids = {r.id for r in inside}
+            rows = list(rows) + list(inside)
+            outside = conn.execute(sa.select(*_COLS).where(EV.c.id.in_([e for e in extra if e not in found_ids]))).all()
+            n += len(outside)
+    shown = [_candidate_row(r, t0, enrich.get(r.id)) for r in rows]
+    shown += [_candidate_row(r, t0, enrich.get(r.id), outside_region=True) for r in outside]
+    shown.sort(key=lambda r: (r["enrich"] is None or not r["enrich"]["current"], r["outside_region"],
+                              r["credible_level"] if r["credible_level"] is not None else 2.0, r["t0"], r["event_id"]))
+    shown = shown[:MAX_CANDIDATES]
+    out.update(mode="region", rows=shown, n_total=n, n_more=max(0, n - len(shown)),
+               n_enrich=sum(1 for r in shown if r["enrich"] is not None))
     return out
 
 
-def _in_circle(conn: sa.Connection, loc_id: str, since: datetime, until: datetime) -> Any:
+def _region(conn: sa.Connection, loc: Any, since: datetime, until: datetime, ids: list[str] | None = None) -> Any:
+    """(rows, total) of optical Events in the 90 % region of stored localization ``loc``
+    and the window, most probable first, at most :data:`MAX_CANDIDATES`; None for a point
+    without an error radius. ``ids``: only these Events."""
+    if loc.kind == "point":
+        return _in_circle(conn, loc.localization_id, since, until, ids)
+    join = TILES.join(EV, sa.and_(EV.c.hpx >= sa.func.lower(TILES.c.hpx), EV.c.hpx < sa.func.upper(TILES.c.hpx)))
+    where = (TILES.c.localization_id == loc.localization_id, TILES.c.cum_prob <= LEVEL,
+             EV.c.source.in_(OPTICAL_SOURCES), EV.c.time >= since, EV.c.time < until)
+    if ids is not None:
+        where += (EV.c.id.in_(ids),)
+    rows = conn.execute(sa.select(*_COLS, TILES.c.cum_prob, TILES.c.probdensity).select_from(join).where(*where)
+                        .order_by(TILES.c.cum_prob, EV.c.time, EV.c.id).limit(MAX_CANDIDATES)).all()
+    n = len(rows)
+    if n == MAX_CANDIDATES:
+        n = conn.execute(sa.select(sa.func.count()).select_from(join).where(*where)).scalar_one()
+    return rows, n
+
+
+OPTICAL_KINDS = ("gw-optical", "grb-optical")
+"""Coincidence kinds of a trigger and an optical candidate (:mod:`broker.enrich.coinc`)."""
+
+
+def _enrich_optical(conn: sa.Connection, key: str | None) -> dict[str, dict[str, Any]]:
+    """Candidate Event id → what the enrich stage recorded of its coincidence with group ``key``.
+
+    The latest version of each ``gw-optical`` / ``grb-optical`` record whose trigger is
+    ``key`` (table ``coincidences``, migration 0013; empty when the table is absent):
+    ``id``, ``coincident``, ``retracted``, ``current`` (coincident and not retracted),
+    ``credible_level``, ``separation_deg``, ``dt_days``, ``history_checked`` (the alert's
+    ``prv_candidates`` were read: no detection before T0).
+    """
+    if not key or conn.execute(sa.text("SELECT to_regclass('coincidences')")).scalar() is None:
+        return {}
+    from broker.enrich.coincidence_store import latest_of_group
+
+    out: dict[str, dict[str, Any]] = {}
+    for c in latest_of_group(conn, key, limit=MAX_CANDIDATES):
+        if c["kind"] not in OPTICAL_KINDS or c["role"] != "trigger":
+            continue
+        rec = c["record"] if isinstance(c["record"], dict) else {}
+        out[c["other_event_id"]] = {
+            "id": c["id"], "coincident": bool(c["coincident"]), "retracted": bool(c["retracted"]),
+            "current": bool(c["coincident"]) and not c["retracted"],
+            "credible_level": _num(rec.get("credible_level")), "separation_deg": _num(rec.get("separation_deg")),
+            "dt_days": _num(rec.get("dt_days")), "history_checked": rec.get("history_checked") is True}
+    return out
+
+
+def _in_circle(conn: sa.Connection, loc_id: str, since: datetime, until: datetime,
+               ids: list[str] | None = None) -> Any:
     """(rows, total) of the optical Events in the 90 % disc of a stored point localization.
 
     The exact circle, as :func:`broker.enrich.coinc.optical_verdict` decides it (not the
@@ -277,7 +339,8 @@ def _in_circle(conn: sa.Connection, loc_id: str, since: datetime, until: datetim
     ``events.hpx`` index (:func:`broker.web.api._cone_ranges`) and kept by haversine
     distance, nearest first. Each row gets ``cum_prob`` = ``1 − exp(−θ²/2σ²)`` and
     ``probdensity`` = ``exp(−θ²/2σ²) / 2πσ²`` (sr⁻¹), the numbers of the stored tiles
-    at the exact separation θ. None when the point has no error radius.
+    at the exact separation θ. None when the point has no error radius. ``ids``: only
+    these Events.
     """
     from types import SimpleNamespace
 
@@ -296,7 +359,7 @@ def _in_circle(conn: sa.Connection, loc_id: str, since: datetime, until: datetim
            * sa.func.power(sa.func.sin((sa.func.radians(EV.c.ra_deg) - r(p.ra_deg)) / 2), 2))
     where = (sa.or_(*(sa.and_(EV.c.hpx >= lo, EV.c.hpx < hi) for lo, hi in _cone_ranges(p.ra_deg, p.dec_deg, radius))),
              hav <= math.sin(r(radius) / 2) ** 2, EV.c.source.in_(OPTICAL_SOURCES), EV.c.time >= since,
-             EV.c.time < until)
+             EV.c.time < until) + ((EV.c.id.in_(ids),) if ids is not None else ())
     rows = conn.execute(sa.select(*_COLS, hav.label("hav")).where(*where)
                         .order_by(hav, EV.c.time, EV.c.id).limit(MAX_CANDIDATES)).all()
     n = len(rows)

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 import fastavro
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from broker.archive import Archive, ArchiveItem, KafkaMeta, PostgresRawStore
@@ -199,6 +200,48 @@ def test_ztf_section_lists_the_candidates_in_the_90_region_and_window(world):
         assert r["detected_before_t0"] is False
     # the two at the map's peak but 2 d before and 15 d after T0 are not listed
     assert not {e.id for e, _ in f["made"][15:17]} & set(got)
+
+
+def test_ztf_section_puts_the_enrich_coincidences_first(world):
+    """Two gw-optical records in table ``coincidences`` (as the enrich stage writes them;
+    made for this test, deleted after it): the candidate the map ranks last, with
+    optical_verdict's real numbers on the real map, and one the latest window no longer
+    holds (15 d after T0, as if recorded earlier). Both come first, flagged, the second after
+    the first."""
+    from broker.enrich.coinc import optical_verdict
+    from broker.enrich.coincidence_store import write_coincidences
+
+    client, ctx, f = world
+    group = _group(client, "igwn:MS181101ab")
+    before = group_extra.ztf_section(ctx, group)["rows"]
+    last = next(e for e, _ in f["made"] if e.id == before[-1]["event_id"])  # the map ranks it last
+    late = f["made"][16][0]
+    sky = LocalizationStore(ctx.engine).load(group["best_localization"]["id"])
+    recs = []
+    for cand in (last, late):
+        v = optical_verdict(f["gw"], sky, cand, [])
+        recs.append({"id": f"gw-optical:igwn:MS181101ab+ztf:{cand.upstream_id}", "kind": "gw-optical",
+                     "computed_from": cand.id, "coincident": True, "retracted": False,
+                     "members": [{"group": "igwn:MS181101ab", "event_id": f["gw"].id},
+                                 {"group": f"ztf:{cand.upstream_id}", "event_id": cand.id}],
+                     "object_id": cand.upstream_id, "dt_days": v.dt_days, "credible_level": v.credible_level,
+                     "history_checked": True})
+    try:
+        write_coincidences(ctx.engine, recs)
+        out = group_extra.ztf_section(ctx, group)
+        ids = [r["event_id"] for r in out["rows"]]
+        # the recorded coincidences first (in the latest region, then not), then the others in their order
+        assert ids[:2] == [last.id, late.id] and out["n_enrich"] == 2
+        assert ids[2:] == [r["event_id"] for r in before[:-1]]
+        first = out["rows"][0]
+        assert first["enrich"]["current"] and first["enrich"]["history_checked"]
+        assert first["enrich"]["credible_level"] == pytest.approx(first["credible_level"], abs=1e-9)
+        assert out["rows"][1]["outside_region"] and out["n_total"] == len(before) + 1
+        html = ctx.templates.env.get_template("_ztf.html").render(ztf=out)
+        assert html.count(">coincidence</span>") == 2 and "outside the latest region or window" in html
+    finally:
+        with ctx.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM coincidences"))
 
 
 def test_ztf_section_of_a_grb_error_circle(world):
