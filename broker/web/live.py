@@ -369,7 +369,8 @@ class StreamHub:
         from broker.kafka import MAX_MESSAGE_BYTES, client_config
 
         def on_error(err: Any) -> None:
-            if err.code() in (confluent_kafka.KafkaError._ALL_BROKERS_DOWN, confluent_kafka.KafkaError._TRANSPORT):
+            # not _TRANSPORT: one broker closing an idle connection is routine, not an outage
+            if err.code() == confluent_kafka.KafkaError._ALL_BROKERS_DOWN:
                 self._set_status("unreachable", "Kafka is unreachable; retrying")
                 self._next_list = 0.0
 
