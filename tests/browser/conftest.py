@@ -279,15 +279,19 @@ def browser(web_stack):
 @pytest.fixture()
 def page(browser, web_stack):
     """A new browser context (no cookies) and page at 1280 × 800, base URL the stack's;
-    console errors and uncaught script errors are collected in ``page.problems`` (text)
+    console errors, answers >= 400 and uncaught script errors are collected in ``page.problems`` (text)
     and the script errors in ``page.js_errors`` (Playwright errors, with their stacks)."""
     context = browser.new_context(viewport=VIEWPORT, base_url=web_stack.url)
     context.set_default_timeout(15_000)
     pg = context.new_page()
     problems: list[str] = []
-    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    # a resource that failed is noted with its URL by the "response" hook below; the console's
+    # own line for it is not (it names no URL, and it also comes for the browser's /favicon.ico)
+    pg.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+          if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
     errors: list = []
     pg.on("pageerror", lambda e: (problems.append(f"page error: {e}"), errors.append(e)))
+    pg.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     pg.problems = problems
     pg.js_errors = errors
     try:

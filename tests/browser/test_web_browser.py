@@ -101,6 +101,7 @@ def test_live_page_lists_events_and_adds_a_new_one_without_reloading(web_stack, 
     finally:
         igwn.context.close()
     assert not own_errors(page), own_errors(page)
+    assert not page.problems, page.problems  # no console error: every script and style loaded
     screenshot(page, "home")
 
 
@@ -178,6 +179,7 @@ def test_search_by_cone_finds_the_event(web_stack, page):
         with page.expect_navigation():
             nxt.click()
     assert paged == [it["id"] for it in api_items(web_stack, source="gcn")] and len(paged) >= 2
+    assert not page.problems, page.problems
     # a bad value is named on the page (400), never a traceback
     resp = page.goto("/search?ra_deg=400&dec_deg=0&radius_deg=1")
     assert resp.status == 400
