@@ -193,7 +193,8 @@ def serve(
     s = _settings()
     h = host or s.publish.serve_host
     p = s.publish.serve_port if port is None else port
-    print(f"serving artifacts on http://{h}:{p}/artifacts/sha256/<hex> "
-          f"(public links: {s.publish.public_base_url}/artifacts/sha256/<hex>), "
-          f"the archive API on http://{h}:{p}/api/events (OpenAPI: /openapi.json)", flush=True)
+    print(f"web: http://{h}:{p}/ (live events; /search, /groups/<key>, the approval desk /desk)\n"
+          f"API: http://{h}:{p}/api/events, the live stream /api/stream (OpenAPI: /openapi.json)\n"
+          f"artifacts: http://{h}:{p}/artifacts/sha256/<hex> "
+          f"(public links: {s.publish.public_base_url}/artifacts/sha256/<hex>)", flush=True)
     run(s, host=h, port=p)
