@@ -73,8 +73,10 @@ def _positions(sky, n: int, seed: int):
     return out, ((float(lon.deg) + 180.0) % 360.0, -float(lat.deg))
 
 
-def run_once(url: str, store: bool, n: int, batch: int, fraction: float, seed: int) -> tuple[float, int, int]:
-    """One run in a new database: (candidates/s, records published, rows written)."""
+def run_once(url: str, store: bool, n: int, batch: int, fraction: float, seed: int
+             ) -> tuple[float, int, int, float]:
+    """One run in a new database: (candidates/s, records published, rows written, seconds
+    spent in ``write_coincidences``)."""
     import sqlalchemy as sa
 
     from broker.archive import Archive
@@ -100,12 +102,21 @@ def run_once(url: str, store: bool, n: int, batch: int, fraction: float, seed: i
         engine = sa.create_engine(db)
         store_catalog(engine, read_catalog(DATA / "catalogs/50MGC_catalog_short.fits", "50MGC"))
         archive = RawArchive()
+        spent = [0.0]
+
+        def timed(records):
+            t0 = time.perf_counter()
+            try:
+                return write_coincidences(engine, records)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
         h = EnrichHandler(localizations=LocalizationStore(engine), groups=GroupStore(engine), archive=archive,
                           settings=EnrichSettings(catalogs=["50MGC"], top_n=10),
                           enriched_topic="mma.events.enriched", coincidences_topic="mma.coincidences",
                           provenance=PROV, catalogs=CatalogCache(engine, ["50MGC"]),
                           write_batch=functools.partial(write_enrichment, engine),
-                          store_coincidences=functools.partial(write_coincidences, engine) if store else None)
+                          store_coincidences=timed if store else None)
 
         def feed(events):
             handled = [h.handle(Msg(CODEC.encode(ev, PROV))) for ev in events]
@@ -114,6 +125,7 @@ def run_once(url: str, store: bool, n: int, batch: int, fraction: float, seed: i
             return sum(r.topic == "mma.coincidences" for x in handled for r in x.outputs)
 
         feed(archive.add(GW_JSON.read_bytes()))
+        spent[0] = 0.0
         sky = LocalizationStore(engine).load(GroupStore(engine).get("igwn:MS181101ab").best_localization.id)
         n_in = round(n * fraction)
         inside, far = _positions(sky, n_in, seed)
@@ -133,7 +145,7 @@ def run_once(url: str, store: bool, n: int, batch: int, fraction: float, seed: i
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT count(*) FROM coincidences")).scalar_one()
         engine.dispose()
-        return rate, published, rows
+        return rate, published, rows, spent[0]
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -153,6 +165,7 @@ def main() -> None:
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="mma-bcs-", dir="/tmp"))
     results: dict[tuple[float, bool], list[float]] = {}
+    per_row: list[float] = []
     ratios: dict[float, list[float]] = {}
     try:
         url = ensure_embedded_postgres(root / "pg")
@@ -163,7 +176,9 @@ def main() -> None:
             task = bar.add_task("runs", total=len(plan))
             per_round: dict[tuple[int, float, bool], float] = {}
             for r, f, store in plan:
-                rate, published, rows = run_once(url, store, args.n, args.batch, f, 1000 + r)
+                rate, published, rows, spent = run_once(url, store, args.n, args.batch, f, 1000 + r)
+                if store and published:
+                    per_row.append(1e6 * spent / published)
                 expected = published if store else 0
                 if rows != expected or (f > 0 and published < 0.95 * round(args.n * f)):
                     raise SystemExit(f"check failed: fraction {f}, store {store}: {published} records, {rows} rows")
@@ -186,6 +201,8 @@ def main() -> None:
                       f"{statistics.median(b):,.0f} ({min(b):,.0f}-{max(b):,.0f})",
                       f"{statistics.median(ratios[f]):.3f} ({min(ratios[f]):.3f}-{max(ratios[f]):.3f})")
     console.print(table)
+    console.print(f"write_coincidences (claims + the one INSERT, its transaction): median "
+                  f"{statistics.median(per_row):.0f} µs per row ({min(per_row):.0f}-{max(per_row):.0f}) over the B runs")
 
 
 if __name__ == "__main__":

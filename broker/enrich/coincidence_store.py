@@ -168,9 +168,21 @@ def write_coincidences(engine: sa.Engine, records: Sequence[Mapping[str, Any]], 
                 .where(t.c.owner == owner, sa.tuple_(t.c.id, t.c.computed_from).in_(shared)))}
         kept = [r for r in rows if (r["id"], r["computed_from"]) in mine]
         if kept:
-            conn.execute(pg_insert(COINCIDENCES).values(kept)
-                         .on_conflict_do_nothing(index_elements=["id", "computed_from"]))
+            conn.execute(_INSERT, {"rows": json.dumps(kept, allow_nan=False, separators=(",", ":"))})
     return mine
+
+
+_COLUMNS = [c for c in COINCIDENCES.columns if c.name != "created_at"]
+_INSERT = sa.text(
+    f"INSERT INTO coincidences ({', '.join(c.name for c in _COLUMNS)}) "
+    f"SELECT {', '.join(c.name for c in _COLUMNS)} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x("
+    + ", ".join(f"{c.name} {c.type.compile(dialect=sa.dialects.postgresql.dialect())}" for c in _COLUMNS)
+    + ") ON CONFLICT (id, computed_from) DO NOTHING")
+"""One statement for a batch's rows: the rows travel as one JSON array (one parameter,
+parsed by the server). 500 records of 1 kB: 13 ms, where SQLAlchemy's multi-row
+``insert().values(rows)`` took 102 ms (its compilation; measured 2026-12-01 on this
+2-core machine, medians of 5, docs/enrichment.md). ``created_at`` is the server's
+``clock_timestamp()`` per row, so the rows of one batch keep their order."""
 
 
 def latest_of_group(conn: sa.Connection, key: str, limit: int = 200) -> list[dict[str, Any]]:

@@ -139,6 +139,18 @@ def test_gw_and_grb_in_window_give_one_coincidence_then_a_retraction_marks_it_an
              for t in ("mma.events.enriched", "mma.coincidences")}
     assert after == before
     assert before["mma.events.enriched"] == Counter({"MS181101ab": 2, "745121685": 1})
+    # table coincidences (migration 0013): one row per version published, none more after the replays
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(env["MMA_BROKER_ARCHIVE__DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, computed_from, retracted FROM coincidences "
+                                        "ORDER BY created_at")).all()
+    finally:
+        engine.dispose()
+    assert [(r.id, r.computed_from, r.retracted) for r in rows] == [
+        (COINC_ID, c["computed_from"], False), (COINC_ID, last["computed_from"], True)]
 
 
 @pytest.mark.parametrize("t0", ["2018-11-01T22:22:45.554", "2018-11-01T22:22:51.754"])
