@@ -16,6 +16,10 @@ its Kafka transaction, and publishes only those it holds (migration 0010, table
   published, so a record is neither lost nor doubled;
 - a new version of a pair (``computed_from`` changes, e.g. to the retraction that marks
   it ``retracted``) is a new claim.
+
+The enrich stage claims through :func:`broker.enrich.coincidence_store.write_coincidences`,
+which makes the same claims and, in the same transaction, stores the rows of the versions
+the loop owns in table ``coincidences`` (migration 0013).
 """
 
 from __future__ import annotations
