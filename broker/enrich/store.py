@@ -100,6 +100,8 @@ def localization_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("distsigma", _F8, nullable=True, comment="Mpc"),
         sa.Column("distnorm", _F8, nullable=True, comment="Mpc^-2"),
         sa.Index("ix_localization_tiles_level", "localization_id", "cum_prob"),
+        # migration 0014: "which stored maps hold this point" (hpx @> p), e.g. the web API's cone
+        sa.Index("ix_localization_tiles_hpx", "hpx", postgresql_using="spgist"),
     )
     links = sa.Table(
         "event_localizations", metadata,

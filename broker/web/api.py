@@ -341,7 +341,8 @@ def _cone(ra: float, dec: float, radius: float) -> sa.ColumnElement[bool]:
     Two id sets in one ``IN (... UNION ALL ...)`` so that each half uses its index:
     points by ``events.hpx`` (B-tree, order-29 ranges of :func:`_cone_ranges`) then the
     exact haversine distance; maps by their stored tiles (``cum_prob <= 0.9``, the tile
-    holding the centre's order-29 index).
+    holding the centre's order-29 index: ``hpx @> p`` on the SP-GiST index of migration
+    0014, one tile per stored map at most).
     """
     from broker.enrich.store import _hpx
 
@@ -358,7 +359,7 @@ def _cone(ra: float, dec: float, radius: float) -> sa.ColumnElement[bool]:
             .select_from(LINKS.join(TILES, TILES.c.localization_id == LINKS.c.localization_id)
                          .join(LOCS, LOCS.c.id == LINKS.c.localization_id))
             .where(LOCS.c.kind == "skymap", TILES.c.cum_prob <= CONE_LEVEL,
-                   sa.func.lower(TILES.c.hpx) <= p, sa.func.upper(TILES.c.hpx) > p))
+                   TILES.c.hpx.contains(sa.literal(p, sa.BigInteger))))  # ix_localization_tiles_hpx (0014)
     return EV.c.id.in_(sa.union_all(points, maps))
 
 
