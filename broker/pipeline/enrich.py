@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from broker.enrich.coincidence_store import CROSS_LANE_KINDS  # the kinds both lanes may find: claimed first
 from broker.enrich.enriched import ENRICHED_SCHEMA  # noqa: F401 - re-exported (readers: decode_enriched)
 from broker.errors import BrokerError, DecodeError
 from broker.event import SURVEY_SOURCES, Event, HealpixLocalization, PointLocalization
@@ -86,9 +87,6 @@ COINCIDENCE_SCHEMA = "mma.coincidence/1"
 """``schema`` of a coincidence record (``broker/schemas/mma/coincidence.json``)."""
 CONTENT_TYPE = "application/json"
 _MAP_SOURCES = ("igwn", "gcn")
-CROSS_LANE_KINDS = ("gw-optical", "grb-optical")
-"""Coincidence kinds whose two members are enriched by different lanes (``[lanes]``): the
-ones both lanes may find, claimed before they are published (:mod:`broker.enrich.claims`)."""
 _NAME_KEYS = ("objname", "Source_Name", "name", "Name", "GWGC", "GWGC name", "PGC", "PGC no", "HyperLEDA",
               "HyperLEDA name", "objectId", "GLADE no", "source_id")
 
