@@ -167,6 +167,8 @@ class Revision(BaseModel):
     alert_type: str
     t0: Optional[str] = Field(None, description="its T0, ISO 8601 UTC (null: not in this archive)")
     received_at: Optional[str] = Field(None, description="ISO 8601 UTC")
+    issued: Optional[str] = Field(None, description="when the upstream issued it, ISO 8601 UTC: an IGWN "
+                                  "alert's time_created, a GCN notice's alert_datetime (null: the notice has none)")
     localization: Optional[LocalizationSummary] = None
     latest: bool = Field(description="the last revision to arrive")
 
@@ -527,6 +529,9 @@ def get_group(request: Request, key: str) -> GroupDetail:
     with engine.connect() as conn:
         rows = {r.id: r for r in conn.execute(_select().where(EV.c.id.in_(state.revisions)))}
         n_rev = conn.execute(sa.select(GROUPS.c.n_revisions).where(GROUPS.c.key == state.key)).scalar_one()
+        issued = dict(conn.execute(sa.select(EV.c.id, sa.func.coalesce(EV.c.properties["time_created"].astext,
+                                                                         EV.c.properties["alert_time"].astext))
+                                   .where(EV.c.id.in_(state.revisions))).all())
         coincs = _coincidences(conn, state.key)
     revisions, latest_loc, latest_loc_event = [], None, None
     for i, (eid, kind) in enumerate(zip(state.revisions, state.alert_types), 1):
@@ -537,7 +542,7 @@ def get_group(request: Request, key: str) -> GroupDetail:
         revisions.append(Revision(n=i, event_id=eid, url=_event_path(eid), alert_type=kind,
                                   t0=format_time(r.time) if r is not None else None,
                                   received_at=format_time(r.ingested_at) if r is not None else None,
-                                  localization=loc, latest=eid == state.latest))
+                                  issued=issued.get(eid), localization=loc, latest=eid == state.latest))
     best = state.best_localization
     return GroupDetail(key=state.key, url=_group_path(state.key), category=state.category, t0=state.t0,
                        retracted=state.retracted, n_revisions=n_rev, latest=state.latest, revisions=revisions,

@@ -176,6 +176,9 @@ def test_group_lists_revisions_in_order_with_the_latest_localization(world):
     assert body["best_localization"]["kind"] == "skymap" and body["best_localization"]["area_90_deg2"] > 0
     # the retraction has no localization: the latest one is the initial alert's map
     assert body["latest_localization_event"] == want[1] and body["latest_localization"]["kind"] == "healpix"
+    # when each was issued: the IGWN alerts' own time_created, the GCN notices' alert_datetime
+    assert [r["issued"] for r in body["revisions"]] == [evs[i].properties["time_created"] for i in want]
+    assert all(r["issued"] is None or r["issued"].endswith("Z") for r in body["revisions"])
     gbm = client.get("/api/groups/gcn:fermi:745121685").json()
     assert [r["alert_type"] for r in gbm["revisions"]] == [evs[r["event_id"]].alert_type for r in gbm["revisions"]]
     assert len(gbm["revisions"]) == 4 and gbm["best_localization"]["kind"] == "point"

@@ -507,3 +507,29 @@ def test_unreadable_notice_bytes_leave_the_page_standing(world, monkeypatch):
     monkeypatch.undo()
     _, doc = _html(client, f"/groups/gcn:fermi:{f['gbm'].upstream_id}")
     assert len(doc.cssselect("section#revisions details pre")) == 4  # not cached as errors
+
+
+def test_revisions_show_when_issued_and_say_when_they_arrived_out_of_order(world):
+    """The real MS181101ab alerts again, under a new superevent id, archived and grouped
+    in the reverse of their issue order (as a replay over several partitions can): the page
+    shows each one's time_created and says the arrival order is not the issue order."""
+    client, evs, f = world
+    engine = f["engine"]
+    r, doc = _html(client, f"/groups/{GWKEY}")  # issued and arrived in the same order: no note
+    assert not doc.cssselect("#out-of-order")
+    cells = [tr.cssselect("td")[3].text_content().strip() for tr in doc.cssselect("section#revisions tr[data-event-id]")]
+    assert cells == [evs[tr].properties["time_created"] for tr in
+                     [x["event_id"] for x in client.get(f"/api/groups/{GWKEY}").json()["revisions"]]]
+    mine = [e for e in evs.values() if e.upstream_id == "MS181101ab"]
+    copies = [e.model_copy(update={"id": e.id.replace("MS181101ab", "MS181101zz"), "upstream_id": "MS181101zz"})
+              for e in reversed(mine)]
+    f["archive"].write_batch([ArchiveItem(event=e, raw=b"{}", kafka=KafkaMeta("t", 1, i))
+                              for i, e in enumerate(copies)])
+    groups = GroupStore(engine)
+    for e in copies:
+        groups.add(e, None)
+    body = client.get("/api/groups/igwn:MS181101zz").json()
+    issued = [x["issued"] for x in body["revisions"]]
+    assert issued == sorted(issued, reverse=True) and issued != sorted(issued)
+    r, doc = _html(client, "/groups/igwn:MS181101zz")
+    assert r.status_code == 200 and doc.cssselect("#out-of-order")
