@@ -402,6 +402,24 @@ def check_category(category: str | None) -> str | None:
     return category
 
 
+def check_source(source: str | None) -> str | None:
+    """``source`` if it is one of the Event sources (:data:`broker.event.Source`; None passes).
+
+    Raises
+    ------
+    ParamError
+        Not text (:func:`check_text`) or an unknown source (the message lists them): a
+        misspelt ``source=`` answers 400, not an empty page.
+    """
+    from typing import get_args
+
+    from broker.event import Source
+
+    if _text("source", source) is not None and source not in get_args(Source):
+        raise ParamError("source", "source: unknown; one of " + ", ".join(sorted(get_args(Source))))
+    return source
+
+
 def query_events(engine: sa.Engine, *, limit: int = 50, cursor: str | None = None, source: str | None = None,
                  category: str | None = None, mission: str | None = None, instrument: str | None = None,
                  alert_type: str | None = None, since: str | None = None, until: str | None = None,
@@ -435,9 +453,10 @@ def query_events(engine: sa.Engine, *, limit: int = 50, cursor: str | None = Non
         raise ParamError("limit", f"limit: {limit} is outside 1..{MAX_LIMIT}")
     after = _cursor_in(cursor)
     stmt = _select()
-    for name, col, value in (("source", EV.c.source, source), ("alert_type", EV.c.alert_type, alert_type)):
-        if _text(name, value) is not None:
-            stmt = stmt.where(col == value)
+    if check_source(source) is not None:
+        stmt = stmt.where(EV.c.source == source)
+    if _text("alert_type", alert_type) is not None:
+        stmt = stmt.where(EV.c.alert_type == alert_type)
     for name, col, value in (("mission", EV.c.mission, mission), ("instrument", EV.c.instrument, instrument)):
         if _text(name, value) is not None:
             stmt = stmt.where(sa.func.lower(col) == value.lower())

@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from broker.enrich.enriched import ENRICHED_SCHEMA, EnrichedEvent, decode_enriched
 from broker.errors import DecodeError
-from broker.web.api import EventItem, LocalizationSummary, ParamError, check_category, check_text
+from broker.web.api import EventItem, LocalizationSummary, ParamError, check_category, check_source, check_text
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,9 @@ class StreamFilter:
             A bad parameter (named): the API's text and category checks, or a ``topic``
             that is not a filter topic name (``mma.filter.<name>``).
         """
-        for name, value in (("source", source), ("mission", mission), ("alert_type", alert_type)):
+        for name, value in (("mission", mission), ("alert_type", alert_type)):
             check_text(name, value)
+        check_source(source)
         check_category(category)
         enriched, prefix = _topics(settings)
         full = enriched
