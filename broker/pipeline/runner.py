@@ -246,6 +246,12 @@ SEND_OFFSETS_GRACE_S = 10.0
 producer is given up (:meth:`StageRunner._send_offsets`), s."""
 
 
+MAX_STUCK_PRODUCERS = 3
+"""How many given-up producers may still be held by their stuck librdkafka call (one
+thread and one producer each) before the stage stops, so that the process is restarted
+(systemd, Kubernetes) and frees them (:meth:`StageRunner._send_offsets`)."""
+
+
 class ProducerStuck(BrokerError):
     """A transactional call of librdkafka overran its timeout: the producer is replaced."""
 
@@ -350,6 +356,7 @@ class StageRunner:
         self.store_raw = store_raw
         self.transactional = transactional
         self.producer_factory = producer_factory
+        self._stuck: list[threading.Thread] = []  # helper threads of given-up producers (_send_offsets)
         self.handler_threads = handler_threads
         self.admin = admin
         self.subscription = list(subscription) if subscription is not None else None
@@ -756,6 +763,13 @@ class StageRunner:
                     self._abort()
                 raise
             except ProducerStuck as exc:
+                # a stuck call cannot be interrupted: its thread and producer live until it returns.
+                # Bounded: past MAX_STUCK_PRODUCERS still stuck, stop for a restart instead of leaking on
+                self._stuck = [t for t in self._stuck if t.is_alive()]
+                if len(self._stuck) >= MAX_STUCK_PRODUCERS:
+                    raise BrokerError(f"{self.name}: {len(self._stuck)} Kafka producers are still stuck in "
+                                      f"send_offsets_to_transaction (librdkafka issues 5456/5511); stopping so "
+                                      f"that the process restarts and frees them") from exc
                 # its transaction is aborted when the new producer (same transactional id) fences it
                 self._new_producer(str(exc))
                 continue
@@ -788,7 +802,10 @@ class StageRunner:
         call runs in a helper thread; when it has not returned ``SEND_OFFSETS_GRACE_S``
         after its own timeout, the producer is left to that thread and
         :class:`ProducerStuck` is raised, so the batch is made again with a new producer
-        (same transactional id: it fences the stuck one and aborts its transaction).
+        (same transactional id: it fences the stuck one and aborts its transaction). The
+        given-up producer and its thread live until the call returns; when
+        :data:`MAX_STUCK_PRODUCERS` of them are still stuck, the stage stops with a
+        :class:`BrokerError` instead, for its process to be restarted.
 
         Raises
         ------
@@ -811,6 +828,7 @@ class StageRunner:
         helper.start()
         helper.join(self.txn_timeout_s + SEND_OFFSETS_GRACE_S)
         if not outcome:
+            self._stuck.append(helper)  # holds the given-up producer until the call returns
             raise ProducerStuck(f"send_offsets_to_transaction did not return within "
                                 f"{self.txn_timeout_s + SEND_OFFSETS_GRACE_S:.0f} s")
         if outcome[0] is not None:
