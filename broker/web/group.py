@@ -63,6 +63,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from broker.web import skyplot
+from broker.web.pages import raw_store
 
 log = logging.getLogger(__name__)
 
@@ -232,23 +233,6 @@ def notice_text(raw: bytes) -> tuple[str, str, bool]:
     return kind, (text[:NOTICE_MAX_CHARS] if cut else text), cut
 
 
-def _raw_store(ctx: Any) -> Any:
-    """The archive's raw store: ``ctx.extra["archive"]``'s if the app shares its Archive,
-    else one built from the settings (``[archive] raw_store``) reading with ``ctx.engine``."""
-    arch = ctx.extra.get("archive")
-    if arch is not None:
-        return arch.raw_store
-    store = ctx.extra.get("raw_store")
-    if store is None:
-        from broker.app import raw_store
-
-        store = raw_store(ctx.settings)
-        if getattr(store, "engine", False) is None:
-            store.engine = ctx.engine
-        ctx.extra["raw_store"] = store
-    return store
-
-
 NOTICE_CACHE_ENTRIES = 2048
 NOTICE_CACHE_BYTES = 64 * 2**20
 
@@ -284,7 +268,7 @@ def _notices(ctx: Any, event_ids: list[str]) -> dict[str, dict[str, Any]]:
             else:
                 todo.append(r)
         if todo:
-            store = _raw_store(ctx)
+            store = raw_store(ctx)
             refs = [RawRef(sha256=r.raw_sha256, length=r.raw_length, segment=r.raw_segment, offset=r.raw_offset)
                     for r in todo]
             try:

@@ -567,19 +567,9 @@ def _raw_reader(ctx: Any) -> Callable[[sa.Connection, Any], bytes]:
     """Read an Event's raw bytes: the app's Archive when shared in ``ctx.extra``, else
     the raw store ``[archive]`` settings describe, on ``ctx.engine``."""
     from broker.archive.raw import RawRef
+    from broker.web.pages import raw_store
 
-    store = ctx.extra.get("raw_store")
-    if store is None:
-        archive = ctx.extra.get("archive")
-        if archive is not None:
-            store = archive.raw_store
-        else:
-            from broker.app import raw_store
-
-            store = raw_store(ctx.settings)
-            if getattr(store, "engine", "n/a") is None:
-                store.engine = ctx.engine
-        ctx.extra["raw_store"] = store
+    store = raw_store(ctx)
 
     def read(conn: sa.Connection, row: Any) -> bytes:
         ref = RawRef(sha256=row.raw_sha256, length=row.raw_length, segment=row.raw_segment, offset=row.raw_offset)
@@ -670,10 +660,10 @@ def _problem(status: int, detail: str, parameter: str | None) -> Any:
 
 def _check_id(event_id: str) -> str | None:
     """The reason ``event_id`` is not a candidate id, or None."""
-    from broker.web.api import ParamError, _text
+    from broker.web.api import ParamError, check_text
 
     try:
-        _text("event_id", event_id, 64)
+        check_text("event_id", event_id, 64)
     except ParamError as exc:
         return exc.detail
     if not CANDIDATE_ID.match(event_id):

@@ -77,3 +77,24 @@ def install(app: Any, *, engine: Any, settings: Any, fetch: Any, extra: dict | N
     for name in PAGE_MODULES:
         importlib.import_module(name).install(app, ctx)
     return ctx
+
+
+def raw_store(ctx: PageContext) -> Any:
+    """The archive's raw store for the pages (notices, optical packets), made once per app.
+
+    ``ctx.extra["archive"]``'s when the app shares its Archive, else one built from the
+    settings (``[archive] raw_store``) that reads with ``ctx.engine``; kept in
+    ``ctx.extra["raw_store"]``.
+    """
+    arch = ctx.extra.get("archive")
+    if arch is not None:
+        return arch.raw_store
+    store = ctx.extra.get("raw_store")
+    if store is None:
+        from broker.app import raw_store as build
+
+        store = build(ctx.settings)
+        if getattr(store, "engine", False) is None:
+            store.engine = ctx.engine
+        ctx.extra["raw_store"] = store
+    return store
