@@ -56,6 +56,41 @@ def pg_url():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's choice)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def smtp_capture():
+    """A real SMTP server (aiosmtpd) on a free local port, stopped on exit.
+
+    Yields a namespace with ``port`` and ``received`` (the envelopes, in arrival order).
+    """
+    from types import SimpleNamespace
+
+    from aiosmtpd.controller import Controller
+
+    received: list = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+            received.append(envelope)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield SimpleNamespace(port=port, received=received)
+    finally:
+        controller.stop()
+
+
 @contextlib.contextmanager
 def _new_database(pg_url):
     """A new, empty database on the session's PostgreSQL, dropped on exit; yields its URL."""

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import ROOT, _new_database, delete_topics, run_cli
+from tests.conftest import ROOT, _new_database, delete_topics, free_port, run_cli, smtp_capture
 from tests.integration.test_followup_e2e import GRB230307A  # the quickstart's request (published GCN values)
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -64,12 +63,6 @@ USER, PASSWORD = "desk-tester", "correct horse battery staple 13"
 STACK_TIMEOUT_S = 120.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def chromium_missing() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not CHROMIUM.exists():
@@ -85,22 +78,8 @@ def chromium_missing() -> str | None:
 @pytest.fixture(scope="package")
 def smtp_server():
     """A real SMTP server (aiosmtpd) on a free local port; ``received``: the envelopes."""
-    from aiosmtpd.controller import Controller
-
-    received: list = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-            received.append(envelope)
-            return "250 OK"
-
-    port = _free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SimpleNamespace(port=port, received=received)
-    finally:
-        controller.stop()
+    with smtp_capture() as server:
+        yield server
 
 
 def _stack_env(home: Path, kafka: str, db_url: str, smtp_port: int, web_port: int) -> dict[str, str]:
@@ -199,7 +178,7 @@ def web_stack(kafka_bootstrap, pg_url, smtp_server, tmp_path_factory):
     import sqlalchemy as sa
 
     home = tmp_path_factory.mktemp("webstack")
-    web_port = _free_port()
+    web_port = free_port()
     timings: dict[str, float] = {}
     t_all = t = time.monotonic()
     with contextlib.ExitStack() as stack:

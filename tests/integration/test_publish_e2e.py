@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import email
 import json
-import socket
 import uuid
 from email import policy
-from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -50,7 +48,7 @@ from referencing.jsonschema import DRAFT202012
 from followup.bundled import bundled_data_dir
 
 from broker.replay import read_manifest
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, smtp_capture
 from tests.integration.test_followup_e2e import GRB230307A, GUANO, read_all
 
 pytestmark = pytest.mark.integration
@@ -75,31 +73,11 @@ def quickstart_alerts() -> list[str]:
     return [str(p) for p in files]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def smtp():
     """A real SMTP server (aiosmtpd) on a free local port; ``received``: the envelopes."""
-    from aiosmtpd.controller import Controller
-
-    received: list = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-            received.append(envelope)
-            return "250 OK"
-
-    port = _free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SimpleNamespace(port=port, received=received)
-    finally:
-        controller.stop()
+    with smtp_capture() as server:
+        yield server
 
 
 @pytest.fixture()
